@@ -1,0 +1,1 @@
+"""OT Fusion Studio backend: data, models, training, OT fusion, pruning and Hessian analysis."""

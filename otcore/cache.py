@@ -1,0 +1,227 @@
+"""Content-addressed disk cache of step results (weights, arrays, metrics) in `cached_models/`.
+
+One safetensors file per entry, `<key>.safetensors`; its string metadata holds the entry's
+kind, config, metrics and creation time as JSON, and a sha256 over that JSON and the tensors,
+so damaged entries are detected, removed and recomputed. Writes are atomic (temp file, fsync,
+rename) and a per-key file lock makes racing processes compute a key once. A cache that cannot
+write (read-only, missing, full disk) logs one warning and works on without caching.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import struct
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import safetensors
+import safetensors.torch
+import torch
+from filelock import FileLock
+
+from otcore.checkpoints import write_atomic
+
+log = logging.getLogger(__name__)
+
+SUFFIX = ".safetensors"
+_KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")  # keys name files: no separators, no hidden names
+_STALE_TEMP_S = 3600.0  # temp files older than this are left by killed writers
+
+
+@dataclass
+class CacheEntry:
+    """One cached result: what produced it and what it holds."""
+
+    key: str  # spec_hash(kind, *specs)
+    kind: str  # 'parent', 'fusion', 'prune', 'hessian', ...
+    config: dict[str, Any]  # JSON-able description of the specs behind the key
+    metrics: dict[str, Any]  # JSON-able results, may be nested
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # a state_dict or arrays; may be empty
+    created: float = field(default_factory=time.time)  # seconds since the epoch
+
+
+@dataclass
+class ManifestRow:
+    """What the cache browser shows of one entry, read from its header alone."""
+
+    key: str
+    kind: str
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    created: float
+    size: int  # bytes on disk
+
+
+def default_root() -> Path:
+    """The cache folder: $OTCORE_CACHE_DIR if set, else the repository's cached_models/."""
+    env = os.environ.get("OTCORE_CACHE_DIR")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "cached_models"
+
+
+def default_cache() -> DiskCache:
+    """A cache at the default root, read from the environment now (not at import)."""
+    return DiskCache()
+
+
+class DiskCache:
+    """Atomic, locked, checksummed store of `CacheEntry`s keyed by spec hash."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root) if root is not None else default_root()
+        self.writable = True
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            # os.access lies to root; creating a file does not. A unique name: other processes probe too.
+            fd, probe = tempfile.mkstemp(dir=self.root, prefix=".probe.", suffix=".tmp")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            self._degrade(e)
+        else:
+            self._remove_stale_temps()
+
+    def load(self, key: str) -> CacheEntry | None:
+        """The entry stored under `key`, or None on a miss; a damaged entry is removed and is a miss."""
+        path = self._path(key)
+        try:
+            with safetensors.safe_open(str(path), framework="pt") as f:
+                header = f.metadata() or {}
+                tensors = {name: f.get_tensor(name) for name in f.keys()}
+            record = json.loads(header["entry"])
+            if _checksum(header["entry"], tensors) != header["sha256"]:
+                raise ValueError("checksum mismatch")
+        except FileNotFoundError:
+            return None
+        except Exception as e:  # the Rust parser raises its own types; any failure means damage
+            if not path.exists():
+                return None
+            log.warning("cache entry %s is corrupt (%s); removing it", path.name, e)
+            self.delete(key)
+            return None
+        order = [n for n in record.get("names", []) if n in tensors]  # the writer's order, not sorted
+        tensors = {n: tensors[n] for n in order + sorted(set(tensors) - set(order))}
+        return CacheEntry(key=key, kind=record["kind"], config=record["config"],
+                          metrics=record["metrics"], tensors=tensors, created=record["created"])
+
+    def store(self, entry: CacheEntry) -> None:
+        """Write an entry atomically; on a write error, warn once and stop caching."""
+        path = self._path(entry.key)
+        if not self.writable:
+            return
+        tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in entry.tensors.items()}
+        record = json.dumps({"kind": entry.kind, "config": entry.config, "metrics": entry.metrics,
+                             "created": entry.created, "names": list(tensors)}, default=_json_default)
+        header = {"entry": record, "sha256": _checksum(record, tensors)}
+        try:
+            write_atomic(path, safetensors.torch.save(tensors, metadata=header))
+        except OSError as e:
+            self._degrade(e)
+
+    def get_or_compute(self, key: str, compute: Callable[[], CacheEntry]) -> CacheEntry:
+        """The cached entry for `key`, else compute and store it, once across racing processes."""
+        entry = self.load(key)
+        if entry is not None:
+            return entry
+        lock = FileLock(str(self.root / f".{key}.lock")) if self.writable else None
+        if lock is not None:
+            try:
+                lock.acquire()
+            except OSError as e:
+                self._degrade(e)
+                lock = None
+        try:
+            # Another process may have stored the entry while this one waited for the lock.
+            entry = self.load(key) if lock is not None else None
+            if entry is None:
+                entry = compute()
+                if entry.key != key:
+                    raise ValueError(f"compute() returned an entry for key {entry.key}, expected {key}")
+                self.store(entry)
+            return entry
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def entries(self, kind: str | None = None) -> list[ManifestRow]:
+        """The manifest, newest first, read from file headers only (never stale, never the tensors)."""
+        rows = []
+        for path in self.root.glob(f"*{SUFFIX}") if self.root.is_dir() else []:
+            try:
+                record = json.loads(_read_metadata(path)["entry"])
+                row = ManifestRow(key=path.name[:-len(SUFFIX)], kind=record["kind"], config=record["config"],
+                                  metrics=record["metrics"], created=record["created"],
+                                  size=path.stat().st_size)
+            except (OSError, ValueError, KeyError, TypeError, struct.error):  # damaged or vanished; load() deals with it
+                continue
+            if kind is None or row.kind == kind:
+                rows.append(row)
+        return sorted(rows, key=lambda r: r.created, reverse=True)
+
+    def delete(self, key: str) -> None:
+        """Remove one entry if present."""
+        path = self._path(key)
+        if not self.writable:  # already warned once; a read-only cache cannot remove anything
+            return
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as e:
+            log.warning("could not remove cache entry %s: %s", key, e)
+
+    def clear(self) -> None:
+        """Remove every entry and leftover temp file (lock files stay: others may hold them)."""
+        for path in [*self.root.glob(f"*{SUFFIX}"), *self.root.glob(".*.tmp")] if self.root.is_dir() else []:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as e:
+                log.warning("could not remove %s: %s", path, e)
+
+    def _path(self, key: str) -> Path:
+        if not _KEY.fullmatch(key):
+            raise ValueError(f"invalid cache key {key!r}")
+        return self.root / f"{key}{SUFFIX}"
+
+    def _degrade(self, error: OSError) -> None:
+        if self.writable:
+            log.warning("cannot write to cache folder %s (%s); continuing without caching",
+                        self.root, error.strerror or error)
+        self.writable = False
+
+    def _remove_stale_temps(self) -> None:
+        now = time.time()
+        for path in self.root.glob(".*.tmp"):
+            try:
+                if now - path.stat().st_mtime > _STALE_TEMP_S:
+                    path.unlink()
+            except OSError:
+                pass
+
+
+def _checksum(record: str, tensors: dict[str, torch.Tensor]) -> str:
+    # Covers the entry JSON and every tensor's name, dtype, shape and bytes, in sorted name order.
+    digest = hashlib.sha256(record.encode())
+    for name in sorted(tensors):
+        tensor = tensors[name].contiguous()
+        digest.update(f"\0{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _read_metadata(path: Path) -> dict[str, str]:
+    # The safetensors header: an 8-byte little-endian length, then that much JSON.
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n > 100_000_000:
+            raise ValueError("header too large")
+        return json.loads(f.read(n))["__metadata__"]
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):  # numpy and torch scalars and arrays
+        return value.tolist()
+    raise TypeError(f"cache config and metrics must be JSON-able, got {type(value).__name__}")

@@ -1,0 +1,259 @@
+"""Read and write network weights: the OT-fusion paper's format, plain state_dicts, safetensors.
+
+Files are untrusted: torch files are read with the weights-only unpickler (plus the few numpy
+globals the paper's files need) and safetensors never holds code, so loading never runs code
+from a file. Every problem surfaces as one `CheckpointError` whose message is meant for the user.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import safetensors.torch
+import torch
+
+try:  # numpy >= 2 moved the scalar constructor; files written under numpy 1 name the old path
+    from numpy._core.multiarray import scalar as _np_scalar
+except ImportError:  # pragma: no cover - numpy 1.x
+    from numpy.core.multiarray import scalar as _np_scalar
+
+FORMATS = ("paper", "state_dict", "safetensors")
+
+# Exactly what unpickling a numpy int/float/bool scalar needs (the paper stores test_accuracy as
+# numpy.float64); the dtype classes are instances built by np.dtype and must be allowlisted for BUILD.
+_NUMPY_SAFE_GLOBALS: list[Any] = [
+    (_np_scalar, "numpy._core.multiarray.scalar"),
+    (_np_scalar, "numpy.core.multiarray.scalar"),
+    np.dtype,
+    *sorted({type(np.dtype(code)) for code in "?bBhHiIlLqQefd"}, key=lambda c: c.__name__),
+]
+# Weights-only unpickler messages that mean "the file asks to build objects or call functions".
+_CODE_MARKERS = ("GLOBAL", "unrecognized function", "Can only create new object",
+                 "Can only build", "persistent_load")
+_MAX_HEADER = 100_000_000  # safetensors' own cap on the JSON header
+# Tensors that hold learned or running floating values; integer buffers (num_batches_tracked) are fine.
+_FLOAT_SUFFIXES = ("weight", "bias", "_orig", "_mask", "running_mean", "running_var")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message is meant for the user."""
+
+
+@dataclass
+class Checkpoint:
+    """Weights read from a file, with what the file says about them."""
+
+    state_dict: dict[str, torch.Tensor]  # parameter name -> tensor, on the CPU, `module.` prefix stripped
+    meta: dict[str, Any] = field(default_factory=dict)  # e.g. test_accuracy, epoch
+    format: str = "state_dict"  # 'paper', 'state_dict' or 'safetensors'
+
+
+def load_checkpoint(source: str | Path | bytes, max_bytes: int = 512 * 2**20) -> Checkpoint:
+    """Read a checkpoint from a path or raw bytes, detecting its format from the content."""
+    data, label = _read_source(source, max_bytes)
+    if not data:
+        raise CheckpointError(f"{label} is empty")
+    if _looks_like_safetensors(data):
+        state, meta, fmt = _parse_safetensors(data, label)
+    elif data[:4] == b"PK\x03\x04" or data[:1] == b"\x80":  # torch zip archive or legacy pickle
+        state, meta, fmt = _interpret(_torch_load(data, label), label)
+    else:
+        raise CheckpointError(f"{label} is not a checkpoint: neither a torch file nor safetensors")
+    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    _validate(state, label)
+    return Checkpoint(state_dict=state, meta=meta, format=fmt)
+
+
+def checkpoint_bytes(state_dict: Mapping[str, torch.Tensor], format: str = "paper",
+                     meta: Mapping[str, Any] | None = None) -> bytes:
+    """Serialise weights (and meta where the format keeps it) to the bytes of a checkpoint file."""
+    if format not in FORMATS:
+        raise CheckpointError(f"unknown checkpoint format '{format}'; choose one of {', '.join(FORMATS)}")
+    meta = dict(meta or {})
+    # Plain contiguous CPU copies: safetensors refuses shared or strided storage.
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state_dict.items()}
+    if format == "safetensors":
+        return safetensors.torch.save(tensors, metadata={k: json.dumps(v, default=_json_default)
+                                                              for k, v in meta.items()})
+    if format == "paper":
+        obj: Any = {"model_state_dict": tensors,
+                    "test_accuracy": float(meta.get("test_accuracy", 0.0)),
+                    "epoch": int(meta.get("epoch", 0))}
+    else:
+        obj = tensors
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def save_checkpoint(state_dict: Mapping[str, torch.Tensor], path: str | Path, format: str = "paper",
+                    meta: Mapping[str, Any] | None = None) -> None:
+    """Write a checkpoint atomically: a reader sees the old file or the whole new one, never a part."""
+    write_atomic(Path(path), checkpoint_bytes(state_dict, format, meta))
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write bytes to a temp file beside `path`, fsync it, then rename it over `path`."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o644)  # mkstemp's 0o600 would hide the file from other users of a shared cache
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable; not every platform can open a folder
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def match_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
+                     arch_name: str | None = None) -> None:
+    """Raise CheckpointError naming the first tensor that is missing, unexpected or misshapen."""
+    name = arch_name or type(model).__name__
+    expected = model.state_dict()
+    for key, tensor in expected.items():
+        if key not in state_dict:
+            raise CheckpointError(f"checkpoint does not fit {name}: {key} is missing from the checkpoint")
+        got = tuple(state_dict[key].shape)
+        if got != tuple(tensor.shape):
+            raise CheckpointError(f"checkpoint does not fit {name}: {key} has shape {_shape(got)}, "
+                                  f"the model expects {_shape(tuple(tensor.shape))}")
+    for key in state_dict:
+        if key not in expected:
+            raise CheckpointError(f"checkpoint does not fit {name}: {key} is not a tensor of the model")
+
+
+def load_into(model: torch.nn.Module, checkpoint: Checkpoint | Mapping[str, torch.Tensor],
+              arch_name: str | None = None) -> torch.nn.Module:
+    """Check that the weights fit `model`, then load them, cast to the model's dtypes; returns `model`."""
+    state = checkpoint.state_dict if isinstance(checkpoint, Checkpoint) else checkpoint
+    match_state_dict(model, state, arch_name)
+    target = model.state_dict()
+    model.load_state_dict({k: v.to(dtype=target[k].dtype) for k, v in state.items()})
+    return model
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+def _read_source(source: str | Path | bytes, max_bytes: int) -> tuple[bytes, str]:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data, label = bytes(source), "the uploaded file"
+        _check_size(len(data), max_bytes, label)
+        return data, label
+    path = Path(source)
+    label = f"'{path.name}'"
+    try:
+        _check_size(path.stat().st_size, max_bytes, label)  # before reading: never pull a huge file in
+        return path.read_bytes(), label
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint file {path} does not exist") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read {label}: {e.strerror or e}") from None
+
+
+def _check_size(size: int, max_bytes: int, label: str) -> None:
+    if size > max_bytes:
+        raise CheckpointError(f"{label} is too large: {size / 2**20:.1f} MiB, over the limit of "
+                              f"{max_bytes / 2**20:.1f} MiB")
+
+
+def _looks_like_safetensors(data: bytes) -> bool:
+    # An 8-byte little-endian header length, then a JSON object; a cut header still counts (then fails).
+    if len(data) < 10:
+        return False
+    (n,) = struct.unpack("<Q", data[:8])
+    return 2 <= n <= _MAX_HEADER and data[8:9] == b"{"
+
+
+def _parse_safetensors(data: bytes, label: str) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
+    try:
+        (n,) = struct.unpack("<Q", data[:8])
+        raw_meta = json.loads(data[8:8 + n]).get("__metadata__") or {}
+        state = safetensors.torch.load(data)
+    except Exception as e:  # the Rust parser raises its own type for every kind of damage
+        raise CheckpointError(f"{label} is truncated or corrupt (unreadable safetensors: {e})") from None
+    meta: dict[str, Any] = {}
+    for key, value in raw_meta.items():
+        try:
+            meta[key] = json.loads(value)
+        except (TypeError, ValueError):  # metadata written by other tools is often plain text
+            meta[key] = value
+    return state, meta, "safetensors"
+
+
+def _torch_load(data: bytes, label: str) -> Any:
+    try:
+        with torch.serialization.safe_globals(_NUMPY_SAFE_GLOBALS), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    except Exception as e:
+        if any(marker in str(e) for marker in _CODE_MARKERS):
+            raise CheckpointError(f"{label} was refused: it carries code or objects that are not plain "
+                                  "tensors, and loading it could run that code") from None
+        raise CheckpointError(f"{label} is truncated or corrupt (unreadable torch file: "
+                              f"{type(e).__name__})") from None
+
+
+def _interpret(obj: Any, label: str) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{label} holds a {type(obj).__name__}, not a dict of tensors")
+    if "model_state_dict" in obj:
+        meta = {k: _plain_scalar(obj[k]) for k in ("test_accuracy", "epoch") if k in obj}
+        return _tensor_dict(obj["model_state_dict"], f"{label} (model_state_dict)"), meta, "paper"
+    return _tensor_dict(obj, label), {}, "state_dict"
+
+
+def _tensor_dict(obj: Any, label: str) -> dict[str, torch.Tensor]:
+    if not isinstance(obj, dict) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{label} holds no tensors")
+    for key, value in obj.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{label} holds '{key}', a {type(value).__name__}, where a tensor is expected")
+    return {str(k): v for k, v in obj.items()}
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.generic, np.ndarray, torch.Tensor)):
+        return value.tolist()
+    raise TypeError(f"meta value {value!r} is not JSON-able")
+
+
+def _plain_scalar(value: Any) -> Any:
+    # numpy and 0-d torch scalars become Python numbers so meta is JSON-able.
+    if isinstance(value, (np.generic, torch.Tensor)) and getattr(value, "ndim", 0) == 0:
+        return value.item()
+    return value
+
+
+def _validate(state: dict[str, torch.Tensor], label: str) -> None:
+    if not state:
+        raise CheckpointError(f"{label} holds no tensors")
+    for key, tensor in state.items():
+        if key.endswith(_FLOAT_SUFFIXES) and not tensor.is_floating_point():
+            raise CheckpointError(f"{label}: {key} holds {str(tensor.dtype).removeprefix('torch.')} values "
+                                  "where floating-point weights are expected")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = "NaN" if bool(torch.isnan(tensor).any()) else "Inf"
+            raise CheckpointError(f"{label}: tensor {key} contains {bad} values")
+

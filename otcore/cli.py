@@ -1,0 +1,225 @@
+"""Command line: python -m otcore train|list|fuse|... [--json].
+
+Every subcommand calls the same pipeline functions as the dashboard. With --json, stdout
+carries exactly one JSON object; progress always goes to stderr. Bad input exits with code 2
+and one line on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any, Callable
+
+from tqdm import tqdm
+
+from otcore.config import DataSpec, FusionSpec, ModelSpec, SpecError, TrainSpec
+from otcore.data import list_datasets
+from otcore.device import DEVICE_CHOICES
+from otcore.models import list_models
+
+COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], dict]]] = {}
+
+
+def command(name: str, add_args: Callable[[argparse.ArgumentParser], None]) -> Callable:
+    """Register a subcommand: its argument builder and its runner (returns the JSON result)."""
+
+    def wrap(run: Callable[[argparse.Namespace], dict]) -> Callable:
+        COMMANDS[name] = (add_args, run)
+        return run
+
+    return wrap
+
+
+class Bar:
+    """A tqdm bar on stderr fed by pipeline progress callbacks (what, fraction)."""
+
+    def __init__(self, desc: str) -> None:
+        self.bar = tqdm(total=1000, desc=desc, file=sys.stderr, leave=False,
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+
+    def __call__(self, what: str, done: float) -> None:
+        self.bar.set_postfix_str(what[:60], refresh=False)
+        self.bar.update(int(1000 * done) - self.bar.n)  # update() honours tqdm's mininterval
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    """Dataset, architecture, device and cache flags shared by every subcommand."""
+    p.add_argument("--dataset", default="digits", choices=list_datasets())
+    p.add_argument("--arch", default="mlpnet", choices=list_models())
+    p.add_argument("--data-root", default=None, help="torchvision root folder of a real dataset")
+    p.add_argument("--download", action="store_true", help="let torchvision download the dataset (needs internet)")
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    p.add_argument("--cache-dir", default=None, help="cache folder (default: $OTCORE_CACHE_DIR or cached_models/)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def add_training(p: argparse.ArgumentParser) -> None:
+    """Flags of TrainSpec; --seeds picks the parents."""
+    d = TrainSpec()
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="one parent per seed")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--momentum", type=float, default=d.momentum)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+
+
+def specs(args: argparse.Namespace) -> tuple[DataSpec, ModelSpec]:
+    """The data and model specs of the common flags."""
+    return DataSpec(args.dataset, args.data_root, args.download), ModelSpec(args.arch)
+
+
+def train_spec(args: argparse.Namespace, epochs: int | None = None) -> TrainSpec:
+    """The TrainSpec of the training flags."""
+    return TrainSpec(epochs=args.epochs if epochs is None else epochs, batch_size=args.batch_size, lr=args.lr,
+                     momentum=args.momentum, weight_decay=args.weight_decay)
+
+
+def parents_of(args: argparse.Namespace, bar: Bar) -> list:
+    """Parents from --parents files, else the cached (or newly trained) parents of --seeds."""
+    from otcore.pipeline import load_parent, train_parents
+
+    data, model = specs(args)
+    if getattr(args, "parents", None):
+        return [load_parent(path, data, model, f"parent {i + 1}", args.device) for i, path in enumerate(args.parents)]
+    return train_parents(data, model, train_spec(args), args.seeds, args.device, bar)
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    add_common(p)
+    add_training(p)
+
+
+@command("train", _train_args)
+def run_train(args: argparse.Namespace) -> dict:
+    """Train parents (one per seed), store them in the cache, report their test accuracy."""
+    bar = Bar("train")
+    parents = parents_of(args, bar)
+    bar.close()
+    out = {"parents": [{"name": p.name, "seed": s, "key": p.key, "test_accuracy": p.metrics["test"]["accuracy"],
+                        "test_loss": p.metrics["test"]["loss"], "train_accuracy": p.metrics["train"]["accuracy"],
+                        "cached": p.metrics["cached"], "seconds": p.metrics["seconds"]}
+                       for p, s in zip(parents, args.seeds)]}
+    out["text"] = "\n".join(f"{p['name']} (seed {p['seed']}): test accuracy {p['test_accuracy']:.2f}%"
+                            f"{' (cached)' if p['cached'] else ''}" for p in out["parents"])
+    return out
+
+
+def _list_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kind", default=None, help="only entries of this kind (parent, fusion, prune, hessian)")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--json", action="store_true")
+
+
+@command("list", _list_args)
+def run_list(args: argparse.Namespace) -> dict:
+    """The cache's manifest."""
+    from otcore.cache import default_cache
+
+    rows = default_cache().entries(args.kind)
+    entries = [{"key": r.key, "kind": r.kind, "config": r.config, "metrics": r.metrics, "created": r.created,
+                "bytes": r.size} for r in rows]
+    lines = [f"{r.key}  {r.kind:8s} {r.config.get('data', {}).get('name', ''):8s} "
+             f"{r.config.get('model', {}).get('arch', ''):24s} {_headline(r.metrics)}" for r in rows]
+    return {"entries": entries, "text": "\n".join(lines) or "the cache is empty"}
+
+
+def _headline(metrics: dict) -> str:
+    if "test" in metrics:
+        return f"test accuracy {metrics['test']['accuracy']:.2f}%"
+    if "rows" in metrics:
+        return ", ".join(f"{r['method']} {r['test']['accuracy']:.1f}%" for r in metrics["rows"][-2:])
+    return ""
+
+
+def add_fusion(p: argparse.ArgumentParser) -> None:
+    """Flags of FusionSpec, named as in the reference implementation where it had them."""
+    d = FusionSpec()
+    p.add_argument("--parents", nargs="+", default=None, help="checkpoint files (paper format, state_dict, safetensors)")
+    p.add_argument("--mode", default="wts", choices=["wts", "acts", "weights", "activations"],
+                   help="align by weights (wts) or pre-activations (acts)")
+    p.add_argument("--act-samples", type=int, default=d.act_samples)
+    p.add_argument("--act-seed", type=int, default=d.act_seed)
+    p.add_argument("--solver", default=d.solver, choices=["emd", "sinkhorn"])
+    p.add_argument("--reg", type=float, default=d.reg)
+    p.add_argument("--ground-metric", default=d.ground_metric, choices=["euclidean", "cosine"])
+    p.add_argument("--squared", action="store_true", help="square the ground metric")
+    p.add_argument("--normalize", default=d.normalize, choices=["none", "max", "median", "mean"])
+    p.add_argument("--no-past-correction", action="store_true")
+    p.add_argument("--no-correction", action="store_true", help="no marginal correction of the plans")
+    p.add_argument("--importance", action="store_true", help="importance-weighted (l1) marginals")
+    p.add_argument("--ensemble-step", type=float, default=d.ensemble_step, help="weight of the anchor parent")
+    p.add_argument("--weights", type=float, nargs="+", default=None, help="per-parent weights (N parents)")
+    p.add_argument("--anchor", type=int, default=d.anchor, help="index of the anchor parent (0-based)")
+    p.add_argument("--no-skip-last-layer", action="store_true", help="align the output layer too")
+    p.add_argument("--renormalize", action="store_true", help="REPAIR-style rescaling after fusion")
+    p.add_argument("--alignment", default="ot", choices=["ot", "weight-matching"])
+    p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs)
+
+
+def fusion_spec(args: argparse.Namespace) -> FusionSpec:
+    """The FusionSpec of the fusion flags."""
+    return FusionSpec(
+        mode={"wts": "weights", "acts": "activations"}.get(args.mode, args.mode), act_samples=args.act_samples,
+        act_seed=args.act_seed, solver=args.solver, reg=args.reg, ground_metric=args.ground_metric,
+        squared=args.squared, normalize=args.normalize, past_correction=not args.no_past_correction,
+        marginal_correction=not args.no_correction, marginals="importance" if args.importance else "uniform",
+        ensemble_step=args.ensemble_step, weights=tuple(args.weights) if args.weights else None, anchor=args.anchor,
+        skip_last_layer=not args.no_skip_last_layer, renormalize=args.renormalize,
+        alignment=args.alignment.replace("-", "_"), finetune_epochs=args.finetune_epochs)
+
+
+def comparison_json(comparison: Any) -> dict:
+    """The headless contract of a comparison: accuracies (percent), rows, seconds."""
+    rows = [{"method": r.method, "test_accuracy": r.test.accuracy, "test_loss": r.test.loss,
+             "train_accuracy": r.train.accuracy, "parameters": r.parameters, "inference_ms": r.inference_ms}
+            for r in comparison.rows]
+    text = "\n".join(f"{r['method']:24s} {r['test_accuracy']:6.2f}%  loss {r['test_loss']:.4f}" for r in rows)
+    return {**comparison.accuracies(), "seconds": comparison.seconds, "rows": rows, "cached": comparison.cached,
+            "text": text}
+
+
+def _fuse_args(p: argparse.ArgumentParser) -> None:
+    add_common(p)
+    add_training(p)
+    add_fusion(p)
+
+
+@command("fuse", _fuse_args)
+def run_fuse(args: argparse.Namespace) -> dict:
+    """Fuse parents (files or cached) and compare with every baseline."""
+    from otcore.pipeline import fuse_and_compare
+
+    spec = fusion_spec(args)
+    bar = Bar("fuse")
+    parents = parents_of(args, bar)
+    data, model = specs(args)
+    comparison = fuse_and_compare(data, model, parents, spec, train_spec(args, spec.finetune_epochs), args.device, bar)
+    bar.close()
+    return comparison_json(comparison)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, run, print; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="python -m otcore", description="OT Fusion Studio, headless.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (add_args, run) in COMMANDS.items():
+        add_args(sub.add_parser(name, help=(run.__doc__ or "").strip()))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s: %(message)s")
+    if getattr(args, "cache_dir", None):
+        os.environ["OTCORE_CACHE_DIR"] = args.cache_dir
+    try:
+        result = COMMANDS[args.command][1](args)
+    except (SpecError, ValueError, FileNotFoundError, PermissionError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    text = result.pop("text", None)
+    print(json.dumps(result) if args.json or text is None else text)
+    return 0

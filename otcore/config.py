@@ -1,0 +1,215 @@
+"""Frozen, validated specs for every step of a study; their stable hash is the cache key.
+
+Each spec validates itself on construction and raises `SpecError` with one message that
+the CLI and the UI show as is.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class SpecError(ValueError):
+    """A setting that cannot be used; the message is meant for the user."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise SpecError(message)
+
+
+def not_keyed(default: Any) -> Any:
+    """A spec field that does not change results (paths, flags) and so stays out of the cache key."""
+    return field(default=default, metadata={"keyed": False}, compare=False)
+
+
+def spec_dict(spec: Any) -> dict[str, Any]:
+    """The keyed fields of a spec as a JSON-able dict, tagged with the spec's type."""
+    if not dataclasses.is_dataclass(spec):
+        return spec  # plain JSON-able values (e.g. the keys of a step's inputs)
+    out: dict[str, Any] = {"_type": type(spec).__name__}
+    for f in dataclasses.fields(spec):
+        if f.metadata.get("keyed", True):
+            value = getattr(spec, f.name)
+            out[f.name] = spec_dict(value) if dataclasses.is_dataclass(value) else value
+    return out
+
+
+def spec_hash(kind: str, *specs: Any) -> str:
+    """Stable hex digest of a step kind and the specs that determine its result."""
+    payload = json.dumps([kind] + [spec_dict(s) for s in specs], sort_keys=True, default=list)
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which dataset, and where its files are."""
+
+    name: str = "digits"  # registry name: digits, mnist, fashion-mnist, cifar10, cifar100
+    root: str | None = not_keyed(None)  # torchvision root folder for the real datasets
+    download: bool = not_keyed(False)  # let torchvision download into root (needs internet)
+
+    def __post_init__(self) -> None:
+        from otcore.data import list_datasets  # late import: data imports config
+
+        _check(self.name in list_datasets(),
+               f"unknown dataset '{self.name}'; choose one of {', '.join(list_datasets())}")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which architecture."""
+
+    arch: str = "mlpnet"  # registry name, see otcore.models.list_models()
+
+    def __post_init__(self) -> None:
+        from otcore.models import list_models
+
+        _check(self.arch in list_models(),
+               f"unknown architecture '{self.arch}'; choose one of {', '.join(list_models())}")
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """How a network is trained (SGD with momentum, as the reference code)."""
+
+    epochs: int = 10  # passes over the train split
+    batch_size: int = 64  # examples per SGD step
+    lr: float = 0.05  # SGD learning rate
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 0.0  # L2 penalty
+    seed: int = 0  # seeds initialisation and batch order
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}")
+        _check(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
+        _check(self.lr > 0, f"learning rate must be > 0, got {self.lr}")
+        _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        _check(self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}")
+
+
+ALIGN_MODES = ("weights", "activations")
+SOLVERS = ("emd", "sinkhorn")
+GROUND_METRICS = ("euclidean", "cosine")
+NORMALIZATIONS = ("none", "max", "median", "mean")
+MARGINALS = ("uniform", "importance")
+
+
+@dataclass(frozen=True)
+class FusionSpec:
+    """OT fusion settings; defaults are the paper's recommended ones (Singh & Jaggi, 2020)."""
+
+    mode: str = "weights"  # align neurons by 'weights' or by pre-'activations' on a sample
+    act_samples: int = 200  # inputs drawn from the train split for activation alignment
+    act_seed: int = 0  # seed of that sample
+    solver: str = "emd"  # exact OT ('emd', POT's network simplex) or entropic ('sinkhorn')
+    reg: float = 0.01  # entropic regularisation of Sinkhorn, relative to the normalised cost
+    ground_metric: str = "euclidean"  # distance between neurons: 'euclidean' or 'cosine'
+    squared: bool = False  # square the euclidean distance
+    normalize: str = "none"  # divide the cost matrix by its 'max', 'median' or 'mean'
+    past_correction: bool = True  # multiply incoming weights by the previous layer's plan
+    marginal_correction: bool = True  # rescale the plan so each target neuron gets unit mass
+    marginals: str = "uniform"  # neuron masses: 'uniform' or 'importance' (l1 norm of weights)
+    ensemble_step: float = 0.5  # weight of the anchor parent when two parents are averaged
+    weights: tuple[float, ...] | None = None  # per-parent weights (any N); overrides ensemble_step
+    anchor: int = 0  # index of the parent whose neuron order and widths the fused net keeps
+    skip_last_layer: bool = True  # average the output layer without a new plan (classes are aligned)
+    renormalize: bool = False  # REPAIR-style rescaling of fused neurons on the activation sample
+    alignment: str = "ot"  # 'ot' (layer-wise plans) or 'weight_matching' (Git Re-Basin)
+    finetune_epochs: int = 0  # epochs of fine-tuning of the fused net (0 skips)
+
+    def __post_init__(self) -> None:
+        _check(self.mode in ALIGN_MODES, f"mode must be one of {ALIGN_MODES}, got '{self.mode}'")
+        _check(self.act_samples >= 1, f"activation samples must be >= 1, got {self.act_samples}")
+        _check(self.solver in SOLVERS, f"solver must be one of {SOLVERS}, got '{self.solver}'")
+        _check(self.reg > 0, f"Sinkhorn reg must be > 0, got {self.reg}")
+        _check(self.ground_metric in GROUND_METRICS,
+               f"ground metric must be one of {GROUND_METRICS}, got '{self.ground_metric}'")
+        _check(self.normalize in NORMALIZATIONS,
+               f"cost normalisation must be one of {NORMALIZATIONS}, got '{self.normalize}'")
+        _check(self.marginals in MARGINALS, f"marginals must be one of {MARGINALS}, got '{self.marginals}'")
+        _check(0.0 <= self.ensemble_step <= 1.0, f"ensemble step must be in [0, 1], got {self.ensemble_step}")
+        if self.weights is not None:
+            _check(len(self.weights) >= 2 and all(w >= 0 for w in self.weights) and sum(self.weights) > 0,
+                   "per-parent weights must be >= 0, at least two, with a positive sum")
+        _check(self.alignment in ("ot", "weight_matching"),
+               f"alignment must be 'ot' or 'weight_matching', got '{self.alignment}'")
+        _check(self.finetune_epochs >= 0, f"fine-tuning epochs must be >= 0, got {self.finetune_epochs}")
+
+    def parent_weights(self, n_parents: int) -> list[float]:
+        """Normalised averaging weight of each parent."""
+        if self.weights is not None:
+            _check(len(self.weights) == n_parents,
+                   f"{len(self.weights)} per-parent weights given for {n_parents} parents")
+            total = sum(self.weights)
+            return [w / total for w in self.weights]
+        _check(-n_parents <= self.anchor < n_parents, f"anchor {self.anchor} out of range for {n_parents} parents")
+        if n_parents == 2:
+            out = [1.0 - self.ensemble_step] * 2
+            out[self.anchor % 2] = self.ensemble_step
+            return out
+        return [1.0 / n_parents] * n_parents
+
+
+PRUNE_TYPES = ("unstructured", "structured")
+PRUNE_SCOPES = ("conv", "linear", "all")
+PRUNE_ORDERS = ("prune-fuse", "fuse-prune")
+
+
+@dataclass(frozen=True)
+class PruneSpec:
+    """Magnitude pruning settings (torch.nn.utils.prune)."""
+
+    fraction: float = 0.5  # fraction of weights (or filters) removed, in [0, 1)
+    type: str = "unstructured"  # 'unstructured' (L1 per weight) or 'structured' (Ln norm per output filter)
+    scope: str = "all"  # which layers: 'conv', 'linear' or 'all' (the seed study used 'conv')
+    norm: int = 1  # n of the Ln norm ranking filters in structured pruning
+    global_: bool = False  # rank weights across all pruned layers instead of per layer (unstructured)
+    keep_last_layer: bool = True  # never prune the classifier layer
+    order: str = "prune-fuse"  # prune parents then fuse, or fuse then prune
+    retrain_parents_epochs: int = 0  # epochs of masked retraining of each pruned parent
+    retrain_epochs: int = 0  # epochs of masked retraining of the fused net
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.fraction < 1.0, f"prune fraction must be in [0, 1), got {self.fraction}")
+        _check(self.type in PRUNE_TYPES, f"prune type must be one of {PRUNE_TYPES}, got '{self.type}'")
+        _check(self.scope in PRUNE_SCOPES, f"prune scope must be one of {PRUNE_SCOPES}, got '{self.scope}'")
+        _check(self.norm >= 1, f"structured pruning norm must be >= 1, got {self.norm}")
+        _check(self.order in PRUNE_ORDERS, f"order must be one of {PRUNE_ORDERS}, got '{self.order}'")
+        _check(self.retrain_parents_epochs >= 0 and self.retrain_epochs >= 0, "retraining epochs must be >= 0")
+
+
+@dataclass(frozen=True)
+class HessianSpec:
+    """Hessian analysis settings (PyHessian-style: power iteration, Hutchinson, SLQ)."""
+
+    split: str = "test"  # 'train' or 'test'
+    batches: int = 1  # number of batches the Hessian is averaged over
+    batch_size: int = 1000  # examples per batch
+    seed: int | None = None  # None: the split's first examples in order; else a seeded shuffle
+    top_k: int = 3  # number of top eigenvalues
+    power_iters: int = 100  # max power iterations per eigenvalue
+    tol: float = 1e-4  # relative tolerance of power iteration
+    trace_probes: int = 100  # Rademacher probes of Hutchinson's trace estimator (max)
+    lanczos_iters: int = 100  # Lanczos steps of the spectral density
+    density_probes: int = 1  # probe vectors of stochastic Lanczos quadrature
+    lambda_min: float = -0.5  # start of the perturbation range along the top eigenvector
+    lambda_max: float = 0.5  # end of that range
+    lambda_points: int = 21  # points of the perturbation curve
+
+    def __post_init__(self) -> None:
+        _check(self.split in ("train", "test"), f"split must be 'train' or 'test', got '{self.split}'")
+        _check(self.batches >= 1, f"batches must be >= 1, got {self.batches}")
+        _check(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
+        _check(self.top_k >= 1, f"top-k must be >= 1, got {self.top_k}")
+        _check(self.power_iters >= 1, f"power iterations must be >= 1, got {self.power_iters}")
+        _check(self.tol > 0, f"tolerance must be > 0, got {self.tol}")
+        _check(self.trace_probes >= 1, f"trace probes must be >= 1, got {self.trace_probes}")
+        _check(self.lanczos_iters >= 2, f"Lanczos iterations must be >= 2, got {self.lanczos_iters}")
+        _check(self.density_probes >= 1, f"density probes must be >= 1, got {self.density_probes}")
+        _check(self.lambda_max > self.lambda_min,
+               f"lambda range must have positive length, got [{self.lambda_min}, {self.lambda_max}]")
+        _check(self.lambda_points >= 2, f"lambda points must be >= 2, got {self.lambda_points}")

@@ -1,0 +1,101 @@
+"""One-shot fusion of N parents into the anchor's architecture (Singh & Jaggi, 2020).
+
+Each non-anchor parent is aligned to the anchor group by group (OT plans, or Git Re-Basin
+weight matching); the aligned weights are then averaged with per-parent weights. All weight
+algebra runs on the parents' device; only the exact OT solve visits the CPU.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from otcore.activations import capture_activations
+from otcore.config import FusionSpec
+from otcore.fusion.align import GroupDiagnostics, Plans, apply_plans, check_same_family, ot_plans
+from otcore.models import FusableNet
+
+
+@dataclass
+class FusionResult:
+    """The fused network, the plans that made it, per-group diagnostics and timings (seconds)."""
+
+    model: FusableNet
+    plans: list[Plans]  # per parent: group -> plan (n_parent, n_anchor); the anchor's is empty
+    diagnostics: list[list[GroupDiagnostics]]  # per parent; empty for the anchor
+    seconds: dict[str, float] = field(default_factory=dict)  # 'activations', 'fusion'
+
+
+def align_parents(parents: list[FusableNet], spec: FusionSpec, act_inputs: torch.Tensor | None = None,
+                  progress: Callable[[str, float], None] | None = None) -> FusionResult:
+    """Plans aligning every parent to the anchor; `model` is left as the anchor (not yet fused)."""
+    if len(parents) < 2:
+        raise ValueError("fusion needs at least two parents")
+    check_same_family(parents)
+    anchor_idx = spec.anchor % len(parents)
+    anchor = parents[anchor_idx]
+    seconds = {"activations": 0.0, "fusion": 0.0}
+    acts: list[dict[str, torch.Tensor] | None] = [None] * len(parents)
+    if spec.mode == "activations" and spec.alignment == "ot":
+        if act_inputs is None:
+            raise ValueError("activation-based alignment needs a sample of inputs")
+        start = time.perf_counter()
+        acts = [capture_activations(p, act_inputs, p.group_modules()) for p in parents]
+        seconds["activations"] = time.perf_counter() - start
+    start = time.perf_counter()
+    plans: list[Plans] = []
+    diagnostics: list[list[GroupDiagnostics]] = []
+    for i, parent in enumerate(parents):
+        if progress is not None:
+            progress(f"aligning parent {i + 1} of {len(parents)}", i / len(parents))
+        if i == anchor_idx:
+            plans.append({})
+            diagnostics.append([])
+        elif spec.alignment == "weight_matching":
+            from otcore.fusion.weight_matching import weight_matching_plans
+
+            plans.append(weight_matching_plans(parent, anchor, seed=spec.act_seed))
+            diagnostics.append([])
+        else:
+            p, d = ot_plans(parent, anchor, spec, acts[i], acts[anchor_idx])
+            plans.append(p)
+            diagnostics.append(d)
+    seconds["fusion"] = time.perf_counter() - start
+    return FusionResult(anchor, plans, diagnostics, seconds)
+
+
+def average_aligned(parents: list[FusableNet], plans: list[Plans], weights: list[float], anchor_idx: int,
+                    past_correction: bool = True) -> FusableNet:
+    """sum_p w_p * (parent p moved into the anchor's neuron order), as a new network."""
+    anchor = parents[anchor_idx]
+    state = {k: v.detach().clone() for k, v in anchor.state_dict().items()}
+    summed: dict[str, torch.Tensor] = {}
+    for i, (parent, weight) in enumerate(zip(parents, weights)):
+        aligned = apply_plans(parent, anchor, plans[i], past_correction and i != anchor_idx)
+        for name, tensor in aligned.items():
+            summed[name] = summed[name] + weight * tensor if name in summed else weight * tensor
+    state.update(summed)
+    fused = copy.deepcopy(anchor)
+    fused.load_state_dict(state)
+    return fused.eval()
+
+
+def fuse(parents: list[FusableNet], spec: FusionSpec, act_inputs: torch.Tensor | None = None,
+         progress: Callable[[str, float], None] | None = None) -> FusionResult:
+    """OT fusion of the parents (any N >= 2) into the anchor's architecture."""
+    result = align_parents(parents, spec, act_inputs, progress)
+    start = time.perf_counter()
+    anchor_idx = spec.anchor % len(parents)
+    result.model = average_aligned(parents, result.plans, spec.parent_weights(len(parents)), anchor_idx,
+                                   spec.past_correction)
+    if spec.renormalize:
+        from otcore.fusion.repair import repair
+
+        if act_inputs is None:
+            raise ValueError("renormalisation (REPAIR) needs a sample of inputs")
+        result.model = repair(result.model, parents, result.plans, spec.parent_weights(len(parents)), act_inputs)
+    result.seconds["fusion"] += time.perf_counter() - start
+    return result

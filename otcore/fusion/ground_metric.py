@@ -1,0 +1,36 @@
+"""Ground metric: the cost of moving one neuron onto another (rows are neurons)."""
+from __future__ import annotations
+
+import torch
+
+
+def cost_matrix(x: torch.Tensor, y: torch.Tensor, metric: str = "euclidean", squared: bool = False,
+                normalize: str = "none") -> torch.Tensor:
+    """Cost M (n, m) between rows of x (n, d) and y (m, d), on their device.
+
+    euclidean: M_ij = ||x_i - y_j|| (squared if asked), via POT's backend-agnostic `ot.dist`;
+    cosine: M_ij = 1 - <x_i, y_j> / (||x_i|| ||y_j||) (ot.dist has no torch cosine), zero rows
+    count as orthogonal so dead neurons give finite costs. normalize divides M by its max,
+    median or mean, as the reference's --ground-metric-normalize.
+    """
+    if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+        raise ValueError("cannot compute transport costs: the neurons' weights or activations contain NaN or Inf")
+    if metric == "euclidean":
+        import ot  # POT pulls in scikit-learn: imported on first use, not at start-up
+
+        cost = ot.dist(x, y, metric="sqeuclidean").clamp_min_(0)
+        if not squared:
+            cost = cost.sqrt()
+    elif metric == "cosine":
+        xn = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        yn = y / y.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        cost = (1 - xn @ yn.T).clamp_min_(0)
+        if squared:
+            cost = cost.square()
+    else:
+        raise ValueError(f"unknown ground metric '{metric}'")
+    if normalize != "none":
+        scale = {"max": cost.max, "median": cost.median, "mean": cost.mean}[normalize]()
+        if scale > 0:
+            cost = cost / scale
+    return cost

@@ -1,0 +1,297 @@
+"""Tests of otcore.cache with real files and real processes: damage, killed writers, races, no disk."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from otcore.cache import CacheEntry, DiskCache, default_cache
+from otcore.config import TrainSpec, spec_hash
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_entry(key: str, kind: str = "parent", scale: float = 1.0) -> CacheEntry:
+    torch.manual_seed(0)
+    tensors = {"layer2.weight": torch.randn(8, 4) * scale, "layer1.weight": torch.randn(4, 3),
+               "layer1.bias": torch.zeros(4, dtype=torch.float64), "steps": torch.tensor(12),
+               "half": torch.ones(3, dtype=torch.bfloat16), "mask": torch.tensor([True, False])}
+    return CacheEntry(key=key, kind=kind, config={"arch": "mlpnet", "widths": [4, 8], "seed": 0},
+                      metrics={"test_accuracy": 0.93, "history": {"loss": [1.5, 0.7], "acc": [0.5, 0.9]}},
+                      tensors=tensors)
+
+
+def assert_same_entry(a: CacheEntry, b: CacheEntry) -> None:
+    assert (a.key, a.kind, a.config, a.metrics, a.created) == (b.key, b.kind, b.config, b.metrics, b.created)
+    assert list(a.tensors) == list(b.tensors)
+    for name in a.tensors:
+        assert a.tensors[name].dtype == b.tensors[name].dtype and torch.equal(a.tensors[name], b.tensors[name])
+
+
+class Counter:
+    """A compute function that counts its calls in a file, as the racing processes do."""
+
+    def __init__(self, path: Path, key: str) -> None:
+        self.path, self.key = path, key
+
+    def __call__(self) -> CacheEntry:
+        with open(self.path, "a") as f:
+            f.write("computed\n")
+        return make_entry(self.key)
+
+    @property
+    def calls(self) -> int:
+        return len(self.path.read_text().splitlines()) if self.path.exists() else 0
+
+
+def entry_path(cache: DiskCache, key: str) -> Path:
+    return cache.root / f"{key}.safetensors"
+
+
+@pytest.fixture
+def key() -> str:
+    return spec_hash("parent", TrainSpec())
+
+
+def test_round_trip_keeps_tensors_order_and_metadata(tmp_path, key):
+    cache = DiskCache(tmp_path / "cache")
+    entry = make_entry(key)
+    cache.store(entry)
+    assert_same_entry(cache.load(key), entry)
+    assert cache.writable
+
+
+def test_empty_tensor_dict_round_trips(tmp_path):
+    cache = DiskCache(tmp_path)
+    entry = CacheEntry(key="hessian1", kind="hessian", config={}, metrics={"top": [3.0, 2.0]})
+    cache.store(entry)
+    assert_same_entry(cache.load("hessian1"), entry)
+
+
+def test_miss_returns_none(tmp_path, key):
+    assert DiskCache(tmp_path).load(key) is None
+
+
+def test_loaded_tensors_are_private_copies(tmp_path, key):
+    cache = DiskCache(tmp_path)
+    cache.store(make_entry(key))
+    cache.load(key).tensors["layer1.weight"].zero_()
+    assert torch.equal(cache.load(key).tensors["layer1.weight"], make_entry(key).tensors["layer1.weight"])
+
+
+def test_truncated_entry_is_removed_and_recomputed(tmp_path, key, caplog):
+    cache = DiskCache(tmp_path)
+    cache.store(make_entry(key))
+    path = entry_path(cache, key)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with caplog.at_level(logging.WARNING, logger="otcore.cache"):
+        assert cache.load(key) is None
+    assert "corrupt" in caplog.text and not path.exists()
+    counter = Counter(tmp_path / "calls.txt", key)
+    assert_same_entry(cache.get_or_compute(key, counter), cache.load(key))
+    assert counter.calls == 1
+
+
+@pytest.mark.parametrize("where", ["last tensor byte", "middle of the data", "metrics in the header"])
+def test_flipped_byte_is_detected_removed_and_recomputed(tmp_path, key, caplog, where):
+    cache = DiskCache(tmp_path)
+    cache.store(make_entry(key))
+    path = entry_path(cache, key)
+    data = bytearray(path.read_bytes())
+    header_end = 8 + int.from_bytes(data[:8], "little")
+    if where == "last tensor byte":
+        offset = len(data) - 1
+    elif where == "middle of the data":
+        offset = (header_end + len(data)) // 2
+    else:
+        offset = data.index(b"0.93") + 3  # 0.93 -> 0.9x, still valid JSON
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+    assert [row.key for row in cache.entries()] == [key]  # the manifest reads headers only
+    counter = Counter(tmp_path / "calls.txt", key)
+    with caplog.at_level(logging.WARNING, logger="otcore.cache"):
+        recomputed = cache.get_or_compute(key, counter)
+    assert "corrupt" in caplog.text
+    assert counter.calls == 1
+    assert_same_entry(recomputed, cache.load(key))
+    assert torch.equal(cache.load(key).tensors["layer2.weight"], make_entry(key).tensors["layer2.weight"])
+
+
+def test_garbage_file_reads_as_a_miss(tmp_path, key):
+    cache = DiskCache(tmp_path)
+    entry_path(cache, key).write_bytes(os.urandom(300))
+    assert cache.load(key) is None and cache.entries() == []
+    assert not entry_path(cache, key).exists()
+
+
+WRITER = textwrap.dedent("""
+    import os, sys, time, torch
+    from otcore.cache import CacheEntry, DiskCache
+    real_fsync = os.fsync
+    def fsync_then_hang(fd):
+        real_fsync(fd)
+        print("written", flush=True)  # the temp file is complete, the rename has not happened
+        time.sleep(600)
+    os.fsync = fsync_then_hang
+    cache = DiskCache(sys.argv[1])
+    cache.store(CacheEntry(key=sys.argv[2], kind="parent", config={}, metrics={},
+                           tensors={"w": torch.randn(4_000_000)}))
+""")
+
+
+def test_writer_killed_mid_write_leaves_no_entry(tmp_path, key):
+    root = tmp_path / "cache"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(root), key], cwd=REPO,
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert writer.stdout.readline().strip() == "written"
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(timeout=30)
+    leftovers = list(root.glob(".*.tmp"))
+    assert len(leftovers) == 1 and leftovers[0].stat().st_size > 16_000_000  # it was killed mid-write
+    cache = DiskCache(root)
+    assert cache.load(key) is None and cache.entries() == [] and not entry_path(cache, key).exists()
+    cache.clear()
+    assert list(root.glob(".*.tmp")) == []
+
+
+def test_stale_temp_files_are_swept_on_open(tmp_path):
+    stale, fresh = tmp_path / ".abc.safetensors.x1.tmp", tmp_path / ".abc.safetensors.x2.tmp"
+    stale.write_bytes(b"partial")
+    fresh.write_bytes(b"partial")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    DiskCache(tmp_path)
+    assert not stale.exists() and fresh.exists()  # a fresh one may belong to a live writer
+
+
+RACER = textwrap.dedent("""
+    import hashlib, os, sys, time, torch
+    from pathlib import Path
+    from otcore.cache import CacheEntry, DiskCache
+    root, key, work, name = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4]
+    def compute():
+        with open(work / "calls.txt", "a") as f:
+            f.write(name + "\\n")
+        time.sleep(1.0)  # a slow step: the others must wait, not compute
+        torch.manual_seed(os.getpid())  # each process would produce different weights
+        return CacheEntry(key=key, kind="fusion", config={}, metrics={"by": name},
+                          tensors={"w": torch.randn(64, 64)})
+    (work / f"ready-{name}").touch()
+    while not (work / "go").exists():
+        time.sleep(0.005)
+    entry = DiskCache(root).get_or_compute(key, compute)
+    digest = hashlib.sha256(entry.tensors["w"].numpy().tobytes()).hexdigest()
+    (work / f"out-{name}").write_text(entry.metrics["by"] + " " + digest)
+""")
+
+
+def test_racing_processes_compute_once(tmp_path, key):
+    root, work = tmp_path / "cache", tmp_path / "work"
+    work.mkdir()
+    names = [f"p{i}" for i in range(4)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(root), key, str(work), name], cwd=REPO, env=env)
+             for name in names]
+    try:
+        deadline = time.time() + 60
+        while not all((work / f"ready-{n}").exists() for n in names):
+            assert time.time() < deadline and all(p.poll() is None for p in procs), "racers did not start"
+            time.sleep(0.02)
+        (work / "go").touch()
+        assert [p.wait(timeout=60) for p in procs] == [0] * 4
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert len((work / "calls.txt").read_text().splitlines()) == 1
+    outputs = {(work / f"out-{n}").read_text() for n in names}
+    assert len(outputs) == 1
+    winner = outputs.pop().split()[0]
+    assert DiskCache(root).load(key).metrics == {"by": winner}
+
+
+def test_uncreatable_root_degrades_with_one_warning(tmp_path, key, caplog):
+    (tmp_path / "afile").write_text("not a folder")
+    counter = Counter(tmp_path / "calls.txt", key)
+    with caplog.at_level(logging.WARNING, logger="otcore.cache"):
+        cache = DiskCache(tmp_path / "afile" / "cache")
+        assert not cache.writable
+        first = cache.get_or_compute(key, counter)
+        second = cache.get_or_compute(key, counter)
+        cache.store(make_entry(key))
+        cache.delete(key)
+        cache.clear()
+    for got in (first, second):
+        assert torch.equal(got.tensors["layer1.weight"], make_entry(key).tensors["layer1.weight"])
+    assert counter.calls == 2  # nothing cached, everything still works
+    assert cache.load(key) is None and cache.entries() == []
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+
+
+def test_write_failure_after_open_degrades(tmp_path, key, caplog):
+    root = tmp_path / "cache"
+    cache = DiskCache(root)
+    assert cache.writable
+    shutil.rmtree(root)
+    root.write_text("the folder went away")  # every write now fails with an OSError
+    counter = Counter(tmp_path / "calls.txt", key)
+    with caplog.at_level(logging.WARNING, logger="otcore.cache"):
+        cache.store(make_entry("other"))
+        entry = cache.get_or_compute(key, counter)
+    assert not cache.writable and counter.calls == 1
+    assert torch.equal(entry.tensors["layer2.weight"], make_entry(key).tensors["layer2.weight"])
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+
+
+def test_manifest_lists_entries_with_config_and_metrics(tmp_path):
+    cache = DiskCache(tmp_path)
+    keys = {kind: spec_hash(kind, TrainSpec(seed=1)) for kind in ("parent", "fusion", "hessian")}
+    for kind, k in keys.items():
+        cache.store(make_entry(k, kind=kind))
+        time.sleep(0.01)
+    rows = cache.entries()
+    assert [r.key for r in rows] == [keys["hessian"], keys["fusion"], keys["parent"]]  # newest first
+    for row in rows:
+        assert row.config == {"arch": "mlpnet", "widths": [4, 8], "seed": 0}
+        assert row.metrics["history"]["loss"] == [1.5, 0.7]
+        assert row.size == entry_path(cache, row.key).stat().st_size
+    assert [r.kind for r in cache.entries(kind="fusion")] == ["fusion"]
+    cache.delete(keys["fusion"])
+    assert {r.kind for r in cache.entries()} == {"parent", "hessian"}
+    cache.clear()
+    assert cache.entries() == [] and cache.load(keys["parent"]) is None
+
+
+def test_get_or_compute_hits_after_the_first_call(tmp_path, key):
+    cache = DiskCache(tmp_path)
+    counter = Counter(tmp_path / "calls.txt", key)
+    first = cache.get_or_compute(key, counter)
+    assert_same_entry(cache.get_or_compute(key, counter), first)
+    assert counter.calls == 1
+    with pytest.raises(ValueError, match="expected"):
+        cache.get_or_compute("otherkey", counter)
+
+
+def test_keys_cannot_escape_the_root(tmp_path):
+    with pytest.raises(ValueError, match="invalid cache key"):
+        DiskCache(tmp_path).load("../outside")
+
+
+def test_default_cache_reads_the_environment_at_call_time(tmp_path, monkeypatch):
+    monkeypatch.setenv("OTCORE_CACHE_DIR", str(tmp_path / "first"))
+    assert default_cache().root == tmp_path / "first"
+    monkeypatch.setenv("OTCORE_CACHE_DIR", str(tmp_path / "second"))
+    assert default_cache().root == tmp_path / "second" and (tmp_path / "second").is_dir()
+    monkeypatch.delenv("OTCORE_CACHE_DIR")
+    assert DiskCache(tmp_path / "explicit").root == tmp_path / "explicit"
