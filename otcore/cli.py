@@ -34,18 +34,26 @@ def command(name: str, add_args: Callable[[argparse.ArgumentParser], None]) -> C
 
 
 class Bar:
-    """A tqdm bar on stderr fed by pipeline progress callbacks (what, fraction)."""
+    """A tqdm bar on stderr fed by pipeline progress callbacks (what, fraction).
+
+    Drawn at the first report, not before: an input error found before any work starts must
+    leave stderr with its one `error:` line only.
+    """
 
     def __init__(self, desc: str) -> None:
-        self.bar = tqdm(total=1000, desc=desc, file=sys.stderr, leave=False,
-                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+        self.desc = desc
+        self.bar: tqdm | None = None
 
     def __call__(self, what: str, done: float) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=1000, desc=self.desc, file=sys.stderr, leave=False,
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
         self.bar.set_postfix_str(what[:60], refresh=False)
         self.bar.update(int(1000 * done) - self.bar.n)  # update() honours tqdm's mininterval
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -100,8 +108,10 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 def run_train(args: argparse.Namespace) -> dict:
     """Train parents (one per seed), store them in the cache, report their test accuracy."""
     bar = Bar("train")
-    parents = parents_of(args, bar)
-    bar.close()
+    try:
+        parents = parents_of(args, bar)
+    finally:
+        bar.close()
     out = {"parents": [{"name": p.name, "seed": s, "key": p.key, "test_accuracy": p.metrics["test"]["accuracy"],
                         "test_loss": p.metrics["test"]["loss"], "train_accuracy": p.metrics["train"]["accuracy"],
                         "cached": p.metrics["cached"], "seconds": p.metrics["seconds"]}
@@ -198,10 +208,13 @@ def run_fuse(args: argparse.Namespace) -> dict:
 
     spec = fusion_spec(args)
     bar = Bar("fuse")
-    parents = parents_of(args, bar)
-    data, model = specs(args)
-    comparison = fuse_and_compare(data, model, parents, spec, train_spec(args, spec.finetune_epochs), args.device, bar)
-    bar.close()
+    try:
+        parents = parents_of(args, bar)
+        data, model = specs(args)
+        comparison = fuse_and_compare(data, model, parents, spec, train_spec(args, spec.finetune_epochs),
+                                      args.device, bar)
+    finally:
+        bar.close()
     return comparison_json(comparison)
 
 

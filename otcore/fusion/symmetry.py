@@ -1,0 +1,32 @@
+"""Permutation symmetry: hidden neurons can be reordered without changing a network's function.
+
+A permuted copy of a network is the canonical input on which fusion must be exact, so tests
+and demos build one here.
+"""
+from __future__ import annotations
+
+import torch
+
+from otcore.fusion.align import Plans, apply_plans, weight_of
+from otcore.models import INPUT, OUTPUT, FusableNet
+from otcore.prune import copy_model
+
+
+def random_permutations(model: FusableNet, seed: int) -> Plans:
+    """A random permutation matrix (n, n) for every hidden group of the model."""
+    generator = torch.Generator().manual_seed(seed)
+    plans: Plans = {INPUT: None, OUTPUT: None}
+    for layer in model.alignment_layers():
+        if layer.out_group not in plans:
+            weight = weight_of(model, layer.name)
+            n = weight.shape[0]
+            plans[layer.out_group] = torch.eye(n, dtype=weight.dtype, device=weight.device)[
+                torch.randperm(n, generator=generator)]
+    return plans
+
+
+def permuted_copy(model: FusableNet, seed: int) -> FusableNet:
+    """A copy of the model with every hidden group's neurons randomly reordered (same function)."""
+    copy = copy_model(model)
+    copy.load_state_dict({**model.state_dict(), **apply_plans(model, model, random_permutations(model, seed))})
+    return copy.eval()
