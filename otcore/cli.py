@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from tqdm import tqdm
 
-from otcore.config import DataSpec, FusionSpec, ModelSpec, SpecError, TrainSpec
+from otcore.config import DataSpec, FusionSpec, ModelSpec, PruneSpec, SpecError, TrainSpec
 from otcore.data import list_datasets
 from otcore.device import DEVICE_CHOICES
 from otcore.models import list_models
@@ -216,6 +216,130 @@ def run_fuse(args: argparse.Namespace) -> dict:
     finally:
         bar.close()
     return comparison_json(comparison)
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    add_common(p)
+    add_training(p)
+    add_fusion(p)
+    p.add_argument("--out", required=True, help="HTML file to write (self-contained, opens offline)")
+    p.add_argument("--title", default=None, help="report title (default: 'OT fusion report: DATASET / ARCH')")
+
+
+@command("report", _report_args)
+def run_report(args: argparse.Namespace) -> dict:
+    """Fuse as `fuse` does and write the Fusion page's HTML report (tables, interactive charts)."""
+    from pathlib import Path
+
+    from otcore.checkpoints import write_atomic
+    from otcore.pipeline import fuse_and_compare
+    from otcore.report import fusion_report
+
+    spec = fusion_spec(args)
+    bar = Bar("report")
+    parents = parents_of(args, bar)
+    data, model = specs(args)
+    comparison = fuse_and_compare(data, model, parents, spec, train_spec(args, spec.finetune_epochs), args.device, bar)
+    bar.close()
+    out = Path(args.out)
+    html = fusion_report(comparison, data, model, parents, spec, args.device, args.title)
+    write_atomic(out, html.encode("utf-8"))
+    result = comparison_json(comparison)
+    result.update(out=str(out), bytes=out.stat().st_size, text=f"{result['text']}\nreport written to {out}")
+    return result
+
+
+def add_pruning(p: argparse.ArgumentParser) -> None:
+    """Flags of PruneSpec."""
+    d = PruneSpec()
+    p.add_argument("--type", default=d.type, choices=["unstructured", "structured"])
+    p.add_argument("--scope", default=d.scope, choices=["conv", "linear", "all"])
+    p.add_argument("--norm", type=int, default=d.norm, help="n of the Ln norm ranking filters (structured)")
+    p.add_argument("--global", dest="global_", action="store_true", help="rank weights across layers")
+    p.add_argument("--prune-last-layer", action="store_true", help="prune the classifier layer too")
+    p.add_argument("--order", default=d.order, choices=["prune-fuse", "fuse-prune"])
+    p.add_argument("--retrain-parents-epochs", type=int, default=d.retrain_parents_epochs)
+    p.add_argument("--retrain-epochs", type=int, default=d.retrain_epochs)
+
+
+def prune_spec(args: argparse.Namespace, fraction: float) -> PruneSpec:
+    """The PruneSpec of the pruning flags at one fraction."""
+    return PruneSpec(fraction=fraction, type=args.type, scope=args.scope, norm=args.norm, global_=args.global_,
+                     keep_last_layer=not args.prune_last_layer, order=args.order,
+                     retrain_parents_epochs=args.retrain_parents_epochs, retrain_epochs=args.retrain_epochs)
+
+
+def prune_json(comparison: Any) -> dict:
+    """comparison_json plus sparsity: one value per single network, in row order."""
+    out = comparison_json(comparison)
+    sparsity = comparison.extra["sparsity"]
+    out["sparsity"] = [sparsity[r.method] for r in comparison.rows if r.method in sparsity]
+    out["sparsity_by_method"] = sparsity
+    out["fraction"], out["type"] = comparison.extra["fraction"], comparison.extra["type"]
+    return out
+
+
+def _prune_args(p: argparse.ArgumentParser) -> None:
+    _fuse_args(p)
+    add_pruning(p)
+    p.add_argument("--fraction", type=float, required=True, help="fraction pruned, in [0, 1)")
+
+
+@command("prune", _prune_args)
+def run_prune(args: argparse.Namespace) -> dict:
+    """Prune the parents before or after fusion and compare every method at one fraction."""
+    from otcore.pipeline import prune_and_compare
+
+    spec, fusion = prune_spec(args, args.fraction), fusion_spec(args)
+    bar = Bar("prune")
+    parents = parents_of(args, bar)
+    data, model = specs(args)
+    comparison = prune_and_compare(data, model, parents, spec, fusion, train_spec(args), args.device, bar)
+    bar.close()
+    return prune_json(comparison)
+
+
+def _sweep_args(p: argparse.ArgumentParser) -> None:
+    _fuse_args(p)
+    add_pruning(p)
+    p.add_argument("--fractions", default="0,0.3,0.5,0.7", help="comma-separated fractions in [0, 1)")
+    p.add_argument("--seed-sets", nargs="+", default=None,
+                   help="parent sets to repeat the sweep over, e.g. 0,1 2,3 (default: --seeds)")
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SpecError(f"{what} must be comma-separated numbers, got '{text}'") from None
+
+
+@command("sweep", _sweep_args)
+def run_sweep(args: argparse.Namespace) -> dict:
+    """Every method at each prune fraction (each point cached; an interrupted sweep resumes)."""
+    from otcore.pipeline import prune_sweep
+
+    fractions = _floats(args.fractions, "--fractions")
+    base = prune_spec(args, 0.0)
+    for f in fractions:
+        prune_spec(args, f)  # refuse a bad fraction before any training
+    seed_sets = [[int(v) for v in _floats(s, "--seed-sets")] for s in args.seed_sets] if args.seed_sets else [args.seeds]
+    data, model = specs(args)
+    rows = []
+    for seeds in seed_sets:
+        args.seeds = seeds
+        bar = Bar(f"sweep (seeds {','.join(map(str, seeds))})")
+        parents = parents_of(args, bar)
+        points = prune_sweep(data, model, parents, base, fusion_spec(args), fractions, train_spec(args),
+                             args.device, bar)
+        bar.close()
+        rows += [{**prune_json(c), "seeds": seeds} for c in points]
+    text = "\n".join(f"seeds {r['seeds']} fraction {r['fraction']:.2f}: OT {r['ot_fusion']:.2f}%  "
+                     f"vanilla {r.get('vanilla_average', float('nan')):.2f}%  "
+                     f"ensemble {r['prediction_ensemble']:.2f}%" for r in rows)
+    for r in rows:
+        r.pop("text", None)
+    return {"rows": rows, "text": text}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,6 @@ so the UI, the CLI and the tests run one code path and a setting seen before ret
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import time
 from dataclasses import dataclass, field, replace
@@ -17,12 +16,13 @@ from torch import nn
 
 from otcore.cache import CacheEntry, DiskCache, default_cache
 from otcore.checkpoints import load_checkpoint, load_into
-from otcore.config import DataSpec, FusionSpec, ModelSpec, TrainSpec, spec_dict, spec_hash
+from otcore.config import DataSpec, FusionSpec, ModelSpec, PruneSpec, TrainSpec, spec_dict, spec_hash
 from otcore.data import Dataset, load_dataset, sample_inputs
 from otcore.device import resolve_device
 from otcore.fusion.baselines import ensemble_log_probs, vanilla_average
 from otcore.fusion.fuse import fuse
 from otcore.models import FusableNet, build_model, count_parameters
+from otcore.prune import copy_model, finalize, prunable_layers, prune_model, sparsity_report
 from otcore.train import Evaluation, ProgressFn, TrainProgress, evaluate, init_model, predict_logits, score_logits, train
 
 Progress = Callable[[str, float], None]  # (what is happening, fraction done in [0, 1])
@@ -30,6 +30,7 @@ Progress = Callable[[str, float], None]  # (what is happening, fraction done in 
 PARENT = "parent"
 OT_FUSION = "OT fusion"
 OT_FINETUNED = "OT fusion fine-tuned"
+OT_RETRAINED = "OT fusion retrained"
 VANILLA = "vanilla average"
 ENSEMBLE = "prediction ensemble"
 
@@ -78,7 +79,7 @@ class Comparison:
         """The headless contract: test accuracies in percent, parents in order."""
         out = {"parents": [r.test.accuracy for r in self.rows if r.method.startswith(PARENT)]}
         names = {OT_FUSION: "ot_fusion", VANILLA: "vanilla_average", ENSEMBLE: "prediction_ensemble",
-                 OT_FINETUNED: "ot_fusion_finetuned"}
+                 OT_FINETUNED: "ot_fusion_finetuned", OT_RETRAINED: "ot_fusion_retrained"}
         out.update({names[r.method]: r.test.accuracy for r in self.rows if r.method in names})
         return out
 
@@ -194,16 +195,50 @@ def fusion_inputs(data: DataSpec, spec: FusionSpec, device: torch.device) -> tor
     return x.to(device)
 
 
+def _fine_tuned(net: nn.Module, ds: Dataset, spec: TrainSpec, label: str, progress: Progress | None,
+               span: tuple[float, float]) -> tuple[nn.Module, float]:
+    """A trained copy of net (pruning masks stay in force), and the seconds it took."""
+    tuned = copy_model(net)
+
+    def step(p: TrainProgress) -> None:
+        _report(progress, f"{label}: epoch {p.epoch}/{p.epochs}", span[0] + (span[1] - span[0]) * p.epoch / p.epochs)
+
+    start = time.perf_counter()
+    train(tuned, ds.x_train, ds.y_train, spec, step)
+    return tuned, time.perf_counter() - start
+
+
+def _ot_fusion(nets: list[FusableNet], spec: FusionSpec, data: DataSpec, dev: torch.device, names: list[str],
+               tensors: dict[str, torch.Tensor]) -> tuple[FusableNet, dict, list[dict]]:
+    """Fuse, store the plans into tensors, return (fused net, seconds, diagnostics rows)."""
+    needs_sample = spec.mode == "activations" or spec.renormalize
+    result = fuse(nets, spec, fusion_inputs(data, spec, dev) if needs_sample else None)
+    for name, plans in zip(names, result.plans):
+        tensors.update({f"plan/{name}/{g}": t for g, t in plans.items() if t is not None})
+    diagnostics = [{"parent": names[i], **d.__dict__} for i, per in enumerate(result.diagnostics) for d in per]
+    return result.model, result.seconds, diagnostics
+
+
+def _scored_entry(key: str, kind: str, config: dict, models: dict[str, nn.Module | list[nn.Module]], ds: Dataset,
+                  row_keys: dict[str, str], tensors: dict[str, torch.Tensor], metrics: dict) -> CacheEntry:
+    """A cache entry holding every method's scores and the networks not already held elsewhere."""
+    rows = []
+    for name, net in models.items():
+        row = method_row(name, net, ds, row_keys.get(name, f"{key}/{name}"))
+        rows.append({"method": name, "test": row.test.__dict__, "train": row.train.__dict__,
+                     "parameters": row.parameters, "inference_ms": row.inference_ms, "key": row.key})
+        if isinstance(net, nn.Module) and name not in row_keys:
+            tensors.update({f"{name}/{k}": v for k, v in net.state_dict().items()})
+    return CacheEntry(key, kind, config, {"rows": rows, **metrics}, tensors)
+
+
 def fuse_and_compare(data: DataSpec, model: ModelSpec, parents: list[Parent], spec: FusionSpec,
                      finetune: TrainSpec | None = None, device: str = "auto",
-                     progress: Progress | None = None, cache: DiskCache | None = None,
-                     step_key: str = "fusion") -> Comparison:
+                     progress: Progress | None = None, cache: DiskCache | None = None) -> Comparison:
     """Each parent, vanilla average, prediction ensemble, OT fusion and (if asked) its fine-tuning."""
     cache = cache or default_cache()
-    finetune = finetune or TrainSpec(epochs=spec.finetune_epochs)
-    finetune = replace(finetune, epochs=spec.finetune_epochs)
-    key = spec_hash(step_key, data, model, spec, finetune, [p.key for p in parents])
-    ds = dataset(data)
+    finetune = replace(finetune or TrainSpec(), epochs=spec.finetune_epochs)
+    key = spec_hash("fusion", data, model, spec, finetune, [p.key for p in parents])
     dev = resolve_device(device)
     nets = [p.model.to(dev).eval() for p in parents]
     hit = True
@@ -211,81 +246,138 @@ def fuse_and_compare(data: DataSpec, model: ModelSpec, parents: list[Parent], sp
     def compute() -> CacheEntry:
         nonlocal hit
         hit = False
+        ds = dataset(data)
         _report(progress, "fusing", 0.05)
-        needs_sample = spec.mode == "activations" or spec.renormalize
-        x_act = fusion_inputs(data, spec, dev) if needs_sample else None
-        result = fuse(nets, spec, x_act)
-        built = {OT_FUSION: result.model}
-        tensors = {f"{OT_FUSION}/{k}": v for k, v in result.model.state_dict().items()}
-        for i, plans in enumerate(result.plans):
-            for group, plan in plans.items():
-                if plan is not None:
-                    tensors[f"plan/{parents[i].name}/{group}"] = plan
+        tensors: dict[str, torch.Tensor] = {}
+        fused, seconds, diagnostics = _ot_fusion(nets, spec, data, dev, [p.name for p in parents], tensors)
+        models: dict[str, nn.Module | list[nn.Module]] = {p.name: n for p, n in zip(parents, nets)}
+        models.update(_baselines(nets))
+        models[OT_FUSION] = fused
         if spec.finetune_epochs > 0:
-            tuned = copy.deepcopy(result.model)
-            total = spec.finetune_epochs
-
-            def step(p: TrainProgress) -> None:
-                _report(progress, f"fine-tuning: epoch {p.epoch}/{total}", 0.3 + 0.6 * p.epoch / total)
-
-            start = time.perf_counter()
-            train(tuned, ds.x_train, ds.y_train, finetune, step)
-            result.seconds["finetune"] = time.perf_counter() - start
-            tensors.update({f"{OT_FINETUNED}/{k}": v for k, v in tuned.state_dict().items()})
-            built[OT_FINETUNED] = tuned
+            models[OT_FINETUNED], seconds["finetune"] = _fine_tuned(fused, ds, finetune, "fine-tuning", progress,
+                                                                    (0.3, 0.9))
         _report(progress, "evaluating every method", 0.9)
-        diagnostics = [{"parent": parents[i].name, **d.__dict__}
-                       for i, per_parent in enumerate(result.diagnostics) for d in per_parent]
         config = {"data": spec_dict(data), "model": spec_dict(model), "fusion": spec_dict(spec),
                   "parents": [p.key for p in parents]}
-        metrics = {"rows": score_methods(parents, nets, built, ds, key), "built": list(built),
-                   "seconds": result.seconds, "diagnostics": diagnostics, "device": str(dev)}
-        return CacheEntry(key, step_key, config, metrics, tensors)
+        return _scored_entry(key, "fusion", config, models, ds, {p.name: p.key for p in parents}, tensors,
+                             {"seconds": seconds, "diagnostics": diagnostics, "device": str(dev)})
 
     entry = cache.get_or_compute(key, compute)
-    comparison = comparison_from_entry(entry, parents, nets, nets[spec.anchor % len(nets)], dev)
+    comparison = comparison_from_entry(entry, {p.name: n for p, n in zip(parents, nets)},
+                                       nets[spec.anchor % len(nets)], dev)
     comparison.cached = hit
     _report(progress, "done", 1.0)
     return comparison
 
 
-def _unpack(entry: CacheEntry, prefix: str, template: FusableNet, dev: torch.device) -> FusableNet | None:
-    state = {k[len(prefix) + 1:]: v for k, v in entry.tensors.items() if k.startswith(prefix + "/")}
-    if not state:
-        return None
-    net = copy.deepcopy(template)
-    net.load_state_dict(state)
-    return net.to(dev).eval()
-
-
-def score_methods(parents: list[Parent], nets: list[nn.Module], built: dict[str, nn.Module], ds: Dataset,
-                  key: str) -> list[dict]:
-    """Rows for every method: parents, vanilla average, prediction ensemble, then `built` in order."""
-    rows = [method_row(p.name, n, ds, p.key) for p, n in zip(parents, nets)]
+def _baselines(nets: list[nn.Module]) -> dict[str, nn.Module | list[nn.Module]]:
+    """Vanilla average (only for parents of one width) and the prediction ensemble."""
+    out: dict[str, nn.Module | list[nn.Module]] = {}
     try:
-        rows.append(method_row(VANILLA, vanilla_average(nets), ds, f"{key}/{VANILLA}"))
+        out[VANILLA] = vanilla_average(nets)
     except ValueError:
         pass  # parents of different widths have no vanilla average
-    rows.append(method_row(ENSEMBLE, list(nets), ds))
-    rows += [method_row(name, net, ds, f"{key}/{name}") for name, net in built.items()]
-    return [{"method": r.method, "test": r.test.__dict__, "train": r.train.__dict__, "parameters": r.parameters,
-             "inference_ms": r.inference_ms, "key": r.key} for r in rows]
+    out[ENSEMBLE] = list(nets)
+    return out
 
 
-def comparison_from_entry(entry: CacheEntry, parents: list[Parent], nets: list[nn.Module], template: nn.Module,
+def comparison_from_entry(entry: CacheEntry, in_memory: dict[str, nn.Module], template: nn.Module,
                           dev: torch.device) -> Comparison:
     """Rebuild a comparison (scores, networks, plans) from its cache entry."""
-    models: dict[str, nn.Module | None] = {p.name: n for p, n in zip(parents, nets)}
-    for name in entry.metrics.get("built", []):
-        models[name] = _unpack(entry, name, template, dev)
     rows = []
     for r in entry.metrics["rows"]:
-        net = models.get(r["method"])
-        if r["method"] == VANILLA:
-            net = vanilla_average(nets)
+        net = in_memory.get(r["method"])
+        if net is None and r["method"] != ENSEMBLE:
+            state = {k[len(r["method"]) + 1:]: v for k, v in entry.tensors.items() if k.startswith(r["method"] + "/")}
+            net = copy_model(template)
+            net.load_state_dict(state)
+            net = net.to(dev).eval()
         rows.append(MethodResult(r["method"], Evaluation(**r["test"]), Evaluation(**r["train"]), r["parameters"],
                                  r["inference_ms"], net, r["key"]))
     plans = {k[len("plan/"):]: v for k, v in entry.tensors.items() if k.startswith("plan/")}
-    extra = {k: v for k, v in entry.metrics.items() if k not in ("rows", "built", "diagnostics", "seconds")}
+    extra = {k: v for k, v in entry.metrics.items() if k not in ("rows", "diagnostics", "seconds")}
     return Comparison(entry.key, rows, plans, entry.metrics.get("diagnostics", []), entry.metrics.get("seconds", {}),
                       extra)
+
+
+def prune_and_compare(data: DataSpec, model: ModelSpec, parents: list[Parent], prune: PruneSpec,
+                      fusion: FusionSpec, retrain: TrainSpec | None = None, device: str = "auto",
+                      progress: Progress | None = None, cache: DiskCache | None = None) -> Comparison:
+    """Every method at one prune setting, in the spec's order (prune then fuse, or fuse then prune).
+
+    prune-fuse (the seed study): parents pruned (and optionally retrained with masks), then the
+    baselines and OT fusion of the pruned parents; retraining tunes the fused net.
+    fuse-prune: OT fusion and vanilla average of the unpruned parents, each then pruned; parents
+    and ensemble use the pruned parents; retraining keeps the fused net's masks.
+    `extra['sparsity']` maps each single network to its fraction of zero weights over the pruned layers.
+    """
+    cache = cache or default_cache()
+    fusion = replace(fusion, finetune_epochs=0)  # prune.retrain_epochs is this step's retraining
+    retrain = retrain or TrainSpec()
+    key = spec_hash("prune", data, model, prune, fusion, replace(retrain, epochs=0), [p.key for p in parents])
+    dev = resolve_device(device)
+    nets = [p.model.to(dev).eval() for p in parents]
+    names = [p.name for p in parents]
+    hit = True
+
+    def compute() -> CacheEntry:
+        nonlocal hit
+        hit = False
+        ds = dataset(data)
+        tensors: dict[str, torch.Tensor] = {}
+        seconds: dict[str, float] = {}
+        start = time.perf_counter()
+        _report(progress, "pruning the parents", 0.05)
+        pruned = [prune_model(n, prune) for n in nets]
+        if prune.retrain_parents_epochs > 0:
+            spec = replace(retrain, epochs=prune.retrain_parents_epochs)
+            pruned = [_fine_tuned(n, ds, spec, f"retraining pruned {names[i]}", progress, (0.1, 0.5))[0]
+                      for i, n in enumerate(pruned)]
+        pruned = [finalize(n) for n in pruned]
+        seconds["prune"] = time.perf_counter() - start
+        _report(progress, "fusing", 0.5)
+        if prune.order == "prune-fuse":
+            fused, fuse_seconds, diagnostics = _ot_fusion(pruned, fusion, data, dev, names, tensors)
+            models = {**dict(zip(names, pruned)), **_baselines(pruned), OT_FUSION: fused}
+        else:
+            fused, fuse_seconds, diagnostics = _ot_fusion(nets, fusion, data, dev, names, tensors)
+            baselines = _baselines(nets)
+            models = dict(zip(names, pruned))
+            if VANILLA in baselines:
+                models[VANILLA] = finalize(prune_model(baselines[VANILLA], prune))
+            models[ENSEMBLE] = list(pruned)
+            fused = prune_model(fused, prune)  # masks kept for the retraining below
+            models[OT_FUSION] = finalize(fused)
+        seconds.update(fuse_seconds)
+        if prune.retrain_epochs > 0:
+            tuned, seconds["retrain"] = _fine_tuned(fused, ds, replace(retrain, epochs=prune.retrain_epochs),
+                                                    "retraining the fused net", progress, (0.6, 0.9))
+            models[OT_RETRAINED] = finalize(tuned)
+        _report(progress, "evaluating every method", 0.9)
+        layers = prunable_layers(nets[0], prune.scope, prune.keep_last_layer)
+        sparsity = {name: sparsity_report(m, layers).overall_fraction for name, m in models.items()
+                    if isinstance(m, nn.Module)}
+        config = {"data": spec_dict(data), "model": spec_dict(model), "prune": spec_dict(prune),
+                  "fusion": spec_dict(fusion), "parents": [p.key for p in parents]}
+        return _scored_entry(key, "prune", config, models, ds, {}, tensors,
+                             {"seconds": seconds, "diagnostics": diagnostics, "sparsity": sparsity,
+                              "fraction": prune.fraction, "type": prune.type, "device": str(dev)})
+
+    entry = cache.get_or_compute(key, compute)
+    comparison = comparison_from_entry(entry, {}, nets[fusion.anchor % len(nets)], dev)
+    comparison.cached = hit
+    _report(progress, "done", 1.0)
+    return comparison
+
+
+def prune_sweep(data: DataSpec, model: ModelSpec, parents: list[Parent], prune: PruneSpec, fusion: FusionSpec,
+                fractions: list[float], retrain: TrainSpec | None = None, device: str = "auto",
+                progress: Progress | None = None, cache: DiskCache | None = None) -> list[Comparison]:
+    """prune_and_compare at each fraction; every point is cached, so an interrupted sweep resumes."""
+    specs = [replace(prune, fraction=f) for f in fractions]  # validates every fraction before any work
+    points = []
+    for i, spec in enumerate(specs):
+        _report(progress, f"point {i + 1} of {len(specs)}: fraction {spec.fraction:g}", i / len(specs))
+        points.append(prune_and_compare(data, model, parents, spec, fusion, retrain, device, None, cache))
+    _report(progress, f"{len(specs)} points done", 1.0)
+    return points
