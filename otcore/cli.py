@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from tqdm import tqdm
 
-from otcore.config import DataSpec, FusionSpec, ModelSpec, PruneSpec, SpecError, TrainSpec
+from otcore.config import DataSpec, FusionSpec, HessianSpec, ModelSpec, PruneSpec, SpecError, TrainSpec
 from otcore.data import list_datasets
 from otcore.device import DEVICE_CHOICES
 from otcore.models import list_models
@@ -340,6 +340,78 @@ def run_sweep(args: argparse.Namespace) -> dict:
     for r in rows:
         r.pop("text", None)
     return {"rows": rows, "text": text}
+
+
+def add_hessian(p: argparse.ArgumentParser) -> None:
+    """Flags of HessianSpec."""
+    d = HessianSpec()
+    p.add_argument("--split", default=d.split, choices=["train", "test"])
+    p.add_argument("--batches", type=int, default=d.batches)
+    p.add_argument("--batch-size", dest="hessian_batch_size", type=int, default=d.batch_size)
+    p.add_argument("--hessian-seed", type=int, default=None, help="draw the batches with this seed (default: in order)")
+    p.add_argument("--top-k", type=int, default=d.top_k)
+    p.add_argument("--power-iters", type=int, default=d.power_iters)
+    p.add_argument("--tol", type=float, default=d.tol)
+    p.add_argument("--trace-probes", type=int, default=d.trace_probes)
+    p.add_argument("--lanczos-iters", type=int, default=d.lanczos_iters)
+    p.add_argument("--density-probes", type=int, default=d.density_probes)
+    p.add_argument("--lambda-min", type=float, default=d.lambda_min)
+    p.add_argument("--lambda-max", type=float, default=d.lambda_max)
+    p.add_argument("--lambda-points", type=int, default=d.lambda_points)
+
+
+def hessian_spec(args: argparse.Namespace) -> HessianSpec:
+    """The HessianSpec of the Hessian flags."""
+    return HessianSpec(split=args.split, batches=args.batches, batch_size=args.hessian_batch_size,
+                       seed=args.hessian_seed, top_k=args.top_k, power_iters=args.power_iters, tol=args.tol,
+                       trace_probes=args.trace_probes, lanczos_iters=args.lanczos_iters,
+                       density_probes=args.density_probes, lambda_min=args.lambda_min, lambda_max=args.lambda_max,
+                       lambda_points=args.lambda_points)
+
+
+def _hessian_args(p: argparse.ArgumentParser) -> None:
+    add_common(p)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="cached parents to analyse")
+    p.add_argument("--epochs", type=int, default=TrainSpec().epochs)
+    p.add_argument("--lr", type=float, default=TrainSpec().lr)
+    p.add_argument("--momentum", type=float, default=TrainSpec().momentum)
+    p.add_argument("--weight-decay", type=float, default=TrainSpec().weight_decay)
+    p.add_argument("--train-batch-size", dest="batch_size", type=int, default=TrainSpec().batch_size)
+    p.add_argument("--parents", nargs="+", default=None, help="checkpoint files to analyse, in this order")
+    add_hessian(p)
+
+
+@command("hessian", _hessian_args)
+def run_hessian(args: argparse.Namespace) -> dict:
+    """Top eigenvalues, trace, spectral density and loss along the top eigenvector of each model."""
+    from otcore.analysis import curvatures
+    from otcore.pipeline import fuse_and_compare, method_row
+
+    spec = hessian_spec(args)
+    data, model = specs(args)
+    bar = Bar("hessian")
+    parents = parents_of(args, bar)
+    if args.parents:
+        from otcore.pipeline import dataset
+
+        rows = [method_row(p.name, p.model, dataset(data), p.key) for p in parents]
+    else:  # the cached parents and their (default) OT fusion
+        comparison = fuse_and_compare(data, model, parents, FusionSpec(), train_spec(args), args.device, bar)
+        rows = [r for r in comparison.rows if r.model is not None and r.method in
+                [p.name for p in parents] + ["OT fusion"]]
+    results = curvatures(data, rows, spec, args.device, bar)
+    bar.close()
+    models = [{"name": c.name, "top_eigenvalues": c.top_eigenvalues, "trace": c.trace,
+               "trace_std_error": c.trace_std_error,
+               "density": {"nodes": c.density_nodes, "weights": c.density_weights},
+               "perturbation": {"lambdas": c.perturbation["lambdas"], "loss": c.perturbation["loss_mean"],
+                                "loss_std": c.perturbation["loss_std"],
+                                "accuracy": c.perturbation["accuracy_mean"]},
+               "test_accuracy": c.test_accuracy, "train_accuracy": c.train_accuracy, "cached": c.cached}
+              for c in results]
+    text = "\n".join(f"{m['name']:24s} top eigenvalues {', '.join(f'{v:.4g}' for v in m['top_eigenvalues'])}  "
+                     f"trace {m['trace']:.4g}" for m in models)
+    return {"models": models, "text": text}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,9 +38,12 @@ def spec_dict(spec: Any) -> dict[str, Any]:
     return out
 
 
+CACHE_FORMAT = 2  # bump when what a step stores changes, so old entries are not misread
+
+
 def spec_hash(kind: str, *specs: Any) -> str:
     """Stable hex digest of a step kind and the specs that determine its result."""
-    payload = json.dumps([kind] + [spec_dict(s) for s in specs], sort_keys=True, default=list)
+    payload = json.dumps([CACHE_FORMAT, kind] + [spec_dict(s) for s in specs], sort_keys=True, default=list)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
