@@ -6,7 +6,9 @@ not a DataLoader per step; the real datasets are read by torchvision's own class
 from __future__ import annotations
 
 from dataclasses import dataclass
+import pickle
 from functools import lru_cache
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -125,21 +127,68 @@ def _mnist_like(cls_name: str, name: str) -> Callable[[str | None, bool], Datase
     return load
 
 
-def _cifar(cls_name: str, name: str, stats: tuple, classes: int) -> Callable[[str | None, bool], Dataset]:
-    def load(root: str | None, download: bool) -> Dataset:
-        import torchvision
+# Where torchvision puts each CIFAR archive, and the batch files inside it.
+CIFAR_LAYOUT = {
+    "cifar10": ("CIFAR10", "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
+                "labels"),
+    "cifar100": ("CIFAR100", "cifar-100-python", ["train"], ["test"], "fine_labels"),
+}
 
-        train, test = _torchvision_pair(getattr(torchvision.datasets, cls_name), name, root, download)
-        prep = lambda d: _normalise(torch.from_numpy(d.data).permute(0, 3, 1, 2).float().div(255.0), stats)  # noqa: E731
-        return Dataset(name, prep(train), torch.tensor(train.targets), prep(test), torch.tensor(test.targets), classes)
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR batches (dicts of bytes, lists and uint8 arrays) and refuses everything else.
+
+    torchvision reads these files with plain pickle.load, which runs any code a file carries;
+    a dataset folder is untrusted input, so only numpy's array reconstruction is allowed.
+    """
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused {module}.{name}: a CIFAR batch holds only arrays and lists")
+        return super().find_class(module, name)
+
+
+def _cifar_batches(folder: Path, files: list[str], label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = [], []
+    for name in files:
+        with open(folder / name, "rb") as handle:
+            batch = _ArrayUnpickler(handle, encoding="latin1").load()  # the published files are Python 2 pickles
+        batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.extend(int(v) for v in batch[label_key])
+    return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64)
+
+
+def _cifar(name: str, stats: tuple, classes: int) -> Callable[[str | None, bool], Dataset]:
+    cls_name, subdir, train_files, test_files, label_key = CIFAR_LAYOUT[name]
+
+    def load(root: str | None, download: bool) -> Dataset:
+        folder = Path(_need_root(name, root)) / subdir
+        if download and not folder.is_dir():
+            import torchvision  # torchvision downloads and checks the official archive's md5
+
+            _torchvision_pair(getattr(torchvision.datasets, cls_name), name, root, True)
+        try:
+            x_train, y_train = _cifar_batches(folder, train_files, label_key)
+            x_test, y_test = _cifar_batches(folder, test_files, label_key)
+        except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError, AttributeError, TypeError) as err:
+            raise DataError(f"could not read {name} from {folder}: {err} "
+                            "(expected torchvision's on-disk layout; --download fetches it when online)") from err
+        if int(y_train.max()) >= classes or int(y_test.max()) >= classes:
+            raise DataError(f"{name} labels in {folder} exceed its {classes} classes")
+        prep = lambda x: _normalise(x.float().div(255.0), stats)  # noqa: E731
+        return Dataset(name, prep(x_train), y_train, prep(x_test), y_test, classes)
 
     return load
 
 
 register_dataset("mnist")(_mnist_like("MNIST", "mnist"))
 register_dataset("fashion-mnist")(_mnist_like("FashionMNIST", "fashion-mnist"))
-register_dataset("cifar10")(_cifar("CIFAR10", "cifar10", CIFAR10_STATS, 10))
-register_dataset("cifar100")(_cifar("CIFAR100", "cifar100", CIFAR100_STATS, 100))
+register_dataset("cifar10")(_cifar("cifar10", CIFAR10_STATS, 10))
+register_dataset("cifar100")(_cifar("cifar100", CIFAR100_STATS, 100))
 
 
 def sample_inputs(data: Dataset, split: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

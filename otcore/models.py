@@ -8,6 +8,7 @@ walk this description instead of guessing from names.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -99,7 +100,7 @@ class MlpNet(FusableNet):
 
 
 def _mlp(hidden: tuple[int, ...]) -> Callable:
-    return lambda shape, classes: MlpNet(int(torch.tensor(shape).prod()), hidden, classes)
+    return lambda shape, classes: MlpNet(math.prod(shape), hidden, classes)
 
 
 register_model("mlpnet")(_mlp((400, 200, 100)))
