@@ -9,9 +9,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickletools
 import struct
 import tempfile
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -174,8 +176,11 @@ def _read_source(source: str | Path | bytes, max_bytes: int) -> tuple[bytes, str
 
 def _check_size(size: int, max_bytes: int, label: str) -> None:
     if size > max_bytes:
-        raise CheckpointError(f"{label} is too large: {size / 2**20:.1f} MiB, over the limit of "
-                              f"{max_bytes / 2**20:.1f} MiB")
+        raise CheckpointError(f"{label} is too large: {_size(size)}, over the limit of {_size(max_bytes)}")
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n:,} bytes"
 
 
 def _looks_like_safetensors(data: bytes) -> bool:
@@ -208,11 +213,41 @@ def _torch_load(data: bytes, label: str) -> Any:
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except Exception as e:
+        foreign = _foreign_globals(data)
+        if foreign:
+            raise CheckpointError(f"{label} was refused: it carries code or objects that are not plain tensors "
+                                  f"(loading it would call {foreign[0]})") from None
         if any(marker in str(e) for marker in _CODE_MARKERS):
             raise CheckpointError(f"{label} was refused: it carries code or objects that are not plain "
                                   "tensors, and loading it could run that code") from None
         raise CheckpointError(f"{label} is truncated or corrupt (unreadable torch file: "
                               f"{type(e).__name__})") from None
+
+
+_PLAIN_MODULES = ("torch", "collections", "numpy", "_codecs", "builtins.set", "builtins.frozenset")
+
+
+def _foreign_globals(data: bytes) -> list[str]:
+    """Callables a pickle would import (read statically with pickletools, nothing is executed),
+    other than the ones tensors and numpy scalars are rebuilt with."""
+    if data[:2] == b"PK":  # torch's zip format: the pickle is the archive's data.pkl
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                data = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
+        except (zipfile.BadZipFile, StopIteration, KeyError, OSError):
+            return []
+    found, strings = [], []
+    try:
+        for opcode, arg, _pos in pickletools.genops(io.BytesIO(data)):
+            if isinstance(arg, str):
+                strings.append(arg)
+            if opcode.name == "GLOBAL":
+                found.append(str(arg).replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+    except Exception:  # truncated or not a pickle: judge what was read so far
+        pass
+    return [name for name in found if not name.startswith(_PLAIN_MODULES)]
 
 
 def _interpret(obj: Any, label: str) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
