@@ -1,0 +1,143 @@
+"""Self-contained HTML reports: settings, tables and interactive Plotly charts in one file.
+
+plotly.js is embedded once in the document's head, so a report opens offline and its charts
+stay interactive. The Fusion page's download and `python -m otcore report` write the same
+report through `fusion_report`. No Streamlit in this module.
+"""
+from __future__ import annotations
+
+import dataclasses
+import html
+import math
+import numbers
+import time
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import plotly.offline
+
+from otcore import figures
+
+_CSS = """
+body { font-family: Inter, 'Source Sans Pro', Helvetica, Arial, sans-serif; color: #262730; margin: 2rem auto;
+       max-width: 1100px; padding: 0 1rem; line-height: 1.45; }
+h1 { font-size: 1.7rem; margin-bottom: .2rem; } h2 { font-size: 1.25rem; margin-top: 2rem; }
+.meta { color: #6b6f80; font-size: .9rem; }
+table { border-collapse: collapse; margin: .5rem 0 1rem; font-size: .92rem; }
+th, td { border-bottom: 1px solid #e6e9ef; padding: .3rem .75rem; text-align: left; white-space: nowrap; }
+.table { overflow-x: auto; }
+th { background: #f5f6fa; font-weight: 600; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+table.settings td:first-child { color: #6b6f80; }
+.figure { margin: .5rem 0 1.5rem; }
+"""
+
+
+def write_report(title: str, settings: Mapping[str, Any], tables: Mapping[str, pd.DataFrame],
+                 figures_: Mapping[str, go.Figure]) -> str:
+    """A complete HTML document (str): title, a settings table, each table, each figure (interactive)."""
+    parts = [f"<h1>{_esc(title)}</h1>",
+             f"<p class='meta'>Written {_esc(time.strftime('%Y-%m-%d %H:%M'))} by OT Fusion Studio</p>"]
+    if settings:
+        rows = "".join(f"<tr><td>{_esc(k)}</td><td>{_esc(_plain(v))}</td></tr>" for k, v in settings.items())
+        parts.append(f"<h2>Settings</h2><table class='settings'>{rows}</table>")
+    for name, table in tables.items():
+        parts.append(f"<h2>{_esc(name)}</h2>{frame_html(table)}")
+    for name, fig in figures_.items():
+        div = fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False, "responsive": True})
+        parts.append(f"<h2>{_esc(name)}</h2><div class='figure'>{div}</div>")
+    # The full plotly.js bundle, once, before any figure's script runs.
+    script = f"<script type='text/javascript'>{plotly.offline.get_plotlyjs()}</script>" if figures_ else ""
+    return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+            f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{_esc(title)}</title>"
+            f"<style>{_CSS}</style>{script}</head><body>{''.join(parts)}</body></html>\n")
+
+
+def frame_html(frame: pd.DataFrame) -> str:
+    """A DataFrame as an HTML table; each float column printed with the decimals it was rounded to."""
+    head = "".join(f"<th>{_esc(c)}</th>" for c in frame.columns)
+    formats = {c: _decimals(frame[c], str(c)) for c in frame.columns}
+    body = []
+    for _, row in frame.iterrows():
+        cells = []
+        for c in frame.columns:
+            value, places = row[c], formats[c]
+            if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and not pd.isna(value):
+                text = f"{value:,.{places}f}" if places is not None else f"{value:,}"
+                cells.append(f"<td class='num'>{_esc(text)}</td>")
+            else:
+                missing = value is None or (isinstance(value, float) and pd.isna(value))
+                cells.append(f"<td>{_esc('' if missing else value)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<div class='table'><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+
+
+def _decimals(column: pd.Series, name: str) -> int | None:
+    """Decimals of a float column: the house rule for its name, else what its values need (at most 6)."""
+    if not pd.api.types.is_float_dtype(column):
+        return None
+    if figures.column_decimals(name) is not None:
+        return figures.column_decimals(name)
+    places = 0
+    for value in column.dropna():
+        for d in range(7):
+            if math.isclose(value, round(value, d), rel_tol=0, abs_tol=1e-9):
+                break
+        places = max(places, d)
+    return places
+
+
+def _plain(value: Any) -> str:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_plain(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_plain(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+# ---------------------------------------------------------------------------- the fusion report
+
+
+def fusion_settings(data: Any, model: Any, parents: Sequence[Any], spec: Any, device: str,
+                    comparison: Any) -> dict[str, Any]:
+    """The settings block of a fusion report: data, model, parents, every fusion option, timings."""
+    settings: dict[str, Any] = {"dataset": data.name, "architecture": model.arch,
+                                "device": comparison.extra.get("device", device),
+                                "parents": "; ".join(f"{p.name} ({p.source}, key {p.key})" for p in parents)}
+    for f in dataclasses.fields(spec):
+        settings[f"fusion · {f.name}"] = getattr(spec, f.name)
+    for step, seconds in comparison.seconds.items():
+        settings[f"time · {step} (s)"] = round(float(seconds), 3)
+    settings["result key"] = comparison.key
+    settings["from the disk cache"] = "yes" if comparison.cached else "no"
+    return settings
+
+
+def fusion_figures(comparison: Any, max_plans: int = 6) -> dict[str, go.Figure]:
+    """The report's charts: accuracy per method, permutation closeness, and the first plans."""
+    out = {"Test accuracy per method": figures.comparison_bar(comparison)}
+    if comparison.diagnostics:
+        out["Permutation closeness per layer"] = figures.diagnostics_chart(comparison.diagnostics)
+    for name in list(comparison.plans)[:max_plans]:
+        out[f"Transport plan · {name}"] = figures.plan_heatmap(comparison.plans[name], order_by_match=True)
+    return out
+
+
+def fusion_report(comparison: Any, data: Any, model: Any, parents: Sequence[Any], spec: Any, device: str,
+                  title: str | None = None) -> str:
+    """The HTML report of one fusion comparison, as the Fusion page and `otcore report` write it."""
+    tables = {"Comparison": figures.comparison_table(comparison)}
+    if comparison.diagnostics:
+        tables["Per-layer diagnostics"] = figures.diagnostics_table(comparison.diagnostics)
+    return write_report(title or f"OT fusion report: {data.name} / {model.arch}",
+                        fusion_settings(data, model, parents, spec, device, comparison), tables,
+                        fusion_figures(comparison))

@@ -1,0 +1,153 @@
+"""Fusion: every option of OT fusion, one press of Fuse, every method side by side."""
+from __future__ import annotations
+
+import streamlit as st
+
+import dashboard
+from otcore import figures, report
+from otcore.config import ALIGN_MODES, GROUND_METRICS, MARGINALS, NORMALIZATIONS, SOLVERS, FusionSpec, SpecError
+from otcore.pipeline import OT_FUSION
+
+DEFAULT = FusionSpec()
+ALIGNMENTS = {"ot": "OT", "weight_matching": "weight matching"}
+REQUEST = "fusion.request"  # (spec, parent keys) of the last press of Fuse
+
+dashboard.page_setup("Fusion")
+ws = dashboard.workspace()
+st.title("Fusion", anchor=False)
+st.caption("Align each parent's neurons to the anchor's, layer by layer, then average (Singh & Jaggi, 2020). "
+           "Defaults are the paper's.")
+parent_set = dashboard.require_parents(ws, minimum=2)
+n_parents = len(parent_set.parents)
+
+dashboard.init_state({
+    "fusion.alignment": DEFAULT.alignment, "fusion.mode": DEFAULT.mode, "fusion.solver": DEFAULT.solver,
+    "fusion.reg": DEFAULT.reg, "fusion.ground_metric": DEFAULT.ground_metric,
+    "fusion.finetune_epochs": DEFAULT.finetune_epochs, "fusion.ensemble_step": DEFAULT.ensemble_step,
+    "fusion.weights": "", "fusion.anchor": DEFAULT.anchor, "fusion.normalize": DEFAULT.normalize,
+    "fusion.marginals": DEFAULT.marginals, "fusion.act_samples": DEFAULT.act_samples,
+    "fusion.act_seed": DEFAULT.act_seed, "fusion.squared": DEFAULT.squared,
+    "fusion.past_correction": DEFAULT.past_correction, "fusion.marginal_correction": DEFAULT.marginal_correction,
+    "fusion.skip_last_layer": DEFAULT.skip_last_layer, "fusion.renormalize": DEFAULT.renormalize})
+if st.session_state["fusion.anchor"] >= n_parents:
+    st.session_state["fusion.anchor"] = 0
+
+with st.form("fusion", border=False):
+    row = st.columns([1.25, 1.1, 1, 1, 1.1, 1.15, 0.8], vertical_alignment="bottom")
+    alignment = row[0].selectbox("Alignment", list(ALIGNMENTS), format_func=ALIGNMENTS.get, key="fusion.alignment",
+                                 help="OT: layer-wise transport plans (the paper); weight matching: Git Re-Basin")
+    mode = row[1].selectbox("Align by", ALIGN_MODES, key="fusion.mode",
+                            help="neuron features: incoming weights, or pre-activations on a sample of inputs")
+    solver = row[2].selectbox("OT solver", SOLVERS, key="fusion.solver", help="emd: exact; sinkhorn: entropic")
+    reg = row[3].number_input("Sinkhorn reg", min_value=0.0, step=0.005, format="%.4f", key="fusion.reg",
+                              help="entropic regularisation, relative to the largest cost (Sinkhorn only)")
+    metric = row[4].selectbox("Ground metric", GROUND_METRICS, key="fusion.ground_metric")
+    finetune = row[5].number_input("Fine-tuning", min_value=0, max_value=1000, step=1, key="fusion.finetune_epochs",
+                                   help="epochs of fine-tuning of the fused network; 0 skips it")
+    pressed = row[6].form_submit_button("Fuse", type="primary", key="fusion.fuse", width="stretch")
+    with st.expander("More options: anchor, weights, cost, marginals, activations, corrections, REPAIR"):
+        a, b, c, d = st.columns(4)
+        step = a.slider("Ensemble step (anchor's weight)", 0.0, 1.0, step=0.05, key="fusion.ensemble_step",
+                        help="with two parents: the anchor's share of the average")
+        weights_text = a.text_input("Per-parent weights", key="fusion.weights", placeholder="e.g. 0.5, 0.3, 0.2",
+                                    help="one weight per parent; overrides the ensemble step; blank: not used")
+        anchor = b.selectbox("Anchor", list(range(n_parents)), format_func=lambda i: f"parent {i + 1}",
+                             key="fusion.anchor", help="the parent whose neuron order and widths the fused net keeps")
+        normalize = b.selectbox("Cost normalisation", NORMALIZATIONS, key="fusion.normalize")
+        marginals = b.selectbox("Marginals", MARGINALS, key="fusion.marginals",
+                                help="neuron masses: uniform, or by importance (l1 norm of their weights)")
+        act_samples = c.number_input("Activation samples", min_value=1, step=50, key="fusion.act_samples",
+                                     help="inputs of the train split used by activation alignment and REPAIR")
+        act_seed = c.number_input("Activation seed", min_value=0, step=1, key="fusion.act_seed")
+        squared = d.checkbox("Squared distance", key="fusion.squared")
+        past = d.checkbox("Past correction", key="fusion.past_correction",
+                          help="align each layer's inputs with the previous layer's plan")
+        correction = d.checkbox("Marginal correction", key="fusion.marginal_correction",
+                                help="rescale each plan so every anchor neuron receives unit mass")
+        skip_last = d.checkbox("Skip last layer", key="fusion.skip_last_layer",
+                               help="average the output layer without a plan (its classes are aligned)")
+        repair = d.checkbox("REPAIR renormalisation", key="fusion.renormalize",
+                            help="rescale fused neurons to the parents' activation statistics")
+
+if pressed:
+    try:
+        spec = FusionSpec(mode=mode, act_samples=int(act_samples), act_seed=int(act_seed), solver=solver,
+                          reg=float(reg), ground_metric=metric, squared=squared, normalize=normalize,
+                          past_correction=past, marginal_correction=correction, marginals=marginals, ensemble_step=float(step),
+                          weights=dashboard.parse_numbers(weights_text, "per-parent weights"), anchor=int(anchor),
+                          skip_last_layer=skip_last, renormalize=repair, alignment=alignment,
+                          finetune_epochs=int(finetune))
+        spec.parent_weights(n_parents)  # checks the weights' count against the parents
+    except SpecError as err:
+        dashboard.show_error(err, "Check the fusion settings")
+        st.session_state.pop(REQUEST, None)
+        st.stop()
+    st.session_state[REQUEST] = (spec, parent_set.keys)
+
+request = st.session_state.get(REQUEST)
+if request is None or request[1] != parent_set.keys:
+    st.info("Set the options above and press **Fuse**: each parent, vanilla averaging, the prediction ensemble and "
+            "OT fusion are scored on the test and train splits.", icon=":material/merge:")
+    st.stop()
+spec = request[0]
+try:
+    run, fresh = dashboard.fuse(ws, parent_set, spec)
+except Exception as err:  # noqa: BLE001 - shown, never raised into the page
+    dashboard.show_error(err, "Fusion failed")
+    st.stop()
+comparison = run.comparison
+
+# ---- result: one status line, a card per method, then tabs (comparison first, downloads under it)
+source = f"{run.source} ({run.wall_s:.2f} s)" if fresh else "from memory (seen earlier on this server)"
+timing = ", ".join(f"{k} {v:.2f} s" for k, v in comparison.seconds.items())
+device = comparison.extra.get("device", run.device)  # where it was computed, also for a cached result
+st.caption(f"Ran on **{device}** · result **{source}** · {timing} · key `{comparison.key[:12]}`")
+best = figures.best_parent_accuracy(comparison)
+for card, result in zip(st.columns(len(comparison.rows)), comparison.rows):
+    gap = result.test.accuracy - best
+    is_best = result.method.startswith("parent") and gap == 0
+    card.metric(result.method, f"{result.test.accuracy:.2f} %", "best parent" if is_best else f"{gap:+.2f} pp",
+                delta_color="off" if is_best else "normal", delta_arrow="off" if is_best else "auto", border=True,
+                help=f"test accuracy; test loss {result.test.loss:.4f}; delta in points against the best parent "
+                     f"({best:.2f} %)")
+table = figures.comparison_table(comparison)
+
+tab_compare, tab_plans, tab_diag = st.tabs(["Comparison", "Transport plans", "Per-layer diagnostics"])
+with tab_compare:
+    left, right = st.columns([1.62, 1])
+    with left:
+        dashboard.show_table(table, row_height=32)
+    right.plotly_chart(figures.comparison_bar(comparison, height=260), theme=None, key="fusion.chart.bar")
+    fused = comparison.row(OT_FUSION)
+    stem = f"{parent_set.data.name}-{parent_set.model.arch}-ot-fusion"
+    with st.container(horizontal=True):
+        dashboard.checkpoint_button(fused.model, f"{stem}.checkpoint", "fusion.download.model", "Fused checkpoint",
+                                    {"test_accuracy": fused.test.accuracy, "epoch": 0})
+        st.download_button("Table (CSV)", table.to_csv(index=False), f"{stem}.csv", "text/csv",
+                           key="fusion.download.csv", on_click="ignore", icon=":material/table:")
+        dashboard.report_button(lambda: report.fusion_report(comparison, parent_set.data, parent_set.model,
+                                                             parent_set.parents, spec, run.device),
+                                f"{stem}-report.html", "fusion.download.report")
+with tab_plans:
+    if not comparison.plans:
+        st.info("This setting produced no transport plans: every layer was averaged as it is.")
+    else:
+        names = list(comparison.plans)
+        if st.session_state.get("fusion.plan_layer") not in names:
+            st.session_state.pop("fusion.plan_layer", None)  # the last result had other layers
+        pick, order = st.columns([2, 1], vertical_alignment="bottom")
+        layer = pick.selectbox("Layer", names, key="fusion.plan_layer",
+                               format_func=lambda n: f"{n}  ({' × '.join(map(str, comparison.plans[n].shape))})")
+        ordered = order.toggle("Order parent neurons by their match", value=True, key="fusion.plan_order",
+                               help="a permutation then shows as the diagonal")
+        st.plotly_chart(figures.plan_heatmap(comparison.plans[layer], f"Transport plan · {layer}", ordered),
+                        theme=None, key="fusion.chart.plan")
+with tab_diag:
+    if not comparison.diagnostics:
+        st.info("Per-layer diagnostics come from OT alignment; this setting reported none.")
+    else:
+        st.caption("Permutation closeness: the share of each parent neuron's mass sent to its best anchor match, "
+                   "averaged over the layer (1 = the plan is a permutation). Costs are ground-metric distances.")
+        st.plotly_chart(figures.diagnostics_chart(comparison.diagnostics, height=300), theme=None,
+                        key="fusion.chart.diag")
+        dashboard.show_table(figures.diagnostics_table(comparison.diagnostics))

@@ -1,0 +1,51 @@
+"""Fixtures of the AppTest suite: a cache folder holding the default parents, a page runner, and the
+parents as the sidebar stores them."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+REPO = Path(__file__).resolve().parents[2]
+TIMEOUT_S = 120  # a cold fusion on 2 busy cores; normal runs take a few seconds
+
+
+@pytest.fixture(scope="session")
+def app_cache_dir(tmp_path_factory: pytest.TempPathFactory, digits_cli_train) -> Path:
+    """A cache folder of the app tests' own, seeded with the session's one training of the default parents."""
+    path = tmp_path_factory.mktemp("app-cache")
+    for entry in Path(digits_cli_train.cache).glob("*.safetensors"):
+        shutil.copy2(entry, path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def app_cache(app_cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every app test reads and writes that folder (pages find the default parents on disk)."""
+    monkeypatch.setenv("OTCORE_CACHE_DIR", str(app_cache_dir))
+    return app_cache_dir
+
+
+@pytest.fixture
+def page() -> Callable[..., AppTest]:
+    """`page('pages/2_Fusion.py', **session_state)`: an AppTest of a page, session state seeded, not yet run."""
+
+    def make(script: str, **state) -> AppTest:
+        at = AppTest.from_file(str(REPO / script), default_timeout=TIMEOUT_S)
+        for key, value in state.items():
+            at.session_state[key] = value
+        return at
+
+    return make
+
+
+@pytest.fixture
+def parent_set(digits_parents: list):
+    """The default parents (digits, mlpnet, seeds 0 and 1) as the sidebar's button stores them."""
+    import dashboard
+    from otcore.config import DataSpec, ModelSpec, TrainSpec
+
+    return dashboard.ParentSet(list(digits_parents), DataSpec(), ModelSpec(), "cpu", "trained", TrainSpec(), (0, 1))

@@ -1,0 +1,116 @@
+"""Fusion page through AppTest: set widgets by key, press Fuse, check the rendered numbers."""
+from __future__ import annotations
+
+import pytest
+
+import dashboard
+from otcore.config import DataSpec, FusionSpec, ModelSpec, TrainSpec
+from otcore.pipeline import fuse_and_compare
+
+FUSION_PAGE = "pages/2_Fusion.py"
+METHODS = ["parent 1", "parent 2", "vanilla average", "prediction ensemble", "OT fusion"]
+
+
+@pytest.fixture
+def fusion(page, parent_set):
+    """The Fusion page with the default parents loaded, run once (before any press of Fuse)."""
+    at = page(FUSION_PAGE, **{dashboard.PARENTS: parent_set}).run()
+    assert not at.exception
+    return at
+
+
+def fuse(at, **widgets):
+    """Set widgets by key ('fusion.<field>'), press Fuse, return the app."""
+    for key, value in widgets.items():
+        at.get_by_key(f"fusion.{key}").set_value(value)
+    at.button(key="fusion.fuse").click().run()
+    return at
+
+
+def cards(at) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def test_before_fuse_the_page_says_what_to_press(fusion):
+    assert any("press **Fuse**" in i.value for i in fusion.info)
+    assert not fusion.metric and not fusion.dataframe
+
+
+def test_fuse_with_defaults_shows_every_method(fusion, digits_parents):
+    at = fuse(fusion)
+    assert not at.exception and not at.error
+    table = at.dataframe[0].value
+    assert list(table["method"]) == METHODS
+    # The numbers on the page are the pipeline's (a disk-cache hit here, computed by the page).
+    expected = fuse_and_compare(DataSpec(), ModelSpec(), digits_parents, FusionSpec(), TrainSpec(), "cpu")
+    assert expected.cached
+    for row in expected.rows:
+        shown = table[table["method"] == row.method].iloc[0]
+        assert shown["test acc (%)"] == round(row.test.accuracy, 2)
+        assert shown["test loss"] == round(row.test.loss, 4)
+        assert cards(at)[row.method] == f"{row.test.accuracy:.2f} %"
+    best = max(r.test.accuracy for r in expected.rows if r.method.startswith("parent"))
+    ot_card = next(m for m in at.metric if m.label == "OT fusion")
+    assert ot_card.delta == f"{expected.row('OT fusion').test.accuracy - best:+.2f} pp"
+    status = " ".join(c.value for c in at.caption)
+    assert "Ran on **cpu**" in status
+    assert len(at.get("plotly_chart")) == 3  # accuracy bars, a transport plan, diagnostics
+    downloads = [b.key for b in at.get("download_button")]
+    assert downloads == ["fusion.download.model", "fusion.download.csv", "fusion.download.report"]
+    # Pressing again with the same settings is served from memory.
+    at.button(key="fusion.fuse").click().run()
+    assert "memory" in " ".join(c.value for c in at.caption)
+
+
+def test_sinkhorn_reg_zero_is_an_error_not_a_traceback(fusion):
+    at = fuse(fusion, solver="sinkhorn", reg=0.0)
+    assert not at.exception
+    assert len(at.error) == 1 and "Sinkhorn reg must be > 0" in at.error[0].value
+    assert not at.metric and not at.dataframe
+
+
+@pytest.mark.parametrize("weights, message", [("0.5, x", "must be numbers"), ("1 2 3", "3 per-parent weights")])
+def test_bad_per_parent_weights_are_errors(fusion, weights, message):
+    at = fuse(fusion, weights=weights)
+    assert not at.exception
+    assert any(message in e.value for e in at.error)
+
+
+def test_sinkhorn_on_activations_with_fine_tuning(fusion):
+    at = fuse(fusion, mode="activations", solver="sinkhorn", reg=0.05, act_samples=100, finetune_epochs=1,
+              ground_metric="cosine", normalize="max")
+    assert not at.exception and not at.error
+    table = at.dataframe[0].value
+    assert list(table["method"]) == METHODS + ["OT fusion fine-tuned"]
+    assert "OT fusion fine-tuned" in cards(at)
+    assert all(0.0 <= acc <= 100.0 for acc in table["test acc (%)"])
+    # A Sinkhorn plan is not a permutation; the layer picker switches the heatmap.
+    layers = [option.split("  (")[0] for option in at.selectbox(key="fusion.plan_layer").options]
+    assert layers == ["parent 2/fc1", "parent 2/fc2", "parent 2/fc3"]
+    at.selectbox(key="fusion.plan_layer").set_value(layers[-1]).run()
+    assert not at.exception
+    assert at.selectbox(key="fusion.plan_layer").value == layers[-1]
+
+
+def test_anchor_and_ensemble_step(fusion):
+    at = fuse(fusion, anchor=1, ensemble_step=0.7, past_correction=False, skip_last_layer=False)
+    assert not at.exception and not at.error
+    assert list(at.dataframe[0].value["method"]) == METHODS
+
+
+def test_weight_matching_and_repair(fusion):
+    """The lead's parallel backends, tested last: they must render, or fail as an st.error, never a traceback."""
+    at = fuse(fusion, alignment="weight_matching", renormalize=True)
+    assert not at.exception
+    assert not at.error, at.error[0].value
+    assert list(at.dataframe[0].value["method"]) == METHODS
+    assert "OT fusion" in cards(at)
+
+
+def test_one_parent_is_not_enough(page, parent_set):
+    import dataclasses
+
+    single = dataclasses.replace(parent_set, parents=parent_set.parents[:1])
+    at = page(FUSION_PAGE, **{dashboard.PARENTS: single}).run()
+    assert not at.exception
+    assert any("at least 2 parents" in w.value for w in at.warning)

@@ -1,0 +1,113 @@
+"""Home page and the sidebar workspace, through Streamlit's AppTest: real pipeline, real cache files."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dashboard
+from otcore.checkpoints import checkpoint_bytes
+
+HOME = "app.py"
+
+
+def errors(at) -> list[str]:
+    return [e.value for e in at.error] + [e.value for e in at.sidebar.error]
+
+
+def test_empty_cache_says_what_to_do(page, tmp_path, monkeypatch):
+    monkeypatch.setenv("OTCORE_CACHE_DIR", str(tmp_path))
+    at = page(HOME).run()
+    assert not at.exception
+    assert at.title[0].value == "OT Fusion Studio"
+    assert any("optimal transport" in m.value for m in at.markdown)
+    assert any("cache is empty" in i.value for i in at.info)
+    assert any("No parents yet" in c.value for c in at.sidebar.caption)
+
+
+def test_cache_browser_lists_the_trained_parents(page, digits_parents):
+    at = page(HOME).run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert list(table.columns) == ["kind", "dataset", "arch", "key", "headline", "size", "created"]
+    for parent in digits_parents:
+        row = table[table["key"] == parent.key].iloc[0]
+        assert (row["kind"], row["dataset"], row["arch"]) == ("parent", "digits", "mlpnet")
+        assert row["headline"] == f"test acc {parent.metrics['test']['accuracy']:.2f}%"
+        assert row["size"].endswith("KiB") or row["size"].endswith("MiB")
+    assert len(at.expander) >= len(digits_parents)  # one per entry, config and metrics inside
+    at.segmented_control(key="home.kind").set_value("parent").run()
+    assert set(at.dataframe[0].value["kind"]) == {"parent"}
+
+
+def test_sidebar_button_loads_the_parents_and_pages_share_them(page, digits_parents):
+    at = page(HOME).run()
+    at.button(key="ws.load").click().run()
+    assert not at.exception and not errors(at)
+    parent_set = at.session_state[dashboard.PARENTS]
+    assert [p.key for p in parent_set.parents] == [p.key for p in digits_parents]  # the cached ones, not retrained
+    assert parent_set.origin == "trained" and parent_set.seeds == (0, 1)
+    assert any("2 parents of mlpnet on digits" in c.value for c in at.sidebar.caption)
+    # The workspace survives a page switch, and the next page sees the same parents.
+    at.number_input(key="ws.epochs").set_value(10).run()
+    at.switch_page("pages/1_Parents.py").run()
+    assert not at.exception
+    assert at.number_input(key="ws.epochs").value == 10
+    assert len(at.dataframe[0].value) == 2
+
+
+def test_workspace_offers_models_that_fit_the_dataset(page):
+    at = page(HOME).run()
+    digits_archs = at.selectbox(key="ws.arch").options
+    assert "mlpnet" in digits_archs and "vgg_tiny_nobias" in digits_archs and "resnet_tiny_nobias_nobn" in digits_archs
+    assert "vgg11_nobias" not in digits_archs and "resnet18_nobias_nobn" not in digits_archs
+    assert not at.text_input  # no data root for the embedded dataset
+    at.selectbox(key="ws.dataset").set_value("mnist").run()
+    assert not at.exception
+    assert at.text_input(key="ws.root").label == "Data root"
+    mnist_archs = at.selectbox(key="ws.arch").options
+    assert "vgg11_nobias" not in mnist_archs  # five pools do not fit 28x28
+    assert "resnet18_nobias_nobn" in mnist_archs and "mlpnet" in mnist_archs
+
+
+def test_real_dataset_without_root_is_an_error_not_a_traceback(page):
+    at = page(HOME, **{"ws.dataset": "mnist"}).run()
+    at.button(key="ws.load").click().run()
+    assert not at.exception
+    assert any("Data root" in e for e in errors(at))
+    assert dashboard.PARENTS not in at.session_state
+
+
+def test_malformed_upload_is_refused_with_a_message(page):
+    at = page(HOME).run()
+    at.file_uploader(key="ws.uploads").upload("model.checkpoint", b"this is not a checkpoint")
+    at.run()
+    at.button(key="ws.load").click().run()
+    assert not at.exception
+    message = errors(at)
+    assert message and "model.checkpoint" in message[0] and "not a checkpoint" in message[0]
+    assert dashboard.PARENTS not in at.session_state
+
+
+def test_uploaded_checkpoints_become_the_parents(page, digits_parents):
+    at = page(HOME).run()
+    uploader = at.file_uploader(key="ws.uploads")
+    for parent, name in zip(digits_parents, ["a.checkpoint", "b.safetensors"]):
+        fmt = "safetensors" if name.endswith("safetensors") else "paper"
+        uploader.upload(name, checkpoint_bytes(parent.model.state_dict(), fmt, {"test_accuracy": 1.0}))
+    at.run()
+    at.button(key="ws.load").click().run()
+    assert not at.exception and not errors(at)
+    parent_set = at.session_state[dashboard.PARENTS]
+    assert parent_set.origin == "uploaded"
+    assert [(p.name, p.source) for p in parent_set.parents] == [("parent 1", "a.checkpoint"),
+                                                                ("parent 2", "b.safetensors")]
+    for loaded, original in zip(parent_set.parents, digits_parents):
+        assert loaded.metrics["test"]["accuracy"] == pytest.approx(original.metrics["test"]["accuracy"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when no GPU is visible")
+def test_cuda_without_a_gpu_is_an_error(page):
+    at = page(HOME, **{"ws.device": "cuda"}).run()
+    at.button(key="ws.load").click().run()
+    assert not at.exception
+    assert any("CUDA" in e for e in errors(at))

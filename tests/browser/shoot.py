@@ -1,0 +1,90 @@
+"""Screenshots of every page at 1280x800 in headless Chromium (a script, not a test).
+
+    python tests/browser/shoot.py [--cache-dir DIR]
+
+Writes tests/browser/screenshots/*.png (git-ignored): Home, Parents, Fusion before and after
+Fuse, the plan and diagnostics tabs, and full-page views of each.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from streamlit_server import SCREENSHOTS, browser_page, click, streamlit_server, wait_idle
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--cache-dir", default=None, help="OTCORE_CACHE_DIR for the server (default: a new temp dir)")
+    args = parser.parse_args()
+    cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="otcore-shoot-")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+
+    def shot(page, name: str, full: bool = False) -> None:
+        """The 1280x800 view; `full`: the whole page (Streamlit scrolls inside the app, so a tall window)."""
+        path = SCREENSHOTS / f"{name}.png"
+        if full:
+            page.set_viewport_size({"width": 1280, "height": 2000})
+            page.wait_for_timeout(800)
+        page.screenshot(path=str(path))
+        if full:
+            page.set_viewport_size({"width": 1280, "height": 800})
+            page.wait_for_timeout(300)
+        print(f"{path}  ({time.perf_counter() - start:.1f} s)")
+
+    start = time.perf_counter()
+    with streamlit_server(cache_dir) as url, browser_page() as page:
+        page.goto(f"{url}/Fusion")
+        wait_idle(page)
+        shot(page, "fusion_empty")
+        page.goto(url)
+        wait_idle(page)
+        shot(page, "home_before")
+        click(page, "ws.load")
+        try:  # on a cold cache the parents train: catch the sidebar's progress bar
+            page.wait_for_selector("[data-testid='stProgress']", timeout=5_000)
+            page.wait_for_timeout(2_000)
+            shot(page, "home_training")
+        except PlaywrightTimeout:
+            pass  # the parents came from the cache at once
+        wait_idle(page, "text=test accuracy", timeout_ms=600_000)
+        shot(page, "home")
+        shot(page, "home_full", full=True)
+        page.get_by_role("link", name="Parents").click()
+        wait_idle(page)
+        shot(page, "parents")
+        page.get_by_role("link", name="Fusion").click()
+        wait_idle(page)
+        shot(page, "fusion_form")
+        click(page, "fusion.fuse")
+        wait_idle(page, "[data-testid='stMetric']", timeout_ms=600_000)
+        page.wait_for_selector("[data-testid='stPlotlyChart'] .main-svg", timeout=60_000)
+        shot(page, "fusion_result")
+        shot(page, "fusion_result_full", full=True)
+        page.get_by_role("tab", name="Transport plans").click()
+        wait_idle(page, "[data-testid='stTabPanel'] .st-key-fusion-chart-plan .main-svg")
+        shot(page, "fusion_plans", full=True)
+        page.get_by_role("tab", name="Per-layer diagnostics").click()
+        wait_idle(page)
+        shot(page, "fusion_diagnostics", full=True)
+        page.get_by_text("More options").click()
+        wait_idle(page)
+        shot(page, "fusion_more_options")
+        page.get_by_role("tab", name="Comparison").click()
+        with page.expect_download() as download:
+            click(page, "fusion.download.report")
+        report_path = Path(cache_dir) / download.value.suggested_filename
+        download.value.save_as(report_path)
+        page.goto(report_path.as_uri())
+        page.wait_for_selector(".main-svg", timeout=60_000)
+        shot(page, "report", full=True)
+        page.goto(url)
+        wait_idle(page, "[data-testid='stExpander']")
+        shot(page, "home_after", full=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Start `streamlit run app.py` on a free localhost port and drive Debian's Chromium with Playwright.
+
+Shared by the browser test and the screenshot script (tests/browser/shoot.py); not a test itself.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+REPO = Path(__file__).resolve().parents[2]
+SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+VIEWPORT = {"width": 1280, "height": 800}
+
+
+def chromium_path() -> str | None:
+    """Debian's Chromium (Playwright cannot download its own browser here)."""
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def streamlit_server(cache_dir: str | Path, timeout_s: float = 60.0,
+                     log_path: str | Path | None = None) -> Iterator[str]:
+    """Serve the dashboard on localhost with OTCORE_CACHE_DIR=cache_dir; yields its URL; always stops it."""
+    port = free_port()
+    env = {**os.environ, "OTCORE_CACHE_DIR": str(cache_dir), "PYTHONUNBUFFERED": "1"}
+    log_path = log_path or Path(tempfile.gettempdir()) / f"otcore-streamlit-{port}.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
+         "--server.address", "localhost", "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://localhost:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"streamlit exited with {proc.returncode}; see {log.name}")
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"streamlit did not answer /_stcore/health within {timeout_s:.0f} s")
+            time.sleep(0.25)
+        yield url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)  # the server's own process group, started above
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        log.close()
+
+
+@contextlib.contextmanager
+def browser_page(viewport: dict | None = None) -> Iterator:
+    """A Playwright page in headless Debian Chromium."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True)
+        try:
+            context = browser.new_context(viewport=viewport or VIEWPORT, accept_downloads=True)
+            yield context.new_page()
+        finally:
+            browser.close()
+
+
+def key(name: str) -> str:
+    """CSS selector of the element Streamlit drew for a widget key (it writes '.' as '-'), not a stale copy."""
+    return ".st-key-" + name.replace(".", "-") + ":not([data-stale='true'])"
+
+
+def click(page, widget_key: str) -> None:
+    """Click the button drawn for a widget key."""
+    page.locator(f"{key(widget_key)} button").first.click()
+
+
+def wait_idle(page, selector: str = "h1", timeout_ms: int = 120_000) -> None:
+    """Wait until `selector` is drawn and the app has finished its script run (no 'Running' status)."""
+    page.wait_for_selector(selector, state="attached", timeout=timeout_ms)
+    page.wait_for_function(
+        "() => { const w = document.querySelector(\"[data-testid='stStatusWidget']\");"
+        " return !w || !/Running|Stop/.test(w.innerText); }", timeout=timeout_ms)
+    page.wait_for_timeout(500)  # let the last deltas paint

@@ -1,0 +1,48 @@
+"""The dashboard in a real browser: `streamlit run app.py` on localhost, driven by Debian's Chromium."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from streamlit_server import SCREENSHOTS, browser_page, chromium_path, click, key, streamlit_server, wait_idle
+
+pytestmark = pytest.mark.skipif(chromium_path() is None, reason="Debian's chromium is not installed "
+                                "(apt-get install chromium); Playwright cannot download its own browser here")
+
+
+@pytest.fixture
+def browser_cache(tmp_path: Path, digits_cli_train) -> Path:
+    """A cache folder for the server, holding the session's default parents (so nothing trains here)."""
+    for entry in Path(digits_cli_train.cache).glob("*.safetensors"):
+        shutil.copy2(entry, tmp_path)
+    return tmp_path
+
+
+def test_fuse_with_defaults_in_chromium(browser_cache: Path, tmp_path_factory: pytest.TempPathFactory):
+    log = tmp_path_factory.mktemp("streamlit-log") / "server.log"
+    with streamlit_server(browser_cache, log_path=log) as url, browser_page() as page:
+        page.goto(f"{url}/Fusion")  # a deep link on a fresh server
+        wait_idle(page, "text=No parents yet")
+        click(page, "ws.load")
+        wait_idle(page, "text=Set the options above")
+        assert "2 parents of mlpnet on digits" in page.locator("[data-testid='stSidebar']").inner_text()
+        click(page, "fusion.fuse")
+        wait_idle(page, "[data-testid='stDataFrame'] [role='gridcell']")
+        table = page.locator("[data-testid='stDataFrame']").first
+        methods = table.locator("[role='gridcell']").all_text_contents()[::6]
+        assert methods == ["parent 1", "parent 2", "vanilla average", "prediction ensemble", "OT fusion"]
+        cards = page.locator("[data-testid='stMetric']").all_inner_texts()
+        assert any(c.startswith("OT fusion") and "%" in c for c in cards)
+        assert page.locator("[data-testid='stException']").count() == 0
+        page.wait_for_selector(f"{key('fusion.chart.bar')} .main-svg")
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "test_browser_fusion.png"))
+        # The report is built when its button is clicked, and is one self-contained HTML file.
+        with page.expect_download(timeout=60_000) as download:
+            click(page, "fusion.download.report")
+        html = Path(download.value.path()).read_text(encoding="utf-8")
+        assert download.value.suggested_filename == "digits-mlpnet-ot-fusion-report.html"
+        assert html.startswith("<!DOCTYPE html>") and "OT fusion" in html and "Plotly.newPlot" in html
+        assert "<script src=" not in html and "<script charset=\"utf-8\" src=" not in html  # no CDN: opens offline
