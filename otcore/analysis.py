@@ -15,7 +15,7 @@ from otcore.config import DataSpec, HessianSpec, spec_dict, spec_hash
 from otcore.device import resolve_device
 from otcore.hessian import analyse, fixed_batches
 from otcore.landscape import Curve, barrier, filter_normalized_direction, path_curve, perturbation_curve, surface_2d
-from otcore.pipeline import MethodResult, Progress, dataset
+from otcore.pipeline import MethodResult, Progress, cached, dataset
 
 MAX_STORED_EIGENVECTOR_ENTRIES = 20_000_000  # ~80 MB of float32: beyond that the surface step recomputes
 
@@ -60,11 +60,8 @@ def curvature(data: DataSpec, name: str, key: str, model: nn.Module, spec: Hessi
     cache = cache or default_cache()
     entry_key = spec_hash("hessian", data, spec, key)
     dev = resolve_device(device)
-    hit = True
 
     def compute() -> CacheEntry:
-        nonlocal hit
-        hit = False
         net = model.to(dev).eval()
         batches = analysis_batches(data, spec, dev)
         result = analyse(net, batches, spec, (lambda what, f: progress(f"{name}: {what}", 0.8 * f)) if progress else None)
@@ -85,7 +82,7 @@ def curvature(data: DataSpec, name: str, key: str, model: nn.Module, spec: Hessi
         return CacheEntry(entry_key, "hessian", {"data": spec_dict(data), "hessian": spec_dict(spec), "model": key},
                           metrics, tensors)
 
-    entry = cache.get_or_compute(entry_key, compute)
+    entry, hit = cached(cache, entry_key, compute)
     m = entry.metrics
     return Curvature(name, key, m["top_eigenvalues"], m["trace"], m["trace_std_error"], m["density_nodes"],
                      m["density_weights"], m["loss"], scores.test.accuracy if scores else None,

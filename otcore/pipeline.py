@@ -89,6 +89,13 @@ def _report(progress: Progress | None, what: str, done: float) -> None:
         progress(what, min(max(done, 0.0), 1.0))
 
 
+def cached(cache: DiskCache, key: str, compute: Callable[[], CacheEntry]) -> tuple[CacheEntry, bool]:
+    """cache.get_or_compute, and whether the entry came from the cache (False: computed now)."""
+    computed = []
+    entry = cache.get_or_compute(key, lambda: computed.append(True) or compute())
+    return entry, not computed
+
+
 def dataset(data: DataSpec) -> Dataset:
     """The dataset of a spec (memoised per process)."""
     return load_dataset(data.name, data.root, data.download)
@@ -118,11 +125,8 @@ def train_parent(data: DataSpec, model: ModelSpec, spec: TrainSpec, device: str 
     cache = cache or default_cache()
     key = spec_hash("parent", data, model, spec)
     dev = resolve_device(device)
-    hit = True
 
     def compute() -> CacheEntry:
-        nonlocal hit
-        hit = False
         ds = dataset(data)
         net = init_model(_build(data, model, ds), spec.seed).to(dev)
         start = time.perf_counter()
@@ -132,7 +136,7 @@ def train_parent(data: DataSpec, model: ModelSpec, spec: TrainSpec, device: str 
         config = {"data": spec_dict(data), "model": spec_dict(model), "train": spec_dict(spec)}
         return CacheEntry(key, "parent", config, metrics, dict(net.state_dict()))
 
-    entry = cache.get_or_compute(key, compute)
+    entry, hit = cached(cache, key, compute)
     # Built from the entry's shapes: a cache hit never loads the dataset.
     net = build_model(model.arch, tuple(entry.metrics["input_shape"]), entry.metrics["num_classes"])
     net.load_state_dict(entry.tensors)
@@ -241,11 +245,8 @@ def fuse_and_compare(data: DataSpec, model: ModelSpec, parents: list[Parent], sp
     key = spec_hash("fusion", data, model, spec, finetune, [p.key for p in parents])
     dev = resolve_device(device)
     nets = [p.model.to(dev).eval() for p in parents]
-    hit = True
 
     def compute() -> CacheEntry:
-        nonlocal hit
-        hit = False
         ds = dataset(data)
         _report(progress, "fusing", 0.05)
         tensors: dict[str, torch.Tensor] = {}
@@ -262,7 +263,7 @@ def fuse_and_compare(data: DataSpec, model: ModelSpec, parents: list[Parent], sp
         return _scored_entry(key, "fusion", config, models, ds, {p.name: p.key for p in parents}, tensors,
                              {"seconds": seconds, "diagnostics": diagnostics, "device": str(dev)})
 
-    entry = cache.get_or_compute(key, compute)
+    entry, hit = cached(cache, key, compute)
     comparison = comparison_from_entry(entry, {p.name: n for p, n in zip(parents, nets)},
                                        nets[spec.anchor % len(nets)], dev)
     comparison.cached = hit
@@ -318,11 +319,8 @@ def prune_and_compare(data: DataSpec, model: ModelSpec, parents: list[Parent], p
     dev = resolve_device(device)
     nets = [p.model.to(dev).eval() for p in parents]
     names = [p.name for p in parents]
-    hit = True
 
     def compute() -> CacheEntry:
-        nonlocal hit
-        hit = False
         ds = dataset(data)
         tensors: dict[str, torch.Tensor] = {}
         seconds: dict[str, float] = {}
@@ -363,7 +361,7 @@ def prune_and_compare(data: DataSpec, model: ModelSpec, parents: list[Parent], p
                              {"seconds": seconds, "diagnostics": diagnostics, "sparsity": sparsity,
                               "fraction": prune.fraction, "type": prune.type, "device": str(dev)})
 
-    entry = cache.get_or_compute(key, compute)
+    entry, hit = cached(cache, key, compute)
     comparison = comparison_from_entry(entry, {}, nets[fusion.anchor % len(nets)], dev)
     comparison.cached = hit
     _report(progress, "done", 1.0)
