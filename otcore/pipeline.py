@@ -89,6 +89,23 @@ def _report(progress: Progress | None, what: str, done: float) -> None:
         progress(what, min(max(done, 0.0), 1.0))
 
 
+def parent_key(data: DataSpec, model: ModelSpec, spec: TrainSpec) -> str:
+    """Cache key of a parent trained with spec (its seed included)."""
+    return spec_hash("parent", data, model, spec)
+
+
+def fusion_key(data: DataSpec, model: ModelSpec, spec: FusionSpec, finetune: TrainSpec, parent_keys: list[str]) -> str:
+    """Cache key of fuse_and_compare (finetune's epochs are replaced by spec.finetune_epochs)."""
+    return spec_hash("fusion", data, model, spec, replace(finetune, epochs=spec.finetune_epochs), parent_keys)
+
+
+def prune_key(data: DataSpec, model: ModelSpec, prune: PruneSpec, fusion: FusionSpec, retrain: TrainSpec,
+              parent_keys: list[str]) -> str:
+    """Cache key of prune_and_compare (fusion without fine-tuning; retraining epochs live in prune)."""
+    return spec_hash("prune", data, model, prune, replace(fusion, finetune_epochs=0), replace(retrain, epochs=0),
+                     parent_keys)
+
+
 def cached(cache: DiskCache, key: str, compute: Callable[[], CacheEntry]) -> tuple[CacheEntry, bool]:
     """cache.get_or_compute, and whether the entry came from the cache (False: computed now)."""
     computed = []
@@ -123,7 +140,7 @@ def train_parent(data: DataSpec, model: ModelSpec, spec: TrainSpec, device: str 
                  progress: ProgressFn | None = None, cache: DiskCache | None = None) -> Parent:
     """One parent trained from the seed in spec, from the cache when it was trained before."""
     cache = cache or default_cache()
-    key = spec_hash("parent", data, model, spec)
+    key = parent_key(data, model, spec)
     dev = resolve_device(device)
 
     def compute() -> CacheEntry:
@@ -242,7 +259,7 @@ def fuse_and_compare(data: DataSpec, model: ModelSpec, parents: list[Parent], sp
     """Each parent, vanilla average, prediction ensemble, OT fusion and (if asked) its fine-tuning."""
     cache = cache or default_cache()
     finetune = replace(finetune or TrainSpec(), epochs=spec.finetune_epochs)
-    key = spec_hash("fusion", data, model, spec, finetune, [p.key for p in parents])
+    key = fusion_key(data, model, spec, finetune, [p.key for p in parents])
     dev = resolve_device(device)
     nets = [p.model.to(dev).eval() for p in parents]
 
@@ -315,7 +332,7 @@ def prune_and_compare(data: DataSpec, model: ModelSpec, parents: list[Parent], p
     cache = cache or default_cache()
     fusion = replace(fusion, finetune_epochs=0)  # prune.retrain_epochs is this step's retraining
     retrain = retrain or TrainSpec()
-    key = spec_hash("prune", data, model, prune, fusion, replace(retrain, epochs=0), [p.key for p in parents])
+    key = prune_key(data, model, prune, fusion, retrain, [p.key for p in parents])
     dev = resolve_device(device)
     nets = [p.model.to(dev).eval() for p in parents]
     names = [p.name for p in parents]

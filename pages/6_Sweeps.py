@@ -1,0 +1,112 @@
+"""Sweeps: a grid of prune settings run here or on a Ray cluster, watched as it runs, plotted against any field."""
+from __future__ import annotations
+
+import datetime
+
+import streamlit as st
+
+import dashboard
+from otcore import sweep as sweeps
+from otcore.config import PRUNE_ORDERS, PRUNE_TYPES, FusionSpec, PruneSpec, SpecError
+
+FRACTIONS = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+RESULT = "sweeps.result"  # the SweepResult on show: run by Start, or read back from the cache
+
+dashboard.page_setup("Sweeps")
+ws = dashboard.workspace()
+st.title("Sweeps", anchor=False)
+st.caption("Every combination of the settings below is one point: the sidebar's parents pruned, fused and compared "
+           "with every method. Points are cached as they finish, so a stopped sweep resumes where it was; the Ray "
+           "executor runs them on a cluster.")
+if ws is None:
+    st.stop()
+
+dashboard.init_state({"sweeps.fractions": [0.0, 0.3, 0.5, 0.7], "sweeps.types": ["unstructured"],
+                      "sweeps.seed_sets": 1, "sweeps.order": PruneSpec().order, "sweeps.retrain_epochs": 0,
+                      "sweeps.executor": "local", "sweeps.ray_address": "", "sweeps.gpus": 0.0})
+with st.form("sweeps", border=False):
+    row = st.columns([2.2, 1.6, 0.9, 1.1, 1.1])
+    fractions = row[0].multiselect("Prune fractions", FRACTIONS, key="sweeps.fractions",
+                                   help="share of weights (unstructured) or filters (structured) removed")
+    types = row[1].multiselect("Pruning types", PRUNE_TYPES, key="sweeps.types")
+    seed_sets = row[2].number_input("Seed sets", 1, 20, step=1, key="sweeps.seed_sets",
+                                    help="repeat over this many parent sets; set s shifts the sidebar's seeds by "
+                                         "s × the number of parents (averaged in the chart)")
+    order = row[3].selectbox("Order", PRUNE_ORDERS, key="sweeps.order", help="prune then fuse, or fuse then prune")
+    retrain = row[4].number_input("Retraining", 0, 1000, step=1, key="sweeps.retrain_epochs",
+                                  help="epochs of masked retraining of the fused network at each point")
+    row = st.columns([1, 2.4, 1, 0.9], vertical_alignment="bottom")
+    executor = row[0].selectbox("Executor", sweeps.EXECUTORS, key="sweeps.executor",
+                                help="local: in this server, one point after another; ray: each point a Ray task")
+    address = row[1].text_input("Ray address", key="sweeps.ray_address",
+                                placeholder="blank: a local Ray instance · auto: the running cluster",
+                                help="ray only: 'auto', HOST:PORT or ray://HOST:10001; the cache stays on this server")
+    gpus = row[2].number_input("GPUs per point", 0.0, 8.0, step=0.25, key="sweeps.gpus", help="ray only")
+    pressed = row[3].form_submit_button("Start", type="primary", key="sweeps.start", width="stretch")
+
+if pressed:
+    try:
+        grid = (("prune.type", tuple(types)), ("seed", tuple(range(int(seed_sets)))),
+                ("prune.fraction", tuple(fractions)))
+        spec = sweeps.SweepSpec(grid, ws.data, ws.model, ws.train, PruneSpec(order=order, retrain_epochs=int(retrain)),
+                                FusionSpec(), ws.seeds, "prune", ws.device)
+        runner = sweeps.executor(executor, address.strip() or None,
+                                 **({"gpus_per_task": float(gpus)} if executor == "ray" else {}))
+    except SpecError as err:
+        dashboard.show_error(err, "Check the sweep settings")
+        st.stop()
+    bar = dashboard.ProgressBar(f"{len(spec.points())} points on the {executor} executor")
+    live, finished = st.empty(), []
+
+    def show(point: sweeps.PointResult) -> None:
+        finished.append(point)
+        live.dataframe(sweeps.sweep_table(finished, [name for name, _ in grid]).drop(columns="key"), hide_index=True)
+
+    try:
+        st.session_state[RESULT] = sweeps.run_sweep(spec, runner, progress=bar, on_point=show)
+    except Exception as err:  # noqa: BLE001 - shown, never raised into the page; finished points are cached
+        dashboard.show_error(err, "The sweep stopped")
+        st.stop()
+    finally:
+        bar.close()
+        live.empty()
+
+records = sweeps.sweep_records()
+with st.expander(f"Sweeps in the cache ({len(records)}): watch one running elsewhere, or reopen a finished one"):
+    pick, button = st.columns([5, 1], vertical_alignment="bottom")
+    labels = {r.key: f"{r.metrics['status']} · {r.metrics['done']}/{r.metrics['total']} points · "
+                     f"{', '.join(r.metrics['fields']) or 'no grid'} · {r.config['model']['arch']} on "
+                     f"{r.config['data']['name']} · {r.metrics['executor']} · "
+                     f"{datetime.datetime.fromtimestamp(r.metrics['updated']):%Y-%m-%d %H:%M}" for r in records}
+    chosen = pick.selectbox("Sweep", list(labels), format_func=labels.get, key="sweeps.record")
+    if button.button("Show", key="sweeps.show", disabled=chosen is None, width="stretch"):
+        st.session_state[RESULT] = sweeps.load_sweep(chosen)
+
+result = st.session_state.get(RESULT)
+if result is None:
+    st.info("Choose the grid above and press **Start**; each finished point appears at once, and the chart plots any "
+            "metric against any swept field.", icon=":material/grid_on:")
+    st.stop()
+st.caption(f"**{len(result.points)}** of {result.total} points · {len(result.failed)} failed · {result.status} · "
+           f"{result.executor} executor" + (f" · {result.seconds:.1f} s" if result.seconds else "") +
+           f" · sweep `{result.key[:12]}`")
+for failure in result.failed:
+    point = ", ".join(f"{k}={v}" for k, v in failure.values.items())
+    st.error(f"**{point}** failed after {failure.attempts} tries: {failure.error}", icon=":material/error:")
+table = result.table()
+if table.empty or not result.fields:
+    dashboard.show_table(table.drop(columns="key"))
+    st.stop()
+
+methods = list(dict.fromkeys(table["method"]))
+if st.session_state.get("sweeps.x") not in result.fields:
+    st.session_state["sweeps.x"] = "prune.fraction" if "prune.fraction" in result.fields else result.fields[0]
+st.session_state["sweeps.methods"] = [m for m in st.session_state.get("sweeps.methods", methods) if m in methods]
+metric_col, x_col, methods_col = st.columns([1, 1, 3])
+metric = metric_col.selectbox("Metric", sweeps.METRICS, key="sweeps.metric")
+x = x_col.selectbox("Against", result.fields, key="sweeps.x")
+shown = methods_col.multiselect("Methods", methods, key="sweeps.methods")
+st.plotly_chart(sweeps.sweep_figure(table, metric, x, shown or methods), theme=None, key="sweeps.chart")
+dashboard.show_table(table.drop(columns="key"))
+st.download_button("Table (CSV)", table.to_csv(index=False), f"sweep-{result.key[:12]}.csv", "text/csv",
+                   key="sweeps.download.csv", on_click="ignore", icon=":material/table:")

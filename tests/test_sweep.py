@@ -1,0 +1,269 @@
+"""Sweeps: grid parsing, the local executor (rows, resume, retries), Ray optional, and a real local Ray instance.
+
+Parents are digits mlpnet trained for 3 epochs, once per module, and copied into each test's own
+cache folder, so a test computes only what it is about.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO
+from otcore.cache import DiskCache
+from otcore.config import DataSpec, FusionSpec, ModelSpec, SpecError, TrainSpec
+from otcore.pipeline import prune_and_compare, train_parents
+from otcore.sweep import (LocalExecutor, RayExecutor, SweepSpec, load_sweep, parse_grid, run_point, run_sweep,
+                          sweep_figure)
+
+PARENTS = TrainSpec(epochs=3)
+EXACT = ["method", "test acc (%)", "train acc (%)", "sparsity", "parameters", "key"]  # equal to the bit
+
+
+def spec(*grid: str, **base) -> SweepSpec:
+    return SweepSpec(parse_grid(grid), train=PARENTS, device="cpu", **base)
+
+
+@pytest.fixture(scope="module")
+def parents_dir(tmp_path_factory) -> Path:
+    """A cache folder holding the parents of seeds 0 and 1 (trained with 1 thread, as the executors do)."""
+    folder = tmp_path_factory.mktemp("sweep-parents")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny networks: more threads only add overhead, a lot of it on a busy machine
+    try:
+        train_parents(DataSpec(), ModelSpec(), PARENTS, [0, 1], "cpu", cache=DiskCache(folder))
+    finally:
+        torch.set_num_threads(threads)
+    return folder
+
+
+def cache_with(parents_dir: Path, folder: Path, seeds: tuple[int, ...] = (0, 1)) -> DiskCache:
+    """A fresh cache folder holding the parents of the given seeds."""
+    from otcore.sweep import ParentJob
+
+    keys = {ParentJob(DataSpec(), ModelSpec(), PARENTS, s).key for s in seeds}
+    folder.mkdir()
+    for key in keys:
+        shutil.copy2(parents_dir / f"{key}.safetensors", folder)
+    return DiskCache(folder)
+
+
+# ---------------------------------------------------------------------------- the grid
+
+
+@pytest.mark.parametrize("grid, message", [
+    (["prune.fractoin=0,0.3"], "unknown sweep field 'prune.fractoin'; choose one of seed, seeds, arch"),
+    (["prune.fraction=0,abc"], "prune.fraction: 'abc' is not a number"),
+    (["prune.fraction=0,1"], r"prune.fraction=1: prune fraction must be in \[0, 1\), got 1.0"),
+    (["prune.fraction=-0.1"], r"prune.fraction=-0.1: prune fraction must be in \[0, 1\)"),
+    (["train.epochs=2.5"], "train.epochs: '2.5' is not a whole number"),
+    (["prune.type=random"], "prune.type=random: prune type must be one of"),
+    (["arch=resnet1000"], "arch=resnet1000: unknown architecture 'resnet1000'"),
+    (["train.seed=1"], "sweep field 'train.seed' cannot be swept"),
+    (["seed=0,1", "seed=2"], "sweep field 'seed' appears twice"),
+    (["prune.fraction=0.3,0.3"], "lists a value twice"),
+    (["prune.fraction"], "a grid entry looks like field=value1,value2"),
+    (["seed=0", "seeds=0+1"], "sweep either 'seed'"),
+])
+def test_grid_errors_are_one_clear_spec_error(grid, message) -> None:
+    with pytest.raises(SpecError, match=message) as info:
+        spec(*grid)
+    assert "\n" not in str(info.value)
+
+
+def test_points_vary_the_last_field_fastest_and_seed_shifts_the_parent_set() -> None:
+    sweep = spec("seed=0,1", "prune.fraction=0,0.5", "fusion.mode=acts")
+    points = sweep.points()
+    assert [(p.seeds, p.prune.fraction) for p in points] == [((0, 1), 0.0), ((0, 1), 0.5), ((2, 3), 0.0),
+                                                             ((2, 3), 0.5)]
+    assert {p.fusion.mode for p in points} == {"activations"}  # the CLI's alias, as the spec spells it
+    assert points[3].label() == "seed=1, prune.fraction=0.5, fusion.mode=activations"
+    assert len({p.key for p in points}) == 4
+    assert spec("seeds=4+5,0+1").points()[0].seeds == (4, 5)
+    with pytest.raises(SpecError, match="pruning field"):
+        spec("prune.fraction=0.3", step="fusion")
+
+
+# ---------------------------------------------------------------------------- the local executor
+
+
+def test_local_sweep_stores_every_point_and_its_rows_are_the_pipelines(parents_dir, tmp_path) -> None:
+    cache = cache_with(parents_dir, tmp_path / "cache")
+    sweep = spec("prune.fraction=0,0.5", "prune.type=unstructured,structured")
+    seen: list[float] = []
+    result = run_sweep(sweep, LocalExecutor(), cache, progress=lambda what, done: seen.append(done))
+    assert result.status == "finished" and not result.failed and len(result.points) == result.total == 4
+    assert seen[-1] == 1.0 and all(0.0 <= f <= 1.0 for f in seen)
+    assert [p.values for p in result.points] == [{"prune.fraction": f, "prune.type": t} for f in (0.0, 0.5)
+                                                 for t in ("unstructured", "structured")]
+    parents = train_parents(DataSpec(), ModelSpec(), PARENTS, [0, 1], "cpu", cache=cache)
+    for point, p in zip(sweep.points(), result.points):
+        # The dashboard's call finds the sweep's result in the cache, under the key the sweep predicted.
+        again = prune_and_compare(DataSpec(), ModelSpec(), parents, point.prune, FusionSpec(), PARENTS, "cpu",
+                                  cache=cache)
+        assert again.cached and again.key == p.key == point.key
+        assert [(r.method, r.test.accuracy, r.test.loss) for r in again.rows] == \
+               [(r.method, r.test.accuracy, r.test.loss) for r in p.comparison.rows]
+        assert p.comparison.extra["sparsity"]["OT fusion"] == again.extra["sparsity"]["OT fusion"]
+    table = result.table()
+    assert len(table) == 4 * 5 and set(table["method"]) >= {"parent 1", "OT fusion", "vanilla average"}
+    # The record lets the dashboard read the sweep back; the same numbers come out.
+    stored = load_sweep(result.key, cache)
+    assert stored.status == "finished" and stored.table().equals(table)
+    figure = sweep_figure(table, "test acc (%)", "prune.fraction")
+    assert len(figure.data) == 5 * 2  # a line per method and pruning type
+    assert figure.layout.xaxis.title.text == "prune fraction (share of weights removed)"
+    assert figure.layout.yaxis.title.text == "test accuracy (%)"
+
+
+def test_a_fusion_step_sweep_is_found_again_under_its_predicted_key(parents_dir, tmp_path) -> None:
+    cache = cache_with(parents_dir, tmp_path / "cache")
+    sweep = spec("fusion.ensemble_step=0.3", step="fusion")
+    first = run_sweep(sweep, LocalExecutor(), cache)
+    assert [p.key for p in first.points] == [sweep.points()[0].key] and not first.points[0].cached
+    assert [r.method for r in first.points[0].comparison.rows][-1] == "OT fusion"
+    assert run_sweep(sweep, LocalExecutor(), cache).points[0].cached
+
+
+def test_an_interrupted_sweep_resumes_computing_only_the_missing_points(parents_dir, tmp_path) -> None:
+    cache = cache_with(parents_dir, tmp_path / "cache")
+    sweep = spec("prune.fraction=0.1,0.2,0.4")
+
+    def stop_after_first(what: str, done: float) -> None:
+        if what.startswith("1/3 points"):
+            raise KeyboardInterrupt  # the user pressed Ctrl-C after the first point
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(sweep, LocalExecutor(), cache, progress=stop_after_first)
+    assert load_sweep(sweep.key, cache).status == "interrupted"
+    assert len(load_sweep(sweep.key, cache).points) == 1
+    computed: list[str] = []
+
+    def counting(point, parents, progress=None):
+        computed.append(point.label())
+        return run_point(point, parents, progress)
+
+    result = run_sweep(sweep, LocalExecutor(), cache, task=counting)
+    assert computed == ["prune.fraction=0.2", "prune.fraction=0.4"]
+    assert [p.cached for p in result.points] == [True, False, False] and result.status == "finished"
+
+
+def test_a_failing_point_is_retried_then_reported_with_its_error(parents_dir, tmp_path) -> None:
+    cache = cache_with(parents_dir, tmp_path / "cache")
+    sweep = spec("prune.fraction=0,0.5")
+    tries: dict[float, int] = {0.0: 0, 0.5: 0}
+
+    def flaky(point, parents, progress=None):
+        tries[point.prune.fraction] += 1
+        if point.prune.fraction == 0.5:
+            raise RuntimeError("this point always fails")
+        if tries[0.0] == 1:
+            raise OSError("a transient failure")
+        return run_point(point, parents, progress)
+
+    result = run_sweep(sweep, LocalExecutor(retries=2), cache, task=flaky)
+    assert tries == {0.0: 2, 0.5: 3}
+    assert [(p.values, p.attempts) for p in result.points] == [({"prune.fraction": 0.0}, 2)]
+    [failure] = result.failed
+    assert failure.values == {"prune.fraction": 0.5} and failure.attempts == 3
+    assert failure.error == "RuntimeError: this point always fails"
+    assert load_sweep(sweep.key, cache).failed[0].error == failure.error  # the dashboard sees it too
+    again = run_sweep(sweep, LocalExecutor(), cache)  # resumes: only the failed point runs, and now succeeds
+    assert [p.cached for p in again.points] == [True, False] and not again.failed
+
+
+def test_the_local_executor_and_the_cli_work_without_ray(parents_dir, tmp_path) -> None:
+    cache = cache_with(parents_dir, tmp_path / "cache")
+    code = ("import sys; sys.modules['ray'] = None\n"  # `import ray` now raises ImportError
+            "from otcore.cli import main; sys.exit(main(sys.argv[1:]))")
+    env = {**os.environ, "OTCORE_CACHE_DIR": str(cache.root), "PYTHONPATH": str(REPO)}
+    common = ["sweep", "--epochs", "3", "--device", "cpu", "--json"]
+    proc = subprocess.run([sys.executable, "-c", code, *common, "--fractions", "0,0.3", "--seed-sets", "0,1"],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert [(r["seeds"], r["fraction"]) for r in out["rows"]] == [([0, 1], 0.0), ([0, 1], 0.3)]
+    assert all({"ot_fusion", "sparsity", "parents", "point"} <= set(r) for r in out["rows"])
+    assert out["failed"] == [] and out["executor"] == "local"
+    proc = subprocess.run([sys.executable, "-c", code, *common, "--executor", "ray"], capture_output=True,
+                          text=True, env=env, cwd=REPO, timeout=300)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip() == "error: the ray executor needs Ray: pip install 'ray>=2.9' (the local executor " \
+                                  "does not)"
+
+
+# ---------------------------------------------------------------------------- a real local Ray instance
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    """A local Ray instance of 2 CPUs for this module's Ray tests, shut down after them."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    # Ray imports a task's function in the worker by module name; this test module is not importable there.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_gives_the_same_rows_as_the_local_executor(ray_instance, parents_dir, tmp_path) -> None:
+    sweep = spec("prune.fraction=0.5", "prune.type=unstructured,structured")
+    local = run_sweep(sweep, LocalExecutor(), cache_with(parents_dir, tmp_path / "local"))
+    ray_cache = cache_with(parents_dir, tmp_path / "ray")
+    on_ray = run_sweep(sweep, RayExecutor(), ray_cache)
+    assert on_ray.executor == "ray" and not on_ray.failed and len(on_ray.points) == 2
+    a, b = local.table(), on_ray.table()
+    assert a[EXACT].equals(b[EXACT])
+    # A worker runs torch with 1 thread, this process with 2: losses may differ in float32's last bit.
+    assert a["test loss"].to_numpy() == pytest.approx(b["test loss"].to_numpy(), rel=1e-6)
+    # The driver stored what the workers made: the points, and the sweep's record.
+    assert sorted(row.kind for row in ray_cache.entries()) == ["parent", "parent", "prune", "prune", "sweep"]
+
+
+def kill_first_attempt(marker: str, point, parents, progress=None):
+    """A point task whose first attempt kills its own worker process (SIGKILL, no clean-up)."""
+    if not os.path.exists(marker):
+        Path(marker).touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return run_point(point, parents, progress)
+
+
+def test_a_point_whose_worker_is_killed_is_retried(ray_instance, parents_dir, tmp_path) -> None:
+    marker = tmp_path / "killed-once"
+    cache = cache_with(parents_dir, tmp_path / "cache", (0, 1))
+    result = run_sweep(spec("prune.fraction=0.3"), RayExecutor(retries=1), cache,
+                       task=functools.partial(kill_first_attempt, str(marker)))
+    assert marker.exists()  # the first attempt ran and died
+    assert not result.failed and len(result.points) == 1
+    parents = train_parents(DataSpec(), ModelSpec(), PARENTS, [0, 1], "cpu", cache=cache)
+    point = spec("prune.fraction=0.3").points()[0]
+    stored = prune_and_compare(DataSpec(), ModelSpec(), parents, point.prune, FusionSpec(), PARENTS, "cpu",
+                               cache=cache)
+    assert stored.cached and [r.test.accuracy for r in stored.rows] == \
+           [r.test.accuracy for r in result.points[0].comparison.rows]
+
+
+def test_the_cli_joins_a_running_ray_cluster(ray_instance, parents_dir, tmp_path) -> None:
+    cache = cache_with(parents_dir, tmp_path / "cache", (0,))  # parent seed 1 is trained by a Ray task
+    address = ray_instance.get_runtime_context().gcs_address
+    env = {**os.environ, "OTCORE_CACHE_DIR": str(cache.root), "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "otcore", "sweep", "--grid", "prune.type=unstructured,structured",
+                           "--fractions", "0.5", "--epochs", "3", "--device", "cpu", "--executor", "ray",
+                           "--ray-address", address, "--json"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    [line] = proc.stdout.splitlines()  # Ray's own messages went to stderr
+    out = json.loads(line)
+    assert [(r["type"], r["fraction"]) for r in out["rows"]] == [("unstructured", 0.5), ("structured", 0.5)]
+    assert out["executor"] == "ray" and out["failed"] == []
+    # Workers wrote nothing: the driver stored the parent a worker trained, and both points.
+    assert sorted(row.kind for row in cache.entries()) == ["parent", "parent", "prune", "prune", "sweep"]
