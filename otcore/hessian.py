@@ -1,0 +1,495 @@
+"""Curvature of a model's loss on a fixed list of batches: top eigenpairs, trace, spectral density.
+
+The loss is the mean cross-entropy over all examples of `batches` (each batch weighted by its
+size), a function of one flat vector θ of the model's trainable parameters (P entries, in
+`named_parameters()` order). Hessian-vector products use `torch.func`; the estimators are
+PyHessian's (Yao et al., 2020): power iteration with deflation, Hutchinson's trace estimator,
+stochastic Lanczos quadrature (Ghorbani et al., 2019). `pyhessian_reference` runs PyHessian
+itself: this is the only module of the project that imports `pyhessian`, which is why that seam
+sits here and takes the module past the house's ~400 lines.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import threading
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad, jvp, vjp, vmap
+
+from otcore.config import HessianSpec
+
+Batches = list[tuple[Tensor, Tensor]]
+Progress = Callable[[float], None]
+
+# Probe vectors per vmap call. Without a retained graph vmap shares the forward/backward between
+# probes (2x per probe on the bench MLP); with one, HVPs are flop-bound and batching gains little on a CPU.
+PROBE_CHUNK = 8
+# Keep the double-backward graph (one forward/backward for all HVPs, 2.4x faster per HVP than
+# recomputing) up to this many examples; beyond it every batch's activations would stay in memory.
+RETAIN_MAX_EXAMPLES = 4096
+# Largest Lanczos run that starts the power iteration (it stops once the top Ritz pairs converge).
+WARM_START = 32
+# Memory for the Lanczos bases of the probes run side by side (probes x steps x P entries).
+LANCZOS_BASIS_BYTES = 2**29
+
+
+class HessianError(ValueError):
+    """The Hessian cannot be computed (no data, non-finite loss or curvature); the message is for the user."""
+
+
+@dataclass(frozen=True)
+class FlatLayout:
+    """Named tensors laid end to end in one flat vector."""
+
+    names: tuple[str, ...]
+    shapes: tuple[torch.Size, ...]
+
+    @staticmethod
+    def of(named: Iterable[tuple[str, Tensor]]) -> FlatLayout:
+        """The layout of (name, tensor) pairs, in order."""
+        pairs = list(named)
+        return FlatLayout(tuple(n for n, _ in pairs), tuple(t.shape for _, t in pairs))
+
+    @property
+    def numels(self) -> list[int]:
+        return [math.prod(s) for s in self.shapes]
+
+    @property
+    def size(self) -> int:
+        return sum(self.numels)
+
+    def flatten(self, tensors: dict[str, Tensor]) -> Tensor:
+        """[size] vector of the named tensors, detached."""
+        return torch.cat([tensors[n].detach().reshape(-1) for n in self.names])
+
+    def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
+        """Views of a [size] vector, shaped as the named tensors."""
+        return {n: c.view(s) for n, c, s in zip(self.names, flat.split(self.numels), self.shapes)}
+
+
+def trainable_layout(model: nn.Module) -> FlatLayout:
+    """Layout of θ: the parameters that require grad, in `named_parameters()` order."""
+    return FlatLayout.of((n, p) for n, p in model.named_parameters() if p.requires_grad)
+
+
+def flat_parameters(model: nn.Module) -> Tensor:
+    """θ: the trainable parameters as one detached [P] vector."""
+    return trainable_layout(model).flatten(dict(model.named_parameters()))
+
+
+def eval_model(model: nn.Module) -> nn.Module:
+    """The model itself when in eval mode, else an eval-mode copy (dropout/batch-norm would make the loss random)."""
+    return copy.deepcopy(model).eval() if model.training else model
+
+
+def fixed_batches(x: Tensor, y: Tensor, batch_size: int, n_batches: int, seed: int | None = None) -> Batches:
+    """Up to `n_batches` batches of `batch_size`: the split's first examples in order (seed None) or a seeded draw."""
+    count = min(len(x), batch_size * n_batches)
+    if count == 0:
+        raise HessianError("no examples to compute the Hessian on")
+    if seed is None:  # plain slices: the same examples any other tool takes, no copy
+        return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, count, batch_size)]
+    index = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:count].to(x.device)
+    return [(x[index[i:i + batch_size]], y[index[i:i + batch_size]]) for i in range(0, count, batch_size)]
+
+
+class _HessianOperator:
+    """v ↦ Hv for the size-weighted mean cross-entropy of a model on batches, θ flat."""
+
+    def __init__(self, model: nn.Module, batches: Batches, retain_graph: bool | None = None) -> None:
+        if not batches:
+            raise HessianError("no batches to compute the Hessian on")
+        self.model = eval_model(model)
+        self.layout = trainable_layout(self.model)
+        if not self.layout.names:
+            raise HessianError("the model has no trainable parameters")
+        self.theta = self.layout.flatten(dict(self.model.named_parameters()))
+        self.size, self.device, self.dtype = self.theta.numel(), self.theta.device, self.theta.dtype
+        total = sum(len(y) for _, y in batches)
+        self.batch_weights = [len(y) / total for _, y in batches]
+        self.loss, self.accuracy = self._loss_and_accuracy(batches)
+        self._grads = [grad(self._batch_loss_fn(x, y)) for x, y in batches]
+        retain = total <= RETAIN_MAX_EXAMPLES if retain_graph is None else retain_graph
+        # vjp of the gradient is Hv (H symmetric); its closure keeps the graph for every later call
+        self._vjps = [vjp(g, self.theta)[1] for g in self._grads] if retain else None
+
+    def _batch_loss_fn(self, x: Tensor, y: Tensor) -> Callable[[Tensor], Tensor]:
+        return lambda theta: F.cross_entropy(functional_call(self.model, self.layout.unflatten(theta), (x,)), y)
+
+    def _loss_and_accuracy(self, batches: Batches) -> tuple[float, float]:
+        loss, correct = 0.0, 0.0
+        with torch.no_grad():
+            for index, ((x, y), weight) in enumerate(zip(batches, self.batch_weights)):
+                logits = self.model(x)
+                batch_loss = F.cross_entropy(logits, y).item()
+                if not math.isfinite(batch_loss):
+                    raise HessianError(f"the loss is {batch_loss} on batch {index}; "
+                                       "the Hessian of a diverged model is undefined")
+                loss += weight * batch_loss
+                correct += weight * (logits.argmax(-1) == y).double().mean().item()
+        return loss, correct
+
+    def matmat(self, vectors: Tensor) -> Tensor:
+        """H V for a stack of vectors: [B, P] -> [B, P], vmapped over B."""
+        out = torch.zeros_like(vectors)
+        for i, weight in enumerate(self.batch_weights):
+            if self._vjps:
+                hvp = lambda u, f=self._vjps[i]: f(u)[0]  # noqa: E731
+            else:  # forward-over-reverse; under vmap the forward/backward is shared by the probes
+                hvp = lambda u, g=self._grads[i]: jvp(g, (self.theta,), (u,))[1]  # noqa: E731
+            out.add_(hvp(vectors[0])[None] if len(vectors) == 1 else vmap(hvp)(vectors), alpha=weight)
+        return out
+
+    def matvec(self, vector: Tensor) -> Tensor:
+        """H v: [P] -> [P]."""
+        return self.matmat(vector[None])[0]
+
+    def rademacher(self, count: int, generator: torch.Generator) -> Tensor:
+        """[count, P] of independent ±1 entries."""
+        bits = torch.randint(0, 2, (count, self.size), generator=generator, device=self.device)
+        return bits.to(self.dtype).mul_(2).sub_(1)
+
+    def generator(self, seed: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+
+def _project_out(vectors: Tensor, basis: Tensor) -> Tensor:
+    """Remove from each row of [B, P] its components on the orthonormal rows of [B, j, P] (CGS, twice if needed)."""
+    if basis.shape[1] == 0:
+        return vectors
+    for _ in range(2):
+        before = vectors.norm(dim=1)
+        coefficients = torch.bmm(basis, vectors.unsqueeze(2))
+        vectors = torch.baddbmm(vectors.unsqueeze(2), basis.transpose(1, 2), coefficients, alpha=-1).squeeze(2)
+        if bool((vectors.norm(dim=1) > 0.7 * before).all()):  # Kahan-Parlett: no cancellation, one pass is enough
+            break
+    return vectors
+
+
+def _tridiagonal(alphas: Tensor, betas: Tensor) -> Tensor:
+    """[..., m, m] symmetric tridiagonal from diagonals [..., m] and off-diagonals [..., m-1]."""
+    return torch.diag_embed(alphas) + torch.diag_embed(betas, 1) + torch.diag_embed(betas, -1)
+
+
+def _lanczos(op: _HessianOperator, start: Tensor, steps: int, generator: torch.Generator,
+             progress: Progress | None = None,
+             stop: Callable[[Tensor, Tensor], bool] | None = None) -> tuple[Tensor, Tensor]:
+    """Lanczos from each row of start [B, P], fully reorthogonalised: Qᵀ H Q = T; returns T [B, m, m], Q [B, m, P].
+
+    `stop(alphas [j], betas [j])` (first probe; betas[-1] couples to the next vector) may end it early.
+    """
+    count = start.shape[0]
+    basis = start.new_zeros(count, steps, op.size)
+    alphas, betas = start.new_zeros(count, steps), start.new_zeros(count, steps - 1)
+    breakdown = 1e3 * torch.finfo(op.dtype).eps
+    q = start / start.norm(dim=1, keepdim=True)
+    for j in range(steps):
+        basis[:, j] = q
+        w = op.matmat(q)
+        alphas[:, j] = (w * q).sum(1)
+        if not bool(torch.isfinite(alphas[:, j]).all()):
+            raise HessianError("the Hessian-vector product is not finite; the curvature is undefined here")
+        if j == steps - 1:
+            break
+        w = w - alphas[:, j, None] * q - (betas[:, j - 1, None] * basis[:, j - 1] if j else 0.0)
+        w = _project_out(w, basis[:, :j + 1])
+        beta = w.norm(dim=1)
+        scale = torch.maximum(alphas[:, :j + 1].abs().amax(1), beta)
+        exhausted = beta <= breakdown * scale
+        if bool(exhausted.any()):  # invariant subspace found: go on from a fresh direction, T splits into blocks
+            fresh = torch.randn(int(exhausted.sum()), op.size, generator=generator, device=op.device, dtype=op.dtype)
+            w[exhausted] = _project_out(_project_out(fresh, basis[exhausted, :j + 1]), basis[exhausted, :j + 1])
+            beta = torch.where(exhausted, torch.zeros_like(beta), beta)
+        betas[:, j] = beta
+        q = w / w.norm(dim=1, keepdim=True)
+        if progress:
+            progress((j + 1) / steps)
+        if stop and stop(alphas[0, :j + 1], betas[0, :j + 1]):
+            steps = j + 1
+            break
+    return _tridiagonal(alphas[:, :steps], betas[:, :steps - 1]), basis[:, :steps]
+
+
+def _top_eigenpairs(op: _HessianOperator, k: int, max_iters: int, tol: float, seed: int,
+                    warm_start: int, progress: Progress | None = None) -> tuple[Tensor, Tensor]:
+    generator = op.generator(seed)
+    k = min(k, op.size)
+    if warm_start:
+        def ritz_converged(alphas: Tensor, betas: Tensor) -> bool:
+            # ||H y - θ y|| = |β_j s_j| for a Ritz pair (θ, y = Q s); below 0.1·√tol·|θ| one power step
+            # changes θ by much less than tol, so the power iteration below stops at its second step
+            if len(alphas) < k:
+                return False
+            values, vectors = torch.linalg.eigh(_tridiagonal(alphas, betas[:-1]).double())
+            top = values.abs().argsort(descending=True)[:k]
+            residuals = betas[-1].abs().double() * vectors[-1, top].abs()
+            return bool((residuals <= 0.1 * math.sqrt(tol) * values[top].abs()).all())
+
+        steps = min(op.size, max(warm_start, 2 * k + 10))
+        start = torch.randn(1, op.size, generator=generator, device=op.device, dtype=op.dtype)
+        tridiagonal, basis = _lanczos(op, start, steps, generator, stop=ritz_converged)
+        ritz_values, ritz_vectors = torch.linalg.eigh(tridiagonal[0].double())
+        order = ritz_values.abs().argsort(descending=True)[:k]  # power iteration finds the largest |λ| first
+        starts = ritz_vectors[:, order].T.to(op.dtype) @ basis[0]
+    else:
+        starts = torch.randn(k, op.size, generator=generator, device=op.device, dtype=op.dtype)
+    values: list[float] = []
+    found = starts.new_zeros(1, 0, op.size)
+    for i in range(k):
+        v, value = starts[i], None
+        for _ in range(max_iters):
+            v = _project_out(v[None], found)[0]
+            v = v / v.norm()
+            hv = op.matvec(v)
+            new_value = float(torch.dot(hv, v))
+            if not math.isfinite(new_value):
+                raise HessianError("the Hessian-vector product is not finite; the curvature is undefined here")
+            norm = hv.norm()
+            v = hv / norm if norm > 0 else v
+            converged = value is not None and abs(value - new_value) / (abs(value) + 1e-6) < tol  # PyHessian's rule
+            value = new_value
+            if converged:
+                break
+        v = _project_out(v[None], found)[0]
+        found = torch.cat([found, (v / v.norm())[None, None]], dim=1)
+        values.append(value)
+        if progress:
+            progress((i + 1) / k)
+    eigenvalues = torch.tensor(values, dtype=op.dtype, device=op.device)
+    order = eigenvalues.argsort(descending=True)
+    return eigenvalues[order], found[0, order]
+
+
+def top_eigenpairs(model: nn.Module, batches: Batches, k: int = 3, max_iters: int = 100, tol: float = 1e-4,
+                   seed: int = 0, *, warm_start: int = WARM_START,
+                   progress: Progress | None = None) -> tuple[Tensor, Tensor]:
+    """The k largest-|λ| eigenpairs of H: eigenvalues [k] descending, unit eigenvectors [k, P].
+
+    Power iteration with deflation (Gram-Schmidt against the vectors found) and PyHessian's stopping
+    rule |λ_t - λ_{t-1}| / (|λ_{t-1}| + 1e-6) < tol. Each vector starts from a Ritz vector of a
+    `warm_start`-step Lanczos run (0: from a random vector, as PyHessian), which cuts the
+    iterations several-fold; the power iteration then confirms convergence.
+    """
+    return _top_eigenpairs(_HessianOperator(model, batches), k, max_iters, tol, seed, warm_start, progress)
+
+
+@dataclass(frozen=True)
+class TraceEstimate:
+    """Hutchinson's estimate of tr(H): mean of vᵀHv over Rademacher probes v, its standard error, probe count."""
+
+    mean: float
+    std_error: float
+    probes: int
+
+
+def _hutchinson_trace(op: _HessianOperator, max_probes: int, tol: float, seed: int,
+                      progress: Progress | None = None) -> TraceEstimate:
+    if max_probes < 1:
+        raise HessianError(f"the trace needs at least one probe, got {max_probes}")
+    generator, samples = op.generator(seed), []
+    while len(samples) < max_probes:
+        probes = op.rademacher(min(PROBE_CHUNK, max_probes - len(samples)), generator)
+        samples += (op.matmat(probes) * probes).sum(1).tolist()
+        if not all(math.isfinite(s) for s in samples):
+            raise HessianError("the Hessian-vector product is not finite; the curvature is undefined here")
+        if progress:
+            progress(len(samples) / max_probes)
+        values = torch.tensor(samples, dtype=torch.float64)
+        std_error = float(values.std() / math.sqrt(len(values))) if len(values) > 1 else math.inf
+        if std_error <= tol * abs(float(values.mean())):
+            break
+    return TraceEstimate(float(values.mean()), std_error, len(samples))
+
+
+def hutchinson_trace(model: nn.Module, batches: Batches, max_probes: int = 100, tol: float = 1e-3,
+                     seed: int = 0, *, progress: Progress | None = None) -> TraceEstimate:
+    """tr(H) ≈ mean of vᵀHv, v Rademacher, in vmapped chunks; stops early once std_error <= tol·|mean|."""
+    return _hutchinson_trace(_HessianOperator(model, batches), max_probes, tol, seed, progress)
+
+
+@dataclass(frozen=True)
+class Density:
+    """Stochastic Lanczos quadrature: Ritz values (nodes) and their weights per probe, [probes, m] each."""
+
+    nodes: Tensor
+    weights: Tensor
+
+
+def _spectral_density(op: _HessianOperator, lanczos_iters: int, probes: int, seed: int,
+                      progress: Progress | None = None) -> Density:
+    generator, steps = op.generator(seed), min(lanczos_iters, op.size)
+    chunk = max(1, min(PROBE_CHUNK, LANCZOS_BASIS_BYTES // (steps * op.size * op.theta.element_size())))
+    nodes, weights = [], []
+    for first in range(0, probes, chunk):
+        count = min(chunk, probes - first)
+        report = (lambda f, a=first, c=count: progress((a + f * c) / probes)) if progress else None
+        tridiagonal, _ = _lanczos(op, op.rademacher(count, generator), steps, generator, report)
+        ritz_values, ritz_vectors = torch.linalg.eigh(tridiagonal.double())
+        nodes.append(ritz_values.to(op.dtype))
+        weights.append((ritz_vectors[:, 0, :] ** 2).to(op.dtype))  # (e_1ᵀ y_j)²: node j's mass for the probe
+    return Density(torch.cat(nodes), torch.cat(weights))
+
+
+def spectral_density(model: nn.Module, batches: Batches, lanczos_iters: int = 100, probes: int = 1, seed: int = 0,
+                     *, progress: Progress | None = None) -> Density:
+    """SLQ: per Rademacher probe, m = min(lanczos_iters, P) Lanczos steps; nodes = eig(T), weights = (y_j[0])²."""
+    return _spectral_density(_HessianOperator(model, batches), lanczos_iters, probes, seed, progress)
+
+
+def density_on_grid(nodes: Tensor, weights: Tensor, grid: Tensor, sigma: float) -> Tensor:
+    """ρ(t) = mean over probes of Σ_j w_j N(t; λ_j, σ²) on grid [G]; nodes, weights [probes, m] or [m]."""
+    nodes, weights = nodes.reshape(-1, nodes.shape[-1]), weights.reshape(-1, weights.shape[-1])
+    scaled = (grid.to(nodes) - nodes.unsqueeze(-1)) / sigma  # [probes, m, G]: every node against every point
+    gaussians = torch.exp(-0.5 * scaled**2) / (sigma * math.sqrt(2 * math.pi))
+    return torch.einsum("pm,pmg->g", weights.to(nodes), gaussians) / nodes.shape[0]
+
+
+def default_grid(densities: Sequence[Density], num: int = 1000, margin: float = 0.1) -> Tensor:
+    """[num] points covering every density's nodes, widened by margin x their span, so models overlay on one grid."""
+    low = min(float(d.nodes.min()) for d in densities)
+    high = max(float(d.nodes.max()) for d in densities)
+    pad = margin * (high - low) if high > low else margin * max(abs(high), 1.0)
+    return torch.linspace(low - pad, high + pad, num, dtype=torch.float64)
+
+
+@dataclass
+class HessianResult:
+    """Curvature of one model on one list of batches (eigenvectors [k, P], density [probes, m])."""
+
+    top_eigenvalues: list[float]
+    top_eigenvectors: Tensor
+    trace: float
+    trace_std_error: float
+    trace_probes: int
+    density: Density
+    loss: float
+    accuracy: float
+    num_parameters: int
+    timings: dict[str, float]  # seconds per part: setup, top_eigenvalues, trace, density, total
+
+
+def analyse(model: nn.Module, batches: Batches, spec: HessianSpec,
+            progress: Callable[[str, float], None] | None = None) -> HessianResult:
+    """Top eigenpairs, trace and spectral density of H as set by `spec`; progress(stage, overall fraction)."""
+    seed = 0 if spec.seed is None else spec.seed
+    costs = {"top_eigenvalues": WARM_START + 3.0 * spec.top_k, "trace": float(spec.trace_probes),
+             "density": float(spec.lanczos_iters * spec.density_probes)}
+    done, total_cost = 0.0, sum(costs.values())
+
+    def stage(name: str) -> Progress | None:
+        return (lambda f: progress(name, (done + f * costs[name]) / total_cost)) if progress else None
+
+    timings: dict[str, float] = {}
+
+    def timed(name: str, compute: Callable[[], object]) -> object:
+        nonlocal done
+        clock = time.perf_counter()
+        out = compute()
+        timings[name] = time.perf_counter() - clock
+        done += costs.get(name, 0.0)
+        return out
+
+    op = timed("setup", lambda: _HessianOperator(model, batches))
+    values, vectors = timed("top_eigenvalues", lambda: _top_eigenpairs(
+        op, spec.top_k, spec.power_iters, spec.tol, seed, WARM_START, stage("top_eigenvalues")))
+    # spec.tol also bounds the trace's relative standard error: at its default 1e-4 all trace_probes run
+    trace = timed("trace", lambda: _hutchinson_trace(op, spec.trace_probes, spec.tol, seed, stage("trace")))
+    density = timed("density", lambda: _spectral_density(op, spec.lanczos_iters, spec.density_probes, seed,
+                                                         stage("density")))
+    timings["total"] = sum(timings.values())
+    if progress:
+        progress("done", 1.0)
+    return HessianResult(values.tolist(), vectors, trace.mean, trace.std_error, trace.probes, density,
+                         op.loss, op.accuracy, op.size, timings)
+
+
+# ---------------------------------------------------------------------------- PyHessian, as a reference
+
+
+class _TorchWithEig:
+    """`torch` as PyHessian 0.1 sees it, plus the `torch.eig` removed in torch 2.0 (for symmetric input only)."""
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(torch, name)
+
+    @staticmethod
+    def eig(matrix: Tensor, eigenvectors: bool = False) -> tuple[Tensor, Tensor]:
+        # PyHessian passes the symmetric Lanczos tridiagonal, reads values[:, 0] (real parts) and vectors[0, :]
+        if eigenvectors:
+            values, vectors = torch.linalg.eigh(matrix)
+        else:
+            values, vectors = torch.linalg.eigvalsh(matrix), matrix.new_empty(0)
+        return torch.stack([values, torch.zeros_like(values)], dim=1), vectors
+
+
+_PYHESSIAN_LOCK = threading.Lock()
+
+
+@contextmanager
+def _pyhessian() -> Iterator[type]:
+    """PyHessian's `hessian` class, its module seeing `_TorchWithEig` as `torch` until the block ends."""
+    import pyhessian  # noqa: F401  # only here: the rest of the project never imports pyhessian
+
+    module = sys.modules["pyhessian.hessian"]  # the package re-exports the class under the module's name
+    with _PYHESSIAN_LOCK:
+        saved, module.torch = module.torch, _TorchWithEig()
+        try:
+            yield module.hessian
+        finally:
+            module.torch = saved
+
+
+@dataclass
+class ReferenceResult:
+    """What PyHessian computes for the same model and batches (tests and benchmarks)."""
+
+    top_eigenvalues: list[float]
+    trace: float
+    trace_samples: list[float]
+    density: Density
+    timings: dict[str, float]  # seconds: setup, top_eigenvalues, trace, density
+
+
+def pyhessian_reference(model: nn.Module, batches: Batches, top_k: int = 1, trace_iters: int = 100,
+                        lanczos_iters: int = 100, probes: int = 1, *, power_iters: int = 100, tol: float = 1e-4,
+                        seed: int = 0) -> ReferenceResult:
+    """PyHessian's eigenvalues, trace and density; a part is skipped when its count is 0.
+
+    One batch uses PyHessian's `data=` path (the gradient graph is built once), several its
+    `dataloader=` path (a forward and double backward per batch for every HVP).
+    """
+    model = copy.deepcopy(model)  # PyHessian calls .eval() and leaves a create_graph gradient in .grad
+    device = next(model.parameters()).device
+    data = {"data": batches[0]} if len(batches) == 1 else {"dataloader": batches}
+    timings: dict[str, float] = {}
+    values, samples, density = [], [], Density(torch.empty(0, 0), torch.empty(0, 0))
+    with _pyhessian() as hessian_class, torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+            warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
+        torch.manual_seed(seed)  # PyHessian draws from the global generator; fork_rng restores it afterwards
+        clock = time.perf_counter()
+        engine = hessian_class(model, nn.CrossEntropyLoss(), cuda=device.type == "cuda", **data)
+        timings["setup"], clock = time.perf_counter() - clock, time.perf_counter()
+        if top_k:
+            values, _ = engine.eigenvalues(maxIter=power_iters, tol=tol, top_n=top_k)
+        timings["top_eigenvalues"], clock = time.perf_counter() - clock, time.perf_counter()
+        if trace_iters:  # tol=-inf disables its stop on the running mean's change: exactly trace_iters probes
+            samples = engine.trace(maxIter=trace_iters, tol=float("-inf"))
+        timings["trace"], clock = time.perf_counter() - clock, time.perf_counter()
+        if lanczos_iters:
+            nodes, weights = engine.density(iter=lanczos_iters, n_v=probes)
+            density = Density(torch.tensor(nodes, dtype=torch.float64), torch.tensor(weights, dtype=torch.float64))
+        timings["density"] = time.perf_counter() - clock
+    for p in model.parameters():
+        p.grad = None  # break the parameter <-> graph cycle that create_graph left
+    trace = sum(samples) / len(samples) if samples else math.nan
+    return ReferenceResult([float(v) for v in values], trace, [float(s) for s in samples], density, timings)
