@@ -4,13 +4,17 @@ Data: 1,000 MNIST-sized inputs drawn from N(0, 1) with uniformly random labels; 
 trained on them (5 epochs of SGD, batch 100) so its Hessian has a few outlier eigenvalues, as a
 trained net's has. Every timing is the best of --repeats runs because the machine may be shared;
 there, --threads 1 --cpu-time measures work rather than scheduling.
-Run: python -m bench.hessian [--repeats 3] [--threads N] [--cpu-time] [--batches N]
+Run: python bench/hessian.py (or python -m bench.hessian) [--repeats 3] [--threads N] [--cpu-time] [--batches N]
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing
 
 import torch
 import torch.nn.functional as F
