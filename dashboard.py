@@ -432,3 +432,227 @@ def parse_numbers(text: str, what: str) -> tuple[float, ...] | None:
         return tuple(float(p) for p in parts)
     except ValueError:
         raise SpecError(f"{what} must be numbers separated by commas, e.g. 0.5, 0.5; got '{text}'") from None
+
+
+# ---------------------------------------------------------------------------- pruning, Hessian, landscape
+
+FUSION_REQUEST = "fusion.request"  # the Fusion page's last press of Fuse: (FusionSpec, parent keys)
+PRUNE_REQUEST = "pruning.request"  # the Pruning page's last Prune: (PruneSpec, FusionSpec, parent keys, its origin)
+STUDY = "analysis.study"  # which comparison the Hessian and Landscape pages analyse (one choice for both)
+ANALYSED = "hessian.analysed"  # parent keys -> network key -> curvature_record, for every network analysed
+# The Hessian settings both analysis pages share: quick on digits/mlpnet on a 2-core CPU (the whole test split).
+HESSIAN_DEFAULTS: dict[str, Any] = {
+    "hessian.split": "test", "hessian.batches": 1, "hessian.batch_size": 450, "hessian.top_k": 2,
+    "hessian.power_iters": 100, "hessian.lanczos_iters": 60, "hessian.density_probes": 1,
+    "hessian.trace_probes": 30, "landscape.lambda": (-0.5, 0.5), "landscape.points": 21}
+
+
+def show_table_decimals(frame: Any, decimals: dict[str, int], height: int | str = "auto") -> None:
+    """show_table for columns the house rules do not name: `decimals` gives their places (e.g. eigenvalues)."""
+    config: dict[Any, Any] = {}
+    for i, column in enumerate(frame.columns):
+        width = max(64, int(5.8 * len(str(column))) + 17)
+        places = decimals.get(str(column), figures.column_decimals(str(column)))
+        if i == 0 and not pd.api.types.is_numeric_dtype(frame[column]):
+            config[column] = st.column_config.TextColumn(width=130)
+        elif places is not None:
+            config[column] = st.column_config.NumberColumn(format=f"%.{places}f", width=width)
+    st.dataframe(frame, hide_index=True, column_config=config, height=height)
+
+
+def fusion_setting(parent_set: ParentSet) -> tuple[FusionSpec, str]:
+    """The Fusion page's last setting for these parents, else the defaults; and which of the two it is."""
+    request = st.session_state.get(FUSION_REQUEST)
+    if request is not None and tuple(request[1]) == parent_set.keys:
+        return request[0], "the Fusion page's setting"
+    return FusionSpec(), "the default fusion options"
+
+
+def prune(ws: Workspace, parent_set: ParentSet, prune_spec: Any, fusion_spec: FusionSpec) -> tuple[FusionRun, bool]:
+    """(run, fresh): every method at one prune setting; fresh is False when from memory."""
+    key = spec_hash("ui-prune", parent_set.data, parent_set.model, prune_spec, fusion_spec, ws.train,
+                    list(parent_set.keys), ws.device)
+
+    def compute() -> FusionRun:
+        bar = ProgressBar(f"pruning {100 * prune_spec.fraction:.0f} % ({prune_spec.type}), fusing, scoring", None)
+        start = time.perf_counter()
+        try:
+            comparison = pipeline.prune_and_compare(parent_set.data, parent_set.model, parent_set.parents,
+                                                    prune_spec, fusion_spec, ws.train, ws.device, bar)
+        finally:
+            bar.close()
+        return FusionRun(comparison, str(resolve_device(ws.device)),
+                         "from the disk cache" if comparison.cached else "computed now", time.perf_counter() - start)
+
+    return memo("prune", key, compute)
+
+
+def prune_sweep(ws: Workspace, parent_set: ParentSet, prune_spec: Any, fusion_spec: FusionSpec,
+                fractions: Sequence[float]) -> list:
+    """prune_and_compare at each fraction (each point cached on disk), with a progress bar per point."""
+    fractions = sorted(set(float(f) for f in fractions))
+    key = spec_hash("ui-prune-sweep", parent_set.data, parent_set.model, prune_spec, fusion_spec, ws.train,
+                    list(parent_set.keys), fractions, ws.device)
+
+    def compute() -> list:
+        bar = ProgressBar(f"sweep over {len(fractions)} prune fractions (cached points return at once)", None)
+        try:
+            return pipeline.prune_sweep(parent_set.data, parent_set.model, parent_set.parents, prune_spec,
+                                        fusion_spec, fractions, ws.train, ws.device, bar)
+        finally:
+            bar.close()
+
+    return memo("prune-sweep", key, compute)[0]
+
+
+@dataclass(frozen=True)
+class Study:
+    """Which comparison the analysis pages look at: a fusion setting, and the prune setting if pruned."""
+
+    fusion: FusionSpec
+    prune: Any = None  # PruneSpec, or None for the Fusion page's comparison
+    origin: str = ""  # where the fusion setting came from, in words
+
+    @property
+    def label(self) -> str:
+        """'fusion' or 'pruned 50 % (unstructured, prune-fuse)': the study in a legend or hover."""
+        if self.prune is None:
+            return "fusion"
+        return f"pruned {100 * self.prune.fraction:.0f} % ({self.prune.type}, {self.prune.order})"
+
+    @property
+    def fraction(self) -> float:
+        return 0.0 if self.prune is None else float(self.prune.fraction)
+
+
+def studies(parent_set: ParentSet) -> dict[str, Study]:
+    """The comparisons on offer: the Fusion page's (or the default fusion), and the Pruning page's current one."""
+    fusion, origin = fusion_setting(parent_set)
+    out = {"fusion": Study(fusion, None, origin)}
+    request = st.session_state.get(PRUNE_REQUEST)
+    if request is not None and tuple(request[2]) == parent_set.keys:
+        out["pruning"] = Study(request[1], request[0], "the Pruning page's setting")
+    return out
+
+
+def choose_study(ws: Workspace, parent_set: ParentSet, container: Any) -> tuple[Study, Any]:
+    """A select box of the studies on offer, and the chosen study's comparison (memoised, computed if needed)."""
+    options = studies(parent_set)
+    if st.session_state.get(STUDY) not in options:
+        st.session_state[STUDY] = "fusion"
+    titles = {"fusion": "Fusion page", "pruning": f"Pruning page ({options['pruning'].label})" if "pruning" in options
+              else "Pruning page"}
+    choice = container.selectbox("Networks of", list(options), format_func=titles.get, key=STUDY,
+                                 help="the comparison whose networks are analysed: the Fusion page's setting (its "
+                                      "defaults until you fuse there), or the Pruning page's current fraction")
+    study = options[choice]
+    return study, study_comparison(ws, parent_set, study)
+
+
+def study_comparison(ws: Workspace, parent_set: ParentSet, study: Study) -> Any:
+    """The comparison of a study: the fusion, or the prune setting's (memoised, computed if needed)."""
+    if study.prune is None:
+        return fuse(ws, parent_set, study.fusion)[0].comparison
+    return prune(ws, parent_set, study.prune, study.fusion)[0].comparison
+
+
+def hessian_settings(label: str = "Hessian settings (SLQ): batches, Lanczos iterations, probes, top-k") -> None:
+    """The Hessian settings both analysis pages share, in an expander (their keys keep values across pages)."""
+    init_state({k: v for k, v in HESSIAN_DEFAULTS.items() if k.startswith("hessian.")})
+    with st.expander(label):
+        row = st.columns(4)
+        row[0].selectbox("Split", ("test", "train"), key="hessian.split", help="the examples the loss is taken on")
+        row[1].number_input("Batches", 1, 100, step=1, key="hessian.batches",
+                            help="the loss averages these batches; more than one gives the landscape's spread band")
+        row[2].number_input("Batch size", 1, 100_000, step=50, key="hessian.batch_size",
+                            help="examples per batch (450: the whole digits test split)")
+        row[3].number_input("Top-k eigenvalues", 1, 20, step=1, key="hessian.top_k",
+                            help="power iteration with deflation; the 2D surface needs 2")
+        row = st.columns(4)
+        row[0].number_input("Power iterations", 1, 1000, step=10, key="hessian.power_iters",
+                            help="at most, per eigenvalue (stops at relative tolerance 1e-4)")
+        row[1].number_input("Lanczos iterations", 2, 1000, step=10, key="hessian.lanczos_iters",
+                            help="steps of stochastic Lanczos quadrature: the density's resolution")
+        row[2].number_input("Density probes", 1, 100, step=1, key="hessian.density_probes",
+                            help="random probe vectors averaged by the spectral density")
+        row[3].number_input("Trace probes", 1, 1000, step=10, key="hessian.trace_probes",
+                            help="Rademacher probes of Hutchinson's trace estimator")
+
+
+def hessian_spec() -> Any:
+    """The HessianSpec of the shared settings and of the Landscape page's λ range (raises SpecError)."""
+    from otcore.config import HessianSpec
+
+    s = {**HESSIAN_DEFAULTS, **{k: st.session_state[k] for k in HESSIAN_DEFAULTS if k in st.session_state}}
+    low, high = s["landscape.lambda"]
+    return HessianSpec(split=s["hessian.split"], batches=int(s["hessian.batches"]),
+                       batch_size=int(s["hessian.batch_size"]), top_k=int(s["hessian.top_k"]),
+                       power_iters=int(s["hessian.power_iters"]), lanczos_iters=int(s["hessian.lanczos_iters"]),
+                       density_probes=int(s["hessian.density_probes"]), trace_probes=int(s["hessian.trace_probes"]),
+                       lambda_min=float(low), lambda_max=float(high), lambda_points=int(s["landscape.points"]))
+
+
+def single_networks(comparison: Any) -> list[str]:
+    """Methods of a comparison that are one network (the prediction ensemble has no single Hessian)."""
+    return [r.method for r in comparison.rows if r.model is not None]
+
+
+def curvatures(ws: Workspace, parent_set: ParentSet, study: Study, rows: Sequence[Any], spec: Any) -> list:
+    """The Hessian analysis of each row's network (memoised, cached on disk), recorded for the sharpness scatter."""
+    from otcore import analysis
+
+    key = spec_hash("ui-hessian", parent_set.data, spec, [r.key for r in rows], ws.device)
+
+    def compute() -> list:
+        bar = ProgressBar(f"Hessian of {len(rows)} networks: top eigenvalues, trace, spectral density", None)
+        try:
+            return analysis.curvatures(parent_set.data, list(rows), spec, ws.device, bar)
+        finally:
+            bar.close()
+
+    result, _ = memo("hessian", key, compute)
+    records = st.session_state.setdefault(ANALYSED, {}).setdefault(parent_set.keys, {})
+    for c in result:
+        records[c.key] = figures.curvature_record(c, study.label, study.fraction)
+    return result
+
+
+def analysed(parent_set: ParentSet) -> list[dict]:
+    """Every network of these parents' studies analysed in this session (figures.curvature_record each)."""
+    return list(st.session_state.get(ANALYSED, {}).get(parent_set.keys, {}).values())
+
+
+def interpolation(ws: Workspace, parent_set: ParentSet, path: Sequence[Any], spec: Any, points: int) -> dict:
+    """Loss along the straight path through the networks and its barrier (memoised, cached on disk)."""
+    from otcore import analysis
+
+    key = spec_hash("ui-interpolation", parent_set.data, spec, [r.key for r in path], points, ws.device)
+    return memo("interpolation", key, lambda: analysis.interpolation(parent_set.data, list(path), spec, points,
+                                                                     ws.device))[0]
+
+
+def surface(ws: Workspace, parent_set: ParentSet, row: Any, spec: Any, directions: str, span: float,
+            points: int) -> dict:
+    """Loss on a plane through one network (memoised, cached on disk), with a spinner while it computes."""
+    from otcore import analysis
+
+    key = spec_hash("ui-surface", parent_set.data, spec, row.key, directions, span, points, ws.device)
+
+    def compute() -> dict:
+        with st.spinner(f"loss on a {points} × {points} grid around {row.method}"):
+            return analysis.surface(parent_set.data, row, spec, directions, span, points, ws.device)
+
+    return memo("surface", key, compute)[0]
+
+
+def keep_choice(key: str, options: Sequence[Any], default: Any) -> None:
+    """Before a select widget over `options` is drawn: its remembered value, less what is no longer on offer.
+
+    A list default is for a multiselect (first visit: the default's names on offer); otherwise a value
+    not on offer becomes the default, or the first option.
+    """
+    if isinstance(default, list):
+        value = st.session_state.get(key)
+        st.session_state[key] = [m for m in (default if value is None else value) if m in options]
+    elif st.session_state.get(key) not in options:
+        st.session_state[key] = default if default in options else options[0]

@@ -141,3 +141,63 @@ def fusion_report(comparison: Any, data: Any, model: Any, parents: Sequence[Any]
     return write_report(title or f"OT fusion report: {data.name} / {model.arch}",
                         fusion_settings(data, model, parents, spec, device, comparison), tables,
                         fusion_figures(comparison))
+
+
+# ---------------------------------------------------------------------------- pruning, Hessian and landscape reports
+
+
+def _study_settings(data: Any, model: Any, parents: Sequence[Any], device: str) -> dict[str, Any]:
+    return {"dataset": data.name, "architecture": model.arch, "device": device,
+            "parents": "; ".join(f"{p.name} ({p.source}, key {p.key})" for p in parents)}
+
+
+def _spec_settings(prefix: str, spec: Any) -> dict[str, Any]:
+    return {f"{prefix} · {f.name}": getattr(spec, f.name) for f in dataclasses.fields(spec)}
+
+
+def pruning_report(comparison: Any, points: Sequence[Any], data: Any, model: Any, parents: Sequence[Any],
+                   prune: Any, fusion: Any, device: str) -> str:
+    """The HTML report of one prune setting (every method, sparsity) and, if run, its sweep over fractions."""
+    settings = {**_study_settings(data, model, parents, comparison.extra.get("device", device)),
+                **_spec_settings("prune", prune), **_spec_settings("fusion", fusion)}
+    settings.update({f"time · {step} (s)": round(float(s), 3) for step, s in comparison.seconds.items()})
+    settings["result key"] = comparison.key
+    tables = {"Comparison": figures.prune_table(comparison)}
+    charts = {"Test accuracy per method": figures.comparison_bar(comparison)}
+    if points:
+        tables["Sweep over prune fractions"] = figures.sweep_table(points)
+        charts["Test accuracy against prune fraction"] = figures.prune_sweep_chart(points, prune.fraction)
+        charts["Sparsity against prune fraction"] = figures.sparsity_chart(points)
+    return write_report(f"Pruning report: {data.name} / {model.arch}, {100 * prune.fraction:.0f} % {prune.type}",
+                        settings, tables, charts)
+
+
+def hessian_report(curvatures: Sequence[Any], records: Sequence[dict], data: Any, model: Any, study: str,
+                   spec: Any, device: str, measure: str = "top eigenvalue") -> str:
+    """The HTML report of the Hessian page: curvature table, spectral densities, sharpness against accuracy."""
+    settings = {"dataset": data.name, "architecture": model.arch, "device": device, "networks of": study,
+                **_spec_settings("hessian", spec)}
+    tables = {"Curvature": figures.curvature_table(curvatures)}
+    if records:
+        tables["Every network analysed in the session"] = figures.sharpness_table(records)
+    charts = {"Eigenvalue spectral density": figures.spectral_density_chart(curvatures),
+              f"Sharpness ({measure}) against test accuracy and generalisation gap":
+                  figures.sharpness_scatter(records, measure)}
+    return write_report(f"Hessian report: {data.name} / {model.arch} ({study})", settings, tables, charts)
+
+
+def landscape_report(curvatures: Sequence[Any], paths: Sequence[dict], surface: dict | None, surface_of: str,
+                     data: Any, model: Any, study: str, spec: Any, device: str) -> str:
+    """The HTML report of the Landscape page: perturbation curves, interpolation barriers, the 2D surface."""
+    settings = {"dataset": data.name, "architecture": model.arch, "device": device, "networks of": study,
+                **_spec_settings("hessian", spec)}
+    barriers = pd.DataFrame([{"path": " → ".join(p["path"]), "barrier (loss)": round(float(p["barrier"]), 4)}
+                             for p in paths])
+    charts = {"Loss along the top eigenvector (solid) and a random direction (dashed)":
+              figures.perturbation_chart(curvatures)}
+    if paths:
+        charts["Loss along straight paths between networks"] = figures.interpolation_chart(paths)
+    if surface is not None:
+        charts[f"Loss surface around {surface_of}"] = figures.surface_contour(surface)
+    return write_report(f"Landscape report: {data.name} / {model.arch} ({study})", settings,
+                        {"Barriers": barriers} if paths else {}, charts)

@@ -1,0 +1,71 @@
+"""Hessian: how sharp is each network's loss? Spectral density, top eigenvalues and trace, sharpness vs accuracy."""
+from __future__ import annotations
+
+import streamlit as st
+
+import dashboard
+from otcore import figures, report
+from otcore.config import SpecError
+
+REQUEST = "hessian.request"  # (Study, methods, HessianSpec, parent keys) of the last press of Analyse
+
+dashboard.page_setup("Hessian")
+ws = dashboard.workspace()
+st.title("Hessian", anchor=False)
+st.caption("Curvature of the loss at each network, with PyHessian's estimators (power iteration, Hutchinson, SLQ). "
+           "Do flatter networks generalise better?")
+parent_set = dashboard.require_parents(ws, minimum=2)
+
+row = st.columns([1.5, 3.6, 0.9], vertical_alignment="bottom")
+try:
+    study, comparison = dashboard.choose_study(ws, parent_set, row[0])
+except Exception as err:  # noqa: BLE001 - shown, never raised into the page
+    dashboard.show_error(err, "Could not get the networks to analyse")
+    st.stop()
+options = dashboard.single_networks(comparison)
+dashboard.keep_choice("hessian.methods", options, options)
+methods = row[1].multiselect("Networks", options, key="hessian.methods",
+                             help="one Hessian each (several seconds per network on a CPU; cached afterwards)")
+pressed = row[2].button("Analyse", type="primary", key="hessian.analyse", width="stretch")
+dashboard.hessian_settings()
+
+if pressed:
+    try:
+        spec = dashboard.hessian_spec()
+        if not methods:
+            raise SpecError("pick at least one network to analyse")
+    except SpecError as err:
+        dashboard.show_error(err, "Check the Hessian settings")
+        st.session_state.pop(REQUEST, None)
+        st.stop()
+    st.session_state[REQUEST] = (study, tuple(methods), spec, parent_set.keys)
+
+request = st.session_state.get(REQUEST)
+if request is None or request[3] != parent_set.keys:
+    st.info("Pick the networks and press **Analyse**: each network's top eigenvalues, trace and spectral density "
+            "on the chosen split, then sharpness against accuracy.", icon=":material/ssid_chart:")
+    st.stop()
+study, methods, spec = request[:3]
+try:
+    rows = [dashboard.study_comparison(ws, parent_set, study).row(m) for m in methods]
+    curvatures = dashboard.curvatures(ws, parent_set, study, rows, spec)
+except Exception as err:  # noqa: BLE001
+    dashboard.show_error(err, "The Hessian analysis failed")
+    st.stop()
+
+seconds = sum(c.timings.get("total", 0.0) for c in curvatures if not c.cached)
+st.caption(f"Networks of the **{study.label}** comparison · {spec.split} split, {spec.batches} × {spec.batch_size} "
+           f"examples · {spec.lanczos_iters} Lanczos steps × {spec.density_probes} probe(s), "
+           f"{spec.trace_probes} trace probes · " + (f"computed in {seconds:.1f} s" if seconds else "from the cache"))
+left, right = st.columns([1.45, 1])
+left.plotly_chart(figures.spectral_density_chart(curvatures, height=335), theme=None, key="hessian.chart.density")
+with right:
+    measure = st.segmented_control("Sharpness", list(figures.SHARPNESS), default="top eigenvalue",
+                                   key="hessian.measure", label_visibility="collapsed") or "top eigenvalue"
+    records = dashboard.analysed(parent_set)
+    st.plotly_chart(figures.sharpness_scatter(records, measure, height=290), theme=None, key="hessian.chart.scatter")
+dashboard.show_table_decimals(figures.curvature_table(curvatures), figures.CURVATURE_DECIMALS)
+dashboard.report_button(lambda: report.hessian_report(curvatures, records, parent_set.data, parent_set.model,
+                                                      study.label, spec, dashboard.device_label(ws.device), measure),
+                        f"{parent_set.data.name}-{parent_set.model.arch}-hessian-report.html",
+                        "hessian.download.report")

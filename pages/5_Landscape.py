@@ -1,0 +1,103 @@
+"""Landscape: the loss around each network (top eigenvector vs a random direction), between networks, on a plane."""
+from __future__ import annotations
+
+import streamlit as st
+
+import dashboard
+from otcore import figures, report
+from otcore.config import SpecError
+from otcore.pipeline import OT_FUSION, VANILLA
+
+REQUEST = "landscape.request"  # (Study, methods, HessianSpec, (A, via, B), (model, directions, span, points), keys)
+DIRECTIONS = {"hessian": "top two Hessian eigenvectors", "random": "two random directions"}
+
+dashboard.page_setup("Landscape")
+ws = dashboard.workspace()
+st.title("Landscape", anchor=False)
+st.caption("The loss around each network along its top Hessian eigenvector and a random direction, along straight "
+           "paths between networks, and on a plane.")
+parent_set = dashboard.require_parents(ws, minimum=2)
+dashboard.init_state(dashboard.HESSIAN_DEFAULTS | {"landscape.directions": "hessian", "landscape.span": 0.5,
+                                                   "landscape.grid": 21})
+
+row = st.columns([1.3, 2.9, 1.5, 0.7, 0.9], vertical_alignment="bottom")
+try:
+    study, comparison = dashboard.choose_study(ws, parent_set, row[0])
+except Exception as err:  # noqa: BLE001 - shown, never raised into the page
+    dashboard.show_error(err, "Could not get the networks")
+    st.stop()
+options = dashboard.single_networks(comparison)
+dashboard.keep_choice("landscape.methods", options, ["parent 1", VANILLA, OT_FUSION])
+for key, default in (("landscape.a", "parent 1"), ("landscape.via", OT_FUSION), ("landscape.b", "parent 2"),
+                     ("landscape.surface", OT_FUSION)):
+    dashboard.keep_choice(key, options, default)
+methods = row[1].multiselect("Networks", options, key="landscape.methods", help="one curve pair per network")
+row[2].slider("λ range", -2.0, 2.0, step=0.05, key="landscape.lambda", help="steps along each unit direction")
+row[3].number_input("Points", 2, 201, step=2, key="landscape.points")
+pressed = row[4].button("Compute", type="primary", key="landscape.compute", width="stretch")
+with st.expander("Paths and surface: the networks A, B and the one between; the plane's network, directions, span"):
+    row = st.columns([1, 1, 1, 1.2, 1.6, 0.8, 0.8])
+    a = row[0].selectbox("A", options, key="landscape.a")
+    via = row[1].selectbox("Via", options, key="landscape.via", help="the second path goes A → this → B")
+    b = row[2].selectbox("B", options, key="landscape.b")
+    surface_of = row[3].selectbox("Surface of", options, key="landscape.surface")
+    directions = row[4].selectbox("Plane", list(DIRECTIONS), format_func=DIRECTIONS.get, key="landscape.directions")
+    span = row[5].number_input("Span ±", 0.05, 5.0, step=0.05, key="landscape.span")
+    grid = row[6].number_input("Grid", 3, 61, step=2, key="landscape.grid", help="points per side of the plane")
+dashboard.hessian_settings()
+
+if pressed:
+    try:
+        spec = dashboard.hessian_spec()
+        if not methods:
+            raise SpecError("pick at least one network")
+        if a == b:
+            raise SpecError("paths need two different networks A and B")
+    except SpecError as err:
+        dashboard.show_error(err, "Check the landscape settings")
+        st.session_state.pop(REQUEST, None)
+        st.stop()
+    st.session_state[REQUEST] = (study, tuple(methods), spec, (a, via, b),
+                                 (surface_of, directions, float(span), int(grid)), parent_set.keys)
+
+request = st.session_state.get(REQUEST)
+if request is None or request[5] != parent_set.keys:
+    st.info("Pick the networks and press **Compute**: loss curves along directions and paths, and a 2D surface "
+            "(Hessians come from the cache when the Hessian page computed them with the same settings).",
+            icon=":material/landscape:")
+    st.stop()
+study, methods, spec, (a, via, b), (surface_of, directions, span, grid) = request[:5]
+try:
+    compared = dashboard.study_comparison(ws, parent_set, study)
+    curvatures = dashboard.curvatures(ws, parent_set, study, [compared.row(m) for m in methods], spec)
+    paths = [dashboard.interpolation(ws, parent_set, [compared.row(a), compared.row(b)], spec, 21)]
+    if via not in (a, b):
+        paths.append(dashboard.interpolation(ws, parent_set, [compared.row(n) for n in (a, via, b)], spec, 11))
+    plane = dashboard.surface(ws, parent_set, compared.row(surface_of), spec, directions, span, grid)
+except Exception as err:  # noqa: BLE001
+    dashboard.show_error(err, "The landscape could not be computed")
+    st.stop()
+
+st.caption(f"Networks of the **{study.label}** comparison · loss on the {spec.split} split ({spec.batches} × "
+           f"{spec.batch_size} examples; bands: ± spread over batches) · A = {a}, B = {b}")
+left, right = st.columns(2)
+left.plotly_chart(figures.perturbation_chart(curvatures, height=360), theme=None, key="landscape.chart.directions")
+with right:
+    for card, path in zip(st.columns(len(paths)), paths):
+        label = "Barrier A → B" if len(path["path"]) == 2 else f"Barrier A → {via} → B"
+        card.metric(label, f"{path['barrier']:.4f}", border=True,
+                    help=f"{' → '.join(path['path'])}: the largest excess of the loss over the straight line between "
+                         "the end losses (0: no bump). OT fusion keeps the anchor's neuron order, so its path to the "
+                         "other parent crosses unaligned weights.")
+    st.plotly_chart(figures.interpolation_chart(paths, height=265), theme=None, key="landscape.chart.paths")
+left, right = st.columns([1.3, 1])
+left.plotly_chart(figures.surface_contour(plane, f"Loss around {surface_of} ({DIRECTIONS[directions]})", 420),
+                  theme=None, key="landscape.chart.surface")
+with right:
+    st.caption("The star is the network itself; the axes are steps along unit directions in weight space. Narrow "
+               "contours along α mean a sharp top eigendirection; compare them with two random directions.")
+    dashboard.report_button(lambda: report.landscape_report(curvatures, paths, plane, surface_of, parent_set.data,
+                                                            parent_set.model, study.label, spec,
+                                                            dashboard.device_label(ws.device)),
+                            f"{parent_set.data.name}-{parent_set.model.arch}-landscape-report.html",
+                            "landscape.download.report")

@@ -1,0 +1,103 @@
+"""Screenshots of the Pruning, Hessian and Landscape pages at 1280x800 after their buttons (a script, not a test).
+
+    python tests/browser/shoot_study.py [--cache-dir DIR]
+
+Writes tests/browser/screenshots/{pruning,hessian,landscape}_*.png (git-ignored); one browser session goes
+Pruning -> Hessian -> Landscape through the sidebar links, so each page sees what the others set.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from streamlit_server import SCREENSHOTS, browser_page, click, key, streamlit_server, wait_idle
+
+LONG_MS = 600_000  # a cold Hessian of four networks on a busy 2-core CPU
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--cache-dir", default=None, help="OTCORE_CACHE_DIR for the server (default: a new temp dir)")
+    args = parser.parse_args()
+    cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="otcore-shoot-")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+
+    def shot(page, name: str, full: bool = False) -> None:
+        """The 1280x800 view; `full`: the whole page (a tall window, since Streamlit scrolls inside the app)."""
+        path = SCREENSHOTS / f"{name}.png"
+        if full:
+            page.set_viewport_size({"width": 1280, "height": 1700})
+            page.wait_for_timeout(800)
+        page.screenshot(path=str(path))
+        if full:
+            page.set_viewport_size({"width": 1280, "height": 800})
+            page.wait_for_timeout(300)
+        print(f"{path}  ({time.perf_counter() - start:.1f} s)", flush=True)
+
+    def report(page, button: str, name: str) -> Path:
+        """Download a page's report into the cache folder (checked: one self-contained HTML file)."""
+        with page.expect_download(timeout=120_000) as download:
+            click(page, button)
+        path = Path(cache_dir) / f"{name}.html"
+        download.value.save_as(path)
+        html = path.read_text(encoding="utf-8")
+        assert html.startswith("<!DOCTYPE html>") and "Plotly.newPlot" in html and "<script src=" not in html
+        print(f"{path}  ({len(html) / 2**20:.1f} MiB)", flush=True)
+        return path
+
+    def charts_drawn(page, *chart_keys: str) -> None:
+        for chart in chart_keys:
+            page.wait_for_selector(f"{key(chart)} .main-svg", timeout=LONG_MS)
+        page.wait_for_timeout(800)
+
+    with streamlit_server(cache_dir) as url, browser_page() as page:
+        page.goto(f"{url}/Pruning")
+        wait_idle(page, "text=No parents yet")
+        click(page, "ws.load")
+        wait_idle(page, "text=press **Prune**".replace("**", ""), timeout_ms=LONG_MS)
+        shot(page, "pruning_form")
+        click(page, "pruning.prune")
+        wait_idle(page, "[data-testid='stMetric']", timeout_ms=LONG_MS)
+        charts_drawn(page, "pruning.chart.bar")
+        shot(page, "pruning_result")
+        page.get_by_role("tab", name="Sweep over fractions").click()
+        click(page, "pruning.run_sweep")
+        wait_idle(page, key("pruning.chart.sweep"), timeout_ms=LONG_MS)
+        charts_drawn(page, "pruning.chart.sweep", "pruning.chart.sparsity")
+        shot(page, "pruning_sweep")
+        shot(page, "pruning_sweep_full", full=True)
+        report(page, "pruning.download.report", "pruning-report")
+
+        page.get_by_role("link", name="Hessian").click()
+        wait_idle(page, "text=press Analyse", timeout_ms=LONG_MS)
+        shot(page, "hessian_form")
+        click(page, "hessian.analyse")
+        wait_idle(page, "[data-testid='stDataFrame']", timeout_ms=LONG_MS)
+        charts_drawn(page, "hessian.chart.density", "hessian.chart.scatter")
+        shot(page, "hessian_result")
+        page.get_by_text("Hessian settings (SLQ)").click()
+        wait_idle(page)
+        shot(page, "hessian_settings_full", full=True)
+        hessian_report = report(page, "hessian.download.report", "hessian-report")
+
+        page.get_by_role("link", name="Landscape").click()
+        wait_idle(page, "text=press Compute", timeout_ms=LONG_MS)
+        click(page, "landscape.compute")
+        wait_idle(page, "[data-testid='stMetric']", timeout_ms=LONG_MS)
+        charts_drawn(page, "landscape.chart.directions", "landscape.chart.paths", "landscape.chart.surface")
+        shot(page, "landscape_result")
+        shot(page, "landscape_full", full=True)
+        page.get_by_text("Paths and surface").click()
+        wait_idle(page)
+        shot(page, "landscape_options")
+        report(page, "landscape.download.report", "landscape-report")
+        page.goto(hessian_report.as_uri())
+        page.wait_for_selector(".main-svg", timeout=60_000)
+        shot(page, "hessian_report", full=True)
+
+
+if __name__ == "__main__":
+    main()
