@@ -84,3 +84,14 @@ def make_mnist_root(tmp_path: Path):
         return root, write_mnist_like(root, folder, n_train, n_test, seed)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: a second OpenMP thread only adds synchronisation (20x slower on a busy shared CPU)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

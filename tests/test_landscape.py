@@ -14,12 +14,8 @@ from otcore.landscape import (barrier, filter_normalized_direction, interpolatio
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second OpenMP thread only adds synchronisation (20x slower on a busy shared CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def one_thread(one_torch_thread):
+    """Every test here runs with one torch thread (the shared fixture in tests/conftest.py)."""
 
 
 def trained(seed: int, batch_norm: bool = False) -> nn.Module:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
-from streamlit_server import SCREENSHOTS, browser_page, click, streamlit_server, wait_idle
+from streamlit_server import SCREENSHOTS, browser_page, click, screenshot, streamlit_server, wait_idle
 
 
 def main() -> None:
@@ -24,15 +24,8 @@ def main() -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
 
     def shot(page, name: str, full: bool = False) -> None:
-        """The 1280x800 view; `full`: the whole page (Streamlit scrolls inside the app, so a tall window)."""
         path = SCREENSHOTS / f"{name}.png"
-        if full:
-            page.set_viewport_size({"width": 1280, "height": 2000})
-            page.wait_for_timeout(800)
-        page.screenshot(path=str(path))
-        if full:
-            page.set_viewport_size({"width": 1280, "height": 800})
-            page.wait_for_timeout(300)
+        screenshot(page, path, 2000 if full else None)
         print(f"{path}  ({time.perf_counter() - start:.1f} s)")
 
     start = time.perf_counter()

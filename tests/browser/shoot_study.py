@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from streamlit_server import SCREENSHOTS, browser_page, click, key, streamlit_server, wait_idle
+from streamlit_server import SCREENSHOTS, browser_page, click, key, screenshot, streamlit_server, wait_idle
 
 LONG_MS = 600_000  # a cold Hessian of four networks on a busy 2-core CPU
 
@@ -26,15 +26,8 @@ def main() -> None:
     start = time.perf_counter()
 
     def shot(page, name: str, full: bool = False) -> None:
-        """The 1280x800 view; `full`: the whole page (a tall window, since Streamlit scrolls inside the app)."""
         path = SCREENSHOTS / f"{name}.png"
-        if full:
-            page.set_viewport_size({"width": 1280, "height": 1700})
-            page.wait_for_timeout(800)
-        page.screenshot(path=str(path))
-        if full:
-            page.set_viewport_size({"width": 1280, "height": 800})
-            page.wait_for_timeout(300)
+        screenshot(page, path, 1700 if full else None)
         print(f"{path}  ({time.perf_counter() - start:.1f} s)", flush=True)
 
     def report(page, button: str, name: str) -> Path:

@@ -15,7 +15,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
@@ -104,3 +104,14 @@ def wait_idle(page, selector: str = "h1", timeout_ms: int = 120_000) -> None:
         "() => { const w = document.querySelector(\"[data-testid='stStatusWidget']\");"
         " return !w || !/Running|Stop/.test(w.innerText); }", timeout=timeout_ms)
     page.wait_for_timeout(500)  # let the last deltas paint
+
+
+def screenshot(page: Any, path: Path, full_height: int | None = None) -> None:
+    """The 1280x800 view, or with full_height the whole page (Streamlit scrolls inside the app: a tall window)."""
+    if full_height:
+        page.set_viewport_size({"width": 1280, "height": full_height})
+        page.wait_for_timeout(800)
+    page.screenshot(path=str(path))
+    if full_height:
+        page.set_viewport_size({"width": 1280, "height": 800})
+        page.wait_for_timeout(300)
