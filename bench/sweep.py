@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anyw
 from bench.common import machine, table  # noqa: E402
 from otcore.cache import DiskCache  # noqa: E402
 from otcore.config import PruneSpec, TrainSpec  # noqa: E402
-from otcore.sweep import LocalExecutor, RayExecutor, SweepResult, SweepSpec, parse_grid, run_sweep  # noqa: E402
+from otcore.executors import LocalExecutor, RayExecutor  # noqa: E402
+from otcore.sweep import SweepResult, SweepSpec, parse_grid, run_sweep  # noqa: E402
 
 GRID = ("prune.fraction=0.3,0.5,0.7", "prune.type=unstructured,structured", "seed=0,1")
 SAME = ["method", "test acc (%)", "train acc (%)", "sparsity", "parameters", "key"]

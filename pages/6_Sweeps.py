@@ -6,7 +6,7 @@ import datetime
 import streamlit as st
 
 import dashboard
-from otcore import sweep as sweeps
+from otcore import executors, sweep as sweeps
 from otcore.config import PRUNE_ORDERS, PRUNE_TYPES, FusionSpec, PruneSpec, SpecError
 
 FRACTIONS = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
@@ -50,7 +50,7 @@ if pressed:
                 ("prune.fraction", tuple(fractions)))
         spec = sweeps.SweepSpec(grid, ws.data, ws.model, ws.train, PruneSpec(order=order, retrain_epochs=int(retrain)),
                                 FusionSpec(), ws.seeds, "prune", ws.device)
-        runner = sweeps.executor(executor, address.strip() or None,
+        runner = executors.executor(executor, address.strip() or None,
                                  **({"gpus_per_task": float(gpus)} if executor == "ray" else {}))
     except SpecError as err:
         dashboard.show_error(err, "Check the sweep settings")

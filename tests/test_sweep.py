@@ -21,7 +21,8 @@ from conftest import REPO
 from otcore.cache import DiskCache
 from otcore.config import DataSpec, FusionSpec, ModelSpec, SpecError, TrainSpec
 from otcore.pipeline import prune_and_compare, train_parents
-from otcore.sweep import (LocalExecutor, RayExecutor, SweepSpec, load_sweep, parse_grid, run_point, run_sweep,
+from otcore.executors import LocalExecutor, RayExecutor
+from otcore.sweep import (SweepSpec, load_sweep, parse_grid, run_point, run_sweep,
                           sweep_figure)
 
 PARENTS = TrainSpec(epochs=3)
