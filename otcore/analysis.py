@@ -79,7 +79,7 @@ def curvature(data: DataSpec, name: str, key: str, model: nn.Module, spec: Hessi
             "timings": result.timings, "num_parameters": result.num_parameters, "device": str(dev)}
         vectors = result.top_eigenvectors
         tensors = {"eigenvectors": vectors} if vectors.numel() <= MAX_STORED_EIGENVECTOR_ENTRIES else {}
-        return CacheEntry(entry_key, "hessian", {"data": spec_dict(data), "hessian": spec_dict(spec), "model": key},
+        return CacheEntry(entry_key, "hessian", {"data": spec_dict(data), "hessian": spec_dict(spec), "network": key},
                           metrics, tensors)
 
     entry, hit = cached(cache, entry_key, compute)
@@ -116,7 +116,7 @@ def interpolation(data: DataSpec, path: list[MethodResult], spec: HessianSpec, p
         batches = analysis_batches(data, spec, dev)
         curve = path_curve([r.model.to(dev).eval() for r in path], batches, points_per_segment)
         metrics = {"curve": curve_dict(curve), "barrier": barrier(curve), "path": [r.method for r in path]}
-        return CacheEntry(entry_key, "interpolation", {"data": spec_dict(data), "models": [r.key for r in path]},
+        return CacheEntry(entry_key, "interpolation", {"data": spec_dict(data), "networks": [r.key for r in path]},
                           metrics)
 
     return cache.get_or_compute(entry_key, compute).metrics
@@ -144,7 +144,7 @@ def surface(data: DataSpec, row: MethodResult, spec: HessianSpec, directions: st
         grid = surface_2d(net, batches, d1.to(dev), d2.to(dev), (-span, span), (-span, span), points)
         metrics = {"alphas": grid.alphas.tolist(), "betas": grid.betas.tolist(), "loss": grid.loss.tolist(),
                    "accuracy": grid.accuracy.tolist(), "directions": directions}
-        return CacheEntry(entry_key, "surface", {"data": spec_dict(data), "model": row.key}, metrics)
+        return CacheEntry(entry_key, "surface", {"data": spec_dict(data), "network": row.key}, metrics)
 
     return cache.get_or_compute(entry_key, compute).metrics
 

@@ -58,6 +58,12 @@ class ManifestRow:
     size: int  # bytes on disk
 
 
+def config_field(config: dict[str, Any], part: str, name: str) -> str:
+    """config[part][name] of a manifest row, or '' where that part is absent or not a spec."""
+    value = config.get(part)
+    return str(value.get(name, "")) if isinstance(value, dict) else ""
+
+
 def default_root() -> Path:
     """The cache folder: $OTCORE_CACHE_DIR if set, else the repository's cached_models/."""
     env = os.environ.get("OTCORE_CACHE_DIR")

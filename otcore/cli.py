@@ -130,13 +130,13 @@ def _list_args(p: argparse.ArgumentParser) -> None:
 @command("list", _list_args)
 def run_list(args: argparse.Namespace) -> dict:
     """The cache's manifest."""
-    from otcore.cache import default_cache
+    from otcore.cache import config_field, default_cache
 
     rows = default_cache().entries(args.kind)
     entries = [{"key": r.key, "kind": r.kind, "config": r.config, "metrics": r.metrics, "created": r.created,
                 "bytes": r.size} for r in rows]
-    lines = [f"{r.key}  {r.kind:8s} {r.config.get('data', {}).get('name', ''):8s} "
-             f"{r.config.get('model', {}).get('arch', ''):24s} {_headline(r.metrics)}" for r in rows]
+    lines = [f"{r.key}  {r.kind:12s} {config_field(r.config, 'data', 'name'):8s} "
+             f"{config_field(r.config, 'model', 'arch'):24s} {_headline(r.metrics)}" for r in rows]
     return {"entries": entries, "text": "\n".join(lines) or "the cache is empty"}
 
 

@@ -15,6 +15,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import torch
 
+from otcore.cache import config_field
+
 TEMPLATE = "plotly_white"
 FONT = dict(family="Inter, 'Source Sans Pro', Helvetica, Arial, sans-serif", size=13, color="#262730")
 HEATMAP_SCALE = "Blues"
@@ -519,12 +521,6 @@ def surface_contour(surface: dict, title: str | None = None, height: int = 420) 
     fig.update_yaxes(scaleanchor="x", scaleratio=1, showgrid=False, zeroline=False)
     fig.update_xaxes(showgrid=False, zeroline=False, constrain="domain")
     return fig
-
-
-def config_field(config: dict, part: str, name: str) -> str:
-    """config[part][name] of a cache entry, or ''; analysis entries store `model` as a network key, not a spec."""
-    value = config.get(part)
-    return str(value.get(name, "")) if isinstance(value, dict) else ""
 
 
 def sharpness_table(records: Sequence[dict]) -> pd.DataFrame:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -57,12 +58,18 @@ def test_hessian_command_on_paper_checkpoints_and_real_mnist_files(tmp_path, mak
     assert [m["top_eigenvalues"] for m in again["models"]] == [m["top_eigenvalues"] for m in out["models"]]
 
 
-def test_without_parents_it_analyses_the_cached_parents_and_their_fusion(digits_cli_train):
-    out = _hessian("--dataset", "digits", "--arch", "mlpnet", "--top-k", "2", cache=digits_cli_train.cache)
+def test_without_parents_it_analyses_the_cached_parents_and_their_fusion(digits_cli_train, tmp_path):
+    for entry in digits_cli_train.cache.glob("*.safetensors"):  # a copy: other tests expect that cache untouched
+        shutil.copy2(entry, tmp_path)
+    out = _hessian("--dataset", "digits", "--arch", "mlpnet", "--top-k", "2", cache=tmp_path)
     assert [m["name"] for m in out["models"]] == ["parent 1", "parent 2", "OT fusion"]
     for entry in out["models"]:
         _check_model(entry, 2, 5)
         assert entry["test_accuracy"] > 90
+    env = {**os.environ, "OTCORE_CACHE_DIR": str(tmp_path), "PYTHONPATH": str(REPO)}
+    listed = subprocess.run([sys.executable, "-m", "otcore", "list"], cwd=REPO, capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert listed.returncode == 0 and listed.stdout.count("hessian") == 3, listed.stderr
 
 
 def test_the_loss_curve_passes_through_the_models_loss_and_rises_along_the_top_eigenvector(digits_parents):
