@@ -107,7 +107,7 @@ class FusionSpec:
 
     mode: str = "weights"  # align neurons by 'weights' or by pre-'activations' on a sample
     act_samples: int = 200  # inputs drawn from the train split for activation alignment
-    act_seed: int = 0  # seed of that sample
+    act_seed: int = 0  # seed of that sample, and of the order weight matching visits the groups in
     solver: str = "emd"  # exact OT ('emd', POT's network simplex) or entropic ('sinkhorn')
     reg: float = 0.01  # entropic regularisation of Sinkhorn, relative to the normalised cost
     ground_metric: str = "euclidean"  # distance between neurons: 'euclidean' or 'cosine'
