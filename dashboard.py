@@ -20,9 +20,9 @@ import streamlit as st
 
 from otcore import figures, pipeline
 from otcore.checkpoints import CheckpointError, checkpoint_bytes
-from otcore.config import DataSpec, FusionSpec, ModelSpec, SpecError, TrainSpec, spec_hash
+from otcore.config import DEVICE_CHOICES, DataSpec, FusionSpec, ModelSpec, SpecError, TrainSpec, spec_hash
 from otcore.data import DataError, list_datasets
-from otcore.device import DEVICE_CHOICES, resolve_device
+from otcore.device import resolve_device
 from otcore.models import list_models
 
 log = logging.getLogger(__name__)
@@ -444,7 +444,7 @@ ANALYSED = "hessian.analysed"  # parent keys -> network key -> curvature_record,
 HESSIAN_DEFAULTS: dict[str, Any] = {
     "hessian.split": "test", "hessian.batches": 1, "hessian.batch_size": 450, "hessian.top_k": 2,
     "hessian.power_iters": 100, "hessian.lanczos_iters": 60, "hessian.density_probes": 1,
-    "hessian.trace_probes": 30, "landscape.lambda": (-0.5, 0.5), "landscape.points": 21}
+    "hessian.trace_method": "auto", "hessian.trace_probes": 30, "landscape.lambda": (-0.5, 0.5), "landscape.points": 21}
 
 
 def show_table_decimals(frame: Any, decimals: dict[str, int], height: int | str = "auto") -> None:
@@ -568,14 +568,19 @@ def hessian_settings(label: str = "Hessian settings (SLQ): batches, Lanczos iter
                             help="examples per batch (450: the whole digits test split)")
         row[3].number_input("Top-k eigenvalues", 1, 20, step=1, key="hessian.top_k",
                             help="power iteration with deflation; the 2D surface needs 2")
-        row = st.columns(4)
+        row = st.columns(5)
         row[0].number_input("Power iterations", 1, 1000, step=10, key="hessian.power_iters",
                             help="at most, per eigenvalue (stops at relative tolerance 1e-4)")
         row[1].number_input("Lanczos iterations", 2, 1000, step=10, key="hessian.lanczos_iters",
                             help="steps of stochastic Lanczos quadrature: the density's resolution")
         row[2].number_input("Density probes", 1, 100, step=1, key="hessian.density_probes",
                             help="random probe vectors averaged by the spectral density")
-        row[3].number_input("Trace probes", 1, 1000, step=10, key="hessian.trace_probes",
+        row[3].selectbox("Trace", ("auto", "hutchinson"), key="hessian.trace_method",
+                         format_func={"auto": "exact", "hutchinson": "Hutchinson"}.get,
+                         help="exact: the sum of the exact Hessian diagonal (every network of the zoo is piecewise "
+                              "linear in each weight, which makes it computable); Hutchinson: PyHessian's estimate")
+        row[4].number_input("Trace probes", 1, 1000, step=10, key="hessian.trace_probes",
+                            disabled=st.session_state["hessian.trace_method"] != "hutchinson",
                             help="Rademacher probes of Hutchinson's trace estimator")
 
 
@@ -588,7 +593,8 @@ def hessian_spec() -> Any:
     return HessianSpec(split=s["hessian.split"], batches=int(s["hessian.batches"]),
                        batch_size=int(s["hessian.batch_size"]), top_k=int(s["hessian.top_k"]),
                        power_iters=int(s["hessian.power_iters"]), lanczos_iters=int(s["hessian.lanczos_iters"]),
-                       density_probes=int(s["hessian.density_probes"]), trace_probes=int(s["hessian.trace_probes"]),
+                       density_probes=int(s["hessian.density_probes"]), trace_method=s["hessian.trace_method"],
+                       trace_probes=int(s["hessian.trace_probes"]),
                        lambda_min=float(low), lambda_max=float(high), lambda_points=int(s["landscape.points"]))
 
 

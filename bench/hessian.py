@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -20,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from otcore.hessian import (fixed_batches, flat_parameters, hutchinson_trace, pyhessian_reference, spectral_density,
-                            top_eigenpairs)
+from otcore.hessian import (exact_trace, fixed_batches, flat_parameters, hutchinson_trace, pyhessian_reference,
+                            spectral_density, top_eigenpairs)
 from otcore.landscape import perturbation_curve
 from otcore.models import build_model
 
@@ -103,6 +104,10 @@ def main() -> None:
     ref_t, ref_r = ref(trace_iters=args.probes)
     rows.append((f"trace, {args.probes} Rademacher probes", ours_t, ref_t,
                  f"{trace.mean:.3f} ± {trace.std_error:.3f} vs {ref_r.trace:.3f}"))
+    exact_t, exact = timed(lambda: exact_trace(model, batches))
+    reference_error = statistics.stdev(ref_r.trace_samples) / len(ref_r.trace_samples) ** 0.5
+    rows.append((f"trace, exact (vs {args.probes}-probe Hutchinson)", exact_t, ref_t,
+                 f"{exact.mean:.3f} exact vs {ref_r.trace:.3f} ± {reference_error:.3f}"))
 
     ours_t, density = timed(lambda: spectral_density(model, batches, args.lanczos, 1))
     ref_t, ref_r = ref(lanczos_iters=args.lanczos)

@@ -38,9 +38,10 @@ def timed(sweep: SweepSpec, executor: object) -> tuple[SweepResult, float]:
 
 def warm_worker() -> int:
     """Import what a point needs (torch, otcore) in a Ray worker, and hold it a moment so each worker gets one."""
+    import importlib
     import os
 
-    import otcore.pipeline  # noqa: F401
+    importlib.import_module("otcore.pipeline")
 
     time.sleep(1.0)
     return os.getpid()

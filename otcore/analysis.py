@@ -28,7 +28,7 @@ class Curvature:
     key: str
     top_eigenvalues: list[float]
     trace: float
-    trace_std_error: float
+    trace_std_error: float  # 0 when exact
     density_nodes: list[list[float]]  # [probes][m] Ritz values of stochastic Lanczos quadrature
     density_weights: list[list[float]]
     loss: float  # on the analysed batches
@@ -39,6 +39,7 @@ class Curvature:
     timings: dict[str, float]
     num_parameters: int
     cached: bool = False
+    trace_method: str = "hutchinson"  # or 'exact'
     eigenvectors: torch.Tensor | None = field(default=None, repr=False)
 
 
@@ -73,7 +74,8 @@ def curvature(data: DataSpec, name: str, key: str, model: nn.Module, spec: Hessi
         along_random = perturbation_curve(net, batches, random / random.norm(), lambdas)
         metrics = {
             "name": name, "top_eigenvalues": result.top_eigenvalues, "trace": result.trace,
-            "trace_std_error": result.trace_std_error, "density_nodes": result.density.nodes.tolist(),
+            "trace_std_error": result.trace_std_error, "trace_method": result.trace_method,
+            "density_nodes": result.density.nodes.tolist(),
             "density_weights": result.density.weights.tolist(), "loss": result.loss,
             "perturbation": curve_dict(along_top), "random_direction": curve_dict(along_random),
             "timings": result.timings, "num_parameters": result.num_parameters, "device": str(dev)}
@@ -87,7 +89,8 @@ def curvature(data: DataSpec, name: str, key: str, model: nn.Module, spec: Hessi
     return Curvature(name, key, m["top_eigenvalues"], m["trace"], m["trace_std_error"], m["density_nodes"],
                      m["density_weights"], m["loss"], scores.test.accuracy if scores else None,
                      scores.train.accuracy if scores else None, m["perturbation"], m["random_direction"],
-                     m["timings"], m["num_parameters"], hit, entry.tensors.get("eigenvectors"))
+                     m["timings"], m["num_parameters"], hit, m.get("trace_method", "hutchinson"),
+                     entry.tensors.get("eigenvectors"))
 
 
 def curvatures(data: DataSpec, rows: list[MethodResult], spec: HessianSpec, device: str = "auto",

@@ -5,12 +5,16 @@ kind, config, metrics and creation time as JSON, and a sha256 over that JSON and
 so damaged entries are detected, removed and recomputed. Writes are atomic (temp file, fsync,
 rename) and a per-key file lock makes racing processes compute a key once. A cache that cannot
 write (read-only, missing, full disk) logs one warning and works on without caching.
+
+Importing this module does not import torch: `load_record` verifies an entry from the file's
+bytes alone, so a CLI call answered from the cache skips torch's two-second import.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import struct
@@ -18,20 +22,22 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-import safetensors
-import safetensors.torch
-import torch
 from filelock import FileLock
 
-from otcore.checkpoints import write_atomic
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
 SUFFIX = ".safetensors"
 _KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")  # keys name files: no separators, no hidden names
 _STALE_TEMP_S = 3600.0  # temp files older than this are left by killed writers
+# safetensors' dtype codes -> (torch's dtype name, which the checksum has always hashed; bytes per element)
+_DTYPES = {"F64": ("torch.float64", 8), "F32": ("torch.float32", 4), "F16": ("torch.float16", 2),
+           "BF16": ("torch.bfloat16", 2), "I64": ("torch.int64", 8), "I32": ("torch.int32", 4),
+           "I16": ("torch.int16", 2), "I8": ("torch.int8", 1), "U8": ("torch.uint8", 1), "BOOL": ("torch.bool", 1)}
 
 
 @dataclass
@@ -42,13 +48,13 @@ class CacheEntry:
     kind: str  # 'parent', 'fusion', 'prune', 'hessian', ...
     config: dict[str, Any]  # JSON-able description of the specs behind the key
     metrics: dict[str, Any]  # JSON-able results, may be nested
-    tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # a state_dict or arrays; may be empty
+    tensors: dict[str, "torch.Tensor"] = field(default_factory=dict)  # a state_dict or arrays; may be empty
     created: float = field(default_factory=time.time)  # seconds since the epoch
 
 
 @dataclass
 class ManifestRow:
-    """What the cache browser shows of one entry, read from its header alone."""
+    """One entry without its tensors: what the cache browser shows, and what `load_record` returns."""
 
     key: str
     kind: str
@@ -94,13 +100,15 @@ class DiskCache:
 
     def load(self, key: str) -> CacheEntry | None:
         """The entry stored under `key`, or None on a miss; a damaged entry is removed and is a miss."""
+        import safetensors  # here, not at the top: reading a record must not import torch
+
         path = self._path(key)
         try:
             with safetensors.safe_open(str(path), framework="pt") as f:
                 header = f.metadata() or {}
                 tensors = {name: f.get_tensor(name) for name in f.keys()}
             record = json.loads(header["entry"])
-            if _checksum(header["entry"], tensors) != header["sha256"]:
+            if _checksum(header["entry"], _tensor_items(tensors)) != header["sha256"]:
                 raise ValueError("checksum mismatch")
         except FileNotFoundError:
             return None
@@ -115,15 +123,33 @@ class DiskCache:
         return CacheEntry(key=key, kind=record["kind"], config=record["config"],
                           metrics=record["metrics"], tensors=tensors, created=record["created"])
 
+    def load_record(self, key: str) -> ManifestRow | None:
+        """An entry's kind, config, metrics and time, checksum-verified without torch; None if missing or damaged.
+
+        A damaged entry is left in place: `load` removes it, and the caller goes on to `load`.
+        """
+        path = self._path(key)
+        try:
+            data = path.read_bytes()
+            record = _verified_record(data)
+        except Exception:  # any failure means damage (or a miss): the normal path deals with it
+            return None
+        return ManifestRow(key=key, kind=record["kind"], config=record["config"], metrics=record["metrics"],
+                           created=record["created"], size=len(data))
+
     def store(self, entry: CacheEntry) -> None:
         """Write an entry atomically; on a write error, warn once and stop caching."""
         path = self._path(entry.key)
         if not self.writable:
             return
+        import safetensors.torch  # here, not at the top: reading a record must not import torch
+
+        from otcore.checkpoints import write_atomic
+
         tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in entry.tensors.items()}
         record = json.dumps({"kind": entry.kind, "config": entry.config, "metrics": entry.metrics,
                              "created": entry.created, "names": list(tensors)}, default=_json_default)
-        header = {"entry": record, "sha256": _checksum(record, tensors)}
+        header = {"entry": record, "sha256": _checksum(record, _tensor_items(tensors))}
         try:
             write_atomic(path, safetensors.torch.save(tensors, metadata=header))
         except OSError as e:
@@ -208,14 +234,51 @@ class DiskCache:
                 pass
 
 
-def _checksum(record: str, tensors: dict[str, torch.Tensor]) -> str:
+TensorItem = tuple[str, str, tuple[int, ...], Any]  # name, torch dtype name, shape, raw bytes (a buffer)
+
+
+def _checksum(record: str, items: Iterable[TensorItem]) -> str:
     # Covers the entry JSON and every tensor's name, dtype, shape and bytes, in sorted name order.
     digest = hashlib.sha256(record.encode())
-    for name in sorted(tensors):
-        tensor = tensors[name].contiguous()
-        digest.update(f"\0{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    for name, dtype, shape, data in sorted(items, key=lambda item: item[0]):
+        digest.update(f"\0{name}\0{dtype}\0{shape}\0".encode())
+        digest.update(data)
     return digest.hexdigest()
+
+
+def _tensor_items(tensors: dict[str, torch.Tensor]) -> list[TensorItem]:
+    import torch
+
+    items = []
+    for name, tensor in tensors.items():
+        tensor = tensor.contiguous()
+        items.append((name, str(tensor.dtype), tuple(tensor.shape), tensor.reshape(-1).view(torch.uint8).numpy()))
+    return items
+
+
+def _verified_record(data: bytes) -> dict[str, Any]:
+    """The entry JSON of a safetensors file's bytes, after checking its checksum; raises ValueError if damaged."""
+    # Layout: an 8-byte little-endian header length, the header JSON ({name: {dtype, shape, data_offsets}},
+    # '__metadata__'), then the tensors' bytes, offsets counted from the end of the header.
+    (n,) = struct.unpack_from("<Q", data)
+    header = json.loads(data[8:8 + n])
+    metadata = header.pop("__metadata__")
+    body = memoryview(data)[8 + n:]
+    items, end = [], 0
+    for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"]):
+        dtype, itemsize = _DTYPES[info["dtype"]]
+        shape = tuple(int(d) for d in info["shape"])
+        start, stop = info["data_offsets"]
+        # As safetensors itself checks: tensors tile the data exactly, each as long as its shape says.
+        if start != end or stop - start != itemsize * math.prod(shape):
+            raise ValueError(f"tensor {name} has inconsistent offsets")
+        items.append((name, dtype, shape, body[start:stop]))
+        end = stop
+    if end != len(body):
+        raise ValueError("data length does not match the header")
+    if _checksum(metadata["entry"], items) != metadata["sha256"]:
+        raise ValueError("checksum mismatch")
+    return json.loads(metadata["entry"])
 
 
 def _read_metadata(path: Path) -> dict[str, str]:

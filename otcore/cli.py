@@ -11,14 +11,14 @@ import json
 import logging
 import os
 import sys
+from dataclasses import replace
 from typing import Any, Callable
 
 from tqdm import tqdm
 
-from otcore.config import DataSpec, FusionSpec, HessianSpec, ModelSpec, PruneSpec, SpecError, TrainSpec
-from otcore.data import list_datasets
-from otcore.device import DEVICE_CHOICES
-from otcore.models import list_models
+# Only torch-free modules at the top: a `train` answered from the cache never imports torch.
+from otcore.config import (ARCHITECTURES, DATASETS, DEVICE_CHOICES, DataSpec, FusionSpec, HessianSpec, ModelSpec,
+                           PruneSpec, SpecError, TRACE_METHODS, TrainSpec, parent_key)
 
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], dict]]] = {}
 
@@ -58,8 +58,8 @@ class Bar:
 
 def add_common(p: argparse.ArgumentParser) -> None:
     """Dataset, architecture, device and cache flags shared by every subcommand."""
-    p.add_argument("--dataset", default="digits", choices=list_datasets())
-    p.add_argument("--arch", default="mlpnet", choices=list_models())
+    p.add_argument("--dataset", default=DataSpec().name, choices=DATASETS)
+    p.add_argument("--arch", default=ModelSpec().arch, choices=ARCHITECTURES)
     p.add_argument("--data-root", default=None, help="torchvision root folder of a real dataset")
     p.add_argument("--download", action="store_true", help="let torchvision download the dataset (needs internet)")
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
@@ -107,15 +107,43 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 @command("train", _train_args)
 def run_train(args: argparse.Namespace) -> dict:
     """Train parents (one per seed), store them in the cache, report their test accuracy."""
-    bar = Bar("train")
-    try:
-        parents = parents_of(args, bar)
-    finally:
-        bar.close()
-    out = {"parents": [{"name": p.name, "seed": s, "key": p.key, "test_accuracy": p.metrics["test"]["accuracy"],
-                        "test_loss": p.metrics["test"]["loss"], "train_accuracy": p.metrics["train"]["accuracy"],
-                        "cached": p.metrics["cached"], "seconds": p.metrics["seconds"]}
-                       for p, s in zip(parents, args.seeds)]}
+    parents = cached_parents(args)
+    if parents is None:
+        bar = Bar("train")
+        try:
+            parents = [(p.name, p.key, p.metrics) for p in parents_of(args, bar)]
+        finally:
+            bar.close()
+    return train_json(parents, args.seeds)
+
+
+def cached_parents(args: argparse.Namespace) -> list[tuple[str, str, dict]] | None:
+    """(name, key, metrics) of every parent of --seeds when all are verified cache hits, else None; torch-free.
+
+    The fast path of `train`: reading the entries' records spares the import of torch, most of
+    a cached call's time. Anything else (a miss, a damaged entry) is left to the pipeline.
+    """
+    if args.device == "cuda":  # only torch can tell whether the asked-for GPU is there
+        return None
+    from otcore.cache import default_cache
+
+    data, model = specs(args)
+    cache, parents = default_cache(), []
+    for i, seed in enumerate(args.seeds):
+        key = parent_key(data, model, replace(train_spec(args), seed=seed))
+        record = cache.load_record(key)
+        if record is None or record.kind != "parent":
+            return None
+        parents.append((f"parent {i + 1}", key, {**record.metrics, "cached": True}))  # named as train_parents does
+    return parents
+
+
+def train_json(parents: list[tuple[str, str, dict]], seeds: list[int]) -> dict:
+    """The headless contract of `train`: each parent's (name, key, metrics) with its seed, and the text lines."""
+    out = {"parents": [{"name": name, "seed": s, "key": key, "test_accuracy": m["test"]["accuracy"],
+                        "test_loss": m["test"]["loss"], "train_accuracy": m["train"]["accuracy"],
+                        "cached": m["cached"], "seconds": m["seconds"]}
+                       for (name, key, m), s in zip(parents, seeds)]}
     out["text"] = "\n".join(f"{p['name']} (seed {p['seed']}): test accuracy {p['test_accuracy']:.2f}%"
                             f"{' (cached)' if p['cached'] else ''}" for p in out["parents"])
     return out
@@ -401,7 +429,10 @@ def add_hessian(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=d.top_k)
     p.add_argument("--power-iters", type=int, default=d.power_iters)
     p.add_argument("--tol", type=float, default=d.tol)
-    p.add_argument("--trace-probes", type=int, default=d.trace_probes)
+    p.add_argument("--trace-method", default=d.trace_method, choices=TRACE_METHODS,
+                   help="exact: sum of the exact Hessian diagonal (nets piecewise linear in each weight, "
+                        "as the whole model zoo); hutchinson: Rademacher estimate; auto: exact where possible")
+    p.add_argument("--trace-probes", type=int, default=d.trace_probes, help="probes of the Hutchinson estimate")
     p.add_argument("--lanczos-iters", type=int, default=d.lanczos_iters)
     p.add_argument("--density-probes", type=int, default=d.density_probes)
     p.add_argument("--lambda-min", type=float, default=d.lambda_min)
@@ -413,7 +444,7 @@ def hessian_spec(args: argparse.Namespace) -> HessianSpec:
     """The HessianSpec of the Hessian flags."""
     return HessianSpec(split=args.split, batches=args.batches, batch_size=args.hessian_batch_size,
                        seed=args.hessian_seed, top_k=args.top_k, power_iters=args.power_iters, tol=args.tol,
-                       trace_probes=args.trace_probes, lanczos_iters=args.lanczos_iters,
+                       trace_method=args.trace_method, trace_probes=args.trace_probes, lanczos_iters=args.lanczos_iters,
                        density_probes=args.density_probes, lambda_min=args.lambda_min, lambda_max=args.lambda_max,
                        lambda_points=args.lambda_points)
 
@@ -451,7 +482,7 @@ def run_hessian(args: argparse.Namespace) -> dict:
     results = curvatures(data, rows, spec, args.device, bar)
     bar.close()
     models = [{"name": c.name, "top_eigenvalues": c.top_eigenvalues, "trace": c.trace,
-               "trace_std_error": c.trace_std_error,
+               "trace_std_error": c.trace_std_error, "trace_method": c.trace_method,
                "density": {"nodes": c.density_nodes, "weights": c.density_weights},
                "perturbation": {"lambdas": c.perturbation["lambdas"], "loss": c.perturbation["loss_mean"],
                                 "loss_std": c.perturbation["loss_std"],

@@ -47,32 +47,36 @@ def spec_hash(kind: str, *specs: Any) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
+# The registries' names, torch-free so that validating a spec (and the CLI's choices) never
+# imports torch; tests check they equal otcore.data.list_datasets() and otcore.models.list_models().
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100")
+ARCHITECTURES = ("mlpnet", "mlpnet_half", "mlpnet_doub", "vgg11_nobias", "vgg11_half_nobias", "vgg11_doub_nobias",
+                 "vgg11_quad_nobias", "vgg_tiny_nobias", "vgg_tiny_doub_nobias", "resnet18_nobias_nobn",
+                 "resnet_tiny_nobias_nobn")
+DEVICE_CHOICES = ("auto", "cpu", "cuda")  # resolved by otcore.device.resolve_device
+
+
 @dataclass(frozen=True)
 class DataSpec:
     """Which dataset, and where its files are."""
 
-    name: str = "digits"  # registry name: digits, mnist, fashion-mnist, cifar10, cifar100
+    name: str = "digits"  # registry name, one of DATASETS
     root: str | None = not_keyed(None)  # torchvision root folder for the real datasets
     download: bool = not_keyed(False)  # let torchvision download into root (needs internet)
 
     def __post_init__(self) -> None:
-        from otcore.data import list_datasets  # late import: data imports config
-
-        _check(self.name in list_datasets(),
-               f"unknown dataset '{self.name}'; choose one of {', '.join(list_datasets())}")
+        _check(self.name in DATASETS, f"unknown dataset '{self.name}'; choose one of {', '.join(DATASETS)}")
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     """Which architecture."""
 
-    arch: str = "mlpnet"  # registry name, see otcore.models.list_models()
+    arch: str = "mlpnet"  # registry name, one of ARCHITECTURES
 
     def __post_init__(self) -> None:
-        from otcore.models import list_models
-
-        _check(self.arch in list_models(),
-               f"unknown architecture '{self.arch}'; choose one of {', '.join(list_models())}")
+        _check(self.arch in ARCHITECTURES,
+               f"unknown architecture '{self.arch}'; choose one of {', '.join(ARCHITECTURES)}")
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,12 @@ class TrainSpec:
         _check(self.lr > 0, f"learning rate must be > 0, got {self.lr}")
         _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
         _check(self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}")
+
+
+def parent_key(data: DataSpec, model: ModelSpec, spec: TrainSpec) -> str:
+    """Cache key of a parent trained with spec (its seed included)."""
+    # Here rather than in pipeline: the CLI finds cached parents by key without importing torch.
+    return spec_hash("parent", data, model, spec)
 
 
 ALIGN_MODES = ("weights", "activations")
@@ -185,9 +195,12 @@ class PruneSpec:
         _check(self.retrain_parents_epochs >= 0 and self.retrain_epochs >= 0, "retraining epochs must be >= 0")
 
 
+TRACE_METHODS = ("auto", "exact", "hutchinson")
+
+
 @dataclass(frozen=True)
 class HessianSpec:
-    """Hessian analysis settings (PyHessian-style: power iteration, Hutchinson, SLQ)."""
+    """Hessian analysis settings (PyHessian-style: power iteration, Hutchinson or exact trace, SLQ)."""
 
     split: str = "test"  # 'train' or 'test'
     batches: int = 1  # number of batches the Hessian is averaged over
@@ -196,6 +209,7 @@ class HessianSpec:
     top_k: int = 3  # number of top eigenvalues
     power_iters: int = 100  # max power iterations per eigenvalue
     tol: float = 1e-4  # relative tolerance of power iteration
+    trace_method: str = "auto"  # 'exact' (Gauss-Newton diagonal), 'hutchinson', or 'auto': exact where the net allows
     trace_probes: int = 100  # Rademacher probes of Hutchinson's trace estimator (max)
     lanczos_iters: int = 100  # Lanczos steps of the spectral density
     density_probes: int = 1  # probe vectors of stochastic Lanczos quadrature
@@ -210,6 +224,8 @@ class HessianSpec:
         _check(self.top_k >= 1, f"top-k must be >= 1, got {self.top_k}")
         _check(self.power_iters >= 1, f"power iterations must be >= 1, got {self.power_iters}")
         _check(self.tol > 0, f"tolerance must be > 0, got {self.tol}")
+        _check(self.trace_method in TRACE_METHODS,
+               f"trace method must be one of {TRACE_METHODS}, got '{self.trace_method}'")
         _check(self.trace_probes >= 1, f"trace probes must be >= 1, got {self.trace_probes}")
         _check(self.lanczos_iters >= 2, f"Lanczos iterations must be >= 2, got {self.lanczos_iters}")
         _check(self.density_probes >= 1, f"density probes must be >= 1, got {self.density_probes}")

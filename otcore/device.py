@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
+from otcore.config import DEVICE_CHOICES  # torch-free there, for the CLI's choices
 
 
 def resolve_device(choice: str = "auto") -> torch.device:

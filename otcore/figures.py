@@ -349,14 +349,16 @@ SHARPNESS = {"top eigenvalue": ("top_eigenvalue", "top Hessian eigenvalue λ max
 
 
 def curvature_table(curvatures: Sequence[Any]) -> pd.DataFrame:
-    """One row per network: top eigenvalues (3 decimals), trace ± its standard error (2), loss (4), accuracies."""
+    """One row per network: top eigenvalues (3 decimals), trace (2) and, where estimated, its standard error, loss (4), accuracies."""
     rows = []
+    estimated = any(c.trace_method != "exact" for c in curvatures)
     for c in curvatures:
         row: dict[str, Any] = {METHOD: c.name}
         for i, value in enumerate(c.top_eigenvalues[:5]):
             row[LAMBDA_MAX if i == 0 else f"λ{i + 1}"] = round(float(value), 3)
         row[TRACE] = round(float(c.trace), 2)
-        row["trace std err"] = round(float(c.trace_std_error), 2)
+        if estimated:
+            row["trace std err"] = round(float(c.trace_std_error), 2)
         row["loss"] = round(float(c.loss), 4)
         if c.test_accuracy is not None:
             row[TEST_ACC] = round(c.test_accuracy, 2)
@@ -365,6 +367,14 @@ def curvature_table(curvatures: Sequence[Any]) -> pd.DataFrame:
         row["time (s)"] = round(float(c.timings.get("total", sum(c.timings.values()))), 1)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def trace_description(curvatures: Sequence[Any], probes: int) -> str:
+    """How the traces were found, for a caption: 'exact trace' or the Hutchinson probe count."""
+    if all(c.trace_method == "exact" for c in curvatures):
+        return "exact trace"
+    return f"trace by Hutchinson, {probes} probes" + (" (exact where possible)" if any(
+        c.trace_method == "exact" for c in curvatures) else "")
 
 
 def curvature_record(curvature: Any, study: str, fraction: float) -> dict:

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
 from otcore.config import HessianSpec
+from otcore.hessian_diagonal import NotPiecewiseLinear, loss_hessian_diagonal
 
 Batches = list[tuple[Tensor, Tensor]]
 Progress = Callable[[float], None]
@@ -284,11 +285,12 @@ def top_eigenpairs(model: nn.Module, batches: Batches, k: int = 3, max_iters: in
 
 @dataclass(frozen=True)
 class TraceEstimate:
-    """Hutchinson's estimate of tr(H): mean of vᵀHv over Rademacher probes v, its standard error, probe count."""
+    """tr(H): Hutchinson's mean of vᵀHv over Rademacher probes v with its standard error, or exact (error 0, no probes)."""
 
     mean: float
     std_error: float
     probes: int
+    method: str = "hutchinson"  # or 'exact'
 
 
 def _hutchinson_trace(op: _HessianOperator, max_probes: int, tol: float, seed: int,
@@ -314,6 +316,30 @@ def hutchinson_trace(model: nn.Module, batches: Batches, max_probes: int = 100, 
                      seed: int = 0, *, progress: Progress | None = None) -> TraceEstimate:
     """tr(H) ≈ mean of vᵀHv, v Rademacher, in vmapped chunks; stops early once std_error <= tol·|mean|."""
     return _hutchinson_trace(_HessianOperator(model, batches), max_probes, tol, seed, progress)
+
+
+def exact_trace(model: nn.Module, batches: Batches) -> TraceEstimate:
+    """tr(H) exactly, as the sum of the Hessian diagonal of a network piecewise linear in each weight.
+
+    Raises NotPiecewiseLinear for other networks (see otcore.hessian_diagonal).
+    """
+    diagonal = loss_hessian_diagonal(eval_model(model), batches)
+    value = float(sum(d.sum(dtype=torch.float64) for d in diagonal.values()))
+    if not math.isfinite(value):
+        raise HessianError(f"the Hessian trace is {value}; the curvature is undefined here")
+    return TraceEstimate(value, 0.0, 0, "exact")
+
+
+def _trace(op: _HessianOperator, batches: Batches, method: str, max_probes: int, tol: float, seed: int,
+           progress: Progress | None = None) -> TraceEstimate:
+    """The trace by `method`: 'exact', 'hutchinson', or 'auto' (exact where the network allows it)."""
+    if method != "hutchinson":
+        try:
+            return exact_trace(op.model, batches)
+        except NotPiecewiseLinear as e:
+            if method == "exact":
+                raise HessianError(f"no exact trace for this network: {e}") from e
+    return _hutchinson_trace(op, max_probes, tol, seed, progress)
 
 
 @dataclass(frozen=True)
@@ -370,6 +396,7 @@ class HessianResult:
     trace: float
     trace_std_error: float
     trace_probes: int
+    trace_method: str  # 'exact' or 'hutchinson'
     density: Density
     loss: float
     accuracy: float
@@ -381,7 +408,9 @@ def analyse(model: nn.Module, batches: Batches, spec: HessianSpec,
             progress: Callable[[str, float], None] | None = None) -> HessianResult:
     """Top eigenpairs, trace and spectral density of H as set by `spec`; progress(stage, overall fraction)."""
     seed = 0 if spec.seed is None else spec.seed
-    costs = {"top_eigenvalues": WARM_START + 3.0 * spec.top_k, "trace": float(spec.trace_probes),
+    # in Hessian-vector products; the exact trace costs about as much as a few
+    costs = {"top_eigenvalues": WARM_START + 3.0 * spec.top_k,
+             "trace": float(spec.trace_probes if spec.trace_method == "hutchinson" else 3),
              "density": float(spec.lanczos_iters * spec.density_probes)}
     done, total_cost = 0.0, sum(costs.values())
 
@@ -401,14 +430,15 @@ def analyse(model: nn.Module, batches: Batches, spec: HessianSpec,
     op = timed("setup", lambda: _HessianOperator(model, batches))
     values, vectors = timed("top_eigenvalues", lambda: _top_eigenpairs(
         op, spec.top_k, spec.power_iters, spec.tol, seed, WARM_START, stage("top_eigenvalues")))
-    # spec.tol also bounds the trace's relative standard error: at its default 1e-4 all trace_probes run
-    trace = timed("trace", lambda: _hutchinson_trace(op, spec.trace_probes, spec.tol, seed, stage("trace")))
+    # spec.tol also bounds Hutchinson's relative standard error: at its default 1e-4 all trace_probes run
+    trace = timed("trace", lambda: _trace(op, batches, spec.trace_method, spec.trace_probes, spec.tol, seed,
+                                          stage("trace")))
     density = timed("density", lambda: _spectral_density(op, spec.lanczos_iters, spec.density_probes, seed,
                                                          stage("density")))
     timings["total"] = sum(timings.values())
     if progress:
         progress("done", 1.0)
-    return HessianResult(values.tolist(), vectors, trace.mean, trace.std_error, trace.probes, density,
+    return HessianResult(values.tolist(), vectors, trace.mean, trace.std_error, trace.probes, trace.method, density,
                          op.loss, op.accuracy, op.size, timings)
 
 

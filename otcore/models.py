@@ -32,6 +32,11 @@ class AlignedLayer:
 class FusableNet(nn.Module):
     """A network whose weight layers and neuron groups are described for alignment."""
 
+    # Logits linear in each single weight wherever the ReLU/max-pool pattern is fixed (no biases
+    # needed, no batch norm): then the Hessian diagonal is exact from otcore.hessian_diagonal.
+    # Each registry family says so (tests check it against Hessian-vector products).
+    piecewise_linear = False
+
     def alignment_layers(self) -> list[AlignedLayer]:
         """Weight layers in forward order."""
         raise NotImplementedError
@@ -77,6 +82,8 @@ def count_parameters(model: nn.Module) -> int:
 class MlpNet(FusableNet):
     """The paper's MLP: fc1..fcK without biases, ReLU between them."""
 
+    piecewise_linear = True
+
     def __init__(self, input_dim: int, hidden: tuple[int, ...], num_classes: int) -> None:
         super().__init__()
         widths = (input_dim, *hidden, num_classes)
@@ -115,6 +122,8 @@ VGG_TINY = (16, "M", 32, "M", 32, "M")  # three pools: 8x8 digits -> 1x1
 
 class VGG(FusableNet):
     """VGG without batch norm or biases: conv3x3(pad 1) + ReLU, max-pools, one linear classifier."""
+
+    piecewise_linear = True
 
     def __init__(self, cfg: tuple, input_shape: tuple[int, int, int], num_classes: int) -> None:
         super().__init__()
@@ -182,6 +191,8 @@ class BasicBlock(nn.Module):
 
 class ResNet(FusableNet):
     """ResNet of basic blocks without batch norm or biases (the paper's resnet18_nobias_nobn)."""
+
+    piecewise_linear = True
 
     def __init__(self, widths: tuple[int, ...], blocks: tuple[int, ...], input_shape: tuple[int, int, int],
                  num_classes: int) -> None:

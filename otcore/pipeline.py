@@ -16,7 +16,7 @@ from torch import nn
 
 from otcore.cache import CacheEntry, DiskCache, default_cache
 from otcore.checkpoints import load_checkpoint, load_into
-from otcore.config import DataSpec, FusionSpec, ModelSpec, PruneSpec, TrainSpec, spec_dict, spec_hash
+from otcore.config import DataSpec, FusionSpec, ModelSpec, PruneSpec, TrainSpec, parent_key, spec_dict, spec_hash
 from otcore.data import Dataset, load_dataset, sample_inputs
 from otcore.device import resolve_device
 from otcore.fusion.baselines import ensemble_log_probs, vanilla_average
@@ -87,11 +87,6 @@ class Comparison:
 def _report(progress: Progress | None, what: str, done: float) -> None:
     if progress is not None:
         progress(what, min(max(done, 0.0), 1.0))
-
-
-def parent_key(data: DataSpec, model: ModelSpec, spec: TrainSpec) -> str:
-    """Cache key of a parent trained with spec (its seed included)."""
-    return spec_hash("parent", data, model, spec)
 
 
 def fusion_key(data: DataSpec, model: ModelSpec, spec: FusionSpec, finetune: TrainSpec, parent_keys: list[str]) -> str:

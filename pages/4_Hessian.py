@@ -12,8 +12,8 @@ REQUEST = "hessian.request"  # (Study, methods, HessianSpec, parent keys) of the
 dashboard.page_setup("Hessian")
 ws = dashboard.workspace()
 st.title("Hessian", anchor=False)
-st.caption("Curvature of the loss at each network, with PyHessian's estimators (power iteration, Hutchinson, SLQ). "
-           "Do flatter networks generalise better?")
+st.caption("Curvature of the loss at each network: top eigenvalues (power iteration), the exact trace and the "
+           "spectral density (SLQ). Do flatter networks generalise better?")
 parent_set = dashboard.require_parents(ws, minimum=2)
 
 row = st.columns([1.5, 3.6, 0.9], vertical_alignment="bottom")
@@ -56,7 +56,7 @@ except Exception as err:  # noqa: BLE001
 seconds = sum(c.timings.get("total", 0.0) for c in curvatures if not c.cached)
 st.caption(f"Networks of the **{study.label}** comparison · {spec.split} split, {spec.batches} × {spec.batch_size} "
            f"examples · {spec.lanczos_iters} Lanczos steps × {spec.density_probes} probe(s), "
-           f"{spec.trace_probes} trace probes · " + (f"computed in {seconds:.1f} s" if seconds else "from the cache"))
+           f"{figures.trace_description(curvatures, spec.trace_probes)} · " + (f"computed in {seconds:.1f} s" if seconds else "from the cache"))
 left, right = st.columns([1.45, 1])
 left.plotly_chart(figures.spectral_density_chart(curvatures, height=335), theme=None, key="hessian.chart.density")
 with right:

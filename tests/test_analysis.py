@@ -27,7 +27,7 @@ def _hessian(*args: str, cache) -> dict:
 def _check_model(entry: dict, top_k: int, points: int) -> None:
     values = entry["top_eigenvalues"]
     assert len(values) == top_k and values == sorted(values, reverse=True) and values[0] > 0
-    assert entry["trace"] > 0
+    assert entry["trace"] > 0 and entry["trace_method"] == "exact" and entry["trace_std_error"] == 0.0
     nodes, weights = entry["density"]["nodes"], entry["density"]["weights"]
     assert len(nodes) == len(weights) == 1 and abs(sum(weights[0]) - 1) < 1e-4
     assert max(nodes[0]) == pytest.approx(values[0], rel=0.05)  # SLQ's extreme Ritz value is the top eigenvalue

@@ -102,21 +102,29 @@ def test_truncated_entry_is_removed_and_recomputed(tmp_path, key, caplog):
     assert counter.calls == 1
 
 
+def damage(path: Path, where: str, metric: bytes) -> None:
+    """Damage a stored entry in place: flip one bit at `where` (in `metric`'s last digit for the header), or cut/pad it."""
+    data = bytearray(path.read_bytes())
+    header_end = 8 + int.from_bytes(data[:8], "little")
+    if where == "truncated":
+        del data[-3:]
+    elif where == "appended":
+        data += b"\0" * 8
+    else:
+        offset = {"last tensor byte": lambda: len(data) - 1, "first tensor byte": lambda: header_end,
+                  "middle of the data": lambda: (header_end + len(data)) // 2,
+                  "metrics in the header": lambda: data.index(metric) + len(metric) - 1,
+                  "a tensor's shape": lambda: data.index(b'"shape":[3,5]') + 9}[where]()  # [3,5] -> [2,5]
+        data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
 @pytest.mark.parametrize("where", ["last tensor byte", "middle of the data", "metrics in the header"])
 def test_flipped_byte_is_detected_removed_and_recomputed(tmp_path, key, caplog, where):
     cache = DiskCache(tmp_path)
     cache.store(make_entry(key))
     path = entry_path(cache, key)
-    data = bytearray(path.read_bytes())
-    header_end = 8 + int.from_bytes(data[:8], "little")
-    if where == "last tensor byte":
-        offset = len(data) - 1
-    elif where == "middle of the data":
-        offset = (header_end + len(data)) // 2
-    else:
-        offset = data.index(b"0.93") + 3  # 0.93 -> 0.9x, still valid JSON
-    data[offset] ^= 0x01
-    path.write_bytes(bytes(data))
+    damage(path, where, b"0.93")  # 0.93 -> 0.92, still valid JSON
     assert [row.key for row in cache.entries()] == [key]  # the manifest reads headers only
     counter = Counter(tmp_path / "calls.txt", key)
     with caplog.at_level(logging.WARNING, logger="otcore.cache"):
@@ -125,6 +133,55 @@ def test_flipped_byte_is_detected_removed_and_recomputed(tmp_path, key, caplog, 
     assert counter.calls == 1
     assert_same_entry(recomputed, cache.load(key))
     assert torch.equal(cache.load(key).tensors["layer2.weight"], make_entry(key).tensors["layer2.weight"])
+
+
+def every_dtype_entry(key: str) -> CacheEntry:
+    """An entry holding a tensor of each dtype safetensors stores, scalars and an empty one among them."""
+    torch.manual_seed(1)
+    tensors = {"f32": torch.randn(3, 5), "f64": torch.randn(4, dtype=torch.float64),
+               "f16": torch.randn(2, 2).half(), "bf16": torch.randn(7).bfloat16(),
+               "i64": torch.arange(-3, 3), "i32": torch.tensor([[1, -2]], dtype=torch.int32),
+               "i16": torch.tensor([300], dtype=torch.int16), "i8": torch.tensor([-5, 6], dtype=torch.int8),
+               "u8": torch.arange(250, 256, dtype=torch.uint8), "mask": torch.tensor([True, False, True]),
+               "scalar": torch.tensor(2.5), "empty": torch.zeros(0, 4)}
+    return CacheEntry(key=key, kind="fusion", config={"seed": 1}, metrics={"rows": [{"acc": 0.5}]}, tensors=tensors)
+
+
+@pytest.mark.parametrize("make", [make_entry, every_dtype_entry])
+def test_load_record_agrees_with_load(tmp_path, key, make):
+    cache = DiskCache(tmp_path)
+    cache.store(make(key))
+    record, entry = cache.load_record(key), cache.load(key)
+    assert (record.key, record.kind, record.config, record.metrics, record.created) == \
+        (entry.key, entry.kind, entry.config, entry.metrics, entry.created)
+    assert record.size == entry_path(cache, key).stat().st_size
+    assert cache.load_record("otherkey") is None
+
+
+def test_load_record_of_an_entry_without_tensors(tmp_path):
+    cache = DiskCache(tmp_path)
+    cache.store(CacheEntry(key="hessian1", kind="hessian", config={}, metrics={"top": [3.0, 2.0]}))
+    assert cache.load_record("hessian1").metrics == {"top": [3.0, 2.0]}
+
+
+@pytest.mark.parametrize("where", ["last tensor byte", "first tensor byte", "middle of the data",
+                                   "metrics in the header", "a tensor's shape", "truncated", "appended"])
+def test_load_record_of_a_damaged_entry_is_none_and_load_removes_it(tmp_path, key, where):
+    cache = DiskCache(tmp_path)
+    cache.store(every_dtype_entry(key))
+    path = entry_path(cache, key)
+    damage(path, where, b"0.5")  # 0.5 -> 0.4, still valid JSON
+    assert cache.load_record(key) is None
+    assert path.exists()  # the torch-free read leaves repairs to load()
+    assert cache.load(key) is None and not path.exists()
+
+
+def test_import_does_not_import_torch():
+    code = "import sys, otcore.cache; print([m for m in ('torch', 'numpy', 'safetensors.torch') if m in sys.modules])"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
 
 
 def test_garbage_file_reads_as_a_miss(tmp_path, key):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,45 @@ def test_train_again_reports_both_parents_cached(trained):
     first, second = one_json_object(trained.first)["parents"], one_json_object(trained.second)["parents"]
     assert [p["cached"] for p in second] == [True, True]
     assert [(p["key"], p["test_accuracy"]) for p in second] == [(p["key"], p["test_accuracy"]) for p in first]
+
+
+HEAVY = {"torch", "torchvision", "numpy", "scipy", "ot", "pandas", "streamlit"}  # what a cached train must not import
+
+
+@pytest.mark.parametrize("flags", [("--json",), ()], ids=["json", "text"])
+def test_cached_train_never_imports_torch_and_prints_what_the_pipeline_prints(trained, monkeypatch, capsys, flags):
+    args = ("train", "--dataset", "digits", "--arch", "mlpnet", *flags)
+    env = {**os.environ, "OTCORE_CACHE_DIR": str(trained.cache), "PYTHONPATH": str(REPO)}
+    fast = subprocess.run([sys.executable, "-X", "importtime", "-m", "otcore", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert fast.returncode == 0, fast.stderr
+    imported = {line.rsplit("|", 1)[1].strip() for line in fast.stderr.splitlines() if line.startswith("import time:")}
+    assert "otcore.cli" in imported and not {name.split(".")[0] for name in imported} & HEAVY
+    # The same call through the pipeline (train_parents loading both parents), in this process.
+    from otcore import cli
+
+    monkeypatch.setenv("OTCORE_CACHE_DIR", str(trained.cache))
+    monkeypatch.setattr(cli, "cached_parents", lambda args: None)
+    assert cli.main(list(args)) == 0
+    assert fast.stdout == capsys.readouterr().out
+    if flags:
+        assert [p["cached"] for p in json.loads(fast.stdout)["parents"]] == [True, True]
+
+
+def test_train_retrains_only_a_damaged_parent(trained, tmp_path):
+    first = one_json_object(trained.first)["parents"]
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for p in first:
+        shutil.copy(trained.cache / f"{p['key']}.safetensors", cache)
+    damaged = cache / f"{first[1]['key']}.safetensors"
+    data = bytearray(damaged.read_bytes())
+    data[-1] ^= 0x01  # the last weight's last byte
+    damaged.write_bytes(bytes(data))
+    out = one_json_object(run_cli("train", "--dataset", "digits", "--arch", "mlpnet", "--json", cache=cache))
+    assert [p["cached"] for p in out["parents"]] == [True, False]
+    assert [p["key"] for p in out["parents"]] == [p["key"] for p in first]
+    assert [p["cached"] for p in one_json_object(run_cli("train", "--json", cache=cache))["parents"]] == [True, True]
 
 
 def test_progress_goes_to_stderr_not_stdout(trained):

@@ -10,7 +10,7 @@ from otcore.config import FusionSpec, PruneSpec
 
 HESSIAN_PAGE = "pages/4_Hessian.py"
 # Small SLQ settings: a second per network on 2 cores (the page's defaults take several).
-QUICK = {"hessian.batch_size": 150, "hessian.lanczos_iters": 12, "hessian.trace_probes": 5,
+QUICK = {"hessian.batch_size": 150, "hessian.lanczos_iters": 12,
          "hessian.power_iters": 20, "hessian.top_k": 2}
 
 
@@ -63,6 +63,14 @@ def test_analyse_shows_a_row_per_network_a_log_density_and_the_scatter(hessian):
     assert next(t for t in scatter["data"] if t["name"] == "OT fusion")["x"][0] == pytest.approx(
         table["trace"][1], abs=0.01)
     assert at.get("download_button")[0].key == "hessian.download.report"
+    # The trace is exact by default; Hutchinson's estimate adds its standard error and agrees within it.
+    assert "trace std err" not in table and any("exact trace" in c.value for c in at.caption)
+    assert at.number_input(key="hessian.trace_probes").disabled
+    at.get_by_key("hessian.trace_method").set_value("hutchinson").run()
+    at = analyse(at, ["parent 1", "OT fusion"], **{"hessian.trace_probes": 20})
+    estimated = at.dataframe[0].value
+    assert any("trace by Hutchinson, 20 probes" in c.value for c in at.caption)
+    assert ((estimated["trace"] - table["trace"]).abs() <= 5 * estimated["trace std err"] + 0.01).all()
 
 
 def test_pruned_networks_join_the_session_scatter(page, parent_set):

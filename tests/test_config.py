@@ -1,0 +1,44 @@
+"""Tests of otcore.config: the torch-free vocabularies match the registries, keys match the pipeline's."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from otcore.config import (ARCHITECTURES, DATASETS, DEVICE_CHOICES, DataSpec, ModelSpec, SpecError, TrainSpec,
+                           parent_key)
+
+
+def test_vocabularies_equal_the_registries_in_order():
+    from otcore.data import list_datasets
+    from otcore.device import DEVICE_CHOICES as device_choices
+    from otcore.models import list_models
+
+    assert list_datasets() == list(DATASETS)
+    assert list_models() == list(ARCHITECTURES)
+    assert device_choices is DEVICE_CHOICES
+
+
+def test_unknown_names_are_refused_with_the_choices():
+    with pytest.raises(SpecError, match="unknown dataset 'svhn'; choose one of digits, mnist"):
+        DataSpec("svhn")
+    with pytest.raises(SpecError, match="unknown architecture 'gpt'; choose one of mlpnet, "):
+        ModelSpec("gpt")
+
+
+def test_specs_and_keys_never_import_torch():
+    code = ("import sys\n"
+            "from otcore.config import DataSpec, ModelSpec, TrainSpec, parent_key\n"
+            "parent_key(DataSpec('cifar10'), ModelSpec('vgg11_nobias'), TrainSpec(seed=3))\n"
+            "print([m for m in ('torch', 'numpy') if m in sys.modules])")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_parent_key_is_the_key_train_parents_stores_under(digits_parents):
+    assert [p.key for p in digits_parents] == [parent_key(DataSpec(), ModelSpec(), TrainSpec(seed=s)) for s in (0, 1)]
