@@ -349,7 +349,8 @@ SHARPNESS = {"top eigenvalue": ("top_eigenvalue", "top Hessian eigenvalue λ max
 
 
 def curvature_table(curvatures: Sequence[Any]) -> pd.DataFrame:
-    """One row per network: top eigenvalues (3 decimals), trace (2) and, where estimated, its standard error, loss (4), accuracies."""
+    """One row per network: top eigenvalues (3 decimals), trace (2) and its standard error where estimated,
+    loss (4), accuracies."""
     rows = []
     estimated = any(c.trace_method != "exact" for c in curvatures)
     for c in curvatures:

@@ -285,7 +285,7 @@ def top_eigenpairs(model: nn.Module, batches: Batches, k: int = 3, max_iters: in
 
 @dataclass(frozen=True)
 class TraceEstimate:
-    """tr(H): Hutchinson's mean of vᵀHv over Rademacher probes v with its standard error, or exact (error 0, no probes)."""
+    """tr(H): Hutchinson's mean of vᵀHv over Rademacher probes v with its standard error, or exact (0, no probes)."""
 
     mean: float
     std_error: float

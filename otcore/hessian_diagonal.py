@@ -109,7 +109,8 @@ def loss_hessian_diagonal(model: nn.Module, batches: list[tuple[Tensor, Tensor]]
         probabilities = logits.detach().softmax(-1)
         classes = probabilities.shape[1]
         for c in range(classes):
-            direction = probabilities[:, c:c + 1].sqrt() * (F.one_hot(torch.tensor(c), classes).to(logits) - probabilities)
+            one_hot = F.one_hot(torch.tensor(c, device=logits.device), classes).to(logits)
+            direction = probabilities[:, c:c + 1].sqrt() * (one_hot - probabilities)  # a_nc for every n
             deltas = torch.autograd.grad(logits, [seen[n][1] for n in names], direction,
                                          retain_graph=c < classes - 1, allow_unused=True)
             for name, delta in zip(names, deltas):
