@@ -4,7 +4,8 @@ The loss is the mean cross-entropy over all examples of `batches` (each batch we
 size), a function of one flat vector θ of the model's trainable parameters (P entries, in
 `named_parameters()` order). Hessian-vector products use `torch.func`; the estimators are
 PyHessian's (Yao et al., 2020): power iteration with deflation, Hutchinson's trace estimator,
-stochastic Lanczos quadrature (Ghorbani et al., 2019). `pyhessian_reference` runs PyHessian
+stochastic Lanczos quadrature (Ghorbani et al., 2019), on otcore.lanczos; the exact trace of
+piecewise-linear nets comes from otcore.hessian_diagonal. `pyhessian_reference` runs PyHessian
 itself: this is the only module of the project that imports `pyhessian`, which is why that seam
 sits here and takes the module past the house's ~400 lines.
 """
@@ -27,6 +28,7 @@ from torch.func import functional_call, grad, jvp, vjp, vmap
 
 from otcore.config import HessianSpec
 from otcore.hessian_diagonal import NotPiecewiseLinear, loss_hessian_diagonal
+from otcore.lanczos import NotFinite, lanczos, project_out, tridiagonal
 
 Batches = list[tuple[Tensor, Tensor]]
 Progress = Callable[[float], None]
@@ -163,61 +165,14 @@ class _HessianOperator:
         return torch.Generator(device=self.device).manual_seed(seed)
 
 
-def _project_out(vectors: Tensor, basis: Tensor) -> Tensor:
-    """Remove from each row of [B, P] its components on the orthonormal rows of [B, j, P] (CGS, twice if needed)."""
-    if basis.shape[1] == 0:
-        return vectors
-    for _ in range(2):
-        before = vectors.norm(dim=1)
-        coefficients = torch.bmm(basis, vectors.unsqueeze(2))
-        vectors = torch.baddbmm(vectors.unsqueeze(2), basis.transpose(1, 2), coefficients, alpha=-1).squeeze(2)
-        if bool((vectors.norm(dim=1) > 0.7 * before).all()):  # Kahan-Parlett: no cancellation, one pass is enough
-            break
-    return vectors
-
-
-def _tridiagonal(alphas: Tensor, betas: Tensor) -> Tensor:
-    """[..., m, m] symmetric tridiagonal from diagonals [..., m] and off-diagonals [..., m-1]."""
-    return torch.diag_embed(alphas) + torch.diag_embed(betas, 1) + torch.diag_embed(betas, -1)
-
-
 def _lanczos(op: _HessianOperator, start: Tensor, steps: int, generator: torch.Generator,
              progress: Progress | None = None,
              stop: Callable[[Tensor, Tensor], bool] | None = None) -> tuple[Tensor, Tensor]:
-    """Lanczos from each row of start [B, P], fully reorthogonalised: Qᵀ H Q = T; returns T [B, m, m], Q [B, m, P].
-
-    `stop(alphas [j], betas [j])` (first probe; betas[-1] couples to the next vector) may end it early.
-    """
-    count = start.shape[0]
-    basis = start.new_zeros(count, steps, op.size)
-    alphas, betas = start.new_zeros(count, steps), start.new_zeros(count, steps - 1)
-    breakdown = 1e3 * torch.finfo(op.dtype).eps
-    q = start / start.norm(dim=1, keepdim=True)
-    for j in range(steps):
-        basis[:, j] = q
-        w = op.matmat(q)
-        alphas[:, j] = (w * q).sum(1)
-        if not bool(torch.isfinite(alphas[:, j]).all()):
-            raise HessianError("the Hessian-vector product is not finite; the curvature is undefined here")
-        if j == steps - 1:
-            break
-        w = w - alphas[:, j, None] * q - (betas[:, j - 1, None] * basis[:, j - 1] if j else 0.0)
-        w = _project_out(w, basis[:, :j + 1])
-        beta = w.norm(dim=1)
-        scale = torch.maximum(alphas[:, :j + 1].abs().amax(1), beta)
-        exhausted = beta <= breakdown * scale
-        if bool(exhausted.any()):  # invariant subspace found: go on from a fresh direction, T splits into blocks
-            fresh = torch.randn(int(exhausted.sum()), op.size, generator=generator, device=op.device, dtype=op.dtype)
-            w[exhausted] = _project_out(_project_out(fresh, basis[exhausted, :j + 1]), basis[exhausted, :j + 1])
-            beta = torch.where(exhausted, torch.zeros_like(beta), beta)
-        betas[:, j] = beta
-        q = w / w.norm(dim=1, keepdim=True)
-        if progress:
-            progress((j + 1) / steps)
-        if stop and stop(alphas[0, :j + 1], betas[0, :j + 1]):
-            steps = j + 1
-            break
-    return _tridiagonal(alphas[:, :steps], betas[:, :steps - 1]), basis[:, :steps]
+    """otcore.lanczos.lanczos of H from the rows of start [B, P]: T [B, m, m], Q [B, m, P]."""
+    try:
+        return lanczos(op.matmat, start, steps, generator, progress, stop)
+    except NotFinite as e:
+        raise HessianError("the Hessian-vector product is not finite; the curvature is undefined here") from e
 
 
 def _top_eigenpairs(op: _HessianOperator, k: int, max_iters: int, tol: float, seed: int,
@@ -230,15 +185,15 @@ def _top_eigenpairs(op: _HessianOperator, k: int, max_iters: int, tol: float, se
             # changes θ by much less than tol, so the power iteration below stops at its second step
             if len(alphas) < k:
                 return False
-            values, vectors = torch.linalg.eigh(_tridiagonal(alphas, betas[:-1]).double())
+            values, vectors = torch.linalg.eigh(tridiagonal(alphas, betas[:-1]).double())
             top = values.abs().argsort(descending=True)[:k]
             residuals = betas[-1].abs().double() * vectors[-1, top].abs()
             return bool((residuals <= 0.1 * math.sqrt(tol) * values[top].abs()).all())
 
         steps = min(op.size, max(warm_start, 2 * k + 10))
         start = torch.randn(1, op.size, generator=generator, device=op.device, dtype=op.dtype)
-        tridiagonal, basis = _lanczos(op, start, steps, generator, stop=ritz_converged)
-        ritz_values, ritz_vectors = torch.linalg.eigh(tridiagonal[0].double())
+        matrix, basis = _lanczos(op, start, steps, generator, stop=ritz_converged)
+        ritz_values, ritz_vectors = torch.linalg.eigh(matrix[0].double())
         order = ritz_values.abs().argsort(descending=True)[:k]  # power iteration finds the largest |λ| first
         starts = ritz_vectors[:, order].T.to(op.dtype) @ basis[0]
     else:
@@ -248,7 +203,7 @@ def _top_eigenpairs(op: _HessianOperator, k: int, max_iters: int, tol: float, se
     for i in range(k):
         v, value = starts[i], None
         for _ in range(max_iters):
-            v = _project_out(v[None], found)[0]
+            v = project_out(v[None], found)[0]
             v = v / v.norm()
             hv = op.matvec(v)
             new_value = float(torch.dot(hv, v))
@@ -260,7 +215,7 @@ def _top_eigenpairs(op: _HessianOperator, k: int, max_iters: int, tol: float, se
             value = new_value
             if converged:
                 break
-        v = _project_out(v[None], found)[0]
+        v = project_out(v[None], found)[0]
         found = torch.cat([found, (v / v.norm())[None, None]], dim=1)
         values.append(value)
         if progress:
@@ -358,8 +313,8 @@ def _spectral_density(op: _HessianOperator, lanczos_iters: int, probes: int, see
     for first in range(0, probes, chunk):
         count = min(chunk, probes - first)
         report = (lambda f, a=first, c=count: progress((a + f * c) / probes)) if progress else None
-        tridiagonal, _ = _lanczos(op, op.rademacher(count, generator), steps, generator, report)
-        ritz_values, ritz_vectors = torch.linalg.eigh(tridiagonal.double())
+        matrix, _ = _lanczos(op, op.rademacher(count, generator), steps, generator, report)
+        ritz_values, ritz_vectors = torch.linalg.eigh(matrix.double())
         nodes.append(ritz_values.to(op.dtype))
         weights.append((ritz_vectors[:, 0, :] ** 2).to(op.dtype))  # (e_1ᵀ y_j)²: node j's mass for the probe
     return Density(torch.cat(nodes), torch.cat(weights))

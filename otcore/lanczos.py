@@ -1,0 +1,109 @@
+"""Lanczos tridiagonalisation of a symmetric operator given by its products, for SLQ and eigenpairs.
+
+The basis is kept semi-orthogonal by partial reorthogonalisation (Simon, 1984): a full pass
+against all earlier vectors only where the estimated loss of orthogonality passes √eps, instead
+of PyHessian's pass at every step (each pass reads the whole basis: on small nets it costs more
+than the Hessian-vector product itself).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+
+class NotFinite(ArithmeticError):
+    """A product of the operator was not finite."""
+
+
+def project_out(vectors: Tensor, basis: Tensor) -> Tensor:
+    """Remove from each row of [B, P] its components on the orthonormal rows of [B, j, P] (CGS, twice if needed)."""
+    if basis.shape[1] == 0:
+        return vectors
+    for _ in range(2):
+        before = vectors.norm(dim=1)
+        coefficients = torch.bmm(basis, vectors.unsqueeze(2))
+        vectors = torch.baddbmm(vectors.unsqueeze(2), basis.transpose(1, 2), coefficients, alpha=-1).squeeze(2)
+        if bool((vectors.norm(dim=1) > 0.7 * before).all()):  # Kahan-Parlett: no cancellation, one pass is enough
+            break
+    return vectors
+
+
+def _next_orthogonality(omega: Tensor, omega_prev: Tensor, alphas: Tensor, betas: Tensor, beta: Tensor, j: int,
+                        eps: float) -> Tensor:
+    """Simon's (1984) estimates ω_{j+1,k} ≈ q_{j+1}ᵀq_k, k ≤ j, from ω_j [B, m], ω_{j-1} and the coefficients.
+
+    Dotting b_j q_{j+1} = H q_j - α_j q_j - b_{j-1} q_{j-1} with q_k, and the k-th relation with q_j:
+    b_j ω_{j+1,k} = b_k ω_{j,k+1} + (α_k - α_j) ω_{j,k} + b_{k-1} ω_{j,k-1} - b_{j-1} ω_{j-1,k} + rounding.
+    """
+    a, b = alphas.double(), betas.double()
+    new = torch.zeros_like(omega)
+    if j > 0:
+        t = b[:, :j] * omega[:, 1:j + 1] + (a[:, :j] - a[:, j:j + 1]) * omega[:, :j] - b[:, j - 1:j] * omega_prev[:, :j]
+        t[:, 1:] += b[:, :j - 1] * omega[:, :j - 1]
+        # what one step's rounding can add, with t's sign; PROPACK's 50·eps keeps the estimate above the true loss
+        rounding = 50 * eps * (b[:, :j] + beta[:, None].double())
+        new[:, :j] = (t + torch.where(t < 0, -rounding, rounding)) / beta[:, None].double().clamp_min(1e-300)
+    new[:, j] = eps  # q_{j+1} is explicitly orthogonalised against q_j and q_{j-1}
+    return new
+
+
+def tridiagonal(alphas: Tensor, betas: Tensor) -> Tensor:
+    """[..., m, m] symmetric tridiagonal from diagonals [..., m] and off-diagonals [..., m-1]."""
+    return torch.diag_embed(alphas) + torch.diag_embed(betas, 1) + torch.diag_embed(betas, -1)
+
+
+def lanczos(matmat: Callable[[Tensor], Tensor], start: Tensor, steps: int, generator: torch.Generator,
+            progress: Callable[[float], None] | None = None,
+            stop: Callable[[Tensor, Tensor], bool] | None = None) -> tuple[Tensor, Tensor]:
+    """Lanczos of the symmetric `matmat` ([B, P] -> [B, P]) from each row of start [B, P]: QᵀHQ = T.
+
+    Returns T [B, m, m] and Q [B, m, P]; raises NotFinite when a product is not finite. A full
+    reorthogonalisation runs at the step where the estimated loss of orthogonality passes √eps and
+    at the next one; semi-orthogonality makes T as accurate as reorthogonalising every step would.
+    `stop(alphas [j], betas [j])` (first probe; betas[-1] couples to the next vector) may end it early.
+    """
+    count, size = start.shape
+    basis = start.new_zeros(count, steps, size)
+    alphas, betas = start.new_zeros(count, steps), start.new_zeros(count, steps - 1)
+    eps = torch.finfo(start.dtype).eps
+    breakdown = 1e3 * eps
+    omega = start.new_zeros(count, steps, dtype=torch.float64)  # ω_{j,k} ≈ q_jᵀq_k for the current j
+    omega[:, 0] = 1.0
+    omega_prev, again = torch.zeros_like(omega), False
+    q = start / start.norm(dim=1, keepdim=True)
+    for j in range(steps):
+        basis[:, j] = q
+        w = matmat(q)
+        alphas[:, j] = (w * q).sum(1)
+        if not bool(torch.isfinite(alphas[:, j]).all()):
+            raise NotFinite(f"the operator's product is not finite at step {j}")
+        if j == steps - 1:
+            break
+        w = w - alphas[:, j, None] * q - (betas[:, j - 1, None] * basis[:, j - 1] if j else 0.0)
+        beta = w.norm(dim=1)
+        estimate = _next_orthogonality(omega, omega_prev, alphas, betas, beta, j, eps)
+        if again or bool((estimate[:, :j].abs() > math.sqrt(eps)).any()):
+            w = project_out(w, basis[:, :j + 1])
+            beta = w.norm(dim=1)
+            estimate[:, :j + 1] = eps
+            again = not again  # the next vector inherits the lost components through q_j: clean it too
+        scale = torch.maximum(alphas[:, :j + 1].abs().amax(1), beta)
+        exhausted = beta <= breakdown * scale
+        if bool(exhausted.any()):  # invariant subspace found: go on from a fresh direction, T splits into blocks
+            fresh = torch.randn(int(exhausted.sum()), size, generator=generator, device=start.device, dtype=start.dtype)
+            w[exhausted] = project_out(project_out(fresh, basis[exhausted, :j + 1]), basis[exhausted, :j + 1])
+            beta = torch.where(exhausted, torch.zeros_like(beta), beta)
+            estimate[exhausted, :j + 1] = eps
+        betas[:, j] = beta
+        q = w / w.norm(dim=1, keepdim=True)
+        omega_prev, omega = omega, estimate
+        omega[:, j + 1] = 1.0
+        if progress:
+            progress((j + 1) / steps)
+        if stop and stop(alphas[0, :j + 1], betas[0, :j + 1]):
+            steps = j + 1
+            break
+    return tridiagonal(alphas[:, :steps], betas[:, :steps - 1]), basis[:, :steps]
