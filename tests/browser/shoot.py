@@ -7,21 +7,15 @@ Fuse, the plan and diagnostics tabs, and full-page views of each.
 """
 from __future__ import annotations
 
-import argparse
-import tempfile
 import time
 from pathlib import Path
 
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
-from streamlit_server import SCREENSHOTS, browser_page, click, screenshot, streamlit_server, wait_idle
+from streamlit_server import SCREENSHOTS, browser_page, click, screenshot, screenshot_run, streamlit_server, wait_idle
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--cache-dir", default=None, help="OTCORE_CACHE_DIR for the server (default: a new temp dir)")
-    args = parser.parse_args()
-    cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="otcore-shoot-")
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    cache_dir = screenshot_run(__doc__)
 
     def shot(page, name: str, full: bool = False) -> None:
         path = SCREENSHOTS / f"{name}.png"

@@ -7,22 +7,17 @@ Pruning -> Hessian -> Landscape through the sidebar links, so each page sees wha
 """
 from __future__ import annotations
 
-import argparse
-import tempfile
 import time
 from pathlib import Path
 
-from streamlit_server import SCREENSHOTS, browser_page, click, key, screenshot, streamlit_server, wait_idle
+from streamlit_server import (SCREENSHOTS, browser_page, click, key, screenshot, screenshot_run, streamlit_server,
+                              wait_idle)
 
 LONG_MS = 600_000  # a cold Hessian of four networks on a busy 2-core CPU
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--cache-dir", default=None, help="OTCORE_CACHE_DIR for the server (default: a new temp dir)")
-    args = parser.parse_args()
-    cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="otcore-shoot-")
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    cache_dir = screenshot_run(__doc__)
     start = time.perf_counter()
 
     def shot(page, name: str, full: bool = False) -> None:

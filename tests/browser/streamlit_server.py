@@ -23,6 +23,17 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 VIEWPORT = {"width": 1280, "height": 800}
 
 
+def screenshot_run(description: str) -> str:
+    """Parse a screenshot script's `--cache-dir` flag, make the screenshots folder; the server's cache folder."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--cache-dir", default=None, help="OTCORE_CACHE_DIR for the server (default: a new temp dir)")
+    args = parser.parse_args()
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    return args.cache_dir or tempfile.mkdtemp(prefix="otcore-shoot-")
+
+
 def chromium_path() -> str | None:
     """Debian's Chromium (Playwright cannot download its own browser here)."""
     return shutil.which("chromium") or shutil.which("chromium-browser")
