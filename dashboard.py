@@ -20,7 +20,8 @@ import streamlit as st
 
 from otcore import figures, pipeline
 from otcore.checkpoints import CheckpointError, checkpoint_bytes
-from otcore.config import DEVICE_CHOICES, DataSpec, FusionSpec, ModelSpec, SpecError, TrainSpec, spec_hash
+from otcore.config import (DEVICE_CHOICES, DataSpec, FusionSpec, ModelSpec, SpecError, TrainSpec, parse_classes,
+                           spec_hash)
 from otcore.data import DataError, list_datasets
 from otcore.device import resolve_device
 from otcore.models import list_models
@@ -34,8 +35,14 @@ PARENTS = "parents"  # session key of the loaded ParentSet, shared by every page
 K_DATASET, K_ROOT, K_ARCH, K_DEVICE = "ws.dataset", "ws.root", "ws.arch", "ws.device"
 K_COUNT, K_SEED, K_EPOCHS = "ws.n_parents", "ws.first_seed", "ws.epochs"
 K_UPLOADS, K_LOAD = "ws.uploads", "ws.load"
+K_PARTITION, K_CLASSES, K_PERSONAL = "ws.partition", "ws.partition_classes", "ws.personal_class"
+K_FRACTION, K_PARTITION_SEED = "ws.partition_fraction", "ws.partition_seed"
 WORKSPACE_DEFAULTS: dict[str, Any] = {K_DATASET: "digits", K_ROOT: "", K_ARCH: "mlpnet", K_DEVICE: "auto",
-                                      K_COUNT: 2, K_SEED: 0, K_EPOCHS: TrainSpec().epochs}
+                                      K_COUNT: 2, K_SEED: 0, K_EPOCHS: TrainSpec().epochs,
+                                      K_PARTITION: "iid", K_CLASSES: "", K_PERSONAL: TrainSpec().personal_class,
+                                      K_FRACTION: TrainSpec().partition_fraction, K_PARTITION_SEED: 0}
+PARTITION_LABELS = {"iid": "iid: every parent sees the whole split", "labels": "labels: a class subset each",
+                    "personalized": "personalized: one class + a share", "small_big": "small / big: a share each"}
 PAGE_ICONS = {"Parents": ":material/group:", "Fusion": ":material/merge:", "Pruning": ":material/content_cut:",
               "Hessian": ":material/ssid_chart:", "Landscape": ":material/landscape:"}
 DIGITS_ARCH_PREFIXES = ("mlpnet", "vgg_tiny", "resnet_tiny")  # the models sized for 8x8 inputs
@@ -83,7 +90,8 @@ class ParentSet:
 
     def describe(self) -> str:
         """One line: how many, where from, on what."""
-        where = (f"trained, seeds {', '.join(map(str, self.seeds))}, {self.train.epochs} epochs"
+        split = "" if self.train.partition == "iid" else f", '{self.train.partition}' partition"
+        where = (f"trained, seeds {', '.join(map(str, self.seeds))}, {self.train.epochs} epochs{split}"
                  if self.origin == "trained" else "loaded from " + ", ".join(p.source for p in self.parents))
         return f"{len(self.parents)} parents of {self.model.arch} on {self.data.name} ({where})"
 
@@ -282,6 +290,7 @@ def workspace() -> Workspace | None:
     first_seed = seed_col.number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key=K_SEED,
                                        help="the first parent's seed; parent i+1 is trained from seed + i")
     epochs = epochs_col.number_input("Epochs", min_value=1, max_value=1000, step=1, key=K_EPOCHS)
+    partition = _partition_widgets(bar)
     with bar.expander("Or load checkpoint files"):
         uploads = st.file_uploader("Checkpoints, one per parent", accept_multiple_files=True, key=K_UPLOADS,
                                    help="the paper's format, a state_dict or safetensors, for the architecture above")
@@ -289,8 +298,14 @@ def workspace() -> Workspace | None:
                          width="stretch", icon=":material/model_training:",
                          help="trained parents come from the cache when these settings were trained before")
     try:
+        if partition["partition"] != "iid" and int(count) != 2:
+            raise SpecError(f"the '{partition['partition']}' partition splits the data between 2 parents; "
+                            f"set Parents to 2")
+        if "partition_classes" in partition:
+            partition["partition_classes"] = parse_classes(partition["partition_classes"])
         ws = Workspace(DataSpec(dataset, root or None), ModelSpec(arch), device,
-                       tuple(int(first_seed) + i for i in range(int(count))), TrainSpec(epochs=int(epochs)))
+                       tuple(int(first_seed) + i for i in range(int(count))),
+                       TrainSpec(epochs=int(epochs), **partition))
     except SpecError as err:
         show_error(err, "Workspace", bar)
         return None
@@ -298,6 +313,28 @@ def workspace() -> Workspace | None:
         _get_parents(ws, uploads or [], bar)
     _parents_status(ws, bar)
     return ws
+
+
+def _partition_widgets(bar: Any) -> dict[str, Any]:
+    """The 'Data each parent sees' expander: TrainSpec's partition fields (the reference's --partition-type)."""
+    with bar.expander("Data each parent sees", expanded=st.session_state[K_PARTITION] != "iid"):
+        kind = st.selectbox("Partition", list(PARTITION_LABELS), key=K_PARTITION, format_func=PARTITION_LABELS.get,
+                            help="train each parent on a part of the train split, so that fusion can combine skills "
+                                 "no single parent has (two parents; parent 1 gets part 1)")
+        out: dict[str, Any] = {"partition": kind}
+        if kind == "labels":
+            text = st.text_input("Parent 1's classes", key=K_CLASSES, placeholder="even classes: 0,2,4,...",
+                                 help="comma-separated; parent 2 sees every other class")
+            out["partition_classes"] = text  # parsed where the workspace's specs are built
+        if kind == "personalized":
+            out["personal_class"] = int(st.number_input("Personal class", min_value=0, max_value=99, step=1,
+                                                         key=K_PERSONAL, help="only parent 1 sees this class"))
+        if kind in ("personalized", "small_big"):
+            label = "Share of the other classes for parent 1" if kind == "personalized" else "Parent 1's share"
+            out["partition_fraction"] = float(st.slider(label, 0.01, 0.99, step=0.01, key=K_FRACTION))
+            out["partition_seed"] = int(st.number_input("Partition seed", min_value=0, max_value=2**31 - 1, step=1,
+                                                        key=K_PARTITION_SEED))
+    return out
 
 
 def _page_links(container: Any) -> None:

@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 # Only torch-free modules at the top: a `train` answered from the cache never imports torch.
 from otcore.config import (ARCHITECTURES, DATASETS, DEVICE_CHOICES, DataSpec, FusionSpec, HessianSpec, ModelSpec,
-                           PruneSpec, SpecError, TRACE_METHODS, TrainSpec, parent_key)
+                           PARTITIONS, PruneSpec, SpecError, TRACE_METHODS, TrainSpec, check_partition_parents,
+                           parent_key, parse_classes)
 
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], dict]]] = {}
 
@@ -76,6 +77,18 @@ def add_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--momentum", type=float, default=d.momentum)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--partition", default=d.partition, choices=PARTITIONS,
+                   help="which part of the train split each parent sees (labels, personalized and small_big: two "
+                        "parents, the first sees part 1)")
+    p.add_argument("--choice", type=parse_classes, default=d.partition_classes, metavar="C,C,...",
+                   help="labels: the first parent's classes, e.g. 0,2,4,6,8 (default: the even classes)")
+    p.add_argument("--personal-class-idx", type=int, default=d.personal_class,
+                   help="personalized: the class only the first parent sees")
+    p.add_argument("--partition-fraction", "--personal-split-frac", type=float, default=d.partition_fraction,
+                   help="personalized: share of the other classes the first parent also sees; small_big: the first "
+                        "parent's share of the split")
+    p.add_argument("--partition-seed", type=int, default=d.partition_seed,
+                   help="seeds the shuffle of personalized and small_big")
 
 
 def specs(args: argparse.Namespace) -> tuple[DataSpec, ModelSpec]:
@@ -86,7 +99,9 @@ def specs(args: argparse.Namespace) -> tuple[DataSpec, ModelSpec]:
 def train_spec(args: argparse.Namespace, epochs: int | None = None) -> TrainSpec:
     """The TrainSpec of the training flags."""
     return TrainSpec(epochs=args.epochs if epochs is None else epochs, batch_size=args.batch_size, lr=args.lr,
-                     momentum=args.momentum, weight_decay=args.weight_decay)
+                     momentum=args.momentum, weight_decay=args.weight_decay, partition=args.partition,
+                     partition_classes=tuple(args.choice), personal_class=args.personal_class_idx,
+                     partition_fraction=args.partition_fraction, partition_seed=args.partition_seed)
 
 
 def parents_of(args: argparse.Namespace, bar: Bar) -> list:
@@ -128,9 +143,10 @@ def cached_parents(args: argparse.Namespace) -> list[tuple[str, str, dict]] | No
     from otcore.cache import default_cache
 
     data, model = specs(args)
+    check_partition_parents(train_spec(args), len(args.seeds))
     cache, parents = default_cache(), []
     for i, seed in enumerate(args.seeds):
-        key = parent_key(data, model, replace(train_spec(args), seed=seed))
+        key = parent_key(data, model, replace(train_spec(args), seed=seed, part=i))
         record = cache.load_record(key)
         if record is None or record.kind != "parent":
             return None
@@ -142,7 +158,9 @@ def train_json(parents: list[tuple[str, str, dict]], seeds: list[int]) -> dict:
     """The headless contract of `train`: each parent's (name, key, metrics) with its seed, and the text lines."""
     out = {"parents": [{"name": name, "seed": s, "key": key, "test_accuracy": m["test"]["accuracy"],
                         "test_loss": m["test"]["loss"], "train_accuracy": m["train"]["accuracy"],
-                        "cached": m["cached"], "seconds": m["seconds"]}
+                        "cached": m["cached"], "seconds": m["seconds"],
+                        "train_examples": sum(m["class_counts"]),
+                        "classes": [c for c, n in enumerate(m["class_counts"]) if n]}
                        for (name, key, m), s in zip(parents, seeds)]}
     out["text"] = "\n".join(f"{p['name']} (seed {p['seed']}): test accuracy {p['test_accuracy']:.2f}%"
                             f"{' (cached)' if p['cached'] else ''}" for p in out["parents"])

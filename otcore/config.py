@@ -79,6 +79,17 @@ class ModelSpec:
                f"unknown architecture '{self.arch}'; choose one of {', '.join(ARCHITECTURES)}")
 
 
+def parse_classes(text: str) -> tuple[int, ...]:
+    """'0, 2,4' -> (0, 2, 4): the class list of a 'labels' partition as typed in a form or on the CLI."""
+    try:
+        return tuple(int(part) for part in text.replace(" ", "").split(",") if part)
+    except ValueError:
+        raise SpecError(f"classes are whole numbers separated by commas, e.g. 0,2,4,6,8; got '{text}'") from None
+
+
+PARTITIONS = ("iid", "labels", "personalized", "small_big")  # as the reference's --partition-type
+
+
 @dataclass(frozen=True)
 class TrainSpec:
     """How a network is trained (SGD with momentum, as the reference code)."""
@@ -89,13 +100,45 @@ class TrainSpec:
     momentum: float = 0.9  # SGD momentum
     weight_decay: float = 0.0  # L2 penalty
     seed: int = 0  # seeds initialisation and batch order
+    partition: str = "iid"  # which part of the train split each parent sees: one of PARTITIONS
+    partition_classes: tuple[int, ...] = ()  # 'labels': the first parent's classes (empty: the even ones)
+    personal_class: int = 9  # 'personalized': the class only the first parent sees
+    partition_fraction: float = 0.1  # 'personalized': share of the other classes the first parent also sees;
+    #                                  'small_big': the first parent's share of the split
+    partition_seed: int = 0  # seeds the shuffle of 'personalized' and 'small_big'
+    part: int = 0  # which part this network trains on (0: the first parent's); set per parent
 
     def __post_init__(self) -> None:
+        _check(self.partition in PARTITIONS, f"partition must be one of {PARTITIONS}, got '{self.partition}'")
+        classes = tuple(int(c) for c in self.partition_classes)
+        _check(all(c >= 0 for c in classes) and len(set(classes)) == len(classes),
+               f"partition classes must be distinct class indices >= 0, got {self.partition_classes}")
+        _check(self.personal_class >= 0, f"personal class must be >= 0, got {self.personal_class}")
+        _check(0.0 < self.partition_fraction < 1.0,
+               f"partition fraction must be in (0, 1), got {self.partition_fraction}")
+        _check(self.part >= 0, f"partition part must be >= 0, got {self.part}")
+        _check(self.partition == "iid" or self.part < 2,
+               f"partition '{self.partition}' splits the data between two parents; got part {self.part + 1}")
+        # Fields a partition does not read are set to their defaults, so equal training shares one key.
+        canonical = {"partition_classes": tuple(sorted(classes)) if self.partition == "labels" else (),
+                     "personal_class": self.personal_class if self.partition == "personalized" else 9,
+                     "partition_fraction": self.partition_fraction
+                     if self.partition in ("personalized", "small_big") else 0.1,
+                     "partition_seed": self.partition_seed if self.partition in ("personalized", "small_big") else 0,
+                     "part": self.part if self.partition != "iid" else 0}
+        for name, value in canonical.items():
+            object.__setattr__(self, name, value)
         _check(self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}")
         _check(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
         _check(self.lr > 0, f"learning rate must be > 0, got {self.lr}")
         _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
         _check(self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}")
+
+
+def check_partition_parents(spec: TrainSpec, n_parents: int) -> None:
+    """Refuse a partition other than 'iid' for any number of parents but two (its parts are two)."""
+    _check(spec.partition == "iid" or n_parents == 2,
+           f"partition '{spec.partition}' splits the data between 2 parents; got {n_parents} seeds")
 
 
 def parent_key(data: DataSpec, model: ModelSpec, spec: TrainSpec) -> str:

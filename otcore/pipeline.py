@@ -16,12 +16,14 @@ from torch import nn
 
 from otcore.cache import CacheEntry, DiskCache, default_cache
 from otcore.checkpoints import load_checkpoint, load_into
-from otcore.config import DataSpec, FusionSpec, ModelSpec, PruneSpec, TrainSpec, parent_key, spec_dict, spec_hash
+from otcore.config import (DataSpec, FusionSpec, ModelSpec, PruneSpec, SpecError, TrainSpec, check_partition_parents,
+                           parent_key, spec_dict, spec_hash)
 from otcore.data import Dataset, load_dataset, sample_inputs
 from otcore.device import resolve_device
 from otcore.fusion.baselines import ensemble_log_probs, vanilla_average
 from otcore.fusion.fuse import fuse
 from otcore.models import FusableNet, build_model, count_parameters
+from otcore.partition import class_counts, part_indices
 from otcore.prune import copy_model, finalize, prunable_layers, prune_model, sparsity_report
 from otcore.train import Evaluation, ProgressFn, TrainProgress, evaluate, init_model, predict_logits, score_logits, train
 
@@ -141,10 +143,14 @@ def train_parent(data: DataSpec, model: ModelSpec, spec: TrainSpec, device: str 
     def compute() -> CacheEntry:
         ds = dataset(data)
         net = init_model(_build(data, model, ds), spec.seed).to(dev)
+        seen = part_indices(ds.y_train, spec, ds.num_classes)
+        if len(seen) == 0:
+            raise SpecError(f"part {spec.part + 1} of the '{spec.partition}' partition of {data.name} is empty")
         start = time.perf_counter()
-        train(net, ds.x_train, ds.y_train, spec, progress)
+        train(net, ds.x_train[seen], ds.y_train[seen], spec, progress)
         metrics = {**_scores(net, ds), "seconds": time.perf_counter() - start, "device": str(dev),
-                   "input_shape": list(ds.input_shape), "num_classes": ds.num_classes}
+                   "input_shape": list(ds.input_shape), "num_classes": ds.num_classes,
+                   "class_counts": class_counts(ds.y_train[seen], ds.num_classes)}
         config = {"data": spec_dict(data), "model": spec_dict(model), "train": spec_dict(spec)}
         return CacheEntry(key, "parent", config, metrics, dict(net.state_dict()))
 
@@ -157,15 +163,23 @@ def train_parent(data: DataSpec, model: ModelSpec, spec: TrainSpec, device: str 
 
 
 def train_parents(data: DataSpec, model: ModelSpec, spec: TrainSpec, seeds: list[int], device: str = "auto",
-                  progress: Progress | None = None, cache: DiskCache | None = None) -> list[Parent]:
-    """Parents with the given seeds (cached), named 'parent 1', 'parent 2', ... in that order."""
+                  progress: Progress | None = None, cache: DiskCache | None = None,
+                  parts: list[int] | None = None) -> list[Parent]:
+    """Parents with the given seeds (cached), named 'parent 1', 'parent 2', ... in that order.
+
+    Parent i trains on part i of the spec's partition of the train split (all of it for 'iid'),
+    or on part parts[i] where given (a sweep trains one parent of a pair at a time).
+    """
+    if parts is None:
+        check_partition_parents(spec, len(seeds))
     parents = []
     for i, seed in enumerate(seeds):
         def step(p: TrainProgress, i: int = i) -> None:
             done = (i + ((p.epoch - 1) * p.steps + p.step) / (p.epochs * p.steps)) / len(seeds)
             _report(progress, f"training parent {i + 1} of {len(seeds)}: epoch {p.epoch}/{p.epochs}, "
                               f"loss {p.loss:.3f}", done)
-        parent = train_parent(data, model, replace(spec, seed=seed), device, step, cache)
+        part = i if parts is None else parts[i]
+        parent = train_parent(data, model, replace(spec, seed=seed, part=part), device, step, cache)
         parent.name = f"{PARENT} {i + 1}"
         parents.append(parent)
     _report(progress, "parents ready", 1.0)

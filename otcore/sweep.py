@@ -23,8 +23,8 @@ import plotly.graph_objects as go
 
 from otcore import pipeline
 from otcore.cache import CacheEntry, DiskCache, default_cache
-from otcore.config import (DataSpec, FusionSpec, ModelSpec, PruneSpec, SpecError, TrainSpec, not_keyed,
-                           spec_dict, spec_hash)
+from otcore.config import (DataSpec, FusionSpec, ModelSpec, PruneSpec, SpecError, TrainSpec, check_partition_parents,
+                           not_keyed, spec_dict, spec_hash)
 from otcore.figures import (INFERENCE_MS, METHOD, PARAMETERS, TEST_ACC, TEST_LOSS, TRAIN_ACC, method_colour,
                             style)
 from otcore.train import Evaluation
@@ -39,6 +39,7 @@ Progress = Callable[[str, float], None]  # (what is happening, fraction done in 
 
 _SPECS = {"prune": PruneSpec, "fusion": FusionSpec, "train": TrainSpec}
 _NOT_SWEPT = {"train.seed": "sweep 'seed' (offsets of the parents' seeds) or 'seeds' instead",
+              "train.part": "each parent trains on its own part of train.partition",
               "fusion.weights": "per-parent weights are a list; sweep fusion.ensemble_step instead"}
 _ALIASES = {"fusion.mode": {"wts": "weights", "acts": "activations"},
             "fusion.alignment": {"weight-matching": "weight_matching"}}
@@ -61,12 +62,12 @@ def _coerce(name: str, value: Any) -> Any:
     kind = sweep_fields()[name]
     text = str(value).strip()
     try:
-        if kind == "seeds":
+        if kind in ("seeds", "tuple"):  # non-negative whole numbers joined by '+' (seeds, a partition's classes)
             parts = value if isinstance(value, (tuple, list)) else text.replace("+", " ").split()
-            seeds = tuple(int(v) for v in parts)
-            if not seeds or min(seeds) < 0:
+            numbers = tuple(int(v) for v in parts)
+            if (kind == "seeds" and not numbers) or min(numbers, default=0) < 0:
                 raise ValueError
-            return seeds
+            return numbers
         if kind == "bool":
             if isinstance(value, bool):
                 return value
@@ -83,7 +84,8 @@ def _coerce(name: str, value: Any) -> Any:
                 raise ValueError
             return number
     except (TypeError, ValueError):
-        wanted = {"seeds": "seeds joined by '+', e.g. 0+1", "bool": "true or false",
+        wanted = {"seeds": "seeds joined by '+', e.g. 0+1", "tuple": "classes joined by '+', e.g. 0+2+4",
+                  "bool": "true or false",
                   "int": "a whole number", "float": "a number"}[kind]
         raise SpecError(f"{name}: '{text}' is not {wanted}") from None
     return _ALIASES.get(name, {}).get(text, text)
@@ -109,11 +111,12 @@ class ParentJob:
     train: TrainSpec
     seed: int
     device: str = "auto"
+    part: int = 0  # which part of train.partition it trains on: its place among the point's parents
 
     @property
     def key(self) -> str:
         """Its cache key, as `pipeline.train_parent` computes it."""
-        return pipeline.parent_key(self.data, self.model, replace(self.train, seed=self.seed))
+        return pipeline.parent_key(self.data, self.model, replace(self.train, seed=self.seed, part=self.part))
 
 
 @dataclass(frozen=True)
@@ -136,7 +139,7 @@ class Point:
 
     def parents(self) -> list[ParentJob]:
         """The parents this point fuses, in order."""
-        return [ParentJob(self.data, self.model, self.train, s, self.device) for s in self.seeds]
+        return [ParentJob(self.data, self.model, self.train, s, self.device, i) for i, s in enumerate(self.seeds)]
 
     @property
     def key(self) -> str:
@@ -226,6 +229,7 @@ class SweepSpec:
             if len(seeds) < 2 or min(seeds) < 0:
                 raise SpecError(f"a point fuses at least two parents with seeds >= 0, got seeds {seeds}")
             specs["fusion"].parent_weights(len(seeds))
+            check_partition_parents(specs["train"], len(seeds))
         except SpecError as err:
             raise SpecError(f"{', '.join(f'{k}={_text(v)}' for k, v in values)}: {err}") from None
         return Point(values, self.step, data, model, specs["train"], specs["prune"], specs["fusion"], seeds,
@@ -253,7 +257,8 @@ def train_parent_entry(job: ParentJob, progress: Progress | None = None) -> Cach
     """Train one parent with `pipeline.train_parents` in a temporary cache and return its entry."""
     with tempfile.TemporaryDirectory(prefix="otcore-parent-") as folder:
         cache = DiskCache(folder)
-        parent = pipeline.train_parents(job.data, job.model, job.train, [job.seed], job.device, progress, cache)[0]
+        parent = pipeline.train_parents(job.data, job.model, job.train, [job.seed], job.device, progress, cache,
+                                        parts=[job.part])[0]
         return cache.load(parent.key)
 
 

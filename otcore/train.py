@@ -32,6 +32,7 @@ class Evaluation:
 
     accuracy: float
     loss: float
+    per_class: list[float | None] | None = None  # accuracy (percent) on each class; None where a class is absent
 
 
 ProgressFn = Callable[[TrainProgress], None]
@@ -52,8 +53,13 @@ def score_logits(logits: torch.Tensor, y: torch.Tensor) -> Evaluation:
     """Accuracy and loss of given logits (or log-probabilities) against labels."""
     y = y.to(logits.device)
     loss = F.cross_entropy(logits, y).item()
-    accuracy = 100.0 * (logits.argmax(1) == y).float().mean().item()
-    return Evaluation(accuracy=accuracy, loss=loss)
+    correct = (logits.argmax(1) == y).float()
+    accuracy = 100.0 * correct.mean().item()
+    classes = logits.shape[1]
+    totals = torch.bincount(y, minlength=classes)
+    hits = torch.bincount(y, weights=correct, minlength=classes)
+    per_class = [100.0 * h / t if t else None for h, t in zip(hits.tolist(), totals.tolist())]
+    return Evaluation(accuracy=accuracy, loss=loss, per_class=per_class)
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Evaluation:

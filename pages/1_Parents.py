@@ -4,7 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 import dashboard
-from otcore import figures
+from otcore import figures, partition_figures
 
 dashboard.page_setup("Parents")
 ws = dashboard.workspace()
@@ -23,6 +23,14 @@ for card, parent in zip(st.columns(max(len(parent_set.parents), 4)), parent_set.
                 delta_color="off" if gap == 0 else "normal", delta_arrow="off" if gap == 0 else "auto", border=True,
                 help=f"test accuracy; test loss {test['loss']:.4f}, train accuracy {train['accuracy']:.2f} %")
 dashboard.show_table(figures.parents_table(parent_set.parents))
+
+if any("class_counts" in p.metrics for p in parent_set.parents):
+    st.subheader("What each parent saw", anchor=False)
+    split = parent_set.train.partition
+    st.caption("Training examples per class. " + ("Every parent saw the whole train split." if split == "iid" else
+               f"'{split}' partition: each parent saw its own part of the train split (set in the sidebar)."))
+    st.plotly_chart(partition_figures.class_histogram(parent_set.parents, height=280), theme=None,
+                    key="parents.chart.classes")
 
 st.subheader("Downloads", anchor=False)
 st.caption("Each parent in the paper's checkpoint format (`model_state_dict`, `test_accuracy`, `epoch`); it loads "

@@ -4,7 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 import dashboard
-from otcore import figures, report
+from otcore import figures, partition_figures, report
 from otcore.config import ALIGN_MODES, GROUND_METRICS, MARGINALS, NORMALIZATIONS, SOLVERS, FusionSpec, SpecError
 from otcore.pipeline import OT_FUSION
 
@@ -112,7 +112,8 @@ for card, result in zip(st.columns(len(comparison.rows)), comparison.rows):
                      f"({best:.2f} %)")
 table = figures.comparison_table(comparison)
 
-tab_compare, tab_plans, tab_diag = st.tabs(["Comparison", "Transport plans", "Per-layer diagnostics"])
+tab_compare, tab_classes, tab_plans, tab_diag = st.tabs(["Comparison", "Per class", "Transport plans",
+                                                         "Per-layer diagnostics"])
 with tab_compare:
     left, right = st.columns([1.62, 1])
     with left:
@@ -128,6 +129,13 @@ with tab_compare:
         dashboard.report_button(lambda: report.fusion_report(comparison, parent_set.data, parent_set.model,
                                                              parent_set.parents, spec, run.device),
                                 f"{stem}-report.html", "fusion.download.report")
+with tab_classes:
+    if parent_set.origin == "trained" and parent_set.train.partition != "iid":
+        st.caption(f"The parents saw different parts of the data ('{parent_set.train.partition}' partition): mean "
+                   "per-class test accuracy on the classes each parent was trained on, and on those it never saw.")
+        dashboard.show_table(partition_figures.own_classes_table(comparison, parent_set.train))
+    st.plotly_chart(partition_figures.per_class_heatmap(comparison, height=60 + 36 * len(comparison.rows)),
+                    theme=None, key="fusion.chart.per_class")
 with tab_plans:
     if not comparison.plans:
         st.info("This setting produced no transport plans: every layer was averaged as it is.")
