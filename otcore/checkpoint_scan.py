@@ -200,7 +200,7 @@ def _check_layout(storage: Any, dtype: torch.dtype | None, offset: Any, size: An
     extent = 1  # one past the furthest element reached, dims taken from the innermost stride out
     for length, step in sorted(((n, s) for n, s in zip(size, stride) if n > 1), key=lambda p: p[1]):
         if step == 0:
-            return _Bad(f"declares {numel:,} elements with stride 0, all read from {extent:,} stored values")
+            return _Bad(f"declares {numel:,} elements with stride 0, the same stored values read over and over")
         if step < extent:
             return _Bad(f"declares overlapping strides {stride} for size {size}")
         extent += step * (length - 1)
