@@ -12,6 +12,9 @@ import json
 import os
 import pickle
 import struct
+import subprocess
+import sys
+import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -20,6 +23,7 @@ from typing import Callable
 
 import torch
 
+REPO = Path(__file__).resolve().parents[2]
 MNIST_SHAPE = (1, 8, 8)  # digits: files are checked against the digits mlpnet (fc1: 400 x 64)
 _MIB = 2**20
 
@@ -157,9 +161,11 @@ def _tiny_tensors(count: int) -> bytes:
 
 
 def stride_zero(folder: Path) -> tuple[Path, list[str]]:
-    """1 KB-ish: 2e9 elements declared over a 4-element storage with stride 0 (a 14 GB finite check)."""
+    """Under 1 KB: 2e9 elements declared over a 4-element storage with stride 0 (a 14 GB finite check)."""
+    path = folder / "stride0.checkpoint"
     fc1 = Tensor(Storage("FloatStorage", "x", 4), (2_000_000_000,), (0,))
-    return _declared(folder, "stride0.checkpoint", fc1, bytes(16)), ["fc1.weight", "stride 0"]
+    path.write_bytes(torch_zip({"fc1.weight": fc1}, {"x": bytes(16)}))
+    return path, ["fc1.weight", "stride 0"]
 
 
 def stride_zero_model_shape(folder: Path) -> tuple[Path, list[str]]:
@@ -282,4 +288,32 @@ HOSTILE: dict[str, Callable[[Path], tuple[Path, list[str]]]] = {
     "20,000 safetensors": many_safetensors, "safetensors float8": safetensors_float8,
     "FIFO": fifo, "link to /dev/zero": dev_zero_link,
 }
+# `python -m otcore` as runpy runs it, writing the process's peak RSS (VmHWM) to $PEAK_FILE at exit.
+# VmHWM, not ru_maxrss: Linux carries the parent's high-water mark into a child's ru_maxrss through
+# fork and exec, so a pytest process that has built a large file would inflate every figure.
+_MEASURED_CLI = """
+import atexit, os, runpy, sys
+def _peak():
+    with open("/proc/self/status") as status, open(os.environ["PEAK_FILE"], "w") as out:
+        out.write(next(line for line in status if line.startswith("VmHWM:")).split()[1])
+atexit.register(_peak)
+sys.argv[0] = "otcore"
+runpy.run_module("otcore", run_name="__main__", alter_sys=True)
+"""
+
+
+def fuse_measured(good: Path, other: Path | str, cache: Path,
+                  timeout_s: float = 120) -> tuple[subprocess.CompletedProcess, int]:
+    """`python -m otcore fuse --parents good other`, and the process's peak RSS in bytes.
+
+    The timeout turns a hang (a FIFO once blocked the loader forever) into a TimeoutExpired."""
+    with tempfile.TemporaryDirectory() as folder:
+        peak_file = Path(folder) / "peak"
+        env = {**os.environ, "OTCORE_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO), "PEAK_FILE": str(peak_file)}
+        done = subprocess.run([sys.executable, "-c", _MEASURED_CLI, "fuse", "--dataset", "digits", "--arch",
+                               "mlpnet", "--parents", str(good), str(other), "--json"], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=timeout_s)
+        return done, int(peak_file.read_text()) * 1024  # kB
+
+
 UPLOADABLE = [kind for kind in HOSTILE if kind not in ("FIFO", "link to /dev/zero")]  # bytes, not paths
