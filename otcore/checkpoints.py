@@ -2,18 +2,20 @@
 
 Files are untrusted: torch files are read with the weights-only unpickler (plus the few numpy
 globals the paper's files need) and safetensors never holds code, so loading never runs code
-from a file. Every problem surfaces as one `CheckpointError` whose message is meant for the user.
+from a file. What a file declares (storages, strides, compressed entries, header nesting, tensor
+counts) is checked first by `otcore.checkpoint_scan`, so loading never allocates more than the
+file's honest size; only regular files are opened. Every problem surfaces as one `CheckpointError`
+whose message is meant for the user.
 """
 from __future__ import annotations
 
 import io
 import json
 import os
-import pickletools
+import stat
 import struct
 import tempfile
 import warnings
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -21,6 +23,8 @@ from typing import Any, Mapping
 import numpy as np
 import safetensors.torch
 import torch
+
+from otcore.checkpoint_scan import WEIGHT_DTYPES, Corrupt, Refused, allowed_globals, scan_safetensors, scan_torch
 
 try:  # numpy >= 2 moved the scalar constructor; files written under numpy 1 name the old path
     from numpy._core.multiarray import scalar as _np_scalar
@@ -37,6 +41,9 @@ _NUMPY_SAFE_GLOBALS: list[Any] = [
     np.dtype,
     *sorted({type(np.dtype(code)) for code in "?bBhHiIlLqQefd"}, key=lambda c: c.__name__),
 ]
+# The same allowlist by name, for the declaration scan that runs before torch.load.
+_SAFE_NAMES = allowed_globals(["numpy._core.multiarray.scalar", "numpy.core.multiarray.scalar",
+                               *(f"{c.__module__}.{c.__qualname__}" for c in _NUMPY_SAFE_GLOBALS[2:])])
 # Weights-only unpickler messages that mean "the file asks to build objects or call functions".
 _CODE_MARKERS = ("GLOBAL", "unrecognized function", "Can only create new object",
                  "Can only build", "persistent_load")
@@ -58,8 +65,12 @@ class Checkpoint:
     format: str = "state_dict"  # 'paper', 'state_dict' or 'safetensors'
 
 
-def load_checkpoint(source: str | Path | bytes, max_bytes: int = 512 * 2**20) -> Checkpoint:
-    """Read a checkpoint from a path or raw bytes, detecting its format from the content."""
+def load_checkpoint(source: str | Path | bytes, max_bytes: int = 512 * 2**20, model: torch.nn.Module | None = None,
+                    arch_name: str | None = None) -> Checkpoint:
+    """Read a checkpoint from a path or raw bytes, detecting its format from the content.
+
+    With `model`, names and shapes are matched against it before any value is read (NaN checks,
+    dtype casts), so a file for another network is refused at the cost of its declarations."""
     data, label = _read_source(source, max_bytes)
     if not data:
         raise CheckpointError(f"{label} is empty")
@@ -70,6 +81,8 @@ def load_checkpoint(source: str | Path | bytes, max_bytes: int = 512 * 2**20) ->
     else:
         raise CheckpointError(f"{label} is not a checkpoint: neither a torch file nor safetensors")
     state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    if model is not None:
+        match_state_dict(model, state, arch_name)
     _validate(state, label)
     return Checkpoint(state_dict=state, meta=meta, format=fmt)
 
@@ -164,14 +177,31 @@ def _read_source(source: str | Path | bytes, max_bytes: int) -> tuple[bytes, str
     path = Path(source)
     label = f"'{path.name}'"
     try:
-        _check_size(path.stat().st_size, max_bytes, label)  # before reading: never pull a huge file in
-        return path.read_bytes(), label
+        _check_file(os.stat(path), path, max_bytes, label)  # follows links: /dev/zero behind one is refused
+        # O_NONBLOCK: a FIFO swapped in after the stat opens at once instead of waiting for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            _check_file(os.fstat(f.fileno()), path, max_bytes, label)
+            data = f.read(max_bytes + 1)
+        _check_size(len(data), max_bytes, label)  # grown since the stat
+        return data, label
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint file {path} does not exist") from None
-    except IsADirectoryError:
-        raise CheckpointError(f"{path} is a folder, not a checkpoint file") from None
     except OSError as e:
         raise CheckpointError(f"cannot read {label}: {e.strerror or e}") from None
+
+
+_FILE_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _check_file(info: os.stat_result, path: Path, max_bytes: int, label: str) -> None:
+    if stat.S_ISDIR(info.st_mode):
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file")
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((name for test, name in _FILE_KINDS if test(info.st_mode)), "not a regular file")
+        raise CheckpointError(f"{label} is {kind}, not a checkpoint file")
+    _check_size(info.st_size, max_bytes, label)  # before reading: never pull a huge file in
 
 
 def _check_size(size: int, max_bytes: int, label: str) -> None:
@@ -193,8 +223,12 @@ def _looks_like_safetensors(data: bytes) -> bool:
 
 def _parse_safetensors(data: bytes, label: str) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
     try:
-        (n,) = struct.unpack("<Q", data[:8])
-        raw_meta = json.loads(data[8:8 + n]).get("__metadata__") or {}
+        raw_meta = scan_safetensors(data)  # header checked first: the Rust parser trusts its nesting
+    except Refused as e:
+        raise CheckpointError(f"{label} was refused: {e}") from None
+    except Corrupt as e:
+        raise CheckpointError(f"{label} is truncated or corrupt (unreadable safetensors: {e})") from None
+    try:
         state = safetensors.torch.load(data)
     except Exception as e:  # the Rust parser raises its own type for every kind of damage
         raise CheckpointError(f"{label} is truncated or corrupt (unreadable safetensors: {e})") from None
@@ -209,45 +243,21 @@ def _parse_safetensors(data: bytes, label: str) -> tuple[dict[str, torch.Tensor]
 
 def _torch_load(data: bytes, label: str) -> Any:
     try:
+        scan_torch(data, _SAFE_NAMES)
+    except Refused as e:
+        raise CheckpointError(f"{label} was refused: {e}") from None
+    except Corrupt as e:
+        raise CheckpointError(f"{label} is truncated or corrupt (unreadable torch file: {e})") from None
+    try:
         with torch.serialization.safe_globals(_NUMPY_SAFE_GLOBALS), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except Exception as e:
-        foreign = _foreign_globals(data)
-        if foreign:
-            raise CheckpointError(f"{label} was refused: it carries code or objects that are not plain tensors "
-                                  f"(loading it would call {foreign[0]})") from None
         if any(marker in str(e) for marker in _CODE_MARKERS):
             raise CheckpointError(f"{label} was refused: it carries code or objects that are not plain "
                                   "tensors, and loading it could run that code") from None
         raise CheckpointError(f"{label} is truncated or corrupt (unreadable torch file: "
                               f"{type(e).__name__})") from None
-
-
-_PLAIN_MODULES = ("torch", "collections", "numpy", "_codecs", "builtins.set", "builtins.frozenset")
-
-
-def _foreign_globals(data: bytes) -> list[str]:
-    """Callables a pickle would import (read statically with pickletools, nothing is executed),
-    other than the ones tensors and numpy scalars are rebuilt with."""
-    if data[:2] == b"PK":  # torch's zip format: the pickle is the archive's data.pkl
-        try:
-            with zipfile.ZipFile(io.BytesIO(data)) as archive:
-                data = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
-        except (zipfile.BadZipFile, StopIteration, KeyError, OSError):
-            return []
-    found, strings = [], []
-    try:
-        for opcode, arg, _pos in pickletools.genops(io.BytesIO(data)):
-            if isinstance(arg, str):
-                strings.append(arg)
-            if opcode.name == "GLOBAL":
-                found.append(str(arg).replace(" ", "."))
-            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
-                found.append(f"{strings[-2]}.{strings[-1]}")
-    except Exception:  # truncated or not a pickle: judge what was read so far
-        pass
-    return [name for name in found if not name.startswith(_PLAIN_MODULES)]
 
 
 def _interpret(obj: Any, label: str) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
@@ -285,10 +295,17 @@ def _validate(state: dict[str, torch.Tensor], label: str) -> None:
     if not state:
         raise CheckpointError(f"{label} holds no tensors")
     for key, tensor in state.items():
+        if tensor.layout != torch.strided or tensor.is_meta or tensor.dtype not in WEIGHT_DTYPES:
+            raise CheckpointError(f"{label}: {key} is not a dense tensor of weights ({tensor.layout}, "
+                                  f"{str(tensor.dtype).removeprefix('torch.')}, {tensor.device})")
         if key.endswith(_FLOAT_SUFFIXES) and not tensor.is_floating_point():
             raise CheckpointError(f"{label}: {key} holds {str(tensor.dtype).removeprefix('torch.')} values "
                                   "where floating-point weights are expected")
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             bad = "NaN" if bool(torch.isnan(tensor).any()) else "Inf"
             raise CheckpointError(f"{label}: tensor {key} contains {bad} values")
+        if tensor.dtype == torch.float64 and not bool(torch.isfinite(tensor.to(torch.float32)).all()):
+            # finite here, Inf in the float32 model: as useless as an Inf in the file
+            raise CheckpointError(f"{label}: tensor {key} holds values beyond the float32 range "
+                                  f"(largest {tensor.abs().max().item():.3g}), Inf once loaded into the model")
 

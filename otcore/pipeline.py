@@ -190,8 +190,9 @@ def load_parent(source: str | Path | bytes, data: DataSpec, model: ModelSpec, na
                 device: str = "auto") -> Parent:
     """A parent from an untrusted checkpoint file (paper format, state_dict or safetensors)."""
     ds = dataset(data)
-    checkpoint = load_checkpoint(source)
-    net = load_into(_build(data, model, ds), checkpoint, arch_name=model.arch)
+    net = _build(data, model, ds)
+    checkpoint = load_checkpoint(source, model=net, arch_name=model.arch)  # shapes checked before values
+    net = load_into(net, checkpoint, arch_name=model.arch)
     net = net.to(resolve_device(device)).eval()
     label = Path(source).name if isinstance(source, (str, Path)) else "upload"
     return Parent(name, "ckpt-" + _state_hash(net), net, {**_scores(net, ds), "checkpoint": checkpoint.meta},

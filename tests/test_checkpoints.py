@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import random
+import struct
+import zipfile
 
 import numpy as np
 import pytest
@@ -13,6 +16,7 @@ from torch import nn
 
 from otcore.checkpoints import (Checkpoint, CheckpointError, checkpoint_bytes, load_checkpoint, load_into,
                                 match_state_dict, save_checkpoint)
+from tests.faults.hostile_files import HOSTILE, Storage, Tensor, model_state, torch_pickle, torch_zip
 
 
 def small_model() -> nn.Module:
@@ -256,3 +260,99 @@ def test_load_into_checks_and_casts_dtype(tmp_path):
     assert_same_tensors(dict(target.state_dict()), dict(source.state_dict()))
     with pytest.raises(CheckpointError, match="does not fit"):
         load_into(nn.Sequential(nn.Linear(8, 4)), load_checkpoint(path))
+
+
+# --- Declarations checked before loading: files crafted byte by byte (tests/faults/hostile_files.py) ---
+
+
+@pytest.mark.parametrize("kind", list(HOSTILE))
+def test_hostile_file_is_refused_naming_what_it_declares(tmp_path, kind):
+    path, fragments = HOSTILE[kind](tmp_path)
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(path)
+    message = str(caught.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+
+
+def test_hand_built_zip_loads_when_honest():
+    # Control for the crafted files: the same builder with honest declarations gives a loadable file,
+    # so each refusal above is the declaration's doing. A transposed (strided, non-overlapping) tensor
+    # and two tensors sharing one storage are honest too.
+    values = torch.arange(12, dtype=torch.float32)
+    storage = Storage("FloatStorage", "0", 12)
+    data = torch_zip({"w": Tensor(storage, (3, 4), (4, 1)), "t": Tensor(storage, (4, 3), (1, 4)),
+                      "tail": Tensor(storage, (2,), (1,), offset=10)}, {"0": values.numpy().tobytes()})
+    loaded = load_checkpoint(data).state_dict
+    assert torch.equal(loaded["w"], values.reshape(3, 4))
+    assert torch.equal(loaded["t"], values.reshape(3, 4).T)
+    assert torch.equal(loaded["tail"], torch.tensor([10.0, 11.0]))
+
+
+def test_hand_built_legacy_file_loads_when_honest():
+    buffer = io.BytesIO()
+    for head in (0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True}):
+        pickle.dump(head, buffer, protocol=2)
+    buffer.write(torch_pickle({"w": Tensor(Storage("DoubleStorage", "k", 3), (3,), (1,))}, legacy=True))
+    pickle.dump(["k"], buffer, protocol=2)
+    buffer.write(struct.pack("<q", 3) + np.array([1.0, 2.0, 3.0]).tobytes())
+    loaded = load_checkpoint(buffer.getvalue()).state_dict
+    assert loaded["w"].dtype == torch.float64 and loaded["w"].tolist() == [1.0, 2.0, 3.0]
+
+
+def test_hand_built_safetensors_loads_when_honest():
+    header = json.dumps({"__metadata__": {"epoch": "3"},
+                         "w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}).encode()
+    data = struct.pack("<Q", len(header)) + header + np.array([1, 2, 3, 4], dtype=np.float32).tobytes()
+    loaded = load_checkpoint(data)
+    assert loaded.meta == {"epoch": 3} and loaded.state_dict["w"].tolist() == [[1.0, 2.0], [3.0, 4.0]]
+
+
+def test_views_declaring_more_than_four_times_the_file_are_refused():
+    storage = Storage("FloatStorage", "0", 2**16)  # 256 KiB, viewed whole by 20 tensors: 5 MiB declared
+    data = torch_zip({f"v{i}": Tensor(storage, (2**16,), (1,)) for i in range(20)}, {"0": bytes(2**18)})
+    with pytest.raises(CheckpointError, match=r"tensors declare 5,242,880 bytes, over 4x the file's"):
+        load_checkpoint(data)
+
+
+def test_a_compressed_copy_of_an_honest_file_is_refused(tmp_path):
+    honest = checkpoint_bytes(small_model().state_dict(), "paper")
+    with zipfile.ZipFile(io.BytesIO(honest)) as src, zipfile.ZipFile(tmp_path / "z.pt", "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info), compress_type=zipfile.ZIP_DEFLATED)
+    with pytest.raises(CheckpointError, match="is compressed; torch files store entries uncompressed"):
+        load_checkpoint(tmp_path / "z.pt")
+
+
+def test_parameters_and_optimizer_state_still_load():
+    model = small_model()
+    params = {name: nn.Parameter(p.detach().clone()) for name, p in model.named_parameters()}
+    loaded = load_checkpoint(torch_bytes({"model_state_dict": params, "epoch": 2}))
+    assert loaded.format == "paper" and sorted(loaded.state_dict) == sorted(params)
+
+
+def test_model_given_shapes_are_checked_before_values(tmp_path):
+    from otcore.models import build_model
+
+    state = model_state()
+    state["fc2.weight"] = torch.full((5, 400), float("nan"))  # wrong shape and NaN: the shape speaks first
+    with pytest.raises(CheckpointError, match=r"does not fit mlpnet: fc2\.weight has shape \(5, 400\)"):
+        load_checkpoint(checkpoint_bytes(state, "paper"), model=build_model("mlpnet", (1, 8, 8), 10),
+                        arch_name="mlpnet")
+
+
+def test_float64_within_float32_range_loads():
+    state = {"w": torch.tensor([3.0e38, -3.0e38, 1e-300], dtype=torch.float64)}
+    assert load_checkpoint(checkpoint_bytes(state, "state_dict")).state_dict["w"].dtype == torch.float64
+
+
+def test_a_folder_is_refused(tmp_path):
+    with pytest.raises(CheckpointError, match="is a folder, not a checkpoint file"):
+        load_checkpoint(tmp_path)
+
+
+def test_a_symlink_to_an_honest_file_loads(tmp_path):
+    save_checkpoint(small_model().state_dict(), tmp_path / "real.pt")
+    (tmp_path / "link.pt").symlink_to(tmp_path / "real.pt")
+    assert load_checkpoint(tmp_path / "link.pt").format == "paper"
