@@ -26,7 +26,8 @@ def make_entry(key: str, kind: str = "parent", scale: float = 1.0) -> CacheEntry
                "layer1.bias": torch.zeros(4, dtype=torch.float64), "steps": torch.tensor(12),
                "half": torch.ones(3, dtype=torch.bfloat16), "mask": torch.tensor([True, False])}
     return CacheEntry(key=key, kind=kind, config={"arch": "mlpnet", "widths": [4, 8], "seed": 0},
-                      metrics={"test_accuracy": 0.93, "history": {"loss": [1.5, 0.7], "acc": [0.5, 0.9]}},
+                      metrics={"test_accuracy": 0.93, "history": {"loss": [1.5, 0.7], "acc": [0.5, 0.9]},
+                               "test": {"accuracy": 93.0, "loss": 0.25}, "train": {"accuracy": 97.5, "loss": 0.125}},
                       tensors=tensors)
 
 
@@ -125,11 +126,17 @@ def test_flipped_byte_is_detected_removed_and_recomputed(tmp_path, key, caplog, 
     cache.store(make_entry(key))
     path = entry_path(cache, key)
     damage(path, where, b"0.93")  # 0.93 -> 0.92, still valid JSON
-    assert [row.key for row in cache.entries()] == [key]  # the manifest reads headers only
+    with caplog.at_level(logging.WARNING, logger="otcore.cache"):
+        listing = cache.listing()
+        assert cache.entries() == [] and cache.load_record(key) is None  # checked again: no second warning
+    assert listing.rows == [] and listing.skipped == [(key, "damaged (checksum mismatch)")]
+    assert [r.getMessage() for r in caplog.records] == [f"cache entry {key} skipped: damaged (checksum mismatch)"]
+    assert path.exists()  # a listing only reads; load() removes the damaged entry
     counter = Counter(tmp_path / "calls.txt", key)
     with caplog.at_level(logging.WARNING, logger="otcore.cache"):
         recomputed = cache.get_or_compute(key, counter)
     assert "corrupt" in caplog.text
+    assert [row.key for row in cache.entries()] == [key]
     assert counter.calls == 1
     assert_same_entry(recomputed, cache.load(key))
     assert torch.equal(cache.load(key).tensors["layer2.weight"], make_entry(key).tensors["layer2.weight"])
@@ -144,7 +151,7 @@ def every_dtype_entry(key: str) -> CacheEntry:
                "i16": torch.tensor([300], dtype=torch.int16), "i8": torch.tensor([-5, 6], dtype=torch.int8),
                "u8": torch.arange(250, 256, dtype=torch.uint8), "mask": torch.tensor([True, False, True]),
                "scalar": torch.tensor(2.5), "empty": torch.zeros(0, 4)}
-    return CacheEntry(key=key, kind="fusion", config={"seed": 1}, metrics={"rows": [{"acc": 0.5}]}, tensors=tensors)
+    return CacheEntry(key=key, kind="arrays", config={"seed": 1}, metrics={"values": [{"acc": 0.5}]}, tensors=tensors)
 
 
 @pytest.mark.parametrize("make", [make_entry, every_dtype_entry])
@@ -313,18 +320,18 @@ def test_write_failure_after_open_degrades(tmp_path, key, caplog):
 
 def test_manifest_lists_entries_with_config_and_metrics(tmp_path):
     cache = DiskCache(tmp_path)
-    keys = {kind: spec_hash(kind, TrainSpec(seed=1)) for kind in ("parent", "fusion", "hessian")}
+    keys = {kind: spec_hash(kind, TrainSpec(seed=1)) for kind in ("parent", "surface", "hessian")}
     for kind, k in keys.items():
         cache.store(make_entry(k, kind=kind))
         time.sleep(0.01)
     rows = cache.entries()
-    assert [r.key for r in rows] == [keys["hessian"], keys["fusion"], keys["parent"]]  # newest first
+    assert [r.key for r in rows] == [keys["hessian"], keys["surface"], keys["parent"]]  # newest first
     for row in rows:
         assert row.config == {"arch": "mlpnet", "widths": [4, 8], "seed": 0}
         assert row.metrics["history"]["loss"] == [1.5, 0.7]
         assert row.size == entry_path(cache, row.key).stat().st_size
-    assert [r.kind for r in cache.entries(kind="fusion")] == ["fusion"]
-    cache.delete(keys["fusion"])
+    assert [r.kind for r in cache.entries(kind="surface")] == ["surface"]
+    cache.delete(keys["surface"])
     assert {r.kind for r in cache.entries()} == {"parent", "hessian"}
     cache.clear()
     assert cache.entries() == [] and cache.load(keys["parent"]) is None
