@@ -359,3 +359,65 @@ def test_default_cache_reads_the_environment_at_call_time(tmp_path, monkeypatch)
     assert default_cache().root == tmp_path / "second" and (tmp_path / "second").is_dir()
     monkeypatch.delenv("OTCORE_CACHE_DIR")
     assert DiskCache(tmp_path / "explicit").root == tmp_path / "explicit"
+
+
+def parent_like(key: str, accuracy=93.5) -> CacheEntry:
+    """make_entry with the metrics a parent's readers use."""
+    entry = make_entry(key)
+    entry.metrics["test"] = {"accuracy": accuracy, "loss": 0.25}
+    return entry
+
+
+def test_listing_skips_malformed_records_with_one_warning_each_and_keeps_the_good(tmp_path, caplog):
+    cache = DiskCache(tmp_path)
+    cache.store(parent_like("good"))
+    cache.store(parent_like("text", accuracy="93.5"))  # a string where a number belongs, checksum valid
+    cache.store(CacheEntry("nostatus", "sweep", {"data": {"name": "digits"}, "model": {"arch": "mlpnet"},
+                                                 "step": "prune"}, {"done": 0, "total": 1}))
+    cache.store(parent_like("future"))
+    cache.store(CacheEntry("when", "parent", {}, parent_like("x").metrics, created=1e300))  # no calendar shows it
+    cache.store(parent_like("cut"))
+    cut = entry_path(cache, "cut")
+    cut.write_bytes(cut.read_bytes()[:50])  # a truncated header
+    entry_path(cache, "empty").write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="otcore.cache"):
+        for _ in range(3):
+            listing = cache.listing()
+    assert [r.key for r in listing.rows] == ["future", "good"]  # newest first
+    reasons = dict(listing.skipped)
+    assert list(reasons) == ["cut", "empty", "nostatus", "text", "when"]
+    assert reasons["text"] == "metrics.test.accuracy is the string '93.5', expected a number"
+    assert reasons["nostatus"] == "metrics.status is missing"
+    assert reasons["when"] == "created is 1e+300, expected a time in seconds since 1970"
+    assert reasons["cut"].startswith("damaged (") and reasons["empty"].startswith("damaged (")
+    assert len(caplog.records) == 5  # once per bad file, not once per listing
+    assert listing.warning().startswith("5 damaged or unreadable cache entries skipped (cut: damaged")
+    assert cache.load_record("text") is None and cache.load_record("good").metrics["test"]["accuracy"] == 93.5
+
+
+def test_each_file_version_is_hashed_once(tmp_path, monkeypatch):
+    import otcore.cache as cache_module
+
+    hashed: list[int] = []
+    real = cache_module._verified_record
+    monkeypatch.setattr(cache_module, "_verified_record", lambda f, size: hashed.append(size) or real(f, size))
+    cache = DiskCache(tmp_path)
+    for key in ("a", "b"):
+        cache.store(parent_like(key))
+    for _ in range(3):
+        assert [r.key for r in cache.listing().rows] == ["b", "a"]
+        assert cache.load_record("a") is not None
+    assert len(hashed) == 2
+    cache.store(parent_like("a", accuracy=90.0))  # a new version of one entry: hashed again, the other not
+    assert cache.load_record("a").metrics["test"]["accuracy"] == 90.0 and len(cache.entries()) == 2
+    assert len(hashed) == 3
+
+
+def test_verification_in_small_chunks_agrees_with_load(tmp_path, monkeypatch):
+    import otcore.cache as cache_module
+
+    monkeypatch.setattr(cache_module, "_CHUNK", 7)  # every tensor read in many uneven pieces
+    cache = DiskCache(tmp_path)
+    cache.store(every_dtype_entry("arrays"))
+    record, entry = cache.load_record("arrays"), cache.load("arrays")
+    assert (record.kind, record.metrics, record.created) == (entry.kind, entry.metrics, entry.created)
