@@ -31,8 +31,11 @@ def home() -> None:
         "Start in the sidebar: pick a dataset and architecture, press **Train / load parents**, then open a page.")
 
     cache = default_cache()
-    rows = cache.entries()
+    listing = cache.listing()  # verified: a damaged or malformed entry is skipped, never shown
+    rows = listing.rows
     st.subheader("Cache", anchor=False)
+    if listing.warning():
+        st.warning(f"{listing.warning()}; they are recomputed when next needed.", icon=":material/warning:")
     total = figures.human_size(sum(r.size for r in rows))
     st.caption(f"Every step that takes time is stored in `{cache.root}` by a hash of its settings; "
                f"{len(rows)} entries, {total}. A setting seen before returns at once.")

@@ -6,8 +6,11 @@ so damaged entries are detected, removed and recomputed. Writes are atomic (temp
 rename) and a per-key file lock makes racing processes compute a key once. A cache that cannot
 write (read-only, missing, full disk) logs one warning and works on without caching.
 
-Importing this module does not import torch: `load_record` verifies an entry from the file's
-bytes alone, so a CLI call answered from the cache skips torch's two-second import.
+Importing this module does not import torch: `load_record` and `listing` verify an entry from the
+file's bytes alone, so a CLI call answered from the cache skips torch's two-second import. Listings
+show or hand out only entries whose checksum verifies and whose record has its kind's shape
+(otcore.records); the rest are skipped with one warning each. Each file version is hashed once
+per process.
 """
 from __future__ import annotations
 
@@ -19,12 +22,15 @@ import os
 import re
 import struct
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable
 
 from filelock import FileLock
+
+from otcore.records import record_problem
 
 if TYPE_CHECKING:
     import torch
@@ -34,6 +40,8 @@ log = logging.getLogger(__name__)
 SUFFIX = ".safetensors"
 _KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")  # keys name files: no separators, no hidden names
 _STALE_TEMP_S = 3600.0  # temp files older than this are left by killed writers
+_MAX_HEADER = 100_000_000  # bytes of a safetensors header; ours are kilobytes
+_CHUNK = 1 << 22  # bytes hashed per read when an entry is verified from its file
 # safetensors' dtype codes -> (torch's dtype name, which the checksum has always hashed; bytes per element)
 _DTYPES = {"F64": ("torch.float64", 8), "F32": ("torch.float32", 4), "F16": ("torch.float16", 2),
            "BF16": ("torch.bfloat16", 2), "I64": ("torch.int64", 8), "I32": ("torch.int32", 4),
@@ -62,6 +70,27 @@ class ManifestRow:
     metrics: dict[str, Any]
     created: float
     size: int  # bytes on disk
+
+
+@dataclass
+class Listing:
+    """A verified listing: the rows that may be shown or reused, and the entries left out with why."""
+
+    rows: list[ManifestRow]
+    skipped: list[tuple[str, str]]  # (key, why), in key order
+
+    def warning(self) -> str | None:
+        """One line naming the skipped entries, or None when none was."""
+        if not self.skipped:
+            return None
+        named = "; ".join(f"{key[:12]}: {why}" for key, why in self.skipped[:3])
+        more = f" and {len(self.skipped) - 3} more" if len(self.skipped) > 3 else ""
+        return f"{len(self.skipped)} damaged or unreadable cache entries skipped ({named}{more})"
+
+
+# Verified records by file path: (signature of the file version, its row or why it was skipped).
+_VERIFIED: dict[str, tuple[tuple[int, ...], ManifestRow | str]] = {}
+_VERIFIED_LOCK = threading.Lock()  # Streamlit lists from several threads
 
 
 def config_field(config: dict[str, Any], part: str, name: str) -> str:
@@ -124,18 +153,12 @@ class DiskCache:
                           metrics=record["metrics"], tensors=tensors, created=record["created"])
 
     def load_record(self, key: str) -> ManifestRow | None:
-        """An entry's kind, config, metrics and time, checksum-verified without torch; None if missing or damaged.
+        """An entry's kind, config, metrics and time, checksum- and shape-verified without torch; None if not.
 
         A damaged entry is left in place: `load` removes it, and the caller goes on to `load`.
         """
-        path = self._path(key)
-        try:
-            data = path.read_bytes()
-            record = _verified_record(data)
-        except Exception:  # any failure means damage (or a miss): the normal path deals with it
-            return None
-        return ManifestRow(key=key, kind=record["kind"], config=record["config"], metrics=record["metrics"],
-                           created=record["created"], size=len(data))
+        row = _verified_row(self._path(key))
+        return row if isinstance(row, ManifestRow) else None
 
     def store(self, entry: CacheEntry) -> None:
         """Write an entry atomically; on a write error, warn once and stop caching."""
@@ -180,20 +203,30 @@ class DiskCache:
             if lock is not None:
                 lock.release()
 
-    def entries(self, kind: str | None = None) -> list[ManifestRow]:
-        """The manifest, newest first, read from file headers only (never stale, never the tensors)."""
-        rows = []
-        for path in self.root.glob(f"*{SUFFIX}") if self.root.is_dir() else []:
-            try:
-                record = json.loads(_read_metadata(path)["entry"])
-                row = ManifestRow(key=path.name[:-len(SUFFIX)], kind=record["kind"], config=record["config"],
-                                  metrics=record["metrics"], created=record["created"],
-                                  size=path.stat().st_size)
-            except (OSError, ValueError, KeyError, TypeError, struct.error):  # damaged or vanished; load() deals with it
+    def listing(self, kind: str | None = None) -> Listing:
+        """Every entry (of `kind`) whose checksum and record shape verify, newest first, and those skipped.
+
+        Each file is hashed once per version (memoised by inode, size and times); a damaged or
+        malformed entry is logged once and skipped, never fatal, and left for `load` to remove.
+        """
+        rows, skipped = [], []
+        for path in sorted(self.root.glob(f"*{SUFFIX}")) if self.root.is_dir() else []:
+            row = _verified_row(path)
+            if row is None:  # vanished while listed
                 continue
-            if kind is None or row.kind == kind:
+            if isinstance(row, str):
+                skipped.append((path.name[:-len(SUFFIX)], row))
+            elif kind is None or row.kind == kind:
                 rows.append(row)
-        return sorted(rows, key=lambda r: r.created, reverse=True)
+        return Listing(sorted(rows, key=lambda r: r.created, reverse=True), skipped)
+
+    def entries(self, kind: str | None = None) -> list[ManifestRow]:
+        """The verified manifest, newest first (`listing(kind).rows`): what may be shown or reused."""
+        return self.listing(kind).rows
+
+    def keys(self) -> list[str]:
+        """The key of every entry file, unverified (`load` verifies each)."""
+        return sorted(p.name[:-len(SUFFIX)] for p in self.root.glob(f"*{SUFFIX}")) if self.root.is_dir() else []
 
     def delete(self, key: str) -> None:
         """Remove one entry if present."""
@@ -256,15 +289,57 @@ def _tensor_items(tensors: dict[str, torch.Tensor]) -> list[TensorItem]:
     return items
 
 
-def _verified_record(data: bytes) -> dict[str, Any]:
-    """The entry JSON of a safetensors file's bytes, after checking its checksum; raises ValueError if damaged."""
+def _verified_row(path: Path) -> ManifestRow | str | None:
+    """The entry at path as a manifest row if it verifies, else why not; None if there is no file.
+
+    Memoised per file version, so a listing hashes each entry once per change, not once per page run.
+    """
+    try:
+        stat = path.stat()
+        with _VERIFIED_LOCK:
+            memo = _VERIFIED.get(str(path))
+        if memo is not None and memo[0] == _signature(stat):
+            return memo[1]
+        with open(path, "rb") as f:  # fstat of the open file: the signature of exactly the bytes read
+            stat = os.fstat(f.fileno())
+            try:
+                record = _verified_record(f, stat.st_size)
+                problem = record_problem(record)
+            except Exception as e:  # the file's content is untrusted: any failure to parse it is damage
+                record, problem = None, f"damaged ({str(e) or type(e).__name__})"
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})"
+    key = path.name[:-len(SUFFIX)]
+    row: ManifestRow | str = problem or ManifestRow(key=key, kind=record["kind"], config=record["config"],
+                                                     metrics=record["metrics"], created=record["created"],
+                                                     size=stat.st_size)
+    if problem:
+        log.warning("cache entry %s skipped: %s", key, problem)
+    with _VERIFIED_LOCK:
+        _VERIFIED[str(path)] = (_signature(stat), row)
+    return row
+
+
+def _signature(stat: os.stat_result) -> tuple[int, ...]:
+    # Any rewrite (even one restoring the size and mtime) gets a new inode or a new ctime.
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
+
+
+def _verified_record(f: BinaryIO, size: int) -> dict[str, Any]:
+    """The entry JSON of an open safetensors file after checking its checksum; raises ValueError if damaged.
+
+    Reads the tensors in chunks, so verifying a large entry never holds it in memory.
+    """
     # Layout: an 8-byte little-endian header length, the header JSON ({name: {dtype, shape, data_offsets}},
     # '__metadata__'), then the tensors' bytes, offsets counted from the end of the header.
-    (n,) = struct.unpack_from("<Q", data)
-    header = json.loads(data[8:8 + n])
+    (n,) = struct.unpack("<Q", f.read(8))
+    if n > min(size - 8, _MAX_HEADER):
+        raise ValueError("header length exceeds the file")
+    header = json.loads(f.read(n))
     metadata = header.pop("__metadata__")
-    body = memoryview(data)[8 + n:]
-    items, end = [], 0
+    spans, end = [], 0
     for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"]):
         dtype, itemsize = _DTYPES[info["dtype"]]
         shape = tuple(int(d) for d in info["shape"])
@@ -272,22 +347,23 @@ def _verified_record(data: bytes) -> dict[str, Any]:
         # As safetensors itself checks: tensors tile the data exactly, each as long as its shape says.
         if start != end or stop - start != itemsize * math.prod(shape):
             raise ValueError(f"tensor {name} has inconsistent offsets")
-        items.append((name, dtype, shape, body[start:stop]))
+        spans.append((name, dtype, shape, start, stop))
         end = stop
-    if end != len(body):
+    if end != size - 8 - n:
         raise ValueError("data length does not match the header")
-    if _checksum(metadata["entry"], items) != metadata["sha256"]:
+    # _checksum's digest, fed from the file: the entry JSON, then each tensor in sorted name order.
+    digest = hashlib.sha256(metadata["entry"].encode())
+    for name, dtype, shape, start, stop in sorted(spans):
+        digest.update(f"\0{name}\0{dtype}\0{shape}\0".encode())
+        f.seek(8 + n + start)
+        for offset in range(start, stop, _CHUNK):
+            chunk = f.read(min(_CHUNK, stop - offset))
+            if len(chunk) != min(_CHUNK, stop - offset):
+                raise ValueError("the file ended early")
+            digest.update(chunk)
+    if digest.hexdigest() != metadata["sha256"]:
         raise ValueError("checksum mismatch")
     return json.loads(metadata["entry"])
-
-
-def _read_metadata(path: Path) -> dict[str, str]:
-    # The safetensors header: an 8-byte little-endian length, then that much JSON.
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        if n > 100_000_000:
-            raise ValueError("header too large")
-        return json.loads(f.read(n))["__metadata__"]
 
 
 def _json_default(value: Any) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from dataclasses import replace
@@ -175,10 +176,10 @@ def _list_args(p: argparse.ArgumentParser) -> None:
 
 @command("list", _list_args)
 def run_list(args: argparse.Namespace) -> dict:
-    """The cache's manifest."""
+    """The cache's manifest: verified entries only (a damaged or malformed one is skipped with a warning)."""
     from otcore.cache import config_field, default_cache
 
-    rows = default_cache().entries(args.kind)
+    rows = default_cache().entries(args.kind)  # the cache logs one warning per skipped entry
     entries = [{"key": r.key, "kind": r.kind, "config": r.config, "metrics": r.metrics, "created": r.created,
                 "bytes": r.size} for r in rows]
     lines = [f"{r.key}  {r.kind:12s} {config_field(r.config, 'data', 'name'):8s} "
@@ -231,6 +232,13 @@ def fusion_spec(args: argparse.Namespace) -> FusionSpec:
         alignment=args.alignment.replace("-", "_"), finetune_epochs=args.finetune_epochs)
 
 
+def checked_fusion_spec(args: argparse.Namespace) -> FusionSpec:
+    """fusion_spec, with its anchor and per-parent weights checked against the number of parents before any work."""
+    spec = fusion_spec(args)
+    spec.parent_weights(len(args.parents) if getattr(args, "parents", None) else len(args.seeds))
+    return spec
+
+
 def comparison_json(comparison: Any) -> dict:
     """The headless contract of a comparison: accuracies (percent), rows, seconds."""
     rows = [{"method": r.method, "test_accuracy": r.test.accuracy, "test_loss": r.test.loss,
@@ -252,7 +260,7 @@ def run_fuse(args: argparse.Namespace) -> dict:
     """Fuse parents (files or cached) and compare with every baseline."""
     from otcore.pipeline import fuse_and_compare
 
-    spec = fusion_spec(args)
+    spec = checked_fusion_spec(args)
     bar = Bar("fuse")
     try:
         parents = parents_of(args, bar)
@@ -281,13 +289,21 @@ def run_report(args: argparse.Namespace) -> dict:
     from otcore.pipeline import fuse_and_compare
     from otcore.report import fusion_report
 
-    spec = fusion_spec(args)
+    spec = checked_fusion_spec(args)
+    out = Path(args.out)
+    # Checked before the work, not found out after it: a folder, a missing folder, a read-only one.
+    if out.is_dir():
+        raise SpecError(f"--out {out} is a folder; give the HTML file to write, e.g. {out / 'report.html'}")
+    folder = out.parent
+    if not folder.is_dir():
+        raise SpecError(f"--out {out}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or out.exists() and not os.access(out, os.W_OK):
+        raise SpecError(f"--out {out}: cannot write there (permission denied)")
     bar = Bar("report")
     parents = parents_of(args, bar)
     data, model = specs(args)
     comparison = fuse_and_compare(data, model, parents, spec, train_spec(args, spec.finetune_epochs), args.device, bar)
     bar.close()
-    out = Path(args.out)
     html = fusion_report(comparison, data, model, parents, spec, args.device, args.title)
     write_atomic(out, html.encode("utf-8"))
     result = comparison_json(comparison)
@@ -336,7 +352,7 @@ def run_prune(args: argparse.Namespace) -> dict:
     """Prune the parents before or after fusion and compare every method at one fraction."""
     from otcore.pipeline import prune_and_compare
 
-    spec, fusion = prune_spec(args, args.fraction), fusion_spec(args)
+    spec, fusion = prune_spec(args, args.fraction), checked_fusion_spec(args)
     bar = Bar("prune")
     parents = parents_of(args, bar)
     data, model = specs(args)
@@ -497,10 +513,15 @@ def run_hessian(args: argparse.Namespace) -> dict:
         comparison = fuse_and_compare(data, model, parents, FusionSpec(), train_spec(args), args.device, bar)
         rows = [r for r in comparison.rows if r.model is not None and r.method in
                 [p.name for p in parents] + ["OT fusion"]]
+    smallest = min(sum(p.numel() for p in r.model.parameters()) for r in rows)
+    if spec.top_k > smallest:  # deflation past the last eigenvalue only finds noise
+        bar.close()
+        raise SpecError(f"top-k {spec.top_k} exceeds the {smallest} parameters of the smallest network")
     results = curvatures(data, rows, spec, args.device, bar)
     bar.close()
     models = [{"name": c.name, "top_eigenvalues": c.top_eigenvalues, "trace": c.trace,
-               "trace_std_error": c.trace_std_error, "trace_method": c.trace_method,
+               "trace_std_error": c.trace_std_error if math.isfinite(c.trace_std_error) else None,  # one probe
+               "trace_method": c.trace_method,
                "density": {"nodes": c.density_nodes, "weights": c.density_weights},
                "perturbation": {"lambdas": c.perturbation["lambdas"], "loss": c.perturbation["loss_mean"],
                                 "loss_std": c.perturbation["loss_std"],
@@ -528,5 +549,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     text = result.pop("text", None)
-    print(json.dumps(result) if args.json or text is None else text)
+    if args.json or text is None:
+        try:
+            text = dumps(result)
+        except ValueError as err:  # a non-finite number: a diverged computation, not valid JSON
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+    print(text)
     return 0
+
+
+def dumps(result: dict) -> str:
+    """The result as strict JSON: NaN and infinity are refused (ValueError naming the field), never printed."""
+    try:
+        return json.dumps(result, allow_nan=False)
+    except ValueError:
+        raise ValueError(f"the result holds a non-finite number at {_non_finite(result, 'result')}, "
+                         "which JSON cannot carry (did the computation diverge?)") from None
+
+
+def _non_finite(value: Any, where: str) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{where} ({value})"
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    for name, item in items:
+        if found := _non_finite(item, f"{where}[{name!r}]" if isinstance(name, str) else f"{where}[{name}]"):
+            return found
+    return ""

@@ -55,6 +55,16 @@ ARCHITECTURES = ("mlpnet", "mlpnet_half", "mlpnet_doub", "vgg11_nobias", "vgg11_
                  "resnet_tiny_nobias_nobn")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")  # resolved by otcore.device.resolve_device
 
+# Ranges a study can use; beyond them a value is a typo (or inf/NaN, which every comparison refuses),
+# and would only produce NaN networks or allocate without bound. The README's CLI section lists them.
+MAX_EPOCHS = 1000
+MAX_BATCH = 100_000  # examples per batch
+MAX_SAMPLES = 100_000  # activation samples
+MAX_SEED = 2**31
+MAX_WEIGHT = 1e6  # per-parent averaging weights and their sum (only their ratios matter)
+MAX_PARENTS = 1000  # bound of an anchor index before the parents are counted
+MAX_LAMBDA = 100.0  # perturbation along a unit eigenvector
+
 
 @dataclass(frozen=True)
 class DataSpec:
@@ -111,9 +121,10 @@ class TrainSpec:
     def __post_init__(self) -> None:
         _check(self.partition in PARTITIONS, f"partition must be one of {PARTITIONS}, got '{self.partition}'")
         classes = tuple(int(c) for c in self.partition_classes)
-        _check(all(c >= 0 for c in classes) and len(set(classes)) == len(classes),
-               f"partition classes must be distinct class indices >= 0, got {self.partition_classes}")
-        _check(self.personal_class >= 0, f"personal class must be >= 0, got {self.personal_class}")
+        _check(all(0 <= c < 1000 for c in classes) and len(set(classes)) == len(classes),
+               f"partition classes must be distinct class indices in [0, 1000), got {self.partition_classes}")
+        _check(0 <= self.personal_class < 1000, f"personal class must be in [0, 1000), got {self.personal_class}")
+        _check(0 <= self.partition_seed < MAX_SEED, f"partition seed must be in [0, 2**31), got {self.partition_seed}")
         _check(0.0 < self.partition_fraction < 1.0,
                f"partition fraction must be in (0, 1), got {self.partition_fraction}")
         _check(self.part >= 0, f"partition part must be >= 0, got {self.part}")
@@ -128,11 +139,12 @@ class TrainSpec:
                      "part": self.part if self.partition != "iid" else 0}
         for name, value in canonical.items():
             object.__setattr__(self, name, value)
-        _check(self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}")
-        _check(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
-        _check(self.lr > 0, f"learning rate must be > 0, got {self.lr}")
+        _check(0 <= self.epochs <= MAX_EPOCHS, f"epochs must be in [0, {MAX_EPOCHS}], got {self.epochs}")
+        _check(1 <= self.batch_size <= MAX_BATCH, f"batch size must be in [1, {MAX_BATCH}], got {self.batch_size}")
+        _check(0 < self.lr <= 10, f"learning rate must be in (0, 10], got {self.lr}")
         _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
-        _check(self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}")
+        _check(0 <= self.weight_decay <= 1, f"weight decay must be in [0, 1], got {self.weight_decay}")
+        _check(0 <= self.seed < MAX_SEED, f"seed must be in [0, 2**31), got {self.seed}")
 
 
 def check_partition_parents(spec: TrainSpec, n_parents: int) -> None:
@@ -179,9 +191,11 @@ class FusionSpec:
 
     def __post_init__(self) -> None:
         _check(self.mode in ALIGN_MODES, f"mode must be one of {ALIGN_MODES}, got '{self.mode}'")
-        _check(self.act_samples >= 1, f"activation samples must be >= 1, got {self.act_samples}")
+        _check(1 <= self.act_samples <= MAX_SAMPLES,
+               f"activation samples must be in [1, {MAX_SAMPLES}], got {self.act_samples}")
+        _check(0 <= self.act_seed < MAX_SEED, f"activation seed must be in [0, 2**31), got {self.act_seed}")
         _check(self.solver in SOLVERS, f"solver must be one of {SOLVERS}, got '{self.solver}'")
-        _check(self.reg > 0, f"Sinkhorn reg must be > 0, got {self.reg}")
+        _check(0 < self.reg <= 100, f"Sinkhorn reg must be in (0, 100], got {self.reg}")
         _check(self.ground_metric in GROUND_METRICS,
                f"ground metric must be one of {GROUND_METRICS}, got '{self.ground_metric}'")
         _check(self.normalize in NORMALIZATIONS,
@@ -189,20 +203,24 @@ class FusionSpec:
         _check(self.marginals in MARGINALS, f"marginals must be one of {MARGINALS}, got '{self.marginals}'")
         _check(0.0 <= self.ensemble_step <= 1.0, f"ensemble step must be in [0, 1], got {self.ensemble_step}")
         if self.weights is not None:
-            _check(len(self.weights) >= 2 and all(w >= 0 for w in self.weights) and sum(self.weights) > 0,
-                   "per-parent weights must be >= 0, at least two, with a positive sum")
+            _check(len(self.weights) >= 2 and all(0 <= w <= MAX_WEIGHT for w in self.weights)
+                   and 0 < sum(self.weights) <= MAX_WEIGHT,
+                   f"per-parent weights must be at least two, each in [0, {MAX_WEIGHT:g}], with a sum in "
+                   f"(0, {MAX_WEIGHT:g}]; got {', '.join(map(str, self.weights))}")
+        _check(-MAX_PARENTS <= self.anchor < MAX_PARENTS, f"anchor {self.anchor} out of range")
         _check(self.alignment in ("ot", "weight_matching"),
                f"alignment must be 'ot' or 'weight_matching', got '{self.alignment}'")
-        _check(self.finetune_epochs >= 0, f"fine-tuning epochs must be >= 0, got {self.finetune_epochs}")
+        _check(0 <= self.finetune_epochs <= MAX_EPOCHS,
+               f"fine-tuning epochs must be in [0, {MAX_EPOCHS}], got {self.finetune_epochs}")
 
     def parent_weights(self, n_parents: int) -> list[float]:
         """Normalised averaging weight of each parent."""
+        _check(-n_parents <= self.anchor < n_parents, f"anchor {self.anchor} out of range for {n_parents} parents")
         if self.weights is not None:
             _check(len(self.weights) == n_parents,
                    f"{len(self.weights)} per-parent weights given for {n_parents} parents")
             total = sum(self.weights)
             return [w / total for w in self.weights]
-        _check(-n_parents <= self.anchor < n_parents, f"anchor {self.anchor} out of range for {n_parents} parents")
         if n_parents == 2:
             out = [1.0 - self.ensemble_step] * 2
             out[self.anchor % 2] = self.ensemble_step
@@ -233,9 +251,11 @@ class PruneSpec:
         _check(0.0 <= self.fraction < 1.0, f"prune fraction must be in [0, 1), got {self.fraction}")
         _check(self.type in PRUNE_TYPES, f"prune type must be one of {PRUNE_TYPES}, got '{self.type}'")
         _check(self.scope in PRUNE_SCOPES, f"prune scope must be one of {PRUNE_SCOPES}, got '{self.scope}'")
-        _check(self.norm >= 1, f"structured pruning norm must be >= 1, got {self.norm}")
+        _check(1 <= self.norm <= 100, f"structured pruning norm must be in [1, 100], got {self.norm}")
         _check(self.order in PRUNE_ORDERS, f"order must be one of {PRUNE_ORDERS}, got '{self.order}'")
-        _check(self.retrain_parents_epochs >= 0 and self.retrain_epochs >= 0, "retraining epochs must be >= 0")
+        _check(0 <= self.retrain_parents_epochs <= MAX_EPOCHS and 0 <= self.retrain_epochs <= MAX_EPOCHS,
+               f"retraining epochs must be in [0, {MAX_EPOCHS}], got {self.retrain_parents_epochs} (parents) and "
+               f"{self.retrain_epochs} (fused net)")
 
 
 TRACE_METHODS = ("auto", "exact", "hutchinson")
@@ -262,16 +282,19 @@ class HessianSpec:
 
     def __post_init__(self) -> None:
         _check(self.split in ("train", "test"), f"split must be 'train' or 'test', got '{self.split}'")
-        _check(self.batches >= 1, f"batches must be >= 1, got {self.batches}")
-        _check(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
-        _check(self.top_k >= 1, f"top-k must be >= 1, got {self.top_k}")
-        _check(self.power_iters >= 1, f"power iterations must be >= 1, got {self.power_iters}")
-        _check(self.tol > 0, f"tolerance must be > 0, got {self.tol}")
+        _check(1 <= self.batches <= 1000, f"batches must be in [1, 1000], got {self.batches}")
+        _check(1 <= self.batch_size <= MAX_BATCH, f"batch size must be in [1, {MAX_BATCH}], got {self.batch_size}")
+        _check(self.seed is None or 0 <= self.seed < MAX_SEED, f"seed must be in [0, 2**31), got {self.seed}")
+        _check(1 <= self.top_k <= 100, f"top-k must be in [1, 100], got {self.top_k}")
+        _check(1 <= self.power_iters <= 10_000, f"power iterations must be in [1, 10000], got {self.power_iters}")
+        _check(0 < self.tol < 1, f"tolerance must be in (0, 1), got {self.tol}")
         _check(self.trace_method in TRACE_METHODS,
                f"trace method must be one of {TRACE_METHODS}, got '{self.trace_method}'")
-        _check(self.trace_probes >= 1, f"trace probes must be >= 1, got {self.trace_probes}")
-        _check(self.lanczos_iters >= 2, f"Lanczos iterations must be >= 2, got {self.lanczos_iters}")
-        _check(self.density_probes >= 1, f"density probes must be >= 1, got {self.density_probes}")
+        _check(1 <= self.trace_probes <= 10_000, f"trace probes must be in [1, 10000], got {self.trace_probes}")
+        _check(2 <= self.lanczos_iters <= 1000, f"Lanczos iterations must be in [2, 1000], got {self.lanczos_iters}")
+        _check(1 <= self.density_probes <= 1000, f"density probes must be in [1, 1000], got {self.density_probes}")
+        _check(-MAX_LAMBDA <= self.lambda_min and self.lambda_max <= MAX_LAMBDA,
+               f"lambdas must be in [-{MAX_LAMBDA}, {MAX_LAMBDA}], got [{self.lambda_min}, {self.lambda_max}]")
         _check(self.lambda_max > self.lambda_min,
                f"lambda range must have positive length, got [{self.lambda_min}, {self.lambda_max}]")
-        _check(self.lambda_points >= 2, f"lambda points must be >= 2, got {self.lambda_points}")
+        _check(2 <= self.lambda_points <= 1001, f"lambda points must be in [2, 1001], got {self.lambda_points}")

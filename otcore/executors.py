@@ -193,6 +193,12 @@ def executor(name: str = "local", ray_address: str | None = None, retries: int =
 
     `cpus_per_task` is each job's torch threads on either executor (and what Ray reserves per task).
     """
+    if not 0 < cpus_per_task <= 1024:  # also refuses inf and NaN, before int() or Ray sees them
+        raise SpecError(f"CPUs per task must be in (0, 1024], got {cpus_per_task}")
+    if not 0 <= ray_options.get("gpus_per_task", 0.0) <= 64:
+        raise SpecError(f"GPUs per task must be in [0, 64], got {ray_options['gpus_per_task']}")
+    if not 0 <= retries <= 100:
+        raise SpecError(f"retries must be in [0, 100], got {retries}")
     if name == "local":
         if ray_address or ray_options:
             raise SpecError(f"{', '.join(['address'] * bool(ray_address) + list(ray_options))} needs the ray executor")

@@ -22,7 +22,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from otcore import pipeline
-from otcore.cache import CacheEntry, DiskCache, default_cache
+from otcore.cache import CacheEntry, DiskCache, Listing, default_cache
 from otcore.config import (DataSpec, FusionSpec, ModelSpec, PruneSpec, SpecError, TrainSpec, check_partition_parents,
                            not_keyed, spec_dict, spec_hash)
 from otcore.figures import (INFERENCE_MS, METHOD, PARAMETERS, TEST_ACC, TEST_LOSS, TRAIN_ACC, method_colour,
@@ -249,7 +249,7 @@ class PointOutput:
 
 
 def _new_entries(cache: DiskCache, given: set[str]) -> list[CacheEntry]:
-    loaded = (cache.load(row.key) for row in cache.entries() if row.key not in given)
+    loaded = (cache.load(key) for key in cache.keys() if key not in given)
     return [entry for entry in loaded if entry is not None]
 
 
@@ -358,13 +358,23 @@ def _cell(value: Any) -> Any:
     return _text(value) if isinstance(value, tuple) else value
 
 
+def _verified_metrics(cache: DiskCache, key: str, step: str) -> dict | None:
+    """The metrics of a point's entry if it is there, verified and of the step's kind; else None."""
+    record = cache.load_record(key)  # checksum and shape (otcore.records) checked, once per file version
+    return record.metrics if record is not None and record.kind == step else None
+
+
 def scores(key: str, metrics: dict) -> pipeline.Comparison:
     """A comparison's scores from its cache entry's metrics, without loading its networks."""
-    rows = [pipeline.MethodResult(r["method"], Evaluation(**r["test"]), Evaluation(**r["train"]), r["parameters"],
+    rows = [pipeline.MethodResult(r["method"], _evaluation(r["test"]), _evaluation(r["train"]), r["parameters"],
                                   r["inference_ms"], None, r["key"]) for r in metrics["rows"]]
     extra = {k: v for k, v in metrics.items() if k not in ("rows", "diagnostics", "seconds")}
     return pipeline.Comparison(key, rows, {}, metrics.get("diagnostics", []), metrics.get("seconds", {}), extra,
                                cached=True)
+
+
+def _evaluation(split: dict) -> Evaluation:
+    return Evaluation(split["accuracy"], split["loss"])  # by name: a record may carry more fields
 
 
 def run_sweep(sweep: SweepSpec, executor: Any = None, cache: DiskCache | None = None,
@@ -383,11 +393,10 @@ def run_sweep(sweep: SweepSpec, executor: Any = None, cache: DiskCache | None = 
     start = time.perf_counter()
     points = sweep.points()
     swept = [name for name, _ in sweep.grid]
-    held = {row.key: row.metrics for row in cache.entries("prune" if sweep.step == "prune" else "fusion")}
     done: dict[str, PointResult | PointFailure] = {}
-    for p in points:
-        if p.key in held:
-            done[p.key] = PointResult(dict(p.values), p.seeds, p.key, scores(p.key, held[p.key]), cached=True)
+    for p in points:  # a damaged or malformed entry is skipped (the cache warns once) and computed again
+        if (metrics := _verified_metrics(cache, p.key, sweep.step)) is not None:
+            done[p.key] = PointResult(dict(p.values), p.seeds, p.key, scores(p.key, metrics), cached=True)
     todo = list({p.key: p for p in points if p.key not in done}.values())
     have = {j.key: e for j in {j for p in todo for j in p.parents()} if (e := cache.load(j.key)) is not None}
     status = "running"
@@ -460,26 +469,29 @@ def _record(sweep: SweepSpec, points: Sequence[Point], done: dict, status: str, 
     return CacheEntry(sweep.key, "sweep", config, metrics)
 
 
-def sweep_records(cache: DiskCache | None = None) -> list[Any]:
-    """The sweeps recorded in the cache, newest first (manifest rows of kind 'sweep')."""
-    return (cache or default_cache()).entries("sweep")
+def sweep_records(cache: DiskCache | None = None) -> Listing:
+    """The sweeps recorded in the cache, newest first (verified rows of kind 'sweep'), and the entries skipped."""
+    return (cache or default_cache()).listing("sweep")
 
 
 def load_sweep(key: str, cache: DiskCache | None = None) -> SweepResult:
-    """A sweep as the cache holds it now (running, interrupted or finished), read without computing."""
+    """A sweep as the cache holds it now (running, interrupted or finished), read without computing.
+
+    Only verified points count: a point whose entry is damaged or malformed is skipped (and warned
+    about once by the cache), as if not yet computed.
+    """
     cache = cache or default_cache()
-    record = next((r for r in cache.entries("sweep") if r.key == key), None)
-    if record is None:
-        raise ValueError(f"no sweep {key} in the cache at {cache.root}")
+    record = cache.load_record(key)
+    if record is None or record.kind != "sweep":
+        raise ValueError(f"no readable sweep {key} in the cache at {cache.root}")
     meta = record.metrics
     step = record.config.get("step", "prune")
-    held = {row.key: row.metrics for row in cache.entries(step)}
     errors = {f["key"]: f for f in meta["failed"]}
     points, failed = [], []
     for p in meta["points"]:
         values, seeds = p["values"], tuple(p["seeds"])
-        if p["key"] in held:
-            points.append(PointResult(values, seeds, p["key"], scores(p["key"], held[p["key"]]), cached=True))
+        if (metrics := _verified_metrics(cache, p["key"], step)) is not None:
+            points.append(PointResult(values, seeds, p["key"], scores(p["key"], metrics), cached=True))
         elif p["key"] in errors:
             failed.append(PointFailure(values, seeds, p["key"], errors[p["key"]]["error"],
                                        errors[p["key"]]["attempts"]))

@@ -71,7 +71,10 @@ if pressed:
         bar.close()
         live.empty()
 
-records = sweeps.sweep_records()
+listing = sweeps.sweep_records()  # verified: damaged or malformed records are skipped with a warning
+records = listing.rows
+if listing.warning():
+    st.warning(listing.warning(), icon=":material/warning:")
 with st.expander(f"Sweeps in the cache ({len(records)}): watch one running elsewhere, or reopen a finished one"):
     pick, button = st.columns([5, 1], vertical_alignment="bottom")
     labels = {r.key: f"{r.metrics['status']} · {r.metrics['done']}/{r.metrics['total']} points · "
@@ -80,7 +83,10 @@ with st.expander(f"Sweeps in the cache ({len(records)}): watch one running elsew
                      f"{datetime.datetime.fromtimestamp(r.metrics['updated']):%Y-%m-%d %H:%M}" for r in records}
     chosen = pick.selectbox("Sweep", list(labels), format_func=labels.get, key="sweeps.record")
     if button.button("Show", key="sweeps.show", disabled=chosen is None, width="stretch"):
-        st.session_state[RESULT] = sweeps.load_sweep(chosen)
+        try:
+            st.session_state[RESULT] = sweeps.load_sweep(chosen)
+        except ValueError as err:  # damaged or removed since it was listed
+            dashboard.show_error(err, "Cannot reopen this sweep")
 
 result = st.session_state.get(RESULT)
 if result is None:

@@ -26,7 +26,8 @@ def make_entry(key: str, kind: str = "parent", scale: float = 1.0) -> CacheEntry
                "layer1.bias": torch.zeros(4, dtype=torch.float64), "steps": torch.tensor(12),
                "half": torch.ones(3, dtype=torch.bfloat16), "mask": torch.tensor([True, False])}
     return CacheEntry(key=key, kind=kind, config={"arch": "mlpnet", "widths": [4, 8], "seed": 0},
-                      metrics={"test_accuracy": 0.93, "history": {"loss": [1.5, 0.7], "acc": [0.5, 0.9]}},
+                      metrics={"test_accuracy": 0.93, "history": {"loss": [1.5, 0.7], "acc": [0.5, 0.9]},
+                               "test": {"accuracy": 93.0, "loss": 0.25}, "train": {"accuracy": 97.5, "loss": 0.125}},
                       tensors=tensors)
 
 
@@ -125,11 +126,17 @@ def test_flipped_byte_is_detected_removed_and_recomputed(tmp_path, key, caplog, 
     cache.store(make_entry(key))
     path = entry_path(cache, key)
     damage(path, where, b"0.93")  # 0.93 -> 0.92, still valid JSON
-    assert [row.key for row in cache.entries()] == [key]  # the manifest reads headers only
+    with caplog.at_level(logging.WARNING, logger="otcore.cache"):
+        listing = cache.listing()
+        assert cache.entries() == [] and cache.load_record(key) is None  # checked again: no second warning
+    assert listing.rows == [] and listing.skipped == [(key, "damaged (checksum mismatch)")]
+    assert [r.getMessage() for r in caplog.records] == [f"cache entry {key} skipped: damaged (checksum mismatch)"]
+    assert path.exists()  # a listing only reads; load() removes the damaged entry
     counter = Counter(tmp_path / "calls.txt", key)
     with caplog.at_level(logging.WARNING, logger="otcore.cache"):
         recomputed = cache.get_or_compute(key, counter)
     assert "corrupt" in caplog.text
+    assert [row.key for row in cache.entries()] == [key]
     assert counter.calls == 1
     assert_same_entry(recomputed, cache.load(key))
     assert torch.equal(cache.load(key).tensors["layer2.weight"], make_entry(key).tensors["layer2.weight"])
@@ -144,7 +151,7 @@ def every_dtype_entry(key: str) -> CacheEntry:
                "i16": torch.tensor([300], dtype=torch.int16), "i8": torch.tensor([-5, 6], dtype=torch.int8),
                "u8": torch.arange(250, 256, dtype=torch.uint8), "mask": torch.tensor([True, False, True]),
                "scalar": torch.tensor(2.5), "empty": torch.zeros(0, 4)}
-    return CacheEntry(key=key, kind="fusion", config={"seed": 1}, metrics={"rows": [{"acc": 0.5}]}, tensors=tensors)
+    return CacheEntry(key=key, kind="arrays", config={"seed": 1}, metrics={"values": [{"acc": 0.5}]}, tensors=tensors)
 
 
 @pytest.mark.parametrize("make", [make_entry, every_dtype_entry])
@@ -313,18 +320,18 @@ def test_write_failure_after_open_degrades(tmp_path, key, caplog):
 
 def test_manifest_lists_entries_with_config_and_metrics(tmp_path):
     cache = DiskCache(tmp_path)
-    keys = {kind: spec_hash(kind, TrainSpec(seed=1)) for kind in ("parent", "fusion", "hessian")}
+    keys = {kind: spec_hash(kind, TrainSpec(seed=1)) for kind in ("parent", "surface", "hessian")}
     for kind, k in keys.items():
         cache.store(make_entry(k, kind=kind))
         time.sleep(0.01)
     rows = cache.entries()
-    assert [r.key for r in rows] == [keys["hessian"], keys["fusion"], keys["parent"]]  # newest first
+    assert [r.key for r in rows] == [keys["hessian"], keys["surface"], keys["parent"]]  # newest first
     for row in rows:
         assert row.config == {"arch": "mlpnet", "widths": [4, 8], "seed": 0}
         assert row.metrics["history"]["loss"] == [1.5, 0.7]
         assert row.size == entry_path(cache, row.key).stat().st_size
-    assert [r.kind for r in cache.entries(kind="fusion")] == ["fusion"]
-    cache.delete(keys["fusion"])
+    assert [r.kind for r in cache.entries(kind="surface")] == ["surface"]
+    cache.delete(keys["surface"])
     assert {r.kind for r in cache.entries()} == {"parent", "hessian"}
     cache.clear()
     assert cache.entries() == [] and cache.load(keys["parent"]) is None
@@ -352,3 +359,65 @@ def test_default_cache_reads_the_environment_at_call_time(tmp_path, monkeypatch)
     assert default_cache().root == tmp_path / "second" and (tmp_path / "second").is_dir()
     monkeypatch.delenv("OTCORE_CACHE_DIR")
     assert DiskCache(tmp_path / "explicit").root == tmp_path / "explicit"
+
+
+def parent_like(key: str, accuracy=93.5) -> CacheEntry:
+    """make_entry with the metrics a parent's readers use."""
+    entry = make_entry(key)
+    entry.metrics["test"] = {"accuracy": accuracy, "loss": 0.25}
+    return entry
+
+
+def test_listing_skips_malformed_records_with_one_warning_each_and_keeps_the_good(tmp_path, caplog):
+    cache = DiskCache(tmp_path)
+    cache.store(parent_like("good"))
+    cache.store(parent_like("text", accuracy="93.5"))  # a string where a number belongs, checksum valid
+    cache.store(CacheEntry("nostatus", "sweep", {"data": {"name": "digits"}, "model": {"arch": "mlpnet"},
+                                                 "step": "prune"}, {"done": 0, "total": 1}))
+    cache.store(parent_like("future"))
+    cache.store(CacheEntry("when", "parent", {}, parent_like("x").metrics, created=1e300))  # no calendar shows it
+    cache.store(parent_like("cut"))
+    cut = entry_path(cache, "cut")
+    cut.write_bytes(cut.read_bytes()[:50])  # a truncated header
+    entry_path(cache, "empty").write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="otcore.cache"):
+        for _ in range(3):
+            listing = cache.listing()
+    assert [r.key for r in listing.rows] == ["future", "good"]  # newest first
+    reasons = dict(listing.skipped)
+    assert list(reasons) == ["cut", "empty", "nostatus", "text", "when"]
+    assert reasons["text"] == "metrics.test.accuracy is the string '93.5', expected a number"
+    assert reasons["nostatus"] == "metrics.status is missing"
+    assert reasons["when"] == "created is 1e+300, expected a time in seconds since 1970"
+    assert reasons["cut"].startswith("damaged (") and reasons["empty"].startswith("damaged (")
+    assert len(caplog.records) == 5  # once per bad file, not once per listing
+    assert listing.warning().startswith("5 damaged or unreadable cache entries skipped (cut: damaged")
+    assert cache.load_record("text") is None and cache.load_record("good").metrics["test"]["accuracy"] == 93.5
+
+
+def test_each_file_version_is_hashed_once(tmp_path, monkeypatch):
+    import otcore.cache as cache_module
+
+    hashed: list[int] = []
+    real = cache_module._verified_record
+    monkeypatch.setattr(cache_module, "_verified_record", lambda f, size: hashed.append(size) or real(f, size))
+    cache = DiskCache(tmp_path)
+    for key in ("a", "b"):
+        cache.store(parent_like(key))
+    for _ in range(3):
+        assert [r.key for r in cache.listing().rows] == ["b", "a"]
+        assert cache.load_record("a") is not None
+    assert len(hashed) == 2
+    cache.store(parent_like("a", accuracy=90.0))  # a new version of one entry: hashed again, the other not
+    assert cache.load_record("a").metrics["test"]["accuracy"] == 90.0 and len(cache.entries()) == 2
+    assert len(hashed) == 3
+
+
+def test_verification_in_small_chunks_agrees_with_load(tmp_path, monkeypatch):
+    import otcore.cache as cache_module
+
+    monkeypatch.setattr(cache_module, "_CHUNK", 7)  # every tensor read in many uneven pieces
+    cache = DiskCache(tmp_path)
+    cache.store(every_dtype_entry("arrays"))
+    record, entry = cache.load_record("arrays"), cache.load("arrays")
+    assert (record.kind, record.metrics, record.created) == (entry.kind, entry.metrics, entry.created)

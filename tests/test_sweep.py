@@ -73,6 +73,10 @@ def cache_with(parents_dir: Path, folder: Path, seeds: tuple[int, ...] = (0, 1))
     (["prune.fraction=0.3,0.3"], "lists a value twice"),
     (["prune.fraction"], "a grid entry looks like field=value1,value2"),
     (["seed=0", "seeds=0+1"], "sweep either 'seed'"),
+    (["train.lr=20"], r"train.lr=20: learning rate must be in \(0, 10\], got 20.0"),
+    (["train.lr=inf"], "train.lr: 'inf' is not a number"),
+    (["fusion.act_samples=1000000"], r"activation samples must be in \[1, 100000\]"),
+    (["prune.retrain_epochs=5000"], r"retraining epochs must be in \[0, 1000\]"),
 ])
 def test_grid_errors_are_one_clear_spec_error(grid, message) -> None:
     with pytest.raises(SpecError, match=message) as info:
@@ -155,6 +159,75 @@ def test_an_interrupted_sweep_resumes_computing_only_the_missing_points(parents_
     result = run_sweep(sweep, LocalExecutor(), cache, task=counting)
     assert computed == ["prune.fraction=0.2", "prune.fraction=0.4"]
     assert [p.cached for p in result.points] == [True, False, False] and result.status == "finished"
+
+
+def flip_digit(path: Path, value: float) -> tuple[str, str]:
+    """Change the leading digit of `value` where the entry's header holds it (same length: the JSON stays valid)."""
+    data = path.read_bytes()
+    text = json.dumps(value).encode()
+    assert data.count(text) == 1, text
+    wrong = text.replace(text[:1], b"9" if text[:1] != b"9" else b"1", 1)
+    path.write_bytes(data.replace(text, wrong))
+    return text.decode(), wrong.decode()
+
+
+def restore_with(cache: DiskCache, key: str, edit) -> None:
+    """Store the entry again after `edit(metrics)`: a checksum that verifies over a malformed record."""
+    entry = cache.load(key)
+    edit(entry.metrics)
+    cache.store(entry)
+
+
+def test_a_resumed_sweep_recomputes_a_tampered_point_and_reports_its_true_value(parents_dir, tmp_path, caplog):
+    cache = cache_with(parents_dir, tmp_path / "cache")
+    sweep = spec("prune.fraction=0.5,0.7")
+    first = run_sweep(sweep, LocalExecutor(), cache)
+    true = {p.key: p.comparison.accuracies()["ot_fusion"] for p in first.points}
+    damaged = first.points[1].key
+    shown, wrong = flip_digit(cache.root / f"{damaged}.safetensors", true[damaged])
+    assert float(wrong) != true[damaged] and float(shown) == true[damaged]
+    with caplog.at_level("WARNING", logger="otcore.cache"):
+        listed = load_sweep(sweep.key, cache)  # the dashboard never shows the changed digit
+    assert [p.key for p in listed.points] == [first.points[0].key]
+    assert [r.getMessage() for r in caplog.records] == [f"cache entry {damaged} skipped: damaged (checksum mismatch)"]
+
+    computed: list[str] = []
+
+    def counting(point, parents, progress=None):
+        computed.append(point.label())
+        return run_point(point, parents, progress)
+
+    again = run_sweep(sweep, LocalExecutor(), cache, task=counting)
+    assert computed == ["prune.fraction=0.7"] and [p.cached for p in again.points] == [True, False]
+    assert {p.key: p.comparison.accuracies()["ot_fusion"] for p in again.points} == true  # the TRUE value
+    assert load_sweep(sweep.key, cache).table().equals(again.table())  # and the cache holds it again
+
+
+def test_malformed_point_and_sweep_records_are_skipped_not_fatal(parents_dir, tmp_path, caplog):
+    from otcore.sweep import sweep_records
+
+    cache = cache_with(parents_dir, tmp_path / "cache")
+    good, bad = spec("prune.fraction=0.5"), spec("prune.fraction=0.7")
+    first = run_sweep(good, LocalExecutor(), cache)
+    run_sweep(bad, LocalExecutor(), cache)
+    point = first.points[0].key
+    # Valid checksums over records their readers cannot use: a string where a number belongs, a missing key.
+    restore_with(cache, point, lambda m: m["rows"][-1]["test"].update(accuracy="93.78"))
+    restore_with(cache, bad.key, lambda m: m.pop("status"))
+    with caplog.at_level("WARNING", logger="otcore.cache"):
+        listing = sweep_records(cache)
+        assert [r.key for r in listing.rows] == [good.key]
+        assert load_sweep(good.key, cache).points == []  # its one point is unreadable: as if not yet computed
+        with pytest.raises(ValueError, match=f"no readable sweep {bad.key}"):
+            load_sweep(bad.key, cache)
+    assert sorted(listing.skipped) == sorted([(point, "metrics.rows[4].test.accuracy is the string '93.78', "
+                                                      "expected a number"),
+                                              (bad.key, "metrics.status is missing")])
+    assert len(caplog.records) == 2  # one warning per bad entry, however often it is listed
+    assert "2 damaged or unreadable cache entries skipped" in listing.warning()
+    again = run_sweep(good, LocalExecutor(), cache)
+    assert not again.points[0].cached
+    assert again.points[0].comparison.accuracies() == first.points[0].comparison.accuracies()
 
 
 def test_a_failing_point_is_retried_then_reported_with_its_error(parents_dir, tmp_path) -> None:

@@ -111,3 +111,44 @@ def test_cuda_without_a_gpu_is_an_error(page):
     at.button(key="ws.load").click().run()
     assert not at.exception
     assert any("CUDA" in e for e in errors(at))
+
+
+def test_tampered_and_malformed_entries_are_skipped_with_one_warning(page, app_cache_dir, tmp_path, monkeypatch,
+                                                                     digits_parents):
+    import json
+    import shutil
+
+    from otcore.cache import CacheEntry, DiskCache
+
+    for entry in app_cache_dir.glob("*.safetensors"):
+        shutil.copy2(entry, tmp_path)
+    monkeypatch.setenv("OTCORE_CACHE_DIR", str(tmp_path))
+    good, tampered = digits_parents
+    path = tmp_path / f"{tampered.key}.safetensors"
+    value = json.dumps(tampered.metrics["test"]["accuracy"]).encode()
+    path.write_bytes(path.read_bytes().replace(value, (b"1" if value[:1] == b"9" else b"9") + value[1:], 1))
+    cache = DiskCache(tmp_path)
+    text = cache.load(good.key)
+    text.key, text.metrics["test"]["accuracy"] = "textaccuracy", "97.5"  # the crash of issue 14: format code 'f'
+    cache.store(text)
+    cache.store(CacheEntry("nostatus", "sweep", {"data": {"name": "digits"}, "model": {"arch": "mlpnet"},
+                                                 "step": "prune"}, {"done": 0}))  # the KeyError: 'status'
+    (tmp_path / "truncated.safetensors").write_bytes(path.read_bytes()[:100])
+    at = page(HOME).run()
+    assert not at.exception
+    assert len(at.warning) == 1
+    assert at.warning[0].value.startswith("4 damaged or unreadable cache entries skipped (")
+    table = at.dataframe[0].value
+    assert list(table["key"]) == [good.key]
+    assert table.iloc[0]["headline"] == f"test acc {good.metrics['test']['accuracy']:.2f}%"
+    assert len(at.main.expander) == 1  # the sidebar has its own
+    assert any("1 entries" in c.value for c in at.caption)
+
+
+def test_a_bug_shows_its_type_not_its_traceback_or_message():
+    import tomllib
+
+    from conftest import REPO
+
+    config = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
+    assert config["client"]["showErrorDetails"] in ("type", "none")

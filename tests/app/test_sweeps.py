@@ -56,3 +56,26 @@ def test_an_empty_grid_is_an_error_not_a_traceback(page, sweep_cache):
     at.button(key="sweeps.start").click().run()
     assert not at.exception
     assert len(at.error) == 1 and "'prune.type' has no values" in at.error[0].value
+
+
+def test_malformed_sweep_records_are_skipped_with_a_warning(page, sweep_cache):
+    from otcore.cache import CacheEntry
+    from otcore.executors import LocalExecutor
+    from otcore.sweep import SweepSpec, run_sweep
+
+    good = run_sweep(SweepSpec((("prune.fraction", (0.5,)),), device="cpu"), LocalExecutor(), sweep_cache)
+    point = good.points[0]
+    # A valid checksum over a record with no 'status' (the KeyError of issue 14), and one with a string count.
+    record = sweep_cache.load(good.key)
+    for key, edit in (("nostatus", lambda m: m.pop("status")), ("textdone", lambda m: m.update(done="1"))):
+        metrics = dict(record.metrics)
+        edit(metrics)
+        sweep_cache.store(CacheEntry(key, "sweep", record.config, metrics))
+    at = page(SWEEPS_PAGE).run()
+    assert not at.exception
+    assert len(at.warning) == 1 and at.warning[0].value.startswith("2 damaged or unreadable cache entries skipped")
+    assert at.selectbox(key="sweeps.record").options == [at.selectbox(key="sweeps.record").format_func(good.key)]
+    at.button(key="sweeps.show").click().run()
+    assert not at.exception and not at.error
+    shown = at.dataframe[0].value.set_index("method")["test acc (%)"]
+    assert shown.to_dict() == pytest.approx({r.method: r.test.accuracy for r in point.comparison.rows})

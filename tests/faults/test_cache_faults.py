@@ -48,3 +48,43 @@ def test_a_corrupted_entry_is_detected_and_recomputed_to_the_same_answer(tmp_pat
     assert "corrupt" in done.stderr
     assert not any(p["cached"] for p in second["parents"])
     assert [p["test_accuracy"] for p in second["parents"]] == [p["test_accuracy"] for p in first["parents"]]
+
+
+def _flip_leading_digit(path, value: float) -> None:
+    data, text = path.read_bytes(), json.dumps(value).encode()
+    assert data.count(text) == 1
+    path.write_bytes(data.replace(text, (b"1" if text[:1] == b"9" else b"9") + text[1:]))
+
+
+def test_list_skips_tampered_and_malformed_entries_with_one_warning_each(parents_cache, tmp_path):
+    import shutil
+
+    from otcore.cache import DiskCache
+
+    for entry in parents_cache.glob("*.safetensors"):
+        shutil.copy2(entry, tmp_path)
+    trained = {e["key"]: e for e in json.loads(cli("list", "--json", cache=tmp_path).stdout)["entries"]}
+    assert len(trained) == 2
+    tampered, good = sorted(trained)
+    _flip_leading_digit(tmp_path / f"{tampered}.safetensors", trained[tampered]["metrics"]["test"]["accuracy"])
+    cache = DiskCache(tmp_path)
+    text = cache.load(good)
+    text.key, text.metrics["test"]["accuracy"] = "textaccuracy", "97.5"
+    cache.store(text)  # a checksum that verifies over a string where a number belongs
+    (tmp_path / "truncated.safetensors").write_bytes((tmp_path / f"{good}.safetensors").read_bytes()[:300])
+    done = cli("list", "--json", cache=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert [e["key"] for e in json.loads(done.stdout)["entries"]] == [good]
+    assert json.loads(done.stdout)["entries"][0]["metrics"] == trained[good]["metrics"]
+    warnings = sorted(line for line in done.stderr.splitlines() if line.strip())
+    assert warnings == [f"WARNING: cache entry {tampered} skipped: damaged (checksum mismatch)",
+                        "WARNING: cache entry textaccuracy skipped: metrics.test.accuracy is the string '97.5', "
+                        "expected a number",
+                        "WARNING: cache entry truncated skipped: damaged (header length exceeds the file)"]
+    text_mode = cli("list", cache=tmp_path)
+    assert text_mode.returncode == 0 and text_mode.stdout.count("\n") == 1 and good in text_mode.stdout
+    # train takes the tampered parent as a miss: it is trained again, to its true accuracy.
+    again = json.loads(cli("train", "--dataset", "digits", "--arch", "mlpnet", "--json", cache=tmp_path).stdout)
+    assert {p["key"]: p["test_accuracy"] for p in again["parents"]} == \
+           {k: e["metrics"]["test"]["accuracy"] for k, e in trained.items()}
+    assert [p["cached"] for p in again["parents"] if p["key"] == tampered] == [False]
