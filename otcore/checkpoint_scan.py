@@ -193,7 +193,8 @@ def _check_layout(storage: Any, dtype: torch.dtype | None, offset: Any, size: An
     ints = (offset, *size, *stride) if isinstance(size, tuple) and isinstance(stride, tuple) else None
     if not ints or not all(type(i) is int and 0 <= i < 2**48 for i in ints) or len(size) != len(stride) \
             or len(size) > MAX_NDIM:
-        return _Bad(f"declares an impossible layout (size {size!r}, stride {stride!r}, offset {offset!r})")
+        layout = f"size {_brief(size)}, stride {_brief(stride)}, offset {_brief(offset)}"
+        return _Bad(f"declares an impossible layout ({layout})")
     numel = math.prod(size)
     if numel == 0:
         return _Tensor(0)
@@ -208,6 +209,11 @@ def _check_layout(storage: Any, dtype: torch.dtype | None, offset: Any, size: An
     if offset + extent > available:
         return _Bad(f"declares {numel:,} elements reaching element {offset + extent:,} of a storage of {available:,}")
     return _Tensor(numel * dtype.itemsize)
+
+
+def _brief(value: Any, limit: int = 60) -> str:
+    text = repr(value) if not isinstance(value, (tuple, list)) or len(value) <= 16 else f"<{len(value):,} items>"
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def allowed_globals(extra: Iterable[str]) -> frozenset[str]:

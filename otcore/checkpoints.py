@@ -181,9 +181,10 @@ def _read_source(source: str | Path | bytes, max_bytes: int) -> tuple[bytes, str
         # O_NONBLOCK: a FIFO swapped in after the stat opens at once instead of waiting for a writer.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         with os.fdopen(fd, "rb") as f:
-            _check_file(os.fstat(f.fileno()), path, max_bytes, label)
-            data = f.read(max_bytes + 1)
-        _check_size(len(data), max_bytes, label)  # grown since the stat
+            size = _check_file(os.fstat(f.fileno()), path, max_bytes, label)
+            data = f.read(size + 1)  # one byte more shows a file that grows while it is read
+        if len(data) != size:
+            raise CheckpointError(f"{label} changed while it was read; try again once it is written")
         return data, label
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint file {path} does not exist") from None
@@ -195,13 +196,15 @@ _FILE_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a charact
                (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
-def _check_file(info: os.stat_result, path: Path, max_bytes: int, label: str) -> None:
+def _check_file(info: os.stat_result, path: Path, max_bytes: int, label: str) -> int:
+    """The file's size, after refusing folders, devices, FIFOs, sockets and files over the limit."""
     if stat.S_ISDIR(info.st_mode):
         raise CheckpointError(f"{path} is a folder, not a checkpoint file")
     if not stat.S_ISREG(info.st_mode):
         kind = next((name for test, name in _FILE_KINDS if test(info.st_mode)), "not a regular file")
         raise CheckpointError(f"{label} is {kind}, not a checkpoint file")
     _check_size(info.st_size, max_bytes, label)  # before reading: never pull a huge file in
+    return info.st_size
 
 
 def _check_size(size: int, max_bytes: int, label: str) -> None:

@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import random
+import re
 import struct
 import zipfile
 
@@ -16,7 +17,8 @@ from torch import nn
 
 from otcore.checkpoints import (Checkpoint, CheckpointError, checkpoint_bytes, load_checkpoint, load_into,
                                 match_state_dict, save_checkpoint)
-from tests.faults.hostile_files import HOSTILE, Storage, Tensor, model_state, torch_pickle, torch_zip
+from tests.faults.hostile_files import (HOSTILE, Entry, Storage, Tensor, model_state, torch_pickle, torch_zip,
+                                        zip_archive)
 
 
 def small_model() -> nn.Module:
@@ -356,3 +358,21 @@ def test_a_symlink_to_an_honest_file_loads(tmp_path):
     save_checkpoint(small_model().state_dict(), tmp_path / "real.pt")
     (tmp_path / "link.pt").symlink_to(tmp_path / "real.pt")
     assert load_checkpoint(tmp_path / "link.pt").format == "paper"
+
+
+@pytest.mark.parametrize("size, stride, shown", [
+    ((1,) * 20, (1,) * 20, "size <20 items>, stride <20 items>"),
+    ((-1,), (1,), "size (-1,), stride (1,)"),
+    ((3,), (1, 1), "size (3,), stride (1, 1)"),
+])
+def test_impossible_layouts_are_refused_briefly(size, stride, shown):
+    data = torch_zip({"w": Tensor(Storage("FloatStorage", "x", 4), size, stride)}, {"x": bytes(16)})
+    with pytest.raises(CheckpointError, match=rf"tensor 'w' declares an impossible layout \({re.escape(shown)}"):
+        load_checkpoint(data)
+
+
+def test_a_pickle_of_a_million_operations_is_refused():
+    pickled = b"\x80\x02]" + b"K\x01a" * 600_000 + b"."  # a list of 600,000 ones: 1.2e6 opcodes, 1.8 MB
+    data = zip_archive([Entry("archive/data.pkl", pickled), Entry("archive/version", b"3\n")])
+    with pytest.raises(CheckpointError, match="runs over 1,000,000 operations"):
+        load_checkpoint(data)
