@@ -109,6 +109,7 @@ SOLVERS = ("emd", "sinkhorn")
 GROUND_METRICS = ("euclidean", "cosine")
 NORMALIZATIONS = ("none", "max", "median", "mean")
 MARGINALS = ("uniform", "importance")
+ALIGNMENTS = ("ot", "weight_matching", "cca", "zipit")
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ class FusionSpec:
     anchor: int = 0  # index of the parent whose neuron order and widths the fused net keeps
     skip_last_layer: bool = True  # average the output layer without a new plan (classes are aligned)
     renormalize: bool = False  # REPAIR-style rescaling of fused neurons on the activation sample
-    alignment: str = "ot"  # 'ot' (layer-wise plans) or 'weight_matching' (Git Re-Basin)
+    alignment: str = "ot"  # one of ALIGNMENTS: 'ot', 'weight_matching' (Git Re-Basin), 'cca' (CCA Merge), 'zipit'
     finetune_epochs: int = 0  # epochs of fine-tuning of the fused net (0 skips)
 
     def __post_init__(self) -> None:
@@ -148,8 +149,7 @@ class FusionSpec:
         if self.weights is not None:
             _check(len(self.weights) >= 2 and all(w >= 0 for w in self.weights) and sum(self.weights) > 0,
                    "per-parent weights must be >= 0, at least two, with a positive sum")
-        _check(self.alignment in ("ot", "weight_matching"),
-               f"alignment must be 'ot' or 'weight_matching', got '{self.alignment}'")
+        _check(self.alignment in ALIGNMENTS, f"alignment must be one of {ALIGNMENTS}, got '{self.alignment}'")
         _check(self.finetune_epochs >= 0, f"fine-tuning epochs must be >= 0, got {self.finetune_epochs}")
 
     def parent_weights(self, n_parents: int) -> list[float]:
