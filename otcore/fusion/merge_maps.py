@@ -14,7 +14,7 @@ import copy
 import torch
 
 from otcore.activations import capture_activations
-from otcore.fusion.align import Plans, check_same_family, transform_bias, transform_weight
+from otcore.fusion.align import Plans, check_same_family, transform_bias, transform_weight, weight_of
 from otcore.models import OUTPUT, FusableNet
 
 EPS = 1e-12
@@ -25,7 +25,8 @@ class MergeMethodError(ValueError):
 
 
 def check_mergeable(parents: list[FusableNet], method: str) -> list[str]:
-    """The hidden groups in forward order; refuses residual networks (a group with several writers)."""
+    """The hidden groups in forward order; refuses residual networks (a group with several writers) and
+    parents of different widths (both methods' references assume one width)."""
     walk = check_same_family(parents)
     writers: dict[str, int] = {}
     for layer in walk:
@@ -33,6 +34,11 @@ def check_mergeable(parents: list[FusableNet], method: str) -> list[str]:
     if any(n > 1 for n in writers.values()) or set(parents[0].group_modules()) != set(writers) - {OUTPUT}:
         raise MergeMethodError(f"{method} merges networks without residual connections (mlpnet, the VGG family); "
                                f"{type(parents[0]).__name__} has a residual stream: use OT or weight matching")
+    for i, parent in enumerate(parents[1:], start=2):
+        for layer in walk:
+            if weight_of(parent, layer.name).shape != weight_of(parents[0], layer.name).shape:
+                raise MergeMethodError(f"{method} needs parents of the same widths ({layer.name} of parent {i} "
+                                       "differs from parent 1's); use OT alignment to fuse different widths")
     return [layer.out_group for layer in walk if layer.out_group != OUTPUT]
 
 
