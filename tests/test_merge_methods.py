@@ -145,13 +145,16 @@ def digits_scores() -> dict[str, dict[str, float]]:
 
 
 def test_merge_methods_keep_most_of_the_parents_accuracy_on_digits(digits_scores: dict) -> None:
-    """Measured (parents 97.3-98.0%): mlpnet cca 96.9, zipit 96.7 (+REPAIR 97.3), OT 96.7 / 96.0;
-    vgg_tiny cca 93.6, zipit 92.4 (+REPAIR 93.1), OT by weights 88.2, by activations 92.0."""
-    for arch, floor in (("mlpnet", 95.0), ("vgg_tiny_nobias", 90.0)):
+    """Measured (worse parent 97.3%, 97.8%): mlpnet cca 96.9, zipit 96.7 (+REPAIR 97.3), vanilla 96.2;
+    vgg_tiny cca 93.6, zipit 92.4 (+REPAIR 93.1), OT by weights 88.2, by activations 92.0, vanilla 26.9."""
+    for arch, floor in (("mlpnet", 95.5), ("vgg_tiny_nobias", 90.0)):
         scores = digits_scores[arch]
         assert scores["parents"] > 95, scores
         for method in ("cca", "zipit", "zipit_repair"):
-            assert scores[method] > floor and scores[method] > scores["vanilla"] + 5, (method, scores)
+            assert scores[method] > floor and scores[method] > scores["parents"] - (2 if arch == "mlpnet" else 8), \
+                (method, scores)
+            if arch == "vgg_tiny_nobias":  # digits are easy for an MLP: there vanilla averaging already scores 96
+                assert scores[method] > scores["vanilla"] + 20, (method, scores)
 
 
 def test_cca_merge_beats_ot_by_weights_on_the_vgg_pair(digits_scores: dict) -> None:
