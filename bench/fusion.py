@@ -388,7 +388,7 @@ def method_table(archs: list[str], repeats: int) -> None:
             for repair in (False, True):
                 run_spec = replace(spec, renormalize=repair)
                 try:
-                    seconds, fused = median_seconds(lambda: fuse(nets, run_spec, x).model, repeats)
+                    seconds, fused = median_seconds(lambda s=run_spec: fuse(nets, s, x).model, repeats)
                 except MergeMethodError:
                     cells += ["refused (residual net)", ""]
                     continue

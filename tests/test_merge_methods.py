@@ -84,7 +84,8 @@ def test_cca_map_is_the_inverse_pair_and_the_ridge_pins_unseen_directions() -> N
     assert torch.allclose(forward[:, live], permutation[:, live], atol=1e-8)
     assert torch.allclose(forward[5:, ~live], torch.zeros(75, 5, dtype=torch.float64), atol=1e-8)
     plain, _ = cca_map(anchor, anchor[:, order], cross_ridge=False)
-    assert (plain[:, live] - permutation[:, live]).abs().max() > 0.1  # without the cross ridge the unseen directions rotate
+    # Without the cross ridge, the directions the sample cannot see rotate freely.
+    assert (plain[:, live] - permutation[:, live]).abs().max() > 0.1
     parent = anchor @ torch.randn(80, 80, generator=g, dtype=torch.float64) + 0.1 * torch.randn(50, 80, generator=g,
                                                                                                    dtype=torch.float64)
     forward, inverse = cca_map(anchor, parent, reg=0.01)

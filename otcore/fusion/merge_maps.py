@@ -81,7 +81,8 @@ def merge_weights(parents: list[FusableNet], template: FusableNet, merges: list[
             module = parent.get_submodule(layer.name)
             t_out = merge.get(layer.out_group)
             scale = weight if t_out is None else 1.0
-            parts = {f"{layer.name}.weight": transform_weight(module.weight.detach(), unmerge.get(layer.in_group), t_out)}
+            moved = transform_weight(module.weight.detach(), unmerge.get(layer.in_group), t_out)
+            parts = {f"{layer.name}.weight": moved}
             if getattr(module, "bias", None) is not None:
                 parts[f"{layer.name}.bias"] = transform_bias(module.bias.detach(), t_out)
             for name, tensor in parts.items():
