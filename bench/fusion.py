@@ -1,18 +1,20 @@
 """Benchmark of OT fusion (Singh & Jaggi, 2020): speed against a reference-style loop, scaling, accuracy.
 
-Five Markdown tables: (1) fusing two mlpnet parents (784-400-200-100-10) by weights and by
+Six Markdown tables: (1) fusing two mlpnet parents (784-400-200-100-10) by weights and by
 activations on 200 samples; (2) the same fusions done the way the reference code does them
 (batch-size-1 activation capture, broadcast ground metric, numpy EMD, bmm over repeated plans),
 written here from that description, with the max |difference| of the fused weights as a
 fairness check; (3) width scaling of MLP 784-w-w-w-10, with the time spent inside ot.emd;
 (4) scaling with the number of parents; (5) test accuracy on the embedded digits for mlpnet,
-vgg_tiny_nobias and resnet_tiny_nobias_nobn. Timing parents are randomly initialised (seeds
+vgg_tiny_nobias and resnet_tiny_nobias_nobn; (6) every alignment (OT by weights, OT by activations,
+weight matching, CCA Merge, ZipIt!), with and without REPAIR, one-shot on the same digits parents:
+accuracy, time and size of the fused net. Timing parents are randomly initialised (seeds
 0, 1, ...): speed does not depend on training. Every timing: one warm-up, then the median of
 --repeats runs (time.perf_counter).
 
-Run: python bench/fusion.py [--quick] [--repeats 5] [--threads N] (or python -m bench.fusion);
---quick stops the width sweep at 1024. Table 5 trains and fuses in a fresh temporary cache, so
-its numbers always come from the current code.
+Run: python bench/fusion.py [--quick] [--repeats 5] [--threads N] [--methods-only] (or python -m
+bench.fusion); --quick stops the width sweep at 1024; --methods-only prints table 6 alone. Tables 5
+and 6 train and fuse in a fresh temporary cache, so their numbers always come from the current code.
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ from otcore.models import FusableNet, MlpNet
 from otcore.train import init_model
 
 MNIST_SHAPE = (1, 28, 28)
+ARCHS = ["mlpnet", "vgg_tiny_nobias", "resnet_tiny_nobias_nobn"]  # the digits tables' architectures
 ACT_SAMPLES = 200
 
 
@@ -342,11 +345,74 @@ def accuracy_on_digits(archs: list[str]) -> None:
           "for the table, training included.")
 
 
+ALIGNMENT_METHODS = {
+    "OT, weights": FusionSpec(mode="weights", act_samples=ACT_SAMPLES),
+    "OT, activations": FusionSpec(mode="activations", act_samples=ACT_SAMPLES),
+    "weight matching": FusionSpec(alignment="weight_matching", act_samples=ACT_SAMPLES),
+    "CCA Merge": FusionSpec(alignment="cca", act_samples=ACT_SAMPLES),
+    "ZipIt!": FusionSpec(alignment="zipit", act_samples=ACT_SAMPLES),
+}
+
+
+def run_in_fresh_cache(fn: Callable[[], object]) -> None:
+    """Run fn with OTCORE_CACHE_DIR pointing at a new temporary folder, removed afterwards."""
+    cache = tempfile.mkdtemp(prefix="bench-fusion-")
+    os.environ["OTCORE_CACHE_DIR"] = cache
+    try:
+        fn()
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def method_table(archs: list[str], repeats: int) -> None:
+    """Table 6: every alignment, without and with REPAIR, on the digits parents of seeds 0 and 1."""
+    from dataclasses import replace
+
+    from otcore.fusion.merge_maps import MergeMethodError
+    from otcore.models import count_parameters
+    from otcore.pipeline import dataset, fusion_inputs, train_parents
+    from otcore.train import predict_logits
+
+    data = DataSpec()
+    ds = dataset(data)
+    rows = []
+    for arch in archs:
+        nets = [p.model.eval() for p in train_parents(data, ModelSpec(arch), TrainSpec(), [0, 1])]
+        x = fusion_inputs(data, FusionSpec(act_samples=ACT_SAMPLES), next(nets[0].parameters()).device)
+        parent_acc = [float((predict_logits(n, ds.x_test).argmax(1).cpu() == ds.y_test.cpu()).float().mean()) * 100
+                      for n in nets]
+        for label, spec in ALIGNMENT_METHODS.items():
+            row: list[object] = [arch, label]
+            cells: list[object] = []
+            params = ""
+            for repair in (False, True):
+                run_spec = replace(spec, renormalize=repair)
+                try:
+                    seconds, fused = median_seconds(lambda s=run_spec: fuse(nets, s, x).model, repeats)
+                except MergeMethodError:
+                    cells += ["refused (residual net)", ""]
+                    continue
+                accuracy = float((predict_logits(fused, ds.x_test).argmax(1).cpu() == ds.y_test.cpu()).float().mean())
+                cells += [f"{100 * accuracy:.2f}", ms(seconds)]
+                params = count_parameters(fused)
+            rows.append(row + cells[0::2] + cells[1::2] + [params])
+        rows.append([arch, "(parents)", " / ".join(f"{a:.2f}" for a in parent_acc), "", "", "",
+                     count_parameters(nets[0])])
+    print(f"\n## 6. Every alignment on digits, one-shot, parents of seeds 0 and 1, {ACT_SAMPLES} samples, "
+          f"median of {repeats}\n")
+    print(table(["arch", "alignment", "test acc %", "+ REPAIR acc %", "ms", "+ REPAIR ms", "parameters"], rows))
+    print(f"\nTime: wall time of `fuse(...)` (activation capture included, evaluation excluded), one warm-up then "
+          f"the median of {repeats}; {torch.get_num_threads()} torch thread(s); load average {load_average()}. "
+          "CCA Merge: ridge 1 x the layer's mean neuron variance, cross ridge toward the activation matching; ZipIt!: "
+          "full zip, alpha 0.3, beta 0.125 (the authors'). Both refuse residual nets.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="stop the width sweep at 1024")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs after the warm-up (median reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the machine's cores)")
+    parser.add_argument("--methods-only", action="store_true", help="print table 6 (every alignment) alone")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     torch.set_num_threads(args.threads or cores)
@@ -359,16 +425,15 @@ def main() -> None:
         print(f"\n> The machine is shared (load {os.getloadavg()[0]:.1f} on {cores} cores): with several torch threads "
               "each parallel op waits for descheduled siblings, so table 1 also runs at 1 thread; rerun when "
               "idle, or with --threads 1.")
+    if args.methods_only:
+        run_in_fresh_cache(lambda: method_table(ARCHS, args.repeats))
+        print(f"\nTotal bench time {time.perf_counter() - start:.0f} s; load average at the end {load_average()}.")
+        return
     headline_and_reference(args.repeats)
     widths = [128, 256, 512, 1024] + ([] if args.quick else [2048, 4096])
     width_scaling(widths, args.repeats)
     parent_scaling([2, 3, 4, 6, 8], args.repeats)
-    cache = tempfile.mkdtemp(prefix="bench-fusion-")
-    os.environ["OTCORE_CACHE_DIR"] = cache
-    try:
-        accuracy_on_digits(["mlpnet", "vgg_tiny_nobias", "resnet_tiny_nobias_nobn"])
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
+    run_in_fresh_cache(lambda: (accuracy_on_digits(ARCHS), method_table(ARCHS, args.repeats)))
     print(f"\nTotal bench time {time.perf_counter() - start:.0f} s; load average at the end {load_average()}.")
 
 

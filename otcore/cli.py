@@ -216,7 +216,8 @@ def add_fusion(p: argparse.ArgumentParser) -> None:
     p.add_argument("--anchor", type=int, default=d.anchor, help="index of the anchor parent (0-based)")
     p.add_argument("--no-skip-last-layer", action="store_true", help="align the output layer too")
     p.add_argument("--renormalize", action="store_true", help="REPAIR-style rescaling after fusion")
-    p.add_argument("--alignment", default="ot", choices=["ot", "weight-matching"])
+    p.add_argument("--alignment", default="ot", choices=["ot", "weight-matching", "cca", "zipit"],
+                   help="ot: transport plans; weight-matching: Git Re-Basin; cca: CCA Merge; zipit: ZipIt!")
     p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs)
 
 

@@ -164,6 +164,7 @@ SOLVERS = ("emd", "sinkhorn")
 GROUND_METRICS = ("euclidean", "cosine")
 NORMALIZATIONS = ("none", "max", "median", "mean")
 MARGINALS = ("uniform", "importance")
+ALIGNMENTS = ("ot", "weight_matching", "cca", "zipit")
 
 
 @dataclass(frozen=True)
@@ -186,7 +187,7 @@ class FusionSpec:
     anchor: int = 0  # index of the parent whose neuron order and widths the fused net keeps
     skip_last_layer: bool = True  # average the output layer without a new plan (classes are aligned)
     renormalize: bool = False  # REPAIR-style rescaling of fused neurons on the activation sample
-    alignment: str = "ot"  # 'ot' (layer-wise plans) or 'weight_matching' (Git Re-Basin)
+    alignment: str = "ot"  # one of ALIGNMENTS: 'ot', 'weight_matching' (Git Re-Basin), 'cca' (CCA Merge), 'zipit'
     finetune_epochs: int = 0  # epochs of fine-tuning of the fused net (0 skips)
 
     def __post_init__(self) -> None:
@@ -208,8 +209,7 @@ class FusionSpec:
                    f"per-parent weights must be at least two, each in [0, {MAX_WEIGHT:g}], with a sum in "
                    f"(0, {MAX_WEIGHT:g}]; got {', '.join(map(str, self.weights))}")
         _check(-MAX_PARENTS <= self.anchor < MAX_PARENTS, f"anchor {self.anchor} out of range")
-        _check(self.alignment in ("ot", "weight_matching"),
-               f"alignment must be 'ot' or 'weight_matching', got '{self.alignment}'")
+        _check(self.alignment in ALIGNMENTS, f"alignment must be one of {ALIGNMENTS}, got '{self.alignment}'")
         _check(0 <= self.finetune_epochs <= MAX_EPOCHS,
                f"fine-tuning epochs must be in [0, {MAX_EPOCHS}], got {self.finetune_epochs}")
 

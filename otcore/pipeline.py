@@ -244,7 +244,7 @@ def _fine_tuned(net: nn.Module, ds: Dataset, spec: TrainSpec, label: str, progre
 def _ot_fusion(nets: list[FusableNet], spec: FusionSpec, data: DataSpec, dev: torch.device, names: list[str],
                tensors: dict[str, torch.Tensor]) -> tuple[FusableNet, dict, list[dict]]:
     """Fuse, store the plans into tensors, return (fused net, seconds, diagnostics rows)."""
-    needs_sample = spec.mode == "activations" or spec.renormalize
+    needs_sample = spec.mode == "activations" or spec.renormalize or spec.alignment in ("cca", "zipit")
     result = fuse(nets, spec, fusion_inputs(data, spec, dev) if needs_sample else None)
     for name, plans in zip(names, result.plans):
         tensors.update({f"plan/{name}/{g}": t for g, t in plans.items() if t is not None})

@@ -9,7 +9,7 @@ from otcore.config import ALIGN_MODES, GROUND_METRICS, MARGINALS, NORMALIZATIONS
 from otcore.pipeline import OT_FUSION
 
 DEFAULT = FusionSpec()
-ALIGNMENTS = {"ot": "OT", "weight_matching": "weight matching"}
+ALIGNMENTS = {"ot": "OT", "weight_matching": "weight matching", "cca": "CCA Merge", "zipit": "ZipIt!"}
 REQUEST = "fusion.request"  # (spec, parent keys) of the last press of Fuse
 
 dashboard.page_setup("Fusion")
@@ -35,7 +35,8 @@ if st.session_state["fusion.anchor"] >= n_parents:
 with st.form("fusion", border=False):
     row = st.columns([1.25, 1.1, 1, 1, 1.1, 1.15, 0.8], vertical_alignment="bottom")
     alignment = row[0].selectbox("Alignment", list(ALIGNMENTS), format_func=ALIGNMENTS.get, key="fusion.alignment",
-                                 help="OT: layer-wise transport plans (the paper); weight matching: Git Re-Basin")
+                                 help="OT: layer-wise transport plans (the paper); weight matching: Git Re-Basin; "
+                                      "CCA Merge and ZipIt!: linear maps from activations (no ResNets)")
     mode = row[1].selectbox("Align by", ALIGN_MODES, key="fusion.mode",
                             help="neuron features: incoming weights, or pre-activations on a sample of inputs")
     solver = row[2].selectbox("OT solver", SOLVERS, key="fusion.solver", help="emd: exact; sinkhorn: entropic")

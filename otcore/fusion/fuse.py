@@ -1,8 +1,9 @@
 """One-shot fusion of N parents into the anchor's architecture (Singh & Jaggi, 2020).
 
 Each non-anchor parent is aligned to the anchor group by group (OT plans, or Git Re-Basin
-weight matching); the aligned weights are then averaged with per-parent weights. All weight
-algebra runs on the parents' device; only the exact OT solve visits the CPU.
+weight matching); the aligned weights are then averaged with per-parent weights. CCA Merge and
+ZipIt! go through merge and unmerge maps instead (otcore.fusion.merge_maps). All weight
+algebra runs on the parents' device; only the exact OT solve (and assignments) visit the CPU.
 """
 from __future__ import annotations
 
@@ -83,9 +84,64 @@ def average_aligned(parents: list[FusableNet], plans: list[Plans], weights: list
     return fused.eval()
 
 
+MERGE_METHODS = {"cca": "CCA Merge", "zipit": "ZipIt!"}  # alignments by merge/unmerge maps
+
+
+def merge_by_maps(parents: list[FusableNet], spec: FusionSpec, act_inputs: torch.Tensor | None,
+                  progress: Callable[[str, float], None] | None = None) -> FusionResult:
+    """CCA Merge or ZipIt! of the parents (any N >= 2) into the anchor's widths; plans are the merge maps."""
+    from otcore.fusion.cca import cca_map
+    from otcore.fusion.merge_maps import (check_mergeable, features, merge_weights, pre_activations,
+                                          repair_target)
+    from otcore.fusion.zipit import zipit_maps
+
+    if len(parents) < 2:
+        raise ValueError("fusion needs at least two parents")
+    method = MERGE_METHODS[spec.alignment]
+    groups = check_mergeable(parents, method)
+    if act_inputs is None:
+        raise ValueError(f"{method} needs a sample of inputs")
+    anchor_idx = spec.anchor % len(parents)
+    weights = spec.parent_weights(len(parents))
+    start = time.perf_counter()
+    pre = pre_activations(parents, act_inputs)
+    seconds = {"activations": time.perf_counter() - start, "fusion": 0.0}
+    start = time.perf_counter()
+    merges: list[Plans] = [{} for _ in parents]
+    unmerges: list[Plans] = [{} for _ in parents]
+    order = [anchor_idx] + [i for i in range(len(parents)) if i != anchor_idx]  # the anchor's features first
+    for step, g in enumerate(groups):
+        if progress is not None:
+            progress(f"{method}: group {g}", step / len(groups))
+        feats = [features(pre[i][g]) for i in range(len(parents))]
+        if spec.alignment == "cca":
+            for i in order[1:]:
+                forward, inverse = cca_map(feats[anchor_idx], feats[i])
+                merges[i][g], unmerges[i][g] = weights[i] * forward.T, inverse
+            eye = torch.eye(feats[anchor_idx].shape[1], dtype=torch.float64, device=feats[anchor_idx].device)
+            merges[anchor_idx][g], unmerges[anchor_idx][g] = weights[anchor_idx] * eye, eye
+        else:
+            width = feats[anchor_idx].shape[1]
+            merge, unmerge = zipit_maps([feats[i] for i in order], [weights[i] for i in order], width)
+            for k, i in enumerate(order):
+                merges[i][g], unmerges[i][g] = merge[k], unmerge[k]
+    dtype = next(parents[anchor_idx].parameters()).dtype
+    merges = [{g: t.to(dtype) for g, t in m.items()} for m in merges]
+    unmerges = [{g: t.to(dtype) for g, t in u.items()} for u in unmerges]
+    model = merge_weights(parents, parents[anchor_idx], merges, unmerges, weights)
+    if spec.renormalize:
+        from otcore.fusion.repair import repair
+
+        model = repair(model, parents, merges, weights, act_inputs, target=repair_target(pre, merges))
+    seconds["fusion"] = time.perf_counter() - start
+    return FusionResult(model, merges, [[] for _ in parents], seconds)
+
+
 def fuse(parents: list[FusableNet], spec: FusionSpec, act_inputs: torch.Tensor | None = None,
          progress: Callable[[str, float], None] | None = None) -> FusionResult:
-    """OT fusion of the parents (any N >= 2) into the anchor's architecture."""
+    """Fusion of the parents (any N >= 2) into the anchor's architecture, by the spec's alignment."""
+    if spec.alignment in MERGE_METHODS:
+        return merge_by_maps(parents, spec, act_inputs, progress)
     result = align_parents(parents, spec, act_inputs, progress)
     start = time.perf_counter()
     anchor_idx = spec.anchor % len(parents)

@@ -44,10 +44,14 @@ def _target_std(parents: list[FusableNet], plans: list[Plans], weights: list[flo
 
 @torch.no_grad()
 def repair(fused: FusableNet, parents: list[FusableNet], plans: list[Plans], weights: list[float],
-           x: torch.Tensor) -> FusableNet:
-    """Rescale each fused neuron so its pre-activation std on x matches its parents' (in place)."""
+           x: torch.Tensor, target: dict[str, torch.Tensor] | None = None) -> FusableNet:
+    """Rescale each fused neuron so its pre-activation std on x matches its parents' (in place).
+
+    target: per group, the std to restore, where the caller knows it better than the plans do
+    (merge maps that are not transport plans: CCA Merge, ZipIt!)."""
     groups = _single_writer_groups(fused)
-    target = _target_std(parents, plans, weights, x, groups)
+    if target is None:
+        target = _target_std(parents, plans, weights, x, groups)
     scales: dict[str, torch.Tensor] = {}
     handles = []
     for g, name in groups.items():

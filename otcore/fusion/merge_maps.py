@@ -1,0 +1,109 @@
+"""Fusion by linear merge and unmerge maps per neuron group (CCA Merge, ZipIt!).
+
+OT and weight matching move each parent's neurons onto the anchor's with one plan; the methods
+here use two maps per parent p and group g: a merge map T_p (n_p, n_fused), whose transpose takes
+p's neurons into the fused basis (the parent's averaging share folded in), and an unmerge map
+U_p (n_p, n_fused) that reads p's neurons back from the fused ones. The fused layer writing g
+from group h is then sum_p T_p[g]^T W_p U_p[h] (a permutation gives T = w P, U = P).
+Both methods work on networks whose groups have one writer each (mlpnet, the VGG family).
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from otcore.activations import capture_activations
+from otcore.fusion.align import Plans, check_same_family, transform_bias, transform_weight, weight_of
+from otcore.models import OUTPUT, FusableNet
+
+EPS = 1e-12
+
+
+class MergeMethodError(ValueError):
+    """A merge method (CCA Merge, ZipIt!) asked of parents it cannot merge; the message says why."""
+
+
+def check_mergeable(parents: list[FusableNet], method: str) -> list[str]:
+    """The hidden groups in forward order; refuses residual networks (a group with several writers) and
+    parents of different widths (both methods' references assume one width)."""
+    walk = check_same_family(parents)
+    writers: dict[str, int] = {}
+    for layer in walk:
+        writers[layer.out_group] = writers.get(layer.out_group, 0) + 1
+    if any(n > 1 for n in writers.values()) or set(parents[0].group_modules()) != set(writers) - {OUTPUT}:
+        raise MergeMethodError(f"{method} merges networks without residual connections (mlpnet, the VGG family); "
+                               f"{type(parents[0]).__name__} has a residual stream: use OT or weight matching")
+    for i, parent in enumerate(parents[1:], start=2):
+        for layer in walk:
+            if weight_of(parent, layer.name).shape != weight_of(parents[0], layer.name).shape:
+                raise MergeMethodError(f"{method} needs parents of the same widths ({layer.name} of parent {i} "
+                                       "differs from parent 1's); use OT alignment to fuse different widths")
+    return [layer.out_group for layer in walk if layer.out_group != OUTPUT]
+
+
+def pre_activations(parents: list[FusableNet], x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+    """Per parent, each hidden group's pre-activations on x as (neurons, samples); conv positions are samples."""
+    return [capture_activations(p, x, p.group_modules()) for p in parents]
+
+
+def features(pre: torch.Tensor) -> torch.Tensor:
+    """The features both methods correlate: post-ReLU activations (samples, neurons), float64.
+
+    The papers' merge points sit after the nonlinearity (ZipIt!'s VGG graph puts them after each
+    ReLU); before it, a first layer's d outputs span at most its fan-in, so covariances would be
+    singular by construction.
+    """
+    return pre.T.double().clamp_min(0)
+
+
+def correlation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation (d_x, d_y) between the columns of x (n, d_x) and y (n, d_y).
+
+    Two constant columns (dead neurons) count as perfectly correlated, a constant and a varying
+    one as uncorrelated: constant features are interchangeable on the sample.
+    """
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    sx, sy = xc.norm(dim=0), yc.norm(dim=0)
+    corr = (xc.T @ yc) / (sx[:, None] * sy[None, :]).clamp_min(EPS)
+    dead_x, dead_y = sx <= 1e-9 * sx.max().clamp_min(EPS), sy <= 1e-9 * sy.max().clamp_min(EPS)
+    corr[dead_x[:, None] & dead_y[None, :]] = 1.0
+    return corr
+
+
+def merge_weights(parents: list[FusableNet], template: FusableNet, merges: list[Plans], unmerges: list[Plans],
+                  weights: list[float]) -> FusableNet:
+    """A copy of the template with W_fused = sum_p T_p[out]^T W_p U_p[in]; a missing merge map is w_p I."""
+    state = {k: v.detach().clone() for k, v in template.state_dict().items()}
+    summed: dict[str, torch.Tensor] = {}
+    for parent, merge, unmerge, weight in zip(parents, merges, unmerges, weights):
+        for layer in template.alignment_layers():
+            module = parent.get_submodule(layer.name)
+            t_out = merge.get(layer.out_group)
+            scale = weight if t_out is None else 1.0
+            moved = transform_weight(module.weight.detach(), unmerge.get(layer.in_group), t_out)
+            parts = {f"{layer.name}.weight": moved}
+            if getattr(module, "bias", None) is not None:
+                parts[f"{layer.name}.bias"] = transform_bias(module.bias.detach(), t_out)
+            for name, tensor in parts.items():
+                summed[name] = summed.get(name, 0) + scale * tensor.to(state[name].dtype)
+    state.update(summed)
+    fused = copy.deepcopy(template)
+    fused.load_state_dict(state)
+    return fused.eval()
+
+
+def repair_target(pre: list[dict[str, torch.Tensor]], merges: list[Plans]) -> dict[str, torch.Tensor]:
+    """REPAIR's target std per fused neuron: sum_p std(T_p^T z_p) over the sample.
+
+    Each parent's pre-activations z_p moved into the fused basis keep their own spread; their
+    sum is what averaging would give without variance collapse. For a permutation this is the
+    parents' neuron std averaged, as the OT path's REPAIR does.
+    """
+    target: dict[str, torch.Tensor] = {}
+    for acts, merge in zip(pre, merges):
+        for g, t in merge.items():
+            if t is not None and g in acts:
+                moved = t.T.to(acts[g].dtype) @ acts[g]
+                target[g] = target.get(g, 0) + moved.std(1)
+    return target
