@@ -91,9 +91,10 @@ def _pixels(shape: Any, dtype: Any, payload: Any) -> np.ndarray:
             payload = payload.encode("latin1")
         except UnicodeEncodeError:
             raise DataError("the array's bytes are not bytes") from None
-    if type(payload) not in (bytes, bytearray) or len(payload) != size:
-        raise DataError(f"the array declares {size:,} bytes but holds "
-                        f"{len(payload) if isinstance(payload, (bytes, bytearray)) else 'no byte string'}")
+    if type(payload) not in (bytes, bytearray):
+        raise DataError("the array's payload is not a byte string")
+    if len(payload) != size:
+        raise DataError(f"the array declares {size:,} bytes but holds {len(payload):,}")
     return np.frombuffer(payload, dtype=np.uint8).reshape(shape)
 
 
