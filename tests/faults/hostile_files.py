@@ -38,7 +38,7 @@ def structured_offset_batch(images: int = 4, typestr: str = "V8") -> bytes:
     """A batch whose data has a one-field structured dtype at offset 2e9: numpy reads foreign memory (or dies)."""
     state = (3, "|", None, ("f0",), {"f0": (np.dtype("u1"), OFFSET_ATTACK)}, 8, 1, 16)
     data = FakeArray((images, PIXELS), FakeDtype(typestr, state), b"\0" * 8 * images * PIXELS)
-    return pickle.dumps({"data": data, "labels": [0] * images}, protocol=2)
+    return pickle.dumps({"data": data, "labels": [0] * images}, protocol=4)
 
 
 def shared_reference_batch(copies: int = 10_000, images: int = 100) -> bytes:
