@@ -4,8 +4,9 @@ A dataset folder is untrusted input: a data file must be a regular file of bound
 would block the reader for ever, /dev/zero would never end), and every cache key that depends on
 data holds the fingerprint of the bytes, so parents trained on one folder are never served for
 another. Hashing is memoised per process by each file's identity (path, device, inode, size,
-mtime and ctime), so a fingerprint costs a few `stat` calls once a file has been hashed. This
-module imports only the standard library: the CLI answers a cached `train` by key without torch
+mtime and ctime), and kept in a small file of the cache folder, so a fingerprint costs a few
+`stat` calls once a file has been hashed, in this process or an earlier one. This module imports
+only the standard library: the CLI answers a cached `train` by key without torch
 or numpy.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hashlib
 import json
 import os
 import stat
+import tempfile
 from collections import OrderedDict
 from importlib.util import find_spec
 from pathlib import Path
@@ -21,6 +23,8 @@ from pathlib import Path
 MAX_FILE_BYTES = 1 << 30  # no dataset file is larger (CIFAR-100's train batch, the largest, is 155 MB)
 _CHUNK = 1 << 20
 _MEMO_SIZE = 256
+_STORE = ".fingerprints.json"  # the memo, in the cache folder: a CLI call re-hashes nothing unchanged
+_STORE_MAX_BYTES = 1 << 20
 
 # Where each dataset's files lie under its root (torchvision's layout): (folder, train files, test files).
 _MNIST_FILES = (("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -34,6 +38,7 @@ LAYOUT: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
 
 files_hashed = 0  # files read to compute a digest in this process (the memo's misses), for tests and benches
 _digests: OrderedDict[tuple, str] = OrderedDict()
+_store_read = False
 
 
 class DataError(ValueError):
@@ -53,7 +58,7 @@ def digits_file() -> Path:
     spec = find_spec("sklearn")
     if spec is None or not spec.submodule_search_locations:
         raise DataError("the digits dataset needs scikit-learn (pip install scikit-learn)")
-    return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
+    return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
 
 
 def split_files(name: str, root: str | None) -> tuple[list[Path], list[Path]]:
@@ -99,16 +104,57 @@ def _identity(path: Path, info: os.stat_result) -> tuple:
     return (os.path.abspath(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
+def _store_path() -> Path:
+    from otcore.cache import default_root  # torch-free; read now, as the cache itself does
+
+    return default_root() / _STORE
+
+
+def _read_store() -> None:
+    """Digests hashed by earlier processes (once per process); a missing or malformed store is ignored."""
+    global _store_read
+    if _store_read:
+        return
+    _store_read = True
+    try:
+        with open(_store_path(), "rb") as handle:
+            entries = json.loads(handle.read(_STORE_MAX_BYTES))
+        for identity, digest in entries[-_MEMO_SIZE:]:
+            if (len(identity) == 6 and isinstance(identity[0], str) and all(type(v) is int for v in identity[1:])
+                    and isinstance(digest, str) and len(digest) == 64):
+                _digests.setdefault(tuple(identity), digest)
+    except (OSError, ValueError, TypeError):
+        pass
+
+
+def _write_store() -> None:
+    """The memo, written atomically; a read-only cache folder only costs the next process a re-hash."""
+    try:
+        path = _store_path()
+        # Not '.tmp': the cache removes stray '.*.tmp' files as its own.
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".fingerprints.", suffix=".part")
+    except OSError:
+        return
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump([[list(k), v] for k, v in _digests.items()], handle)
+        os.replace(temp, path)
+    except OSError:
+        Path(temp).unlink(missing_ok=True)
+
+
 def _remember(identity: tuple, digest: str) -> None:
     _digests[identity] = digest
     _digests.move_to_end(identity)
     while len(_digests) > _MEMO_SIZE:
         _digests.popitem(last=False)
+    _write_store()
 
 
 def file_digest(path: Path) -> str:
     """sha256 of a data file's bytes, memoised by the file's identity: unchanged files are not read again."""
     global files_hashed
+    _read_store()
     fd, info = _open(path)
     try:
         identity = _identity(path, info)

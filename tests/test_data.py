@@ -468,3 +468,19 @@ def test_a_missing_root_is_a_spec_error_and_an_absent_one_waits_for_the_loader(t
     assert DataSpec("mnist").fingerprint == ""  # the loader asks for the root
     with pytest.raises(SpecError, match=r"cifar-10-batches-py/data_batch_1 is missing \(expected torchvision"):
         DataSpec("cifar10", str(tmp_path))
+
+
+def test_a_new_process_reuses_the_digests_of_an_earlier_one(make_mnist_root, tmp_path):
+    """The memo is kept in the cache folder: each CLI call pays stat calls, not a hash of the dataset."""
+    root, _ = make_mnist_root("MNIST")
+    code = ("from otcore import datafiles\nfrom otcore.config import DataSpec\n"
+            f"print(DataSpec('mnist', {str(root)!r}).fingerprint, datafiles.files_hashed)")
+    env = {**os.environ, "OTCORE_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
+    (tmp_path / "cache").mkdir()
+    runs = [subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=60, check=True).stdout.split() for _ in range(2)]
+    assert runs[0] == [DataSpec("mnist", str(root)).fingerprint, "4"] and runs[1] == [runs[0][0], "0"]
+    (tmp_path / "cache" / ".fingerprints.json").write_text("[[1, 2], {]")  # damaged: ignored, rebuilt
+    again = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=60, check=True).stdout.split()
+    assert again == [runs[0][0], "4"]

@@ -59,7 +59,8 @@ def python2_batch(pixels: np.ndarray, labels: list) -> bytes:
     rows, width = pixels.shape
     out = [b"\x80\x02}q\x01(U\x04dataq\x02cnumpy.core.multiarray\n_reconstruct\nq\x03cnumpy\nndarray\nq\x04",
            b"K\x00\x85U\x01b\x87Rq\x05(K\x01", b"M" + struct.pack("<H", rows) + b"M" + struct.pack("<H", width),
-           b"\x86cnumpy\ndtype\nq\x06U\x02u1K\x00K\x01\x87Rq\x07(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb",
+           b"\x86cnumpy\ndtype\nq\x06U\x02u1K\x00K\x01\x87Rq\x07",
+           b"(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb",
            b"\x89T" + struct.pack("<I", pixels.size) + pixels.tobytes() + b"tbU\x06labelsq\x08](",
            b"".join(b"K" + bytes([v]) for v in labels), b"eU\x0bbatch_labelU\x05batchu."]
     return b"".join(out)

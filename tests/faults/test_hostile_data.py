@@ -96,13 +96,14 @@ def _hostile_roots(base: Path) -> dict[str, tuple[str, Path, list[str]]]:
     mnist("fifo", "train-images-idx3-ubyte", None, "not a regular file")
     negative = cifar_batch(np.zeros((2, 3072), np.uint8), [0, -1])
     roots["cifar -1"] = ("cifar10", write_cifar10(base / "cifar -1", negative), ["test_batch", "label -1"])
-    roots["cifar count"] = ("cifar10", write_cifar10(base / "cifar count", cifar_batch(np.zeros((3, 3072), np.uint8), [0, 1])),
+    short = cifar_batch(np.zeros((3, 3072), np.uint8), [0, 1])
+    roots["cifar count"] = ("cifar10", write_cifar10(base / "cifar count", short),
                             ["test_batch", "3 images but 2 labels"])
     return roots
 
 
 def test_every_hostile_folder_gives_one_error_line_and_stores_nothing(tmp_path, train_here):
-    for kind, (dataset, root, fragments) in _hostile_roots(tmp_path).items():
+    for dataset, root, fragments in _hostile_roots(tmp_path).values():
         assert_one_line_error(train_here(root, dataset), f"could not read {dataset} from {root}", *fragments)
     assert not list((tmp_path / "cache").glob("*.safetensors"))
     fifo = _hostile_roots(tmp_path / "again")["fifo"][1]
