@@ -8,6 +8,7 @@ Run: python bench/data_files.py
 """
 from __future__ import annotations
 
+import os
 import pickle
 import shutil
 import subprocess
@@ -49,6 +50,8 @@ def timed(fn, repeat: int = 1) -> float:
 
 def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-data-"))
+    os.environ["OTCORE_CACHE_DIR"] = str(root / "cache")  # where the digests are kept between processes
+    (root / "cache").mkdir()
     try:
         folder = write_folder(root)
         size = sum(p.stat().st_size for p in folder.iterdir()) / 1e6
