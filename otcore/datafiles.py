@@ -25,6 +25,7 @@ _CHUNK = 1 << 20
 _MEMO_SIZE = 256
 _STORE = ".fingerprints.json"  # the memo, in the cache folder: a CLI call re-hashes nothing unchanged
 _STORE_MAX_BYTES = 1 << 20
+_STORE_MIN_FILE = 1 << 20  # smaller files hash in under a millisecond: not worth a write into the cache folder
 
 # Where each dataset's files lie under its root (torchvision's layout): (folder, train files, test files).
 _MNIST_FILES = (("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -137,7 +138,7 @@ def _write_store() -> None:
         return
     try:
         with os.fdopen(fd, "w") as handle:
-            json.dump([[list(k), v] for k, v in _digests.items()], handle)
+            json.dump([[list(k), v] for k, v in _digests.items() if k[3] >= _STORE_MIN_FILE], handle)
         os.replace(temp, path)
     except OSError:
         Path(temp).unlink(missing_ok=True)
@@ -148,7 +149,8 @@ def _remember(identity: tuple, digest: str) -> None:
     _digests.move_to_end(identity)
     while len(_digests) > _MEMO_SIZE:
         _digests.popitem(last=False)
-    _write_store()
+    if identity[3] >= _STORE_MIN_FILE:  # identity[3] is the size
+        _write_store()
 
 
 def file_digest(path: Path) -> str:

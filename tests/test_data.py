@@ -16,9 +16,10 @@ import pytest
 import torch
 import torchvision
 
-from conftest import REPO, write_idx, write_mnist_like
+from conftest import REPO
 from otcore.config import DataSpec, ModelSpec, SpecError, TrainSpec, parent_key
 from otcore.data import DataError, list_datasets, load_dataset, sample_inputs
+from tests.conftest import write_idx, write_mnist_like
 from tests.faults.hostile_files import (FakeArray, FakeDtype, cifar_batch, idx_bytes, python2_batch,
                                         shared_reference_batch, structured_offset_batch, write_cifar10)
 
@@ -474,6 +475,7 @@ def test_a_new_process_reuses_the_digests_of_an_earlier_one(make_mnist_root, tmp
     """The memo is kept in the cache folder: each CLI call pays stat calls, not a hash of the dataset."""
     root, _ = make_mnist_root("MNIST")
     code = ("from otcore import datafiles\nfrom otcore.config import DataSpec\n"
+            "datafiles._STORE_MIN_FILE = 0\n"  # these files are small; real ones are kept from 1 MiB up
             f"print(DataSpec('mnist', {str(root)!r}).fingerprint, datafiles.files_hashed)")
     env = {**os.environ, "OTCORE_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
     (tmp_path / "cache").mkdir()
