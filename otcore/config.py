@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from otcore.datafiles import DataError, dataset_fingerprint
+
 
 class SpecError(ValueError):
     """A setting that cannot be used; the message is meant for the user."""
@@ -38,7 +40,7 @@ def spec_dict(spec: Any) -> dict[str, Any]:
     return out
 
 
-CACHE_FORMAT = 2  # bump when what a step stores changes, so old entries are not misread
+CACHE_FORMAT = 3  # bump when what a step stores changes, so old entries are not misread
 
 
 def spec_hash(kind: str, *specs: Any) -> str:
@@ -68,14 +70,23 @@ MAX_LAMBDA = 100.0  # perturbation along a unit eigenvector
 
 @dataclass(frozen=True)
 class DataSpec:
-    """Which dataset, and where its files are."""
+    """Which dataset, where its files are, and (derived on construction) what they hold."""
 
     name: str = "digits"  # registry name, one of DATASETS
     root: str | None = not_keyed(None)  # torchvision root folder for the real datasets
     download: bool = not_keyed(False)  # let torchvision download into root (needs internet)
+    # Content hash of the files the loader reads (otcore.datafiles), so every key holds the data, not
+    # its path; '' while a real dataset has no root (loading it then asks for one).
+    fingerprint: str = field(default="", init=False)
 
     def __post_init__(self) -> None:
         _check(self.name in DATASETS, f"unknown dataset '{self.name}'; choose one of {', '.join(DATASETS)}")
+        if self.name != "digits" and not self.root:
+            return
+        try:
+            object.__setattr__(self, "fingerprint", dataset_fingerprint(self.name, self.root, self.download))
+        except DataError as err:
+            raise SpecError(str(err)) from None
 
 
 @dataclass(frozen=True)

@@ -112,7 +112,7 @@ def cached(cache: DiskCache, key: str, compute: Callable[[], CacheEntry]) -> tup
 
 def dataset(data: DataSpec) -> Dataset:
     """The dataset of a spec (memoised per process)."""
-    return load_dataset(data.name, data.root, data.download)
+    return load_dataset(data.name, data.root, data.download, data.fingerprint)
 
 
 def _build(data: DataSpec, model: ModelSpec, ds: Dataset | None = None) -> FusableNet:
