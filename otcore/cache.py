@@ -210,7 +210,9 @@ class DiskCache:
         malformed entry is logged once and skipped, never fatal, and left for `load` to remove.
         """
         rows, skipped = [], []
-        for path in sorted(self.root.glob(f"*{SUFFIX}")) if self.root.is_dir() else []:
+        paths = sorted(self.root.glob(f"*{SUFFIX}")) if self.root.is_dir() else []
+        _forget_all_but(self.root, paths)
+        for path in paths:
             row = _verified_row(path)
             if row is None:  # vanished while listed
                 continue
@@ -320,6 +322,14 @@ def _verified_row(path: Path) -> ManifestRow | str | None:
     with _VERIFIED_LOCK:
         _VERIFIED[str(path)] = (_signature(stat), row)
     return row
+
+
+def _forget_all_but(root: Path, paths: list[Path]) -> None:
+    # Entries removed from the folder leave the memo too, so it never outgrows the cache.
+    keep, prefix = {str(p) for p in paths}, str(root / "x")[:-1]
+    with _VERIFIED_LOCK:
+        for stale in [name for name in _VERIFIED if name.startswith(prefix) and name not in keep]:
+            del _VERIFIED[stale]
 
 
 def _signature(stat: os.stat_result) -> tuple[int, ...]:

@@ -180,11 +180,21 @@ def run_list(args: argparse.Namespace) -> dict:
     from otcore.cache import config_field, default_cache
 
     rows = default_cache().entries(args.kind)  # the cache logs one warning per skipped entry
-    entries = [{"key": r.key, "kind": r.kind, "config": r.config, "metrics": r.metrics, "created": r.created,
-                "bytes": r.size} for r in rows]
+    # A diverged run's entry may hold NaN (Python's json reads and writes it); strict JSON says null.
+    entries = [{"key": r.key, "kind": r.kind, "config": _nulled(r.config), "metrics": _nulled(r.metrics),
+                "created": r.created, "bytes": r.size} for r in rows]
     lines = [f"{r.key}  {r.kind:12s} {config_field(r.config, 'data', 'name'):8s} "
              f"{config_field(r.config, 'model', 'arch'):24s} {_headline(r.metrics)}" for r in rows]
     return {"entries": entries, "text": "\n".join(lines) or "the cache is empty"}
+
+
+def _nulled(value: Any) -> Any:
+    """value with every non-finite float replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _nulled(v) for k, v in value.items()}
+    return [_nulled(v) for v in value] if isinstance(value, list) else value
 
 
 def _headline(metrics: dict) -> str:

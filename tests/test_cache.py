@@ -411,6 +411,9 @@ def test_each_file_version_is_hashed_once(tmp_path, monkeypatch):
     cache.store(parent_like("a", accuracy=90.0))  # a new version of one entry: hashed again, the other not
     assert cache.load_record("a").metrics["test"]["accuracy"] == 90.0 and len(cache.entries()) == 2
     assert len(hashed) == 3
+    cache.delete("b")  # a removed entry leaves the memo at the next listing: it never outgrows the cache
+    assert [r.key for r in cache.listing().rows] == ["a"]
+    assert [name for name in cache_module._VERIFIED if name.startswith(str(tmp_path))] == [str(entry_path(cache, "a"))]
 
 
 def test_verification_in_small_chunks_agrees_with_load(tmp_path, monkeypatch):

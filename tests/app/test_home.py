@@ -120,10 +120,10 @@ def test_tampered_and_malformed_entries_are_skipped_with_one_warning(page, app_c
 
     from otcore.cache import CacheEntry, DiskCache
 
-    for entry in app_cache_dir.glob("*.safetensors"):
-        shutil.copy2(entry, tmp_path)
-    monkeypatch.setenv("OTCORE_CACHE_DIR", str(tmp_path))
     good, tampered = digits_parents
+    for parent in digits_parents:  # the two parents only: other tests add their entries to the app cache
+        shutil.copy2(app_cache_dir / f"{parent.key}.safetensors", tmp_path)
+    monkeypatch.setenv("OTCORE_CACHE_DIR", str(tmp_path))
     path = tmp_path / f"{tampered.key}.safetensors"
     value = json.dumps(tampered.metrics["test"]["accuracy"]).encode()
     path.write_bytes(path.read_bytes().replace(value, (b"1" if value[:1] == b"9" else b"9") + value[1:], 1))

@@ -88,3 +88,15 @@ def test_list_skips_tampered_and_malformed_entries_with_one_warning_each(parents
     assert {p["key"]: p["test_accuracy"] for p in again["parents"]} == \
            {k: e["metrics"]["test"]["accuracy"] for k, e in trained.items()}
     assert [p["cached"] for p in again["parents"] if p["key"] == tampered] == [False]
+
+
+def test_list_json_stays_strict_json_over_a_diverged_entry(tmp_path):
+    from otcore.cache import CacheEntry, DiskCache
+
+    metrics = {"test": {"accuracy": 10.0, "loss": float("nan")}, "train": {"accuracy": 9.9, "loss": float("inf")}}
+    DiskCache(tmp_path).store(CacheEntry("diverged", "parent", {"data": {"name": "digits"}}, metrics))
+    done = cli("list", "--json", cache=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "NaN" not in done.stdout and "Infinity" not in done.stdout
+    [entry] = json.loads(done.stdout)["entries"]
+    assert entry["metrics"] == {"test": {"accuracy": 10.0, "loss": None}, "train": {"accuracy": 9.9, "loss": None}}
