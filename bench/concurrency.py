@@ -58,8 +58,8 @@ def actions(nets: list[torch.nn.Module]) -> dict[str, Callable[[], object]]:
 
 def stress(calls: dict[str, Callable[[], object]], expected: dict[str, object], threads: int,
            seconds: float) -> tuple[Counter, Counter, list[str]]:
-    """(done per action, errors per action, descriptions of results differing from the sequential ones)."""
-    done, errors, wrong, lock = Counter(), Counter(), [], threading.Lock()
+    """(done per action, errors per action, descriptions of differing results, then of the errors)."""
+    done, errors, wrong, failures, lock = Counter(), Counter(), [], [], threading.Lock()
     names, deadline = list(calls), time.perf_counter() + seconds
 
     def worker(offset: int) -> None:
@@ -72,7 +72,7 @@ def stress(calls: dict[str, Callable[[], object]], expected: dict[str, object], 
             except Exception as err:  # noqa: BLE001 - counted and shown
                 with lock:
                     errors[name] += 1
-                    wrong.append(f"{name}: {type(err).__name__}: {err}"[:160])
+                    failures.append(f"{name}: {type(err).__name__}: {err}"[:160])
                 continue
             with lock:
                 done[name] += 1
@@ -84,7 +84,7 @@ def stress(calls: dict[str, Callable[[], object]], expected: dict[str, object], 
         t.start()
     for t in pool:
         t.join()
-    return done, errors, wrong
+    return done, errors, wrong + failures
 
 
 def main() -> None:
@@ -101,7 +101,8 @@ def main() -> None:
         for n in args.threads:
             done, errors, wrong = stress(calls, expected, n, args.seconds)
             total = sum(done.values())
-            rows.append([n, args.seconds, total, total / args.seconds, sum(errors.values()), len(wrong),
+            rows.append([n, args.seconds, total, total / args.seconds, sum(errors.values()),
+                         len(wrong) - sum(errors.values()),
                          ", ".join(f"{k} {v}" for k, v in sorted(done.items()))])
             all_wrong += [f"N={n}: {w}" for w in wrong]
         hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for net in nets for m in net.modules())
@@ -111,7 +112,7 @@ def main() -> None:
     print(table(["threads", "seconds", "actions", "actions/s", "errors", "differing", "done per action"], rows))
     print(f"\nsequential: {expected}")
     print(f"hooks left on the shared parents: {hooks}; parents in eval mode: {all(not n.training for n in nets)}")
-    print("differing results:" if all_wrong else "differing results: none")
+    print("differing results and errors:" if all_wrong else "differing results and errors: none")
     for line in all_wrong[:50]:
         print("  " + line)
 
