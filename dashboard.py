@@ -18,7 +18,11 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 import streamlit as st
 
-from otcore import figures, pipeline
+from otcore.threads import DASHBOARD_WORKERS, apply_policy
+
+apply_policy(workers=DASHBOARD_WORKERS)  # once per server process, before any tensor work of any session
+
+from otcore import figures, pipeline  # noqa: E402 - after the thread policy
 from otcore.checkpoints import CheckpointError, checkpoint_bytes
 from otcore.config import (DEVICE_CHOICES, DataSpec, FusionSpec, ModelSpec, SpecError, TrainSpec, parse_classes,
                            spec_hash)

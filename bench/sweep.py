@@ -67,7 +67,7 @@ def main() -> None:
     runs: dict[str, list[tuple[SweepResult, float]]] = {"local": [], "ray": []}
     try:
         for _ in range(args.repeats):  # alternated, so a busy spell of the machine hits both
-            runs["local"].append(timed(sweep, LocalExecutor(threads=1)))
+            runs["local"].append(timed(sweep, LocalExecutor()))
             runs["ray"].append(timed(sweep, RayExecutor(cpus_per_task=1)))
     finally:
         start = time.perf_counter()

@@ -12,7 +12,7 @@ from torch import nn
 
 from otcore.cache import CacheEntry, DiskCache, default_cache
 from otcore.config import DataSpec, HessianSpec, spec_dict, spec_hash
-from otcore.device import resolve_device
+from otcore.device import on_device, resolve_device
 from otcore.hessian import analyse, fixed_batches
 from otcore.landscape import Curve, barrier, filter_normalized_direction, path_curve, perturbation_curve, surface_2d
 from otcore.pipeline import MethodResult, Progress, cached, dataset
@@ -63,7 +63,7 @@ def curvature(data: DataSpec, name: str, key: str, model: nn.Module, spec: Hessi
     dev = resolve_device(device)
 
     def compute() -> CacheEntry:
-        net = model.to(dev).eval()
+        net = on_device(model, dev)  # a shared model is never moved or switched
         batches = analysis_batches(data, spec, dev)
         result = analyse(net, batches, spec, (lambda what, f: progress(f"{name}: {what}", 0.8 * f)) if progress else None)
         lambdas = torch.linspace(spec.lambda_min, spec.lambda_max, spec.lambda_points)
@@ -117,7 +117,7 @@ def interpolation(data: DataSpec, path: list[MethodResult], spec: HessianSpec, p
 
     def compute() -> CacheEntry:
         batches = analysis_batches(data, spec, dev)
-        curve = path_curve([r.model.to(dev).eval() for r in path], batches, points_per_segment)
+        curve = path_curve([on_device(r.model, dev) for r in path], batches, points_per_segment)
         metrics = {"curve": curve_dict(curve), "barrier": barrier(curve), "path": [r.method for r in path]}
         return CacheEntry(entry_key, "interpolation", {"data": spec_dict(data), "networks": [r.key for r in path]},
                           metrics)
@@ -134,7 +134,7 @@ def surface(data: DataSpec, row: MethodResult, spec: HessianSpec, directions: st
     dev = resolve_device(device)
 
     def compute() -> CacheEntry:
-        net = row.model.to(dev).eval()
+        net = on_device(row.model, dev)
         batches = analysis_batches(data, spec, dev)
         if directions == "hessian":
             vectors = curvature(data, row.method, row.key, net, replace_top_k(spec), device, cache=cache).eigenvectors

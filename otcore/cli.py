@@ -21,6 +21,7 @@ from tqdm import tqdm
 from otcore.config import (ARCHITECTURES, DATASETS, DEVICE_CHOICES, DataSpec, FusionSpec, HessianSpec, ModelSpec,
                            PARTITIONS, PruneSpec, SpecError, TRACE_METHODS, TrainSpec, check_partition_parents,
                            parent_key, parse_classes)
+from otcore.threads import apply_policy
 
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], dict]]] = {}
 
@@ -397,8 +398,8 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
                         "none starts a local Ray instance")
     p.add_argument("--ray-cpus", type=int, default=None, help="CPUs of a local Ray instance (default: every core)")
     p.add_argument("--cpus-per-task", type=float, default=1.0,
-                   help="CPUs per point on either executor: its torch threads (1 by default, so local and Ray "
-                        "results agree to the bit) and what Ray reserves per task")
+                   help="CPUs Ray reserves per point, and so its torch threads (local points run with "
+                        "this process's thread policy)")
     p.add_argument("--gpus-per-task", type=float, default=0.0,
                    help="GPUs Ray reserves per point (0.5: two points share a GPU)")
     p.add_argument("--retries", type=int, default=2, help="tries after a point's first failure before it is reported")
@@ -551,6 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, (add_args, run) in COMMANDS.items():
         add_args(sub.add_parser(name, help=(run.__doc__ or "").strip()))
     args = parser.parse_args(argv)
+    apply_policy(small_models=getattr(args, "dataset", None) == "digits")  # 8x8 inputs: one thread is fastest
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s: %(message)s")
     if getattr(args, "cache_dir", None):
         os.environ["OTCORE_CACHE_DIR"] = args.cache_dir

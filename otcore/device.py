@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from otcore.config import DEVICE_CHOICES  # torch-free there, for the CLI's choices
+from otcore.prune import copy_model  # a deep copy that also handles pruning masks
 
 
 def resolve_device(choice: str = "auto") -> torch.device:
@@ -20,3 +21,20 @@ def resolve_device(choice: str = "auto") -> torch.device:
 def model_device(model: torch.nn.Module) -> torch.device:
     """The device a model's parameters live on."""
     return next(model.parameters()).device
+
+
+def private_copy(model: torch.nn.Module, device: torch.device | str | None = None) -> torch.nn.Module:
+    """A copy of the model in eval mode on `device` (None: the model's), for work that hooks, moves or swaps.
+
+    Models memoised for every session are shared objects: forward hooks, `.to()`, `.eval()` and
+    `torch.func.functional_call`'s parameter swaps on them would be seen by every other thread.
+    """
+    copy = copy_model(model).eval()
+    return copy if device is None else copy.to(device)
+
+
+def on_device(model: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
+    """The model itself when it is already on `device` in eval mode (read-only use), else a private copy there."""
+    device = torch.device(device)
+    same = model_device(model).type == device.type and (device.index is None or model_device(model) == device)
+    return model if same and not model.training else private_copy(model, device)

@@ -6,6 +6,8 @@ imported only by RayExecutor, so the local executor works without it installed.
 from __future__ import annotations
 
 import logging
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterator, Sequence
 
@@ -39,16 +41,17 @@ def _attempts(run: Callable[[], Any], retries: int, what: str) -> tuple[bool, An
 
 @dataclass(frozen=True)
 class LocalExecutor:
-    """Every job in this process, one after another; a failing job is tried again `retries` times."""
+    """Every job in this process, one after another; a failing job is tried again `retries` times.
+
+    Jobs run with the process's thread count (otcore.threads, set once at start-up): changing it
+    here would change it for every other thread of a shared process, such as the dashboard's sessions.
+    """
 
     retries: int = 2
-    threads: int | None = 1  # torch threads per job; 1 as in a 1-CPU Ray task, so both give the same bits
     name: ClassVar[str] = "local"
 
     def __post_init__(self) -> None:
         _check_retries(self.retries)
-        if self.threads is not None and self.threads < 1:
-            raise SpecError(f"threads must be >= 1, got {self.threads}")
 
     def run(self, points: Sequence[Point], have: dict[str, CacheEntry], task: PointTask,
             progress: Progress) -> Iterator[Event]:
@@ -59,7 +62,7 @@ class LocalExecutor:
             share = 0.5 if jobs else 0.0  # of the point's progress bar, spent training its parents
             for i, job in enumerate(jobs):
                 report = _scaled(progress, f"parent seed {job.seed}", share * i / len(jobs), share / len(jobs))
-                ok, value, tries = _attempts(lambda: _threaded(self.threads, train_parent_entry, job, report),
+                ok, value, tries = _attempts(lambda: train_parent_entry(job, report),
                                              self.retries, f"parent seed {job.seed}")
                 if ok:
                     parents[job.key] = value
@@ -72,7 +75,7 @@ class LocalExecutor:
                 continue
             inputs = [parents[j.key] for j in point.parents()]
             report = _scaled(progress, point.label(), share, 1 - share)
-            ok, value, tries = _attempts(lambda: _threaded(self.threads, task, point, inputs, report), self.retries,
+            ok, value, tries = _attempts(lambda: task(point, inputs, report), self.retries,
                                          point.label())
             yield Event("point" if ok else "failed", point, value, tries)
 
@@ -87,25 +90,23 @@ def _check_retries(retries: int) -> None:
         raise SpecError(f"retries must be >= 0, got {retries}")
 
 
-def _threaded(threads: int | None, fn: Callable, *args: Any) -> Any:
-    """fn(*args) with `threads` torch threads (None: as set), restored after.
+def _in_worker(fn: Callable, *args: Any) -> Any:
+    """fn(*args) in a Ray worker, its torch threads set from the CPUs Ray assigned to this task.
 
-    Tasks sharing a node must not oversubscribe it, and the thread count changes the order of float
-    sums: equal counts make the local and the Ray executor agree to the bit.
+    A worker process runs one task at a time, so setting the count here races with nothing, and
+    the calling process's own setting is never touched.
     """
-    import torch
+    import ray
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads or previous)
-    try:
-        return fn(*args)
-    finally:
-        torch.set_num_threads(previous)
+    from otcore.threads import apply_worker_policy
+
+    apply_worker_policy(ray.get_runtime_context().get_assigned_resources().get("CPU"))
+    return fn(*args)
 
 
-def _ray_point(threads: int, task: PointTask, point: Point, *parents: CacheEntry) -> PointOutput:
+def _ray_point(task: PointTask, point: Point, *parents: CacheEntry) -> PointOutput:
     """A point's task; Ray resolves the parents' object refs (top-level arguments) before it starts."""
-    return _threaded(threads, task, point, list(parents))
+    return _in_worker(task, point, list(parents))
 
 
 @dataclass(frozen=True)
@@ -128,14 +129,14 @@ class RayExecutor:
             progress: Progress) -> Iterator[Event]:
         """Submit every job at once (points wait on their parents' tasks), then report each as it ends."""
         ray = _import_ray()
-        started = not ray.is_initialized()
-        if started:
-            progress("starting Ray" if self.address is None else f"joining the Ray cluster at {self.address}", 0.0)
-            self._init(ray)
+        with _ray_connection(ray, self, progress):
+            yield from self._run(ray, points, have, task)
+
+    def _run(self, ray: Any, points: Sequence[Point], have: dict[str, CacheEntry],
+             task: PointTask) -> Iterator[Event]:
         resources = dict(num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task, max_retries=self.retries,
                          retry_exceptions=True)
-        remote_parent, remote_point = (ray.remote(f).options(**resources) for f in (_threaded, _ray_point))
-        threads = max(1, int(self.cpus_per_task))
+        remote_parent, remote_point = (ray.remote(f).options(**resources) for f in (_in_worker, _ray_point))
         pending: dict[Any, tuple[str, Any]] = {}
         try:
             parent_refs: dict[str, Any] = {}
@@ -146,9 +147,9 @@ class RayExecutor:
                     if job.key in have:
                         parent_refs[job.key] = ray.put(have[job.key])
                     else:
-                        parent_refs[job.key] = remote_parent.remote(threads, train_parent_entry, job)
+                        parent_refs[job.key] = remote_parent.remote(train_parent_entry, job)
                         pending[parent_refs[job.key]] = ("parent", job)
-                ref = remote_point.remote(threads, task, point, *(parent_refs[j.key] for j in point.parents()))
+                ref = remote_point.remote(task, point, *(parent_refs[j.key] for j in point.parents()))
                 pending[ref] = ("point", point)
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
@@ -166,8 +167,6 @@ class RayExecutor:
                     ray.cancel(ref, force=True)
                 except Exception:  # noqa: BLE001 - best effort on the way out
                     pass
-            if started:
-                ray.shutdown()
 
     def _init(self, ray: Any) -> None:
         if self.address is None:
@@ -187,11 +186,49 @@ def _import_ray() -> Any:
     return ray
 
 
+_RAY_LOCK = threading.Lock()
+_ray_users = 0  # sweeps of this process using the Ray connection it started
+_ray_started: tuple[str | None, bool] | None = None  # (address, started here) while sweeps use it
+
+
+@contextmanager
+def _ray_connection(ray: Any, executor: RayExecutor, progress: Progress) -> Iterator[None]:
+    """Ray connected for one sweep, shared by the process's concurrent sweeps.
+
+    `ray.init` is once per process: the first sweep connects (or finds a connection made by the
+    caller, which it leaves alone), later ones join it, and the last one out shuts down what the
+    first started. A sweep asking for another cluster than the live connection is refused.
+    """
+    global _ray_users, _ray_started
+    with _RAY_LOCK:
+        if _ray_users == 0:
+            started = not ray.is_initialized()
+            if started:
+                progress("starting Ray" if executor.address is None else
+                         f"joining the Ray cluster at {executor.address}", 0.0)
+                executor._init(ray)
+            _ray_started = (executor.address, started)
+        elif _ray_started is not None and _ray_started[1] and executor.address != _ray_started[0]:
+            raise SpecError(f"this process is already connected to Ray at {_ray_started[0] or 'a local instance'}; "
+                            f"a concurrent sweep cannot join {executor.address or 'a local instance'}")
+        _ray_users += 1
+    try:
+        yield
+    finally:
+        with _RAY_LOCK:
+            _ray_users -= 1
+            if _ray_users == 0 and _ray_started is not None and _ray_started[1]:
+                ray.shutdown()
+            if _ray_users == 0:
+                _ray_started = None
+
+
 def executor(name: str = "local", ray_address: str | None = None, retries: int = 2, cpus_per_task: float = 1.0,
              **ray_options: Any) -> Any:
     """An executor by name: 'local', or 'ray' with an address (None: a local Ray instance) and resources.
 
-    `cpus_per_task` is each job's torch threads on either executor (and what Ray reserves per task).
+    `cpus_per_task` is what Ray reserves per task, and so each Ray task's torch threads; local jobs
+    run with the process's thread policy.
     """
     if not 0 < cpus_per_task <= 1024:  # also refuses inf and NaN, before int() or Ray sees them
         raise SpecError(f"CPUs per task must be in (0, 1024], got {cpus_per_task}")
@@ -202,7 +239,7 @@ def executor(name: str = "local", ray_address: str | None = None, retries: int =
     if name == "local":
         if ray_address or ray_options:
             raise SpecError(f"{', '.join(['address'] * bool(ray_address) + list(ray_options))} needs the ray executor")
-        return LocalExecutor(retries, max(1, int(cpus_per_task)))
+        return LocalExecutor(retries)  # threads: the process's policy (otcore.threads)
     if name == "ray":
         return RayExecutor(ray_address or None, retries=retries, cpus_per_task=cpus_per_task, **ray_options)
     raise SpecError(f"executor must be one of {EXECUTORS}, got '{name}'")

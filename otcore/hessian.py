@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
 from otcore.config import HessianSpec
+from otcore.device import private_copy
 from otcore.hessian_diagonal import NotPiecewiseLinear, loss_hessian_diagonal
 from otcore.lanczos import NotFinite, lanczos, project_out, tridiagonal
 
@@ -90,8 +91,9 @@ def flat_parameters(model: nn.Module) -> Tensor:
 
 
 def eval_model(model: nn.Module) -> nn.Module:
-    """The model itself when in eval mode, else an eval-mode copy (dropout/batch-norm would make the loss random)."""
-    return copy.deepcopy(model).eval() if model.training else model
+    """A private eval-mode copy: `functional_call` swaps the module's parameters while it runs, which
+    every other thread using a shared model would see (and eval mode keeps dropout/batch-norm fixed)."""
+    return private_copy(model)
 
 
 def fixed_batches(x: Tensor, y: Tensor, batch_size: int, n_batches: int, seed: int | None = None) -> Batches:
@@ -278,7 +280,7 @@ def exact_trace(model: nn.Module, batches: Batches) -> TraceEstimate:
 
     Raises NotPiecewiseLinear for other networks (see otcore.hessian_diagonal).
     """
-    diagonal = loss_hessian_diagonal(eval_model(model), batches)
+    diagonal = loss_hessian_diagonal(model, batches)  # on its own private copy
     value = float(sum(d.sum(dtype=torch.float64) for d in diagonal.values()))
     if not math.isfinite(value):
         raise HessianError(f"the Hessian trace is {value}; the curvature is undefined here")

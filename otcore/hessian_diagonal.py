@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from otcore.device import private_copy
+
 # Per-example gradients held at once (float entries); bounds memory on wide conv layers.
 CHUNK_ENTRIES = 2**24
 
@@ -80,9 +82,12 @@ def _accumulate(module: nn.Module, inputs: Tensor, delta: Tensor, into: dict[str
 def loss_hessian_diagonal(model: nn.Module, batches: list[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
     """Exact diag of the Hessian of the size-weighted mean cross-entropy, per trainable parameter name.
 
-    The model must be in eval mode and declare `piecewise_linear = True` (see the module doc);
-    raises NotPiecewiseLinear otherwise, or when a weight layer runs twice in one forward pass.
+    The model must declare `piecewise_linear = True` (see the module doc); raises NotPiecewiseLinear
+    otherwise, or when a weight layer runs twice in one forward pass. The hooks go on a private
+    eval-mode copy: a shared model would run them in every other thread's forward pass too.
     """
+    _weight_layers(model)  # checked before copying
+    model = private_copy(model)
     layers = _weight_layers(model)
     diagonal = {_qualified(m, n): torch.zeros_like(p) for m, module in layers.items()
                 for n, p in module.named_parameters(recurse=False) if p.requires_grad}

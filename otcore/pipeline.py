@@ -19,7 +19,7 @@ from otcore.checkpoints import load_checkpoint, load_into
 from otcore.config import (DataSpec, FusionSpec, ModelSpec, PruneSpec, SpecError, TrainSpec, check_partition_parents,
                            parent_key, spec_dict, spec_hash)
 from otcore.data import Dataset, load_dataset, sample_inputs
-from otcore.device import resolve_device
+from otcore.device import on_device, resolve_device
 from otcore.fusion.baselines import ensemble_log_probs, vanilla_average
 from otcore.fusion.fuse import fuse
 from otcore.models import FusableNet, build_model, count_parameters
@@ -273,7 +273,7 @@ def fuse_and_compare(data: DataSpec, model: ModelSpec, parents: list[Parent], sp
     finetune = replace(finetune or TrainSpec(), epochs=spec.finetune_epochs)
     key = fusion_key(data, model, spec, finetune, [p.key for p in parents])
     dev = resolve_device(device)
-    nets = [p.model.to(dev).eval() for p in parents]
+    nets = [on_device(p.model, dev) for p in parents]  # shared models: never moved or switched
 
     def compute() -> CacheEntry:
         ds = dataset(data)
@@ -346,7 +346,7 @@ def prune_and_compare(data: DataSpec, model: ModelSpec, parents: list[Parent], p
     retrain = retrain or TrainSpec()
     key = prune_key(data, model, prune, fusion, retrain, [p.key for p in parents])
     dev = resolve_device(device)
-    nets = [p.model.to(dev).eval() for p in parents]
+    nets = [on_device(p.model, dev) for p in parents]  # shared models: never moved or switched
     names = [p.name for p in parents]
 
     def compute() -> CacheEntry:

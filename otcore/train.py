@@ -1,6 +1,7 @@
 """Train, evaluate and retrain networks on tensors held on the device."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -10,6 +11,7 @@ from torch import nn
 
 from otcore.config import TrainSpec
 from otcore.data import iterate_batches
+from otcore.device import private_copy
 
 EVAL_BATCH = 1000
 
@@ -40,13 +42,14 @@ ProgressFn = Callable[[TrainProgress], None]
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> torch.Tensor:
-    """Logits (N, classes) of a model in eval mode, batch by batch on the model's device."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = torch.cat([model(x[i:i + batch_size].to(device)) for i in range(0, len(x), batch_size)])
-    model.train(was_training)
-    return out
+    """Logits (N, classes) of a model in eval mode, batch by batch on the model's device.
+
+    The model may be shared by other threads, so its mode is never switched: a model in training
+    mode is run as a private eval-mode copy (the zoo has no dropout or batch norm, but others may).
+    """
+    net = private_copy(model) if model.training else model
+    device = next(net.parameters()).device
+    return torch.cat([net(x[i:i + batch_size].to(device)) for i in range(0, len(x), batch_size)])
 
 
 def score_logits(logits: torch.Tensor, y: torch.Tensor) -> Evaluation:
@@ -96,9 +99,26 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: TrainSpec,
 
 
 def init_model(model: nn.Module, seed: int) -> nn.Module:
-    """Re-initialise every layer's parameters from a seed (PyTorch's default init)."""
-    torch.manual_seed(seed)
-    for module in model.modules():
-        if hasattr(module, "reset_parameters") and module is not model:
-            module.reset_parameters()
+    """Re-initialise every layer's parameters from a seed (PyTorch's default init), in place.
+
+    Draws from a private generator, never the global one another thread may be seeding or drawing
+    from; in the same order and distributions as `reset_parameters` after `torch.manual_seed(seed)`,
+    so the values are the ones a sequential global-seeded init gives.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                _default_init(module, generator)
+            elif any(True for _ in module.parameters(recurse=False)):
+                raise TypeError(f"init_model covers Linear and Conv2d layers, not {type(module).__name__}")
     return model
+
+
+def _default_init(module: nn.Linear | nn.Conv2d, generator: torch.Generator) -> None:
+    """torch's reset_parameters of Linear/Conv2d (kaiming-uniform weight, uniform bias), drawn from `generator`."""
+    nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5), generator=generator)
+    if module.bias is not None:
+        fan_in, _ = nn.init._calculate_fan_in_and_fan_out(module.weight)
+        bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+        nn.init.uniform_(module.bias, -bound, bound, generator=generator)
