@@ -104,6 +104,38 @@ def parent_key(data: DataSpec, model: ModelSpec, spec: TrainSpec) -> str:
     return spec_hash("parent", data, model, spec)
 
 
+SCHEDULES = ("step", "cosine", "constant")
+
+
+@dataclass(frozen=True)
+class RetrainSpec:
+    """How an already trained network is retrained: the fused net, pruned parents, the vanilla average.
+
+    Not the from-scratch recipe: a trained network sits in a minimum that lr 0.05 throws it out of
+    (the reference divides its lr by --retrain-lr-decay). Defaults measured by bench/retrain_recipe.py.
+    Epochs live with the step that retrains (FusionSpec.finetune_epochs, PruneSpec.retrain_epochs).
+    """
+
+    lr: float = 0.005  # SGD learning rate at the start of retraining (a tenth of TrainSpec's)
+    schedule: str = "step"  # 'step' (x decay_factor every decay_epochs), 'cosine' (to 0 over all steps), 'constant'
+    decay_epochs: int = 1  # epochs between two decays of the 'step' schedule
+    decay_factor: float = 0.5  # lr multiplier of each 'step' decay, in (0, 1]
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 0.0  # L2 penalty
+    batch_size: int = 64  # examples per SGD step
+    seed: int = 0  # seeds the batch order
+    retrain_vanilla: bool = True  # retrain the vanilla average too, same recipe and epochs (the reference's default)
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, f"retraining learning rate must be > 0, got {self.lr}")
+        _check(self.schedule in SCHEDULES, f"retraining schedule must be one of {SCHEDULES}, got '{self.schedule}'")
+        _check(self.decay_epochs >= 1, f"retraining decay epochs must be >= 1, got {self.decay_epochs}")
+        _check(0 < self.decay_factor <= 1, f"retraining decay factor must be in (0, 1], got {self.decay_factor}")
+        _check(0 <= self.momentum < 1, f"retraining momentum must be in [0, 1), got {self.momentum}")
+        _check(self.weight_decay >= 0, f"retraining weight decay must be >= 0, got {self.weight_decay}")
+        _check(self.batch_size >= 1, f"retraining batch size must be >= 1, got {self.batch_size}")
+
+
 ALIGN_MODES = ("weights", "activations")
 SOLVERS = ("emd", "sinkhorn")
 GROUND_METRICS = ("euclidean", "cosine")
@@ -133,6 +165,7 @@ class FusionSpec:
     renormalize: bool = False  # REPAIR-style rescaling of fused neurons on the activation sample
     alignment: str = "ot"  # 'ot' (layer-wise plans) or 'weight_matching' (Git Re-Basin)
     finetune_epochs: int = 0  # epochs of fine-tuning of the fused net (0 skips)
+    retrain: RetrainSpec = RetrainSpec()  # recipe of that fine-tuning (and of the vanilla average's)
 
     def __post_init__(self) -> None:
         _check(self.mode in ALIGN_MODES, f"mode must be one of {ALIGN_MODES}, got '{self.mode}'")
@@ -170,6 +203,7 @@ class FusionSpec:
 PRUNE_TYPES = ("unstructured", "structured")
 PRUNE_SCOPES = ("conv", "linear", "all")
 PRUNE_ORDERS = ("prune-fuse", "fuse-prune")
+FUSED_MASKS = ("reprune", "own-zeros")  # prune-fuse: how the fused net gets the masks its retraining keeps
 
 
 @dataclass(frozen=True)
@@ -185,6 +219,8 @@ class PruneSpec:
     order: str = "prune-fuse"  # prune parents then fuse, or fuse then prune
     retrain_parents_epochs: int = 0  # epochs of masked retraining of each pruned parent
     retrain_epochs: int = 0  # epochs of masked retraining of the fused net
+    retrain: RetrainSpec = RetrainSpec()  # recipe of every retraining of this step (parents, fused, vanilla)
+    fused_masks: str = "reprune"  # prune-fuse: 'reprune' the fused nets (same type, fraction) or keep 'own-zeros'
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.fraction < 1.0, f"prune fraction must be in [0, 1), got {self.fraction}")
@@ -193,6 +229,7 @@ class PruneSpec:
         _check(self.norm >= 1, f"structured pruning norm must be >= 1, got {self.norm}")
         _check(self.order in PRUNE_ORDERS, f"order must be one of {PRUNE_ORDERS}, got '{self.order}'")
         _check(self.retrain_parents_epochs >= 0 and self.retrain_epochs >= 0, "retraining epochs must be >= 0")
+        _check(self.fused_masks in FUSED_MASKS, f"fused masks must be one of {FUSED_MASKS}, got '{self.fused_masks}'")
 
 
 TRACE_METHODS = ("auto", "exact", "hutchinson")
