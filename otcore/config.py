@@ -184,6 +184,8 @@ class FusionSpec:
         _check(self.alignment in ("ot", "weight_matching"),
                f"alignment must be 'ot' or 'weight_matching', got '{self.alignment}'")
         _check(self.finetune_epochs >= 0, f"fine-tuning epochs must be >= 0, got {self.finetune_epochs}")
+        _check(isinstance(self.retrain, RetrainSpec), "the fine-tuning recipe must be a RetrainSpec (its fields are "
+               "set one by one: --retrain-lr, --retrain-schedule, ...)")
 
     def parent_weights(self, n_parents: int) -> list[float]:
         """Normalised averaging weight of each parent."""
@@ -230,6 +232,8 @@ class PruneSpec:
         _check(self.order in PRUNE_ORDERS, f"order must be one of {PRUNE_ORDERS}, got '{self.order}'")
         _check(self.retrain_parents_epochs >= 0 and self.retrain_epochs >= 0, "retraining epochs must be >= 0")
         _check(self.fused_masks in FUSED_MASKS, f"fused masks must be one of {FUSED_MASKS}, got '{self.fused_masks}'")
+        _check(isinstance(self.retrain, RetrainSpec), "the retraining recipe must be a RetrainSpec (its fields are "
+               "set one by one: --retrain-lr, --retrain-schedule, ...)")
 
 
 TRACE_METHODS = ("auto", "exact", "hutchinson")

@@ -94,13 +94,19 @@ def _report(progress: Progress | None, what: str, done: float) -> None:
 
 def fusion_key(data: DataSpec, model: ModelSpec, spec: FusionSpec, finetune: TrainSpec | None,
                parent_keys: list[str]) -> str:
-    """Cache key of fuse_and_compare; fine-tuning's recipe is spec.retrain, so `finetune` is not keyed."""
-    return spec_hash("fusion", data, model, spec, parent_keys)
+    """Cache key of fuse_and_compare; fine-tuning's recipe is spec.retrain, so `finetune` is not keyed.
+
+    Without fine-tuning the recipe changes nothing, so it is keyed at its default (one entry, not one per lr).
+    """
+    return spec_hash("fusion", data, model, spec if spec.finetune_epochs else replace(spec, retrain=RetrainSpec()),
+                     parent_keys)
 
 
 def prune_key(data: DataSpec, model: ModelSpec, prune: PruneSpec, fusion: FusionSpec, retrain: TrainSpec | None,
               parent_keys: list[str]) -> str:
     """Cache key of prune_and_compare; every retraining follows prune.retrain, so `retrain` is not keyed."""
+    if prune.retrain_epochs == 0 and prune.retrain_parents_epochs == 0:
+        prune = replace(prune, retrain=RetrainSpec())  # nothing is retrained: the recipe changes nothing
     return spec_hash("prune", data, model, prune, _fusion_only(fusion), parent_keys)
 
 

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ import torch
 from conftest import REPO, write_idx
 from otcore.config import DataSpec, FusionSpec, ModelSpec, PruneSpec, RetrainSpec, SpecError, TrainSpec
 from otcore.pipeline import (OT_FINETUNED, OT_FUSION, VANILLA, VANILLA_RETRAINED, fuse_and_compare, fusion_key,
-                             train_parents)
+                             prune_key, train_parents)
 from otcore.train import lr_schedule
 
 # Test-accuracy points the default recipe gains over the fused net after 3 epochs, at least; measured here:
@@ -66,6 +67,9 @@ def test_recipe_settings_are_validated() -> None:
             RetrainSpec(**bad)
     with pytest.raises(SpecError, match="fused masks must be one of"):
         PruneSpec(fused_masks="keep")
+    for spec in (PruneSpec, FusionSpec):  # e.g. a sweep grid that sets the whole recipe to a word
+        with pytest.raises(SpecError, match="recipe must be a RetrainSpec"):
+            spec(retrain="fast")
     # Defaults suit a trained net: a lower lr than training from scratch, and a decaying schedule.
     assert RetrainSpec().lr < TrainSpec().lr and RetrainSpec().schedule != "constant"
 
@@ -114,6 +118,13 @@ def test_the_recipe_is_in_the_cache_key(studies) -> None:
     spec = FusionSpec(finetune_epochs=1, retrain=RetrainSpec(lr=0.02, schedule="step"))
     assert fusion_key(data, ModelSpec(), spec, None, keys) != fusion_key(data, ModelSpec(), FusionSpec(
         finetune_epochs=1), None, keys)
+    # Without fine-tuning the recipe changes nothing, and shares one entry.
+    assert fusion_key(data, ModelSpec(), replace(spec, finetune_epochs=0), None, keys) == fusion_key(
+        data, ModelSpec(), FusionSpec(), None, keys)
+    assert prune_key(data, ModelSpec(), PruneSpec(retrain=spec.retrain), FusionSpec(), None, keys) == prune_key(
+        data, ModelSpec(), PruneSpec(), spec, None, keys)
+    assert prune_key(data, ModelSpec(), PruneSpec(retrain_epochs=1, retrain=spec.retrain), FusionSpec(), None,
+                     keys) != prune_key(data, ModelSpec(), PruneSpec(retrain_epochs=1), FusionSpec(), None, keys)
     first = fuse_and_compare(data, ModelSpec(), parents, spec, device="cpu")
     default = fuse_and_compare(data, ModelSpec(), parents, FusionSpec(finetune_epochs=1), device="cpu")
     assert not first.cached and first.key != default.key
