@@ -24,8 +24,8 @@ apply_policy(workers=DASHBOARD_WORKERS)  # once per server process, before any t
 
 from otcore import figures, pipeline  # noqa: E402 - after the thread policy
 from otcore.checkpoints import CheckpointError, checkpoint_bytes
-from otcore.config import (DEVICE_CHOICES, DataSpec, FusionSpec, ModelSpec, SpecError, TrainSpec, parse_classes,
-                           spec_hash)
+from otcore.config import (DEVICE_CHOICES, SCHEDULES, DataSpec, FusionSpec, ModelSpec, RetrainSpec, SpecError,
+                           TrainSpec, parse_classes, spec_hash)
 from otcore.data import DataError, list_datasets
 from otcore.device import resolve_device
 from otcore.models import list_models
@@ -703,3 +703,23 @@ def keep_choice(key: str, options: Sequence[Any], default: Any) -> None:
         st.session_state[key] = [m for m in (default if value is None else value) if m in options]
     elif st.session_state.get(key) not in options:
         st.session_state[key] = default if default in options else options[0]
+
+
+def retraining_widgets(prefix: str, what: str) -> tuple[float, str, bool]:
+    """The retraining recipe's widgets (keys '<prefix>.retrain_lr', '.retrain_schedule', '.retrain_vanilla').
+
+    One recipe for every retraining of a page, not the parents' from-scratch lr; `what` names
+    what it retrains, for the help texts.
+    """
+    d = RetrainSpec()
+    init_state({f"{prefix}.retrain_lr": d.lr, f"{prefix}.retrain_schedule": d.schedule,
+                f"{prefix}.retrain_vanilla": d.retrain_vanilla})
+    a, b, c = st.columns(3)
+    lr = a.number_input("Retraining lr", min_value=0.0, step=0.001, format="%.4f", key=f"{prefix}.retrain_lr",
+                        help=f"SGD learning rate of {what}; lower than training from scratch, as the net is trained")
+    schedule = b.selectbox("Retraining schedule", SCHEDULES, key=f"{prefix}.retrain_schedule",
+                           help="step: lr halved after every epoch; cosine: decays to 0 over the retraining; constant")
+    vanilla = c.checkbox("Retrain the vanilla average too", key=f"{prefix}.retrain_vanilla",
+                         help="same recipe and epochs, so retrained OT fusion is compared with a retrained baseline")
+    return float(lr), schedule, vanilla
+

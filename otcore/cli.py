@@ -18,9 +18,9 @@ from typing import Any, Callable
 from tqdm import tqdm
 
 # Only torch-free modules at the top: a `train` answered from the cache never imports torch.
-from otcore.config import (ARCHITECTURES, DATASETS, DEVICE_CHOICES, DataSpec, FusionSpec, HessianSpec, ModelSpec,
-                           PARTITIONS, PruneSpec, SpecError, TRACE_METHODS, TrainSpec, check_partition_parents,
-                           parent_key, parse_classes)
+from otcore.config import (ARCHITECTURES, DATASETS, DEVICE_CHOICES, FUSED_MASKS, PARTITIONS, SCHEDULES, DataSpec,
+                           FusionSpec, HessianSpec, ModelSpec, PruneSpec, RetrainSpec, SpecError, TRACE_METHODS,
+                           TrainSpec, check_partition_parents, parent_key, parse_classes)
 from otcore.threads import apply_policy
 
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], dict]]] = {}
@@ -230,6 +230,25 @@ def add_fusion(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alignment", default="ot", choices=["ot", "weight-matching", "cca", "zipit"],
                    help="ot: transport plans; weight-matching: Git Re-Basin; cca: CCA Merge; zipit: ZipIt!")
     p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs)
+    add_retraining(p)
+
+
+def add_retraining(p: argparse.ArgumentParser) -> None:
+    """Flags of RetrainSpec: the one recipe of fine-tuning and of every retraining (not the parents' training)."""
+    d = RetrainSpec()
+    p.add_argument("--retrain-lr", type=float, default=d.lr, help="lr of fine-tuning / retraining (not --lr)")
+    p.add_argument("--retrain-schedule", default=d.schedule, choices=SCHEDULES,
+                   help="cosine: to 0 over the retraining; step: x --retrain-decay-factor every --retrain-decay-epochs")
+    p.add_argument("--retrain-decay-epochs", type=int, default=d.decay_epochs)
+    p.add_argument("--retrain-decay-factor", type=float, default=d.decay_factor)
+    p.add_argument("--retrain-fused-only", action="store_true",
+                   help="retrain the OT-fused net only, not the vanilla average (reference: --retrain-geometric-only)")
+
+
+def retrain_spec(args: argparse.Namespace) -> RetrainSpec:
+    """The RetrainSpec of the retraining flags."""
+    return RetrainSpec(lr=args.retrain_lr, schedule=args.retrain_schedule, decay_epochs=args.retrain_decay_epochs,
+                       decay_factor=args.retrain_decay_factor, retrain_vanilla=not args.retrain_fused_only)
 
 
 def fusion_spec(args: argparse.Namespace) -> FusionSpec:
@@ -241,7 +260,7 @@ def fusion_spec(args: argparse.Namespace) -> FusionSpec:
         marginal_correction=not args.no_correction, marginals="importance" if args.importance else "uniform",
         ensemble_step=args.ensemble_step, weights=tuple(args.weights) if args.weights else None, anchor=args.anchor,
         skip_last_layer=not args.no_skip_last_layer, renormalize=args.renormalize,
-        alignment=args.alignment.replace("-", "_"), finetune_epochs=args.finetune_epochs)
+        alignment=args.alignment.replace("-", "_"), finetune_epochs=args.finetune_epochs, retrain=retrain_spec(args))
 
 
 def checked_fusion_spec(args: argparse.Namespace) -> FusionSpec:
@@ -334,13 +353,16 @@ def add_pruning(p: argparse.ArgumentParser) -> None:
     p.add_argument("--order", default=d.order, choices=["prune-fuse", "fuse-prune"])
     p.add_argument("--retrain-parents-epochs", type=int, default=d.retrain_parents_epochs)
     p.add_argument("--retrain-epochs", type=int, default=d.retrain_epochs)
+    p.add_argument("--fused-masks", default=d.fused_masks, choices=FUSED_MASKS,
+                   help="prune-fuse: prune the fused nets again at --fraction (reprune) or keep their own zeros")
 
 
 def prune_spec(args: argparse.Namespace, fraction: float) -> PruneSpec:
     """The PruneSpec of the pruning flags at one fraction."""
     return PruneSpec(fraction=fraction, type=args.type, scope=args.scope, norm=args.norm, global_=args.global_,
                      keep_last_layer=not args.prune_last_layer, order=args.order,
-                     retrain_parents_epochs=args.retrain_parents_epochs, retrain_epochs=args.retrain_epochs)
+                     retrain_parents_epochs=args.retrain_parents_epochs, retrain_epochs=args.retrain_epochs,
+                     retrain=retrain_spec(args), fused_masks=args.fused_masks)
 
 
 def prune_json(comparison: Any) -> dict:

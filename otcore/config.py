@@ -170,6 +170,41 @@ def parent_key(data: DataSpec, model: ModelSpec, spec: TrainSpec) -> str:
     return spec_hash("parent", data, model, spec)
 
 
+SCHEDULES = ("step", "cosine", "constant")
+
+
+@dataclass(frozen=True)
+class RetrainSpec:
+    """How an already trained network is retrained: the fused net, pruned parents, the vanilla average.
+
+    Not the from-scratch recipe: a trained network sits in a minimum that lr 0.05 throws it out of
+    (the reference divides its lr by --retrain-lr-decay). Defaults measured by bench/retrain_recipe.py.
+    Epochs live with the step that retrains (FusionSpec.finetune_epochs, PruneSpec.retrain_epochs).
+    """
+
+    lr: float = 0.005  # SGD learning rate at the start of retraining (a tenth of TrainSpec's)
+    schedule: str = "step"  # 'step' (x decay_factor every decay_epochs), 'cosine' (to 0 over all steps), 'constant'
+    decay_epochs: int = 1  # epochs between two decays of the 'step' schedule
+    decay_factor: float = 0.5  # lr multiplier of each 'step' decay, in (0, 1]
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 0.0  # L2 penalty
+    batch_size: int = 64  # examples per SGD step
+    seed: int = 0  # seeds the batch order
+    retrain_vanilla: bool = True  # retrain the vanilla average too, same recipe and epochs (the reference's default)
+
+    def __post_init__(self) -> None:
+        _check(0 < self.lr <= 10, f"retraining learning rate must be in (0, 10], got {self.lr}")
+        _check(self.schedule in SCHEDULES, f"retraining schedule must be one of {SCHEDULES}, got '{self.schedule}'")
+        _check(1 <= self.decay_epochs <= MAX_EPOCHS,
+               f"retraining decay epochs must be in [1, {MAX_EPOCHS}], got {self.decay_epochs}")
+        _check(0 < self.decay_factor <= 1, f"retraining decay factor must be in (0, 1], got {self.decay_factor}")
+        _check(0 <= self.momentum < 1, f"retraining momentum must be in [0, 1), got {self.momentum}")
+        _check(0 <= self.weight_decay <= 1, f"retraining weight decay must be in [0, 1], got {self.weight_decay}")
+        _check(1 <= self.batch_size <= MAX_BATCH,
+               f"retraining batch size must be in [1, {MAX_BATCH}], got {self.batch_size}")
+        _check(0 <= self.seed < MAX_SEED, f"retraining seed must be in [0, 2**31), got {self.seed}")
+
+
 ALIGN_MODES = ("weights", "activations")
 SOLVERS = ("emd", "sinkhorn")
 GROUND_METRICS = ("euclidean", "cosine")
@@ -200,6 +235,7 @@ class FusionSpec:
     renormalize: bool = False  # REPAIR-style rescaling of fused neurons on the activation sample
     alignment: str = "ot"  # one of ALIGNMENTS: 'ot', 'weight_matching' (Git Re-Basin), 'cca' (CCA Merge), 'zipit'
     finetune_epochs: int = 0  # epochs of fine-tuning of the fused net (0 skips)
+    retrain: RetrainSpec = RetrainSpec()  # recipe of that fine-tuning (and of the vanilla average's)
 
     def __post_init__(self) -> None:
         _check(self.mode in ALIGN_MODES, f"mode must be one of {ALIGN_MODES}, got '{self.mode}'")
@@ -223,6 +259,8 @@ class FusionSpec:
         _check(self.alignment in ALIGNMENTS, f"alignment must be one of {ALIGNMENTS}, got '{self.alignment}'")
         _check(0 <= self.finetune_epochs <= MAX_EPOCHS,
                f"fine-tuning epochs must be in [0, {MAX_EPOCHS}], got {self.finetune_epochs}")
+        _check(isinstance(self.retrain, RetrainSpec), "the fine-tuning recipe must be a RetrainSpec (its fields are "
+               "set one by one: --retrain-lr, --retrain-schedule, ...)")
 
     def parent_weights(self, n_parents: int) -> list[float]:
         """Normalised averaging weight of each parent."""
@@ -242,6 +280,7 @@ class FusionSpec:
 PRUNE_TYPES = ("unstructured", "structured")
 PRUNE_SCOPES = ("conv", "linear", "all")
 PRUNE_ORDERS = ("prune-fuse", "fuse-prune")
+FUSED_MASKS = ("reprune", "own-zeros")  # prune-fuse: how the fused net gets the masks its retraining keeps
 
 
 @dataclass(frozen=True)
@@ -257,6 +296,8 @@ class PruneSpec:
     order: str = "prune-fuse"  # prune parents then fuse, or fuse then prune
     retrain_parents_epochs: int = 0  # epochs of masked retraining of each pruned parent
     retrain_epochs: int = 0  # epochs of masked retraining of the fused net
+    retrain: RetrainSpec = RetrainSpec()  # recipe of every retraining of this step (parents, fused, vanilla)
+    fused_masks: str = "reprune"  # prune-fuse: 'reprune' the fused nets (same type, fraction) or keep 'own-zeros'
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.fraction < 1.0, f"prune fraction must be in [0, 1), got {self.fraction}")
@@ -267,6 +308,9 @@ class PruneSpec:
         _check(0 <= self.retrain_parents_epochs <= MAX_EPOCHS and 0 <= self.retrain_epochs <= MAX_EPOCHS,
                f"retraining epochs must be in [0, {MAX_EPOCHS}], got {self.retrain_parents_epochs} (parents) and "
                f"{self.retrain_epochs} (fused net)")
+        _check(self.fused_masks in FUSED_MASKS, f"fused masks must be one of {FUSED_MASKS}, got '{self.fused_masks}'")
+        _check(isinstance(self.retrain, RetrainSpec), "the retraining recipe must be a RetrainSpec (its fields are "
+               "set one by one: --retrain-lr, --retrain-schedule, ...)")
 
 
 TRACE_METHODS = ("auto", "exact", "hutchinson")

@@ -16,15 +16,15 @@ from torch import nn
 
 from otcore.cache import CacheEntry, DiskCache, default_cache
 from otcore.checkpoints import load_checkpoint, load_into
-from otcore.config import (DataSpec, FusionSpec, ModelSpec, PruneSpec, SpecError, TrainSpec, check_partition_parents,
-                           parent_key, spec_dict, spec_hash)
+from otcore.config import (DataSpec, FusionSpec, ModelSpec, PruneSpec, RetrainSpec, SpecError, TrainSpec,
+                           check_partition_parents, parent_key, spec_dict, spec_hash)
 from otcore.data import Dataset, load_dataset, sample_inputs
 from otcore.device import on_device, resolve_device
 from otcore.fusion.baselines import ensemble_log_probs, vanilla_average
 from otcore.fusion.fuse import fuse
 from otcore.models import FusableNet, build_model, count_parameters
 from otcore.partition import class_counts, part_indices
-from otcore.prune import copy_model, finalize, prunable_layers, prune_model, sparsity_report
+from otcore.prune import copy_model, finalize, mask_zeros, prunable_layers, prune_model, sparsity_report
 from otcore.train import Evaluation, ProgressFn, TrainProgress, evaluate, init_model, predict_logits, score_logits, train
 
 Progress = Callable[[str, float], None]  # (what is happening, fraction done in [0, 1])
@@ -34,6 +34,7 @@ OT_FUSION = "OT fusion"
 OT_FINETUNED = "OT fusion fine-tuned"
 OT_RETRAINED = "OT fusion retrained"
 VANILLA = "vanilla average"
+VANILLA_RETRAINED = "vanilla average retrained"  # same recipe and epochs as the fused net's (the reference's default)
 ENSEMBLE = "prediction ensemble"
 
 
@@ -81,7 +82,8 @@ class Comparison:
         """The headless contract: test accuracies in percent, parents in order."""
         out = {"parents": [r.test.accuracy for r in self.rows if r.method.startswith(PARENT)]}
         names = {OT_FUSION: "ot_fusion", VANILLA: "vanilla_average", ENSEMBLE: "prediction_ensemble",
-                 OT_FINETUNED: "ot_fusion_finetuned", OT_RETRAINED: "ot_fusion_retrained"}
+                 OT_FINETUNED: "ot_fusion_finetuned", OT_RETRAINED: "ot_fusion_retrained",
+                 VANILLA_RETRAINED: "vanilla_average_retrained"}
         out.update({names[r.method]: r.test.accuracy for r in self.rows if r.method in names})
         return out
 
@@ -91,16 +93,27 @@ def _report(progress: Progress | None, what: str, done: float) -> None:
         progress(what, min(max(done, 0.0), 1.0))
 
 
-def fusion_key(data: DataSpec, model: ModelSpec, spec: FusionSpec, finetune: TrainSpec, parent_keys: list[str]) -> str:
-    """Cache key of fuse_and_compare (finetune's epochs are replaced by spec.finetune_epochs)."""
-    return spec_hash("fusion", data, model, spec, replace(finetune, epochs=spec.finetune_epochs), parent_keys)
+def fusion_key(data: DataSpec, model: ModelSpec, spec: FusionSpec, finetune: TrainSpec | None,
+               parent_keys: list[str]) -> str:
+    """Cache key of fuse_and_compare; fine-tuning's recipe is spec.retrain, so `finetune` is not keyed.
 
-
-def prune_key(data: DataSpec, model: ModelSpec, prune: PruneSpec, fusion: FusionSpec, retrain: TrainSpec,
-              parent_keys: list[str]) -> str:
-    """Cache key of prune_and_compare (fusion without fine-tuning; retraining epochs live in prune)."""
-    return spec_hash("prune", data, model, prune, replace(fusion, finetune_epochs=0), replace(retrain, epochs=0),
+    Without fine-tuning the recipe changes nothing, so it is keyed at its default (one entry, not one per lr).
+    """
+    return spec_hash("fusion", data, model, spec if spec.finetune_epochs else replace(spec, retrain=RetrainSpec()),
                      parent_keys)
+
+
+def prune_key(data: DataSpec, model: ModelSpec, prune: PruneSpec, fusion: FusionSpec, retrain: TrainSpec | None,
+              parent_keys: list[str]) -> str:
+    """Cache key of prune_and_compare; every retraining follows prune.retrain, so `retrain` is not keyed."""
+    if prune.retrain_epochs == 0 and prune.retrain_parents_epochs == 0:
+        prune = replace(prune, retrain=RetrainSpec())  # nothing is retrained: the recipe changes nothing
+    return spec_hash("prune", data, model, prune, _fusion_only(fusion), parent_keys)
+
+
+def _fusion_only(fusion: FusionSpec) -> FusionSpec:
+    """The fusion settings without fine-tuning: the prune step retrains by its own spec."""
+    return replace(fusion, finetune_epochs=0, retrain=RetrainSpec())
 
 
 def cached(cache: DiskCache, key: str, compute: Callable[[], CacheEntry]) -> tuple[CacheEntry, bool]:
@@ -228,16 +241,17 @@ def fusion_inputs(data: DataSpec, spec: FusionSpec, device: torch.device) -> tor
     return x.to(device)
 
 
-def _fine_tuned(net: nn.Module, ds: Dataset, spec: TrainSpec, label: str, progress: Progress | None,
-               span: tuple[float, float]) -> tuple[nn.Module, float]:
-    """A trained copy of net (pruning masks stay in force), and the seconds it took."""
+def _fine_tuned(net: nn.Module, ds: Dataset, recipe: RetrainSpec, epochs: int, label: str,
+                progress: Progress | None, span: tuple[float, float]) -> tuple[nn.Module, float]:
+    """A copy of net retrained by the recipe for `epochs` (pruning masks stay in force), and its seconds."""
     tuned = copy_model(net)
 
     def step(p: TrainProgress) -> None:
-        _report(progress, f"{label}: epoch {p.epoch}/{p.epochs}", span[0] + (span[1] - span[0]) * p.epoch / p.epochs)
+        done = ((p.epoch - 1) * p.steps + p.step) / (p.epochs * p.steps)
+        _report(progress, f"{label}: epoch {p.epoch}/{p.epochs}", span[0] + (span[1] - span[0]) * done)
 
     start = time.perf_counter()
-    train(tuned, ds.x_train, ds.y_train, spec, step)
+    train(tuned, ds.x_train, ds.y_train, recipe, step, epochs=epochs)
     return tuned, time.perf_counter() - start
 
 
@@ -268,9 +282,13 @@ def _scored_entry(key: str, kind: str, config: dict, models: dict[str, nn.Module
 def fuse_and_compare(data: DataSpec, model: ModelSpec, parents: list[Parent], spec: FusionSpec,
                      finetune: TrainSpec | None = None, device: str = "auto",
                      progress: Progress | None = None, cache: DiskCache | None = None) -> Comparison:
-    """Each parent, vanilla average, prediction ensemble, OT fusion and (if asked) its fine-tuning."""
+    """Each parent, vanilla average, prediction ensemble, OT fusion and (if asked) its fine-tuning.
+
+    Fine-tuning follows spec.retrain for spec.finetune_epochs; with spec.retrain.retrain_vanilla the
+    vanilla average gets the same recipe and budget, so both retrained rows compare fairly.
+    `finetune` (the parents' from-scratch recipe) is no longer used; it stays for existing callers.
+    """
     cache = cache or default_cache()
-    finetune = replace(finetune or TrainSpec(), epochs=spec.finetune_epochs)
     key = fusion_key(data, model, spec, finetune, [p.key for p in parents])
     dev = resolve_device(device)
     nets = [on_device(p.model, dev) for p in parents]  # shared models: never moved or switched
@@ -284,8 +302,12 @@ def fuse_and_compare(data: DataSpec, model: ModelSpec, parents: list[Parent], sp
         models.update(_baselines(nets))
         models[OT_FUSION] = fused
         if spec.finetune_epochs > 0:
-            models[OT_FINETUNED], seconds["finetune"] = _fine_tuned(fused, ds, finetune, "fine-tuning", progress,
-                                                                    (0.3, 0.9))
+            if spec.retrain.retrain_vanilla and VANILLA in models:
+                models[VANILLA_RETRAINED], seconds["finetune vanilla"] = _fine_tuned(
+                    models[VANILLA], ds, spec.retrain, spec.finetune_epochs, "retraining the vanilla average",
+                    progress, (0.2, 0.55))
+            models[OT_FINETUNED], seconds["finetune"] = _fine_tuned(
+                fused, ds, spec.retrain, spec.finetune_epochs, "fine-tuning the fused net", progress, (0.55, 0.9))
         _report(progress, "evaluating every method", 0.9)
         config = {"data": spec_dict(data), "model": spec_dict(model), "fusion": spec_dict(spec),
                   "parents": [p.key for p in parents]}
@@ -335,19 +357,29 @@ def prune_and_compare(data: DataSpec, model: ModelSpec, parents: list[Parent], p
                       progress: Progress | None = None, cache: DiskCache | None = None) -> Comparison:
     """Every method at one prune setting, in the spec's order (prune then fuse, or fuse then prune).
 
-    prune-fuse (the seed study): parents pruned (and optionally retrained with masks), then the
-    baselines and OT fusion of the pruned parents; retraining tunes the fused net.
+    prune-fuse (the seed study): parents pruned (and optionally retrained with their masks), then
+    OT fusion and vanilla average of the pruned parents. Fusing mixes the parents' masks, so each
+    fused net is pruned again with the same type and fraction (`fused_masks='reprune'`) or masked
+    at its own zeros (`'own-zeros'`); the OT fusion and vanilla rows are those masked nets.
     fuse-prune: OT fusion and vanilla average of the unpruned parents, each then pruned; parents
-    and ensemble use the pruned parents; retraining keeps the fused net's masks.
-    `extra['sparsity']` maps each single network to its fraction of zero weights over the pruned layers.
+    and ensemble use the pruned parents. Either order: retraining (prune.retrain, prune.retrain_epochs)
+    keeps every mask, so pruned weights stay exactly zero; with `retrain.retrain_vanilla` the
+    vanilla average is retrained too. `extra['sparsity']` maps each single network to its measured
+    fraction of zero weights over the pruned layers. `retrain` is no longer used (kept for callers).
     """
     cache = cache or default_cache()
-    fusion = replace(fusion, finetune_epochs=0)  # prune.retrain_epochs is this step's retraining
-    retrain = retrain or TrainSpec()
+    fusion = _fusion_only(fusion)  # prune.retrain_epochs is this step's retraining
+    recipe = prune.retrain
     key = prune_key(data, model, prune, fusion, retrain, [p.key for p in parents])
     dev = resolve_device(device)
     nets = [on_device(p.model, dev) for p in parents]  # shared models: never moved or switched
     names = [p.name for p in parents]
+    layers = prunable_layers(nets[0], prune.scope, prune.keep_last_layer)
+
+    def masked(net: nn.Module) -> nn.Module:
+        if prune.order == "fuse-prune" or prune.fused_masks == "reprune":
+            return prune_model(net, prune)
+        return mask_zeros(net, layers)
 
     def compute() -> CacheEntry:
         ds = dataset(data)
@@ -357,31 +389,32 @@ def prune_and_compare(data: DataSpec, model: ModelSpec, parents: list[Parent], p
         _report(progress, "pruning the parents", 0.05)
         pruned = [prune_model(n, prune) for n in nets]
         if prune.retrain_parents_epochs > 0:
-            spec = replace(retrain, epochs=prune.retrain_parents_epochs)
-            pruned = [_fine_tuned(n, ds, spec, f"retraining pruned {names[i]}", progress, (0.1, 0.5))[0]
-                      for i, n in enumerate(pruned)]
+            pruned = [_fine_tuned(n, ds, recipe, prune.retrain_parents_epochs, f"retraining pruned {names[i]}",
+                                  progress, (0.1, 0.4))[0] for i, n in enumerate(pruned)]
         pruned = [finalize(n) for n in pruned]
         seconds["prune"] = time.perf_counter() - start
-        _report(progress, "fusing", 0.5)
-        if prune.order == "prune-fuse":
-            fused, fuse_seconds, diagnostics = _ot_fusion(pruned, fusion, data, dev, names, tensors)
-            models = {**dict(zip(names, pruned)), **_baselines(pruned), OT_FUSION: fused}
-        else:
-            fused, fuse_seconds, diagnostics = _ot_fusion(nets, fusion, data, dev, names, tensors)
-            baselines = _baselines(nets)
-            models = dict(zip(names, pruned))
-            if VANILLA in baselines:
-                models[VANILLA] = finalize(prune_model(baselines[VANILLA], prune))
-            models[ENSEMBLE] = list(pruned)
-            fused = prune_model(fused, prune)  # masks kept for the retraining below
-            models[OT_FUSION] = finalize(fused)
+        _report(progress, "fusing", 0.4)
+        sources = pruned if prune.order == "prune-fuse" else nets
+        fused, fuse_seconds, diagnostics = _ot_fusion(sources, fusion, data, dev, names, tensors)
         seconds.update(fuse_seconds)
+        vanilla = _baselines(sources).get(VANILLA)
+        fused = masked(fused)  # masks kept for the retraining below
+        vanilla = masked(vanilla) if vanilla is not None else None
+        models: dict[str, nn.Module | list[nn.Module]] = dict(zip(names, pruned))
+        if vanilla is not None:
+            models[VANILLA] = finalize(vanilla)
+        models[ENSEMBLE] = list(pruned)
+        models[OT_FUSION] = finalize(fused)
         if prune.retrain_epochs > 0:
-            tuned, seconds["retrain"] = _fine_tuned(fused, ds, replace(retrain, epochs=prune.retrain_epochs),
-                                                    "retraining the fused net", progress, (0.6, 0.9))
+            if vanilla is not None and recipe.retrain_vanilla:
+                tuned, seconds["retrain vanilla"] = _fine_tuned(vanilla, ds, recipe, prune.retrain_epochs,
+                                                                "retraining the vanilla average", progress,
+                                                                (0.45, 0.65))
+                models[VANILLA_RETRAINED] = finalize(tuned)
+            tuned, seconds["retrain"] = _fine_tuned(fused, ds, recipe, prune.retrain_epochs,
+                                                    "retraining the fused net", progress, (0.65, 0.9))
             models[OT_RETRAINED] = finalize(tuned)
         _report(progress, "evaluating every method", 0.9)
-        layers = prunable_layers(nets[0], prune.scope, prune.keep_last_layer)
         sparsity = {name: sparsity_report(m, layers).overall_fraction for name, m in models.items()
                     if isinstance(m, nn.Module)}
         config = {"data": spec_dict(data), "model": spec_dict(model), "prune": spec_dict(prune),

@@ -99,6 +99,22 @@ def prune_model(model: FusableNet, spec: PruneSpec) -> FusableNet:
     return pruned
 
 
+def mask_zeros(model: nn.Module, layers: list[str]) -> nn.Module:
+    """A deep copy whose listed layers are masked exactly at their zeros (weight, and bias where present).
+
+    For a net whose zeros came from elsewhere (the fusion of pruned parents): retraining it keeps
+    those zeros, no more, no fewer (`prune.custom_from_mask`).
+    """
+    out = copy_model(model)
+    for name in layers:
+        module = out.get_submodule(name)
+        for param in ("weight", "bias"):
+            value = getattr(module, param, None)
+            if isinstance(value, torch.Tensor) and not hasattr(module, param + "_mask"):
+                prune.custom_from_mask(module, param, mask=(value.detach() != 0).to(value.dtype))
+    return out
+
+
 def is_pruned(model: nn.Module) -> bool:
     """Whether any submodule has a pruning mask attached."""
     return prune.is_pruned(model)

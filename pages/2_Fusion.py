@@ -5,7 +5,8 @@ import streamlit as st
 
 import dashboard
 from otcore import figures, partition_figures, report
-from otcore.config import ALIGN_MODES, GROUND_METRICS, MARGINALS, NORMALIZATIONS, SOLVERS, FusionSpec, SpecError
+from otcore.config import (ALIGN_MODES, GROUND_METRICS, MARGINALS, NORMALIZATIONS, SOLVERS, FusionSpec, RetrainSpec,
+                           SpecError)
 from otcore.pipeline import OT_FUSION
 
 DEFAULT = FusionSpec()
@@ -44,9 +45,12 @@ with st.form("fusion", border=False):
                               help="entropic regularisation, relative to the largest cost (Sinkhorn only)")
     metric = row[4].selectbox("Ground metric", GROUND_METRICS, key="fusion.ground_metric")
     finetune = row[5].number_input("Fine-tuning", min_value=0, max_value=1000, step=1, key="fusion.finetune_epochs",
-                                   help="epochs of fine-tuning of the fused network; 0 skips it")
+                                   help="epochs of fine-tuning of the fused network (and of the vanilla average, "
+                                        "unless unticked below) with the retraining recipe; 0 skips it")
     pressed = row[6].form_submit_button("Fuse", type="primary", key="fusion.fuse", width="stretch")
-    with st.expander("More options: anchor, weights, cost, marginals, activations, corrections, REPAIR"):
+    with st.expander("More options: fine-tuning recipe, anchor, weights, cost, marginals, activations, corrections, "
+                     "REPAIR"):
+        retrain_lr, schedule, retrain_vanilla = dashboard.retraining_widgets("fusion", "fine-tuning")
         a, b, c, d = st.columns(4)
         step = a.slider("Ensemble step (anchor's weight)", 0.0, 1.0, step=0.05, key="fusion.ensemble_step",
                         help="with two parents: the anchor's share of the average")
@@ -77,7 +81,8 @@ if pressed:
                           past_correction=past, marginal_correction=correction, marginals=marginals, ensemble_step=float(step),
                           weights=dashboard.parse_numbers(weights_text, "per-parent weights"), anchor=int(anchor),
                           skip_last_layer=skip_last, renormalize=repair, alignment=alignment,
-                          finetune_epochs=int(finetune))
+                          finetune_epochs=int(finetune),
+                          retrain=RetrainSpec(lr=retrain_lr, schedule=schedule, retrain_vanilla=retrain_vanilla))
         spec.parent_weights(n_parents)  # checks the weights' count against the parents
     except SpecError as err:
         dashboard.show_error(err, "Check the fusion settings")

@@ -7,18 +7,20 @@ import streamlit as st
 
 import dashboard
 from otcore import figures, report
-from otcore.config import PRUNE_ORDERS, PRUNE_SCOPES, PRUNE_TYPES, PruneSpec, SpecError
+from otcore.config import FUSED_MASKS, PRUNE_ORDERS, PRUNE_SCOPES, PRUNE_TYPES, PruneSpec, RetrainSpec, SpecError
 
 DEFAULT = PruneSpec()
 ORDERS = {"prune-fuse": "prune, then fuse", "fuse-prune": "fuse, then prune"}
+MASKS = {"reprune": "pruned again at the fraction", "own-zeros": "their own zeros"}
 FRACTIONS = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
 SWEEP = "pruning.sweep"  # (PruneSpec at fraction 0, FusionSpec, fractions, parent keys) of the last Run sweep
 
 dashboard.page_setup("Pruning")
 ws = dashboard.workspace()
 st.title("Pruning", anchor=False)
-st.caption("Magnitude pruning before fusion or after it, optionally retrained with masks: every method at one "
-           "fraction, and a sweep over fractions.")
+st.caption("Prune, then fuse: the parents are pruned (and retrained with their masks), fused, and the fused nets "
+           "pruned again at the same fraction (or masked at their own zeros). Fuse, then prune: the unpruned parents are fused and the fused nets "
+           "pruned. Either way retraining keeps every mask, so pruned weights stay exactly zero.")
 parent_set = dashboard.require_parents(ws, minimum=2)
 fusion_spec, fusion_origin = dashboard.fusion_setting(parent_set)
 
@@ -27,6 +29,7 @@ dashboard.init_state({
     "pruning.order": DEFAULT.order, "pruning.retrain_epochs": DEFAULT.retrain_epochs,
     "pruning.retrain_parents_epochs": DEFAULT.retrain_parents_epochs, "pruning.norm": DEFAULT.norm,
     "pruning.global_": DEFAULT.global_, "pruning.keep_last_layer": DEFAULT.keep_last_layer,
+    "pruning.fused_masks": DEFAULT.fused_masks,
     "pruning.fractions": [0.0, 0.3, 0.5, 0.7, 0.9]})
 with st.form("pruning", border=False):
     row = st.columns([2, 1.3, 0.9, 1.45, 1, 0.8], vertical_alignment="bottom")
@@ -37,9 +40,12 @@ with st.form("pruning", border=False):
     scope = row[2].selectbox("Scope", PRUNE_SCOPES, key="pruning.scope", help="which layers are pruned")
     order = row[3].selectbox("Order", PRUNE_ORDERS, format_func=ORDERS.get, key="pruning.order")
     retrain = row[4].number_input("Retraining", 0, 1000, step=1, key="pruning.retrain_epochs",
-                                  help="epochs of masked retraining of the fused net; 0 skips it")
+                                  help="epochs of masked retraining of the fused net (and of the vanilla average, "
+                                       "unless unticked below); 0 skips it")
     pressed = row[5].form_submit_button("Prune", type="primary", key="pruning.prune", width="stretch")
-    with st.expander("More options: parents' retraining, filter norm, global ranking, last layer"):
+    with st.expander("More options: retraining recipe, fused nets' masks, parents' retraining, filter norm, global "
+                     "ranking, last layer"):
+        retrain_lr, schedule, retrain_vanilla = dashboard.retraining_widgets("pruning", "every retraining")
         a, b, c, d = st.columns(4)
         retrain_parents = a.number_input("Parents' retraining", 0, 1000, step=1, key="pruning.retrain_parents_epochs",
                                          help="epochs of masked retraining of each pruned parent")
@@ -47,12 +53,17 @@ with st.form("pruning", border=False):
         global_ = c.checkbox("Global ranking (unstructured)", key="pruning.global_",
                              help="rank weights across all pruned layers instead of per layer")
         keep_last = d.checkbox("Keep last layer", key="pruning.keep_last_layer", help="never prune the classifier")
+        fused_masks = a.selectbox("Fused nets' masks (prune, then fuse)", FUSED_MASKS, format_func=MASKS.get,
+                                  key="pruning.fused_masks",
+                                  help="fusing pruned parents mixes their masks: prune the fused nets again with "
+                                       "the same type and fraction, or keep (and retrain around) their own zeros")
 
 if pressed:
     try:
         spec = PruneSpec(fraction=float(fraction), type=kind, scope=scope, norm=int(norm), global_=global_,
                          keep_last_layer=keep_last, order=order, retrain_parents_epochs=int(retrain_parents),
-                         retrain_epochs=int(retrain))
+                         retrain_epochs=int(retrain), fused_masks=fused_masks,
+                         retrain=RetrainSpec(lr=retrain_lr, schedule=schedule, retrain_vanilla=retrain_vanilla))
     except SpecError as err:
         dashboard.show_error(err, "Check the pruning settings")
         st.session_state.pop(dashboard.PRUNE_REQUEST, None)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 import dashboard
-from otcore.config import DataSpec, FusionSpec, ModelSpec, TrainSpec
-from otcore.pipeline import fuse_and_compare
+from otcore.config import DataSpec, FusionSpec, ModelSpec, RetrainSpec, TrainSpec
+from otcore.pipeline import OT_FINETUNED, VANILLA_RETRAINED, fuse_and_compare
 
 FUSION_PAGE = "pages/2_Fusion.py"
 METHODS = ["parent 1", "parent 2", "vanilla average", "prediction ensemble", "OT fusion"]
@@ -81,8 +81,8 @@ def test_sinkhorn_on_activations_with_fine_tuning(fusion):
               ground_metric="cosine", normalize="max")
     assert not at.exception and not at.error
     table = at.dataframe[0].value
-    assert list(table["method"]) == METHODS + ["OT fusion fine-tuned"]
-    assert "OT fusion fine-tuned" in cards(at)
+    assert list(table["method"]) == METHODS + [VANILLA_RETRAINED, OT_FINETUNED]
+    assert OT_FINETUNED in cards(at) and VANILLA_RETRAINED in cards(at)
     assert all(0.0 <= acc <= 100.0 for acc in table["test acc (%)"])
     # A Sinkhorn plan is not a permutation; the layer picker switches the heatmap.
     layers = [option.split("  (")[0] for option in at.selectbox(key="fusion.plan_layer").options]
@@ -90,6 +90,30 @@ def test_sinkhorn_on_activations_with_fine_tuning(fusion):
     at.selectbox(key="fusion.plan_layer").set_value(layers[-1]).run()
     assert not at.exception
     assert at.selectbox(key="fusion.plan_layer").value == layers[-1]
+
+
+def test_the_fine_tuning_recipe_reaches_the_pipeline(fusion, digits_parents):
+    at = fuse(fusion, finetune_epochs=1, retrain_lr=0.02, retrain_schedule="cosine")
+    assert not at.exception and not at.error
+    table = at.dataframe[0].value
+    assert list(table["method"]) == METHODS + [VANILLA_RETRAINED, OT_FINETUNED]
+    spec = FusionSpec(finetune_epochs=1, retrain=RetrainSpec(lr=0.02, schedule="cosine"))
+    assert at.session_state["fusion.request"][0] == spec
+    expected = fuse_and_compare(DataSpec(), ModelSpec(), digits_parents, spec, TrainSpec(), "cpu")
+    assert expected.cached  # the page computed exactly this recipe
+    for method in (VANILLA_RETRAINED, OT_FINETUNED):
+        assert cards(at)[method] == f"{expected.row(method).test.accuracy:.2f} %"
+    # Unticking the baseline's retraining leaves the vanilla average as it is.
+    at = fuse(at, retrain_vanilla=False)
+    assert not at.exception and not at.error
+    assert list(at.dataframe[0].value["method"]) == METHODS + [OT_FINETUNED]
+
+
+def test_a_retraining_lr_of_zero_is_an_error(fusion):
+    at = fuse(fusion, finetune_epochs=1, retrain_lr=0.0)
+    assert not at.exception
+    assert len(at.error) == 1 and "retraining learning rate must be > 0" in at.error[0].value
+    assert not at.metric
 
 
 def test_anchor_and_ensemble_step(fusion):

@@ -6,8 +6,8 @@ import json
 import pytest
 
 import dashboard
-from otcore.config import DataSpec, FusionSpec, ModelSpec, PruneSpec, TrainSpec
-from otcore.pipeline import prune_and_compare
+from otcore.config import DataSpec, FusionSpec, ModelSpec, PruneSpec, RetrainSpec, TrainSpec
+from otcore.pipeline import OT_RETRAINED, VANILLA_RETRAINED, prune_and_compare
 
 PRUNING_PAGE = "pages/3_Pruning.py"
 METHODS = ["parent 1", "parent 2", "vanilla average", "prediction ensemble", "OT fusion"]
@@ -42,6 +42,8 @@ def test_prune_30_percent_shows_every_method_and_the_parents_sparsity(pruning, d
     sparsity = table.set_index("method")["sparsity (%)"]
     assert sparsity["parent 1"] == pytest.approx(30.0, abs=0.5)
     assert sparsity["parent 2"] == pytest.approx(30.0, abs=0.5)
+    # Prune, then fuse: the fused nets are pruned again, so they are as sparse as the parents.
+    assert sparsity["OT fusion"] == sparsity["vanilla average"] == sparsity["parent 1"]
     # The numbers shown are the pipeline's (a disk-cache hit of the page's own computation).
     expected = prune_and_compare(DataSpec(), ModelSpec(), digits_parents, PruneSpec(fraction=0.3), FusionSpec(),
                                  TrainSpec(), "cpu")
@@ -58,14 +60,35 @@ def test_prune_30_percent_shows_every_method_and_the_parents_sparsity(pruning, d
     assert [b.key for b in at.get("download_button")] == ["pruning.download.csv", "pruning.download.report"]
 
 
-def test_structured_fuse_then_prune_with_retraining(pruning):
-    at = prune(pruning, fraction=0.5, type="structured", scope="linear", order="fuse-prune", retrain_epochs=1)
+def test_structured_fuse_then_prune_with_retraining(pruning, digits_parents):
+    at = prune(pruning, fraction=0.5, type="structured", scope="linear", order="fuse-prune", retrain_epochs=1,
+               retrain_lr=0.01, retrain_schedule="cosine")
     assert not at.exception and not at.error
     table = at.dataframe[0].value
-    assert list(table["method"]) == METHODS + ["OT fusion retrained"]
+    assert list(table["method"]) == METHODS + [VANILLA_RETRAINED, OT_RETRAINED]
     sparsity = table.set_index("method")["sparsity (%)"]
     assert 0 < sparsity["OT fusion"] <= 50.5 and 0 < sparsity["parent 1"] <= 50.5  # filters of the hidden layers
-    assert all(0.0 <= acc <= 100.0 for acc in table["test acc (%)"])
+    assert sparsity[OT_RETRAINED] == sparsity["OT fusion"] and sparsity[VANILLA_RETRAINED] == sparsity["OT fusion"]
+    spec = PruneSpec(fraction=0.5, type="structured", scope="linear", order="fuse-prune", retrain_epochs=1,
+                     retrain=RetrainSpec(lr=0.01, schedule="cosine"))
+    assert at.session_state[dashboard.PRUNE_REQUEST][0] == spec
+    expected = prune_and_compare(DataSpec(), ModelSpec(), digits_parents, spec, FusionSpec(), TrainSpec(), "cpu")
+    assert expected.cached  # the page computed exactly this recipe
+    shown = table.set_index("method")["test acc (%)"]
+    assert shown[OT_RETRAINED] == round(expected.row(OT_RETRAINED).test.accuracy, 2)
+
+
+def test_prune_then_fuse_may_keep_the_fused_nets_own_zeros(pruning):
+    at = prune(pruning, fraction=0.5, type="structured", retrain_epochs=1, fused_masks="own-zeros",
+               retrain_vanilla=False)
+    assert not at.exception and not at.error
+    table = at.dataframe[0].value
+    assert list(table["method"]) == METHODS + [OT_RETRAINED]
+    sparsity = table.set_index("method")["sparsity (%)"]
+    # The fused nets keep the zeros fusion gave them, fewer than the parents', and retraining keeps them.
+    assert sparsity["parent 1"] >= sparsity["OT fusion"] > sparsity["vanilla average"] > 0
+    assert sparsity[OT_RETRAINED] == sparsity["OT fusion"]
+    assert at.session_state[dashboard.PRUNE_REQUEST][0].fused_masks == "own-zeros"
 
 
 def test_the_sweep_draws_one_line_per_method(pruning):
