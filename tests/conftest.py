@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import os
-import struct
 import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.support import REPO, write_mnist_like
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -37,7 +35,7 @@ def digits_cli_train(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespac
     cache = tmp_path_factory.mktemp("digits-parents")
     proc = subprocess.run([sys.executable, "-m", "otcore", "train", "--dataset", "digits", "--arch", "mlpnet",
                            "--json"], cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OTCORE_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO)})
+                          env={**os.environ, "OTCORE_CACHE_DIR": str(cache)})
     return SimpleNamespace(cache=cache, proc=proc)
 
 
@@ -50,29 +48,6 @@ def digits_parents(digits_cli_train: SimpleNamespace) -> list:
 
     return train_parents(DataSpec(), ModelSpec(), TrainSpec(), [0, 1], device="cpu",
                          cache=DiskCache(digits_cli_train.cache))
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """An IDX file as LeCun's MNIST: big-endian magic 0x08_00_0000 + ndim (uint8 data), then the dims."""
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    header = struct.pack(">I", 0x0800 + array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(header + array.tobytes())
-
-
-def write_mnist_like(root: Path, folder: str = "MNIST", n_train: int = 20, n_test: int = 10,
-                     seed: int = 0) -> dict[str, np.ndarray]:
-    """Random 28x28 images and labels as torchvision's raw files `root/<folder>/raw/*-idx?-ubyte`."""
-    rng = np.random.default_rng(seed)
-    arrays = {"train_x": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
-              "train_y": (np.arange(n_train) % 10).astype(np.uint8),
-              "test_x": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
-              "test_y": ((np.arange(n_test) * 3) % 10).astype(np.uint8)}
-    raw = root / folder / "raw"
-    for prefix, split in (("train", "train"), ("t10k", "test")):
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", arrays[f"{split}_x"])
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", arrays[f"{split}_y"])
-    return arrays
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO
+from tests.support import REPO
 from otcore.config import DataSpec, HessianSpec
 
 QUICK = ["--lanczos-iters", "12", "--trace-probes", "8", "--power-iters", "30", "--lambda-points", "5"]

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import REPO
+from tests.support import REPO
 
 FUSE_KEYS = {"parents", "ot_fusion", "vanilla_average", "prediction_ensemble", "seconds"}
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from tests.support import REPO
 from otcore.config import (ARCHITECTURES, DATASETS, DEVICE_CHOICES, DataSpec, ModelSpec, SpecError, TrainSpec,
                            parent_key)
 

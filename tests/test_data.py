@@ -16,7 +16,7 @@ import pytest
 import torch
 import torchvision
 
-from conftest import REPO
+from tests.support import REPO
 from otcore.config import DataSpec, ModelSpec, SpecError, TrainSpec, parent_key
 from otcore.data import DataError, list_datasets, load_dataset, sample_inputs
 from tests.conftest import write_idx, write_mnist_like

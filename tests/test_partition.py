@@ -16,7 +16,7 @@ from otcore.data import load_dataset
 from otcore.partition import class_counts, own_classes, part_indices
 from otcore.pipeline import OT_FUSION, fuse_and_compare, train_parents
 
-from conftest import REPO
+from tests.support import REPO
 
 DIGITS = load_dataset("digits")
 Y = DIGITS.y_train

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, write_idx
+from tests.support import REPO, write_idx
 from otcore.config import DataSpec, FusionSpec, ModelSpec, PruneSpec, RetrainSpec, SpecError, TrainSpec
 from otcore.pipeline import (OT_FINETUNED, OT_FUSION, VANILLA, VANILLA_RETRAINED, fuse_and_compare, fusion_key,
                              prune_key, train_parents)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO
+from tests.support import REPO
 from otcore.cache import DiskCache
 from otcore.config import DataSpec, FusionSpec, ModelSpec, SpecError, TrainSpec
 from otcore.pipeline import prune_and_compare, train_parents

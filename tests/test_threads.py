@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO
+from tests.support import REPO
 from otcore.cache import DiskCache
 from otcore.config import DataSpec, ModelSpec, TrainSpec
 from otcore.executors import LocalExecutor, RayExecutor

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def cli(*args: str, cache: Path | str, timeout: float = 300) -> subprocess.CompletedProcess:
     """`python -m otcore ARGS` with OTCORE_CACHE_DIR=cache; returns the finished process."""
-    env = {**os.environ, "OTCORE_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OTCORE_CACHE_DIR": str(cache)}
     return subprocess.run([sys.executable, "-m", "otcore", *args], cwd=REPO, capture_output=True, text=True,
                           env=env, timeout=timeout)
 
