@@ -23,12 +23,12 @@ from otcore.threads import DASHBOARD_WORKERS, apply_policy
 apply_policy(workers=DASHBOARD_WORKERS)  # once per server process, before any tensor work of any session
 
 from otcore import figures, pipeline  # noqa: E402 - after the thread policy
-from otcore.checkpoints import CheckpointError, checkpoint_bytes
-from otcore.config import (DEVICE_CHOICES, SCHEDULES, DataSpec, FusionSpec, ModelSpec, RetrainSpec, SpecError,
-                           TrainSpec, parse_classes, spec_hash)
-from otcore.data import DataError, list_datasets
-from otcore.device import resolve_device
-from otcore.models import list_models
+from otcore.checkpoints import CheckpointError, checkpoint_bytes  # noqa: E402
+from otcore.config import (DEVICE_CHOICES, SCHEDULES, DataSpec, FusionSpec, ModelSpec, RetrainSpec,  # noqa: E402
+                           SpecError, TrainSpec, parse_classes, spec_hash)
+from otcore.data import DataError, list_datasets  # noqa: E402
+from otcore.device import resolve_device  # noqa: E402
+from otcore.models import list_models  # noqa: E402
 
 log = logging.getLogger(__name__)
 
