@@ -19,7 +19,7 @@ import torchvision
 from tests.support import REPO
 from otcore.config import DataSpec, ModelSpec, SpecError, TrainSpec, parent_key
 from otcore.data import DataError, list_datasets, load_dataset, sample_inputs
-from tests.conftest import write_idx, write_mnist_like
+from tests.support import write_idx, write_mnist_like
 from tests.faults.hostile_datasets import (FakeArray, FakeDtype, cifar_batch, idx_bytes, python2_batch,
                                         shared_reference_batch, structured_offset_batch, write_cifar10)
 

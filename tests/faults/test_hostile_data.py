@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import write_idx, write_mnist_like
+from tests.support import write_idx, write_mnist_like
 from tests.faults.conftest import REPO, assert_one_line_error, cli
 from tests.faults.hostile_datasets import (cifar_batch, idx_bytes, shared_reference_batch, structured_offset_batch,
                                         write_cifar10)
