@@ -65,7 +65,7 @@ def test_fuse_with_defaults_shows_every_method(fusion, digits_parents):
 def test_sinkhorn_reg_zero_is_an_error_not_a_traceback(fusion):
     at = fuse(fusion, solver="sinkhorn", reg=0.0)
     assert not at.exception
-    assert len(at.error) == 1 and "Sinkhorn reg must be > 0" in at.error[0].value
+    assert len(at.error) == 1 and "Sinkhorn reg must be in (0, 100]" in at.error[0].value
     assert not at.metric and not at.dataframe
 
 
