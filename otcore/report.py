@@ -186,12 +186,13 @@ def hessian_report(curvatures: Sequence[Any], records: Sequence[dict], data: Any
     return write_report(f"Hessian report: {data.name} / {model.arch} ({study})", settings, tables, charts)
 
 
-def landscape_report(curvatures: Sequence[Any], paths: Sequence[dict], surface: dict | None, surface_of: str,
+def landscape_report(curvatures: Sequence[Any], paths: Sequence[Any], surface: Any | None, surface_of: str,
                      data: Any, model: Any, study: str, spec: Any, device: str) -> str:
     """The HTML report of the Landscape page: perturbation curves, interpolation barriers, the 2D surface."""
     settings = {"dataset": data.name, "architecture": model.arch, "device": device, "networks of": study,
                 **_spec_settings("hessian", spec)}
-    barriers = pd.DataFrame([{"path": " → ".join(p["path"]), "barrier (loss)": round(float(p["barrier"]), 4)}
+    barriers = pd.DataFrame([{"path": p.label, "B aligned by": p.alignment, "REPAIR": p.repair,
+                              "barrier (loss)": round(p.barrier, 4), "midpoint loss": round(p.midpoint_loss, 4)}
                              for p in paths])
     charts = {"Loss along the top eigenvector (solid) and a random direction (dashed)":
               figures.perturbation_chart(curvatures)}
