@@ -9,8 +9,9 @@ With REPAIR every point of the path is renormalised on the activation sample, as
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 

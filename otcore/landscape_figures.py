@@ -5,7 +5,8 @@ the fused net bring its curvature back to the parents'? Built from otcore.figure
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import plotly.graph_objects as go
 
