@@ -9,7 +9,7 @@ With REPAIR every point of the path is renormalised on the activation sample, as
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -24,7 +24,7 @@ from otcore.fusion.align import Plans, apply_plans
 from otcore.fusion.fuse import align_parents
 from otcore.landscape import barrier, path_curve
 from otcore.models import FusableNet
-from otcore.pipeline import cached, fusion_inputs
+from otcore.pipeline import Progress, cached, fusion_inputs
 
 ALIGNMENTS = {"naive": "naive", "ot-weights": "OT (weights)", "ot-activations": "OT (activations)",
               "weight-matching": "weight matching"}  # how B is brought to A, as the legend says it
@@ -71,11 +71,16 @@ def _interpolated(a: FusableNet, b: FusableNet, t: float) -> FusableNet:
 
 
 def repaired_points(a: FusableNet, b: FusableNet, moved: FusableNet, plans: Plans, alphas: Sequence[float],
-                    act_inputs: torch.Tensor) -> list[FusableNet]:
+                    act_inputs: torch.Tensor, progress: Progress | None = None) -> list[FusableNet]:
     """Each point (1-t)·A + t·(B aligned) renormalised (REPAIR) to the t-weighted neuron statistics of A and B."""
     from otcore.fusion.repair import repair
 
-    return [repair(_interpolated(a, moved, t), [a, b], [{}, plans], [1 - t, t], act_inputs) for t in alphas]
+    nets = []
+    for i, t in enumerate(alphas):
+        if progress:
+            progress(f"REPAIR at point {i + 1} of {len(alphas)}", i / len(alphas))
+        nets.append(repair(_interpolated(a, moved, t), [a, b], [{}, plans], [1 - t, t], act_inputs))
+    return nets
 
 
 def _name(row: Any) -> str:
@@ -84,7 +89,7 @@ def _name(row: Any) -> str:
 
 def aligned_path(data: DataSpec, parents: Sequence[Any], fusion: FusionSpec, spec: HessianSpec,
                  alignment: str = "ot-weights", repair: bool = False, points: int = 11, device: str = "auto",
-                 cache: DiskCache | None = None) -> InterpolationPath:
+                 cache: DiskCache | None = None, progress: Progress | None = None) -> InterpolationPath:
     """Loss along A → (B aligned to A by `alignment`), optionally REPAIRed at every point, and its barrier (cached).
 
     parents: two objects with .model and .key (pipeline Parent or MethodResult rows); A is the anchor.
@@ -106,18 +111,25 @@ def aligned_path(data: DataSpec, parents: Sequence[Any], fusion: FusionSpec, spe
                           [p.key for p in ordered])
     dev = resolve_device(device)
 
+    def step(what: str, start: float, span: float) -> Callable[[str, float], None] | None:
+        return (lambda w, f: progress(f"{names[1]} by {ALIGNMENTS[alignment]}: {w or what}", start + span * f)) \
+            if progress else None
+
     def compute() -> CacheEntry:
         a, b = (on_device(p.model, dev) for p in ordered)  # shared models: never moved or switched
+        if progress:
+            progress(f"aligning {names[1]} to {names[0]} by {ALIGNMENTS[alignment]}", 0.0)
         x = fusion_inputs(data, sample_spec, dev) if needs_sample else None
         moved, plans = aligned_parent([a, b], replace(used, anchor=0) if used else None, x)
         batches = analysis_batches(data, spec, dev)
+        evaluate = step("loss along the path", 0.5 if repair else 0.1, 0.5 if repair else 0.9)
         if repair:
             alphas = torch.linspace(0, 1, points, dtype=torch.float64)
-            nets = repaired_points(a, b, moved, plans, alphas.tolist(), x)
-            curve = path_curve(nets, batches, 2)
+            nets = repaired_points(a, b, moved, plans, alphas.tolist(), x, step("", 0.0, 0.5))
+            curve = path_curve(nets, batches, 2, progress=evaluate and (lambda f: evaluate("", f)))
             curve.lambdas = alphas  # one segment per pair of neighbours: position k/(points-1)
         else:
-            curve = path_curve([a, moved], batches, points)
+            curve = path_curve([a, moved], batches, points, progress=evaluate and (lambda f: evaluate("", f)))
         metrics = {"curve": curve_dict(curve), "barrier": barrier(curve), "path": names, "alignment": alignment,
                    "repair": repair}
         return CacheEntry(entry_key, "interpolation", {"data": spec_dict(data), "networks": [p.key for p in ordered],

@@ -94,9 +94,14 @@ try:
         paths.append(dashboard.interpolation(ws, parent_set, [compared.row(n) for n in (a, via, b)], spec, 11))
     plane = dashboard.surface(ws, parent_set, compared.row(surface_of), spec, directions, span, grid)
     pair = [r for r in compared.rows if r.method.startswith("parent")]
-    with st.spinner("Loss along the aligned paths (cached afterwards)"):
-        aligned = [aligned_path(parent_set.data, pair, study.fusion, spec, how, repair, 11, ws.device)
-                   for how in alignments] if len(pair) == 2 else []
+    aligned = []
+    if len(pair) == 2 and alignments:
+        bar = dashboard.ProgressBar("Loss along parent 1 → parent 2 after aligning parent 2 (cached afterwards)")
+        try:
+            aligned = [aligned_path(parent_set.data, pair, study.fusion, spec, how, repair, 11, ws.device, None, bar)
+                       for how in alignments]
+        finally:
+            bar.close()
 except Exception as err:  # noqa: BLE001
     dashboard.show_error(err, "The landscape could not be computed")
     st.stop()

@@ -142,5 +142,12 @@ def test_weight_matching_path_and_anchor_choice(digits_parents):
                            device="cpu")
     assert flipped.networks == ["parent 2", "parent 1"]  # A is the anchor
     assert flipped.loss[0] == pytest.approx(matched.loss[-1], abs=1e-6)
+    seen: list[tuple[str, float]] = []
+    by_activations = aligned_path(DataSpec(), digits_parents, FusionSpec(), spec, "ot-activations", repair=True,
+                                  points=3, device="cpu", progress=lambda what, f: seen.append((what, f)))
+    assert by_activations.barrier < 0.05 and by_activations.alignment == "ot-activations"  # measured 0.023 at 11
+    assert seen[0][0] == "aligning parent 2 to parent 1 by OT (activations)"
+    assert any("REPAIR at point 3 of 3" in w for w, _ in seen) and all(0 <= f <= 1 for _, f in seen)
+    assert [f for _, f in seen] == sorted(f for _, f in seen)
     with pytest.raises(SpecError, match="path alignment must be one of"):
         aligned_path(DataSpec(), digits_parents, FusionSpec(), spec, "sideways", device="cpu")
