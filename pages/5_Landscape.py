@@ -8,7 +8,7 @@ from otcore import figures, report
 from otcore.aligned_paths import ALIGNMENTS, aligned_path
 from otcore.config import SpecError
 from otcore.landscape_figures import retraining_networks
-from otcore.pipeline import OT_FUSION, VANILLA
+from otcore.pipeline import OT_FUSION, PARENT, VANILLA
 
 # (Study, methods, HessianSpec, (A, via, B), (model, directions, span, points), keys, (alignments, REPAIR), retrained)
 REQUEST = "landscape.request"
@@ -93,7 +93,7 @@ try:
     if via not in (a, b):
         paths.append(dashboard.interpolation(ws, parent_set, [compared.row(n) for n in (a, via, b)], spec, 11))
     plane = dashboard.surface(ws, parent_set, compared.row(surface_of), spec, directions, span, grid)
-    pair = [r for r in compared.rows if r.method.startswith("parent")]
+    pair = [r for r in compared.rows if r.method.startswith(PARENT)]
     aligned = []
     if len(pair) == 2 and alignments:
         bar = dashboard.ProgressBar("Loss along parent 1 → parent 2 after aligning parent 2 (cached afterwards)")
