@@ -14,6 +14,7 @@ from otcore.cache import CacheEntry, DiskCache, default_cache
 from otcore.config import DataSpec, HessianSpec, spec_dict, spec_hash
 from otcore.device import on_device, resolve_device
 from otcore.hessian import analyse, fixed_batches
+from otcore.curves import InterpolationPath, LossSurface, PerturbationCurve
 from otcore.landscape import Curve, barrier, filter_normalized_direction, path_curve, perturbation_curve, surface_2d
 from otcore.pipeline import MethodResult, Progress, cached, dataset
 
@@ -34,8 +35,8 @@ class Curvature:
     loss: float  # on the analysed batches
     test_accuracy: float | None
     train_accuracy: float | None
-    perturbation: dict  # along the unit top eigenvector: lambdas, loss_mean, loss_std, accuracy_mean, accuracy_std
-    random_direction: dict  # the same along a random filter-normalised direction rescaled to unit length
+    perturbation: PerturbationCurve  # along the unit top eigenvector
+    random_direction: PerturbationCurve  # along a random filter-normalised direction rescaled to unit length
     timings: dict[str, float]
     num_parameters: int
     cached: bool = False
@@ -44,8 +45,8 @@ class Curvature:
 
 
 def curve_dict(curve: Curve) -> dict:
-    """A Curve as JSON-able lists."""
-    return {k: getattr(curve, k).tolist() for k in ("lambdas", "loss_mean", "loss_std", "accuracy_mean", "accuracy_std")}
+    """A Curve as the JSON-able dict a cache entry holds."""
+    return PerturbationCurve.from_curve(curve).stored()
 
 
 def analysis_batches(data: DataSpec, spec: HessianSpec, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -88,7 +89,8 @@ def curvature(data: DataSpec, name: str, key: str, model: nn.Module, spec: Hessi
     m = entry.metrics
     return Curvature(name, key, m["top_eigenvalues"], m["trace"], m["trace_std_error"], m["density_nodes"],
                      m["density_weights"], m["loss"], scores.test.accuracy if scores else None,
-                     scores.train.accuracy if scores else None, m["perturbation"], m["random_direction"],
+                     scores.train.accuracy if scores else None, PerturbationCurve.from_stored(m["perturbation"]),
+                     PerturbationCurve.from_stored(m["random_direction"]),
                      m["timings"], m["num_parameters"], hit, m.get("trace_method", "hutchinson"),
                      entry.tensors.get("eigenvectors"))
 
@@ -109,7 +111,7 @@ def curvatures(data: DataSpec, rows: list[MethodResult], spec: HessianSpec, devi
 
 
 def interpolation(data: DataSpec, path: list[MethodResult], spec: HessianSpec, points_per_segment: int = 11,
-                  device: str = "auto", cache: DiskCache | None = None) -> dict:
+                  device: str = "auto", cache: DiskCache | None = None) -> InterpolationPath:
     """Loss and accuracy along the straight path through the given networks, and its barrier (cached)."""
     cache = cache or default_cache()
     entry_key = spec_hash("interpolation", data, spec, points_per_segment, [r.key for r in path])
@@ -122,12 +124,13 @@ def interpolation(data: DataSpec, path: list[MethodResult], spec: HessianSpec, p
         return CacheEntry(entry_key, "interpolation", {"data": spec_dict(data), "networks": [r.key for r in path]},
                           metrics)
 
-    return cache.get_or_compute(entry_key, compute).metrics
+    entry, hit = cached(cache, entry_key, compute)
+    return InterpolationPath.from_stored(entry.metrics, cached=hit)
 
 
 def surface(data: DataSpec, row: MethodResult, spec: HessianSpec, directions: str = "hessian",
             span: float = 0.5, points: int = 21, device: str = "auto",
-            cache: DiskCache | None = None) -> dict:
+            cache: DiskCache | None = None) -> LossSurface:
     """Loss on the plane of the top two Hessian eigenvectors (or two random unit directions), cached."""
     cache = cache or default_cache()
     entry_key = spec_hash("surface", data, spec, directions, span, points, row.key)
@@ -149,7 +152,7 @@ def surface(data: DataSpec, row: MethodResult, spec: HessianSpec, directions: st
                    "accuracy": grid.accuracy.tolist(), "directions": directions}
         return CacheEntry(entry_key, "surface", {"data": spec_dict(data), "network": row.key}, metrics)
 
-    return cache.get_or_compute(entry_key, compute).metrics
+    return LossSurface.from_stored(cache.get_or_compute(entry_key, compute).metrics)
 
 
 def replace_top_k(spec: HessianSpec) -> HessianSpec:

@@ -526,6 +526,14 @@ def _hessian_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=TrainSpec().weight_decay)
     p.add_argument("--train-batch-size", dest="batch_size", type=int, default=TrainSpec().batch_size)
     p.add_argument("--parents", nargs="+", default=None, help="checkpoint files to analyse, in this order")
+    p.add_argument("--paths", nargs="+", default=[], choices=["naive", "ot-weights", "ot-activations",
+                                                              "weight-matching"],
+                   help="also the loss barrier from parent 1 to parent 2 after aligning 2 to 1 these ways")
+    p.add_argument("--path-repair", action="store_true", help="REPAIR every point of those paths")
+    p.add_argument("--path-points", type=int, default=11, help="points along each path")
+    d = TrainSpec()  # the cached parents it analyses saw the whole train split (train_spec reads these)
+    p.set_defaults(partition=d.partition, choice=d.partition_classes, personal_class_idx=d.personal_class,
+                   partition_fraction=d.partition_fraction, partition_seed=d.partition_seed)
     add_hessian(p)
 
 
@@ -551,20 +559,29 @@ def run_hessian(args: argparse.Namespace) -> dict:
     if spec.top_k > smallest:  # deflation past the last eigenvalue only finds noise
         bar.close()
         raise SpecError(f"top-k {spec.top_k} exceeds the {smallest} parameters of the smallest network")
+    if args.paths and len(parents) != 2:
+        bar.close()
+        raise SpecError(f"--paths needs exactly two parents, got {len(parents)}")
     results = curvatures(data, rows, spec, args.device, bar)
     bar.close()
     models = [{"name": c.name, "top_eigenvalues": c.top_eigenvalues, "trace": c.trace,
                "trace_std_error": c.trace_std_error if math.isfinite(c.trace_std_error) else None,  # one probe
                "trace_method": c.trace_method,
                "density": {"nodes": c.density_nodes, "weights": c.density_weights},
-               "perturbation": {"lambdas": c.perturbation["lambdas"], "loss": c.perturbation["loss_mean"],
-                                "loss_std": c.perturbation["loss_std"],
-                                "accuracy": c.perturbation["accuracy_mean"]},
+               "perturbation": {"lambdas": c.perturbation.lambdas, "loss": c.perturbation.loss,
+                                "loss_std": c.perturbation.loss_std, "accuracy": c.perturbation.accuracy},
                "test_accuracy": c.test_accuracy, "train_accuracy": c.train_accuracy, "cached": c.cached}
               for c in results]
     text = "\n".join(f"{m['name']:24s} top eigenvalues {', '.join(f'{v:.4g}' for v in m['top_eigenvalues'])}  "
                      f"trace {m['trace']:.4g}" for m in models)
-    return {"models": models, "text": text}
+    if not args.paths:
+        return {"models": models, "text": text}
+    from otcore.aligned_paths import aligned_path
+
+    paths = [aligned_path(data, parents, FusionSpec(), spec, how, args.path_repair, args.path_points, args.device)
+             for how in args.paths]
+    text += "".join(f"\nbarrier {p.barrier:.4f}  {p.label}" for p in paths)
+    return {"models": models, "paths": [p.json() for p in paths], "text": text}
 
 
 def main(argv: list[str] | None = None) -> int:

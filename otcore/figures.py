@@ -468,17 +468,19 @@ def perturbation_chart(curvatures: Sequence[Any], title: str | None = None, heig
     """Loss of θ + λ·v along the unit top eigenvector v (solid) and a random unit direction (dashed), per network.
 
     Bands: mean ± spread over the analysed batches (present when there is more than one batch).
+    curvatures: otcore.analysis.Curvature, whose curves are otcore.curves.PerturbationCurve.
     """
     fig = go.Figure()
     for c in curvatures:
         colour = method_colour(c.name)
         for curve, dash, what in ((c.perturbation, "solid", "top eigenvector"),
                                   (c.random_direction, "dash", "random direction")):
-            _band(fig, curve["lambdas"], curve["loss_mean"], curve["loss_std"], colour, c.name)
+            if curve.loss_std:
+                _band(fig, curve.lambdas, curve.loss, curve.loss_std, colour, c.name)
             fig.add_trace(go.Scatter(
-                x=curve["lambdas"], y=curve["loss_mean"], name=c.name, legendgroup=c.name, mode="lines",
+                x=curve.lambdas, y=curve.loss, name=c.name, legendgroup=c.name, mode="lines",
                 showlegend=dash == "solid", line=dict(color=colour, width=2, dash=dash),
-                customdata=100 * np.asarray(curve["accuracy_mean"]),  # landscape accuracies are fractions
+                customdata=100 * np.asarray(curve.accuracy or [np.nan] * len(curve.loss)),  # fractions
                 hovertemplate=f"<b>{c.name}</b> · {what}<br>λ %{{x:.3f}}<br>loss %{{y:.4f}}"
                               "<br>accuracy %{customdata:.2f} %<extra></extra>"))
     style(fig, title, "step λ along the unit direction", "loss (cross-entropy)", height)
@@ -488,25 +490,33 @@ def perturbation_chart(curvatures: Sequence[Any], title: str | None = None, heig
     return fig
 
 
-def interpolation_chart(paths: Sequence[dict], title: str | None = None, height: int = 360) -> go.Figure:
-    """Loss along straight paths between networks (A→B, A→C→B), position normalised to [0, 1]; models marked."""
+def interpolation_chart(paths: Sequence[Any], title: str | None = None, height: int = 360) -> go.Figure:
+    """Loss along straight paths between networks (A→B, A→C→B, A→aligned B), position in [0, 1]; models marked.
+
+    paths: otcore.curves.InterpolationPath.
+    """
+    colours = {"naive": "#262730", "ot-weights": "#1f77b4", "ot-activations": "#17becf",
+               "weight-matching": "#d62728"}  # one colour per alignment of B; REPAIR dotted
     fig = go.Figure()
-    for i, result in enumerate(paths):
-        curve, names = result["curve"], result["path"]
+    for i, path in enumerate(paths):
+        names, x = path.networks, np.asarray(path.alphas, dtype=float)
         segments = len(names) - 1
-        x = np.asarray(curve["lambdas"], dtype=float) / segments
-        label = " → ".join(names)
-        colour = "#262730" if segments == 1 else method_colour(names[1])
-        _band(fig, x, curve["loss_mean"], curve["loss_std"], colour, label)
-        accuracy = 100 * np.asarray(curve["accuracy_mean"])  # a fraction in otcore.landscape
+        label = path.label
+        if segments > 1:
+            colour, dash = method_colour(names[1]), "dash"
+        else:
+            colour, dash = colours.get(path.alignment, "#262730"), "dot" if path.repair else "solid"
+        if path.loss_std:
+            _band(fig, x, path.loss, path.loss_std, colour, label)
+        accuracy = 100 * np.asarray(path.accuracy or [np.nan] * len(path.loss))  # fractions in otcore.landscape
         fig.add_trace(go.Scatter(
-            x=x, y=curve["loss_mean"], name=f"{label} (barrier {result['barrier']:.4f})", legendgroup=label,
-            mode="lines", line=dict(color=colour, width=2, dash="solid" if segments == 1 else "dash"),
+            x=x, y=path.loss, name=f"{label} (barrier {path.barrier:.4f})", legendgroup=label,
+            mode="lines", line=dict(color=colour, width=2, dash=dash),
             customdata=accuracy, hovertemplate=f"<b>{label}</b><br>position %{{x:.2f}}<br>loss %{{y:.4f}}"
                                                "<br>accuracy %{customdata:.2f} %<extra></extra>"))
-        ends = [round(k * (len(x) - 1) / segments) for k in range(segments + 1)]
+        ends = [int(np.argmin(np.abs(x - k / segments))) for k in range(segments + 1)]
         fig.add_trace(go.Scatter(
-            x=x[ends], y=np.asarray(curve["loss_mean"])[ends], mode="markers+text", legendgroup=label,
+            x=x[ends], y=np.asarray(path.loss)[ends], mode="markers+text", legendgroup=label,
             text=names if i == 0 else [""] + names[1:-1] + [""],  # the ends are labelled once
             textposition=["top right"] + ["top center"] * (segments - 1) + ["top left"], showlegend=False,
             hoverinfo="skip", textfont=dict(size=11),
@@ -516,13 +526,13 @@ def interpolation_chart(paths: Sequence[dict], title: str | None = None, height:
     return fig
 
 
-def surface_contour(surface: dict, title: str | None = None, height: int = 420) -> go.Figure:
-    """Loss on the plane θ + α·d1 + β·d2 as filled contours; the network itself at (0, 0)."""
-    hessian = surface.get("directions", "hessian") == "hessian"
-    loss = np.asarray(surface["loss"], dtype=float).T  # stored [alpha][beta]; plotly's z is [y][x]
-    accuracy = 100 * np.asarray(surface["accuracy"], dtype=float).T  # a fraction in otcore.landscape
+def surface_contour(surface: Any, title: str | None = None, height: int = 420) -> go.Figure:
+    """Loss on the plane θ + α·d1 + β·d2 (an otcore.curves.LossSurface) as filled contours; the network at (0, 0)."""
+    hessian = surface.directions == "hessian"
+    loss = np.asarray(surface.loss, dtype=float).T  # stored [alpha][beta]; plotly's z is [y][x]
+    accuracy = 100 * np.asarray(surface.accuracy, dtype=float).T  # a fraction in otcore.landscape
     fig = go.Figure(go.Contour(
-        x=surface["alphas"], y=surface["betas"], z=loss, colorscale="Viridis", ncontours=24, customdata=accuracy,
+        x=surface.alphas, y=surface.betas, z=loss, colorscale="Viridis", ncontours=24, customdata=accuracy,
         colorbar=dict(title=dict(text="loss", side="right"), thickness=12),
         hovertemplate="α %{x:.3f}<br>β %{y:.3f}<br>loss %{z:.4f}<br>accuracy %{customdata:.2f} %<extra></extra>"))
     fig.add_trace(go.Scatter(x=[0], y=[0], mode="markers", showlegend=False, hoverinfo="skip",

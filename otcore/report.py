@@ -173,8 +173,10 @@ def pruning_report(comparison: Any, points: Sequence[Any], data: Any, model: Any
 
 
 def hessian_report(curvatures: Sequence[Any], records: Sequence[dict], data: Any, model: Any, study: str,
-                   spec: Any, device: str, measure: str = "top eigenvalue") -> str:
-    """The HTML report of the Hessian page: curvature table, spectral densities, sharpness against accuracy."""
+                   spec: Any, device: str, measure: str = "top eigenvalue", retraining: Sequence[Any] = ()) -> str:
+    """The HTML report of the Hessian page: curvature table, spectral densities, sharpness against accuracy.
+
+    retraining: the curvatures of the fused net before and after retraining and of the parents, overlaid."""
     settings = {"dataset": data.name, "architecture": model.arch, "device": device, "networks of": study,
                 **_spec_settings("hessian", spec)}
     tables = {"Curvature": figures.curvature_table(curvatures)}
@@ -183,15 +185,22 @@ def hessian_report(curvatures: Sequence[Any], records: Sequence[dict], data: Any
     charts = {"Eigenvalue spectral density": figures.spectral_density_chart(curvatures),
               f"Sharpness ({measure}) against test accuracy and generalisation gap":
                   figures.sharpness_scatter(records, measure)}
+    if retraining:
+        from otcore.landscape_figures import retraining_charts
+
+        charts.update(retraining_charts(retraining))
     return write_report(f"Hessian report: {data.name} / {model.arch} ({study})", settings, tables, charts)
 
 
-def landscape_report(curvatures: Sequence[Any], paths: Sequence[dict], surface: dict | None, surface_of: str,
-                     data: Any, model: Any, study: str, spec: Any, device: str) -> str:
-    """The HTML report of the Landscape page: perturbation curves, interpolation barriers, the 2D surface."""
+def landscape_report(curvatures: Sequence[Any], paths: Sequence[Any], surface: Any | None, surface_of: str,
+                     data: Any, model: Any, study: str, spec: Any, device: str, retraining: Sequence[Any] = ()) -> str:
+    """The HTML report of the Landscape page: perturbation curves, interpolation barriers, the 2D surface.
+
+    paths: otcore.curves.InterpolationPath (naive and aligned); retraining: as in hessian_report."""
     settings = {"dataset": data.name, "architecture": model.arch, "device": device, "networks of": study,
                 **_spec_settings("hessian", spec)}
-    barriers = pd.DataFrame([{"path": " → ".join(p["path"]), "barrier (loss)": round(float(p["barrier"]), 4)}
+    barriers = pd.DataFrame([{"path": p.label, "B aligned by": p.alignment, "REPAIR": p.repair,
+                              "barrier (loss)": round(p.barrier, 4), "midpoint loss": round(p.midpoint_loss, 4)}
                              for p in paths])
     charts = {"Loss along the top eigenvector (solid) and a random direction (dashed)":
               figures.perturbation_chart(curvatures)}
@@ -199,5 +208,9 @@ def landscape_report(curvatures: Sequence[Any], paths: Sequence[dict], surface: 
         charts["Loss along straight paths between networks"] = figures.interpolation_chart(paths)
     if surface is not None:
         charts[f"Loss surface around {surface_of}"] = figures.surface_contour(surface)
+    if retraining:
+        from otcore.landscape_figures import retraining_charts
+
+        charts.update(retraining_charts(retraining))
     return write_report(f"Landscape report: {data.name} / {model.arch} ({study})", settings,
                         {"Barriers": barriers} if paths else {}, charts)

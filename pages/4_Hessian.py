@@ -6,8 +6,9 @@ import streamlit as st
 import dashboard
 from otcore import figures, report
 from otcore.config import SpecError
+from otcore.landscape_figures import retraining_networks
 
-REQUEST = "hessian.request"  # (Study, methods, HessianSpec, parent keys) of the last press of Analyse
+REQUEST = "hessian.request"  # (Study, methods, HessianSpec, parent keys, before/after retraining) of the last Analyse
 
 dashboard.page_setup("Hessian")
 ws = dashboard.workspace()
@@ -27,25 +28,33 @@ dashboard.keep_choice("hessian.methods", options, options)
 methods = row[1].multiselect("Networks", options, key="hessian.methods",
                              help="one Hessian each (several seconds per network on a CPU; cached afterwards)")
 pressed = row[2].button("Analyse", type="primary", key="hessian.analyse", width="stretch")
+retrained = st.toggle("Fused net before and after retraining", key="hessian.retrained",
+                      help="analyse the parents, the fused net and the fused net retrained (fine-tune it on the "
+                           "Fusion page, or retrain it on the Pruning page), overlaid on one chart each")
 dashboard.hessian_settings()
 
 if pressed:
     try:
         spec = dashboard.hessian_spec()
+        if retrained:
+            methods = retraining_networks(options)
+            if not methods:
+                raise SpecError("this study has no retrained fused net: fine-tune it on the Fusion page or retrain "
+                                "it on the Pruning page")
         if not methods:
             raise SpecError("pick at least one network to analyse")
     except SpecError as err:
         dashboard.show_error(err, "Check the Hessian settings")
         st.session_state.pop(REQUEST, None)
         st.stop()
-    st.session_state[REQUEST] = (study, tuple(methods), spec, parent_set.keys)
+    st.session_state[REQUEST] = (study, tuple(methods), spec, parent_set.keys, retrained)
 
 request = st.session_state.get(REQUEST)
 if request is None or request[3] != parent_set.keys:
     st.info("Pick the networks and press **Analyse**: each network's top eigenvalues, trace and spectral density "
             "on the chosen split, then sharpness against accuracy.", icon=":material/ssid_chart:")
     st.stop()
-study, methods, spec = request[:3]
+study, methods, spec, _, retrained = request
 try:
     rows = [dashboard.study_comparison(ws, parent_set, study).row(m) for m in methods]
     curvatures = dashboard.curvatures(ws, parent_set, study, rows, spec)
@@ -65,7 +74,12 @@ with right:
     records = dashboard.analysed(parent_set)
     st.plotly_chart(figures.sharpness_scatter(records, measure, height=290), theme=None, key="hessian.chart.scatter")
 dashboard.show_table_decimals(figures.curvature_table(curvatures), figures.CURVATURE_DECIMALS)
+if retrained:
+    st.plotly_chart(figures.perturbation_chart(curvatures, "Loss along the top eigenvector (solid) and a random "
+                                               "direction (dashed), before and after retraining", 340),
+                    theme=None, key="hessian.chart.retraining")
 dashboard.report_button(lambda: report.hessian_report(curvatures, records, parent_set.data, parent_set.model,
-                                                      study.label, spec, dashboard.device_label(ws.device), measure),
+                                                      study.label, spec, dashboard.device_label(ws.device), measure,
+                                                      curvatures if retrained else ()),
                         f"{parent_set.data.name}-{parent_set.model.arch}-hessian-report.html",
                         "hessian.download.report")

@@ -5,10 +5,13 @@ import streamlit as st
 
 import dashboard
 from otcore import figures, report
+from otcore.aligned_paths import ALIGNMENTS, aligned_path
 from otcore.config import SpecError
-from otcore.pipeline import OT_FUSION, VANILLA
+from otcore.landscape_figures import retraining_networks
+from otcore.pipeline import OT_FUSION, PARENT, VANILLA
 
-REQUEST = "landscape.request"  # (Study, methods, HessianSpec, (A, via, B), (model, directions, span, points), keys)
+# (Study, methods, HessianSpec, (A, via, B), (model, directions, span, points), keys, (alignments, REPAIR), retrained)
+REQUEST = "landscape.request"
 DIRECTIONS = {"hessian": "top two Hessian eigenvectors", "random": "two random directions"}
 
 dashboard.page_setup("Landscape")
@@ -18,7 +21,7 @@ st.caption("The loss around each network along its top Hessian eigenvector and a
            "paths between networks, and on a plane.")
 parent_set = dashboard.require_parents(ws, minimum=2)
 dashboard.init_state(dashboard.HESSIAN_DEFAULTS | {"landscape.directions": "hessian", "landscape.span": 0.5,
-                                                   "landscape.grid": 21})
+                                                   "landscape.grid": 21, "landscape.alignments": ["naive", "ot-weights"]})
 
 row = st.columns([1.3, 2.9, 1.5, 0.7, 0.9], vertical_alignment="bottom")
 try:
@@ -44,11 +47,26 @@ with st.expander("Paths and surface: the networks A, B and the one between; the 
     directions = row[4].selectbox("Plane", list(DIRECTIONS), format_func=DIRECTIONS.get, key="landscape.directions")
     span = row[5].number_input("Span ±", 0.05, 5.0, step=0.05, key="landscape.span")
     grid = row[6].number_input("Grid", 3, 61, step=2, key="landscape.grid", help="points per side of the plane")
+with st.expander("Parent 1 → parent 2 after aligning parent 2 to the anchor (Git Re-Basin's plot); before and "
+                 "after retraining"):
+    row = st.columns([3, 1.2, 1.8], vertical_alignment="bottom")
+    alignments = row[0].multiselect("Align B by", list(ALIGNMENTS), format_func=ALIGNMENTS.get,
+                                    key="landscape.alignments", help="one path per choice; OT fusion with ensemble "
+                                    "step 0.5 is the midpoint of the OT-aligned path")
+    repair = row[1].toggle("REPAIR", key="landscape.repair", help="renormalise every point of the aligned paths "
+                           "on the activation sample (Jordan et al., 2022)")
+    retrained = row[2].toggle("Fused net before and after retraining", key="landscape.retrained",
+                              help="the networks: the parents, the fused net and the fused net retrained")
 dashboard.hessian_settings()
 
 if pressed:
     try:
         spec = dashboard.hessian_spec()
+        if retrained:
+            methods = retraining_networks(options)
+            if not methods:
+                raise SpecError("this study has no retrained fused net: fine-tune it on the Fusion page or retrain "
+                                "it on the Pruning page")
         if not methods:
             raise SpecError("pick at least one network")
         if a == b:
@@ -58,7 +76,8 @@ if pressed:
         st.session_state.pop(REQUEST, None)
         st.stop()
     st.session_state[REQUEST] = (study, tuple(methods), spec, (a, via, b),
-                                 (surface_of, directions, float(span), int(grid)), parent_set.keys)
+                                 (surface_of, directions, float(span), int(grid)), parent_set.keys,
+                                 (tuple(alignments), bool(repair)), retrained)
 
 request = st.session_state.get(REQUEST)
 if request is None or request[5] != parent_set.keys:
@@ -66,7 +85,7 @@ if request is None or request[5] != parent_set.keys:
             "(Hessians come from the cache when the Hessian page computed them with the same settings).",
             icon=":material/landscape:")
     st.stop()
-study, methods, spec, (a, via, b), (surface_of, directions, span, grid) = request[:5]
+study, methods, spec, (a, via, b), (surface_of, directions, span, grid), _, (alignments, repair), retrained = request
 try:
     compared = dashboard.study_comparison(ws, parent_set, study)
     curvatures = dashboard.curvatures(ws, parent_set, study, [compared.row(m) for m in methods], spec)
@@ -74,6 +93,15 @@ try:
     if via not in (a, b):
         paths.append(dashboard.interpolation(ws, parent_set, [compared.row(n) for n in (a, via, b)], spec, 11))
     plane = dashboard.surface(ws, parent_set, compared.row(surface_of), spec, directions, span, grid)
+    pair = [r for r in compared.rows if r.method.startswith(PARENT)]
+    aligned = []
+    if len(pair) == 2 and alignments:
+        bar = dashboard.ProgressBar("Loss along parent 1 → parent 2 after aligning parent 2 (cached afterwards)")
+        try:
+            aligned = [aligned_path(parent_set.data, pair, study.fusion, spec, how, repair, 11, ws.device, None, bar)
+                       for how in alignments]
+        finally:
+            bar.close()
 except Exception as err:  # noqa: BLE001
     dashboard.show_error(err, "The landscape could not be computed")
     st.stop()
@@ -84,20 +112,31 @@ left, right = st.columns(2)
 left.plotly_chart(figures.perturbation_chart(curvatures, height=360), theme=None, key="landscape.chart.directions")
 with right:
     for card, path in zip(st.columns(len(paths)), paths):
-        label = "Barrier A → B" if len(path["path"]) == 2 else f"Barrier A → {via} → B"
-        card.metric(label, f"{path['barrier']:.4f}", border=True,
-                    help=f"{' → '.join(path['path'])}: the largest excess of the loss over the straight line between "
+        label = "Barrier A → B" if len(path.networks) == 2 else f"Barrier A → {via} → B"
+        card.metric(label, f"{path.barrier:.4f}", border=True,
+                    help=f"{path.label}: the largest excess of the loss over the straight line between "
                          "the end losses (0: no bump). OT fusion keeps the anchor's neuron order, so its path to the "
                          "other parent crosses unaligned weights.")
     st.plotly_chart(figures.interpolation_chart(paths, height=265), theme=None, key="landscape.chart.paths")
+if aligned:
+    left, right = st.columns([1, 1.6])
+    for card, path in zip(left.columns(2) * len(aligned), aligned):
+        card.metric(f"Barrier, {ALIGNMENTS[path.alignment]}" + (" + REPAIR" if path.repair else ""),
+                    f"{path.barrier:.4f}", border=True, help=f"{path.label}; midpoint loss {path.midpoint_loss:.4f}")
+    right.plotly_chart(figures.interpolation_chart(aligned, "A → B, B aligned to A (A: the anchor)", 300),
+                       theme=None, key="landscape.chart.aligned")
+if retrained:
+    st.plotly_chart(figures.spectral_density_chart(curvatures, "Spectral density before and after retraining", 320),
+                    theme=None, key="landscape.chart.density")
 left, right = st.columns([1.3, 1])
 left.plotly_chart(figures.surface_contour(plane, f"Loss around {surface_of} ({DIRECTIONS[directions]})", 420),
                   theme=None, key="landscape.chart.surface")
 with right:
     st.caption("The star is the network itself; the axes are steps along unit directions in weight space. Narrow "
                "contours along α mean a sharp top eigendirection; compare them with two random directions.")
-    dashboard.report_button(lambda: report.landscape_report(curvatures, paths, plane, surface_of, parent_set.data,
-                                                            parent_set.model, study.label, spec,
-                                                            dashboard.device_label(ws.device)),
+    dashboard.report_button(lambda: report.landscape_report(curvatures, paths + aligned, plane, surface_of,
+                                                            parent_set.data, parent_set.model, study.label, spec,
+                                                            dashboard.device_label(ws.device),
+                                                            curvatures if retrained else ()),
                             f"{parent_set.data.name}-{parent_set.model.arch}-landscape-report.html",
                             "landscape.download.report")

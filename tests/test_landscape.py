@@ -128,3 +128,21 @@ def test_surface_centre_equals_the_loss(batches):
     corner = loop_loss(model, theta - 1.0 * first + 0.5 * second, batches)  # alpha outer, beta inner
     assert float(surface.loss[0, 4]) == pytest.approx(corner[0], abs=1e-5)
     assert float(surface.accuracy[0, 4]) == pytest.approx(corner[1], abs=1e-6)
+
+
+def test_typed_curves_round_trip_the_stored_dicts(batches):
+    from otcore.curves import InterpolationPath, LossSurface, PerturbationCurve
+
+    curve = interpolation_curve(trained(0), trained(1), batches, points=5)
+    typed = PerturbationCurve.from_curve(curve)
+    assert typed.loss == curve.loss_mean.tolist() and typed.accuracy == curve.accuracy_mean.tolist()
+    assert PerturbationCurve.from_stored(typed.stored()) == typed
+    path = InterpolationPath.from_stored({"curve": typed.stored(), "barrier": barrier(curve), "path": ["A", "B"]})
+    assert path.label == "A → B" and path.alignment == "naive" and not path.repair
+    assert path.alphas == [0.0, 0.25, 0.5, 0.75, 1.0] and path.midpoint_loss == typed.loss[2]
+    three = InterpolationPath.from_stored({"curve": {**typed.stored(), "lambdas": [0, 0.5, 1, 1.5, 2]},
+                                          "barrier": 0.0, "path": ["A", "C", "B"]})
+    assert three.alphas == [0.0, 0.25, 0.5, 0.75, 1.0]  # positions normalised over both segments
+    stored = {"alphas": [-1.0, 1.0], "betas": [0.0, 1.0], "loss": [[1.0, 2.0], [3.0, 4.0]],
+              "accuracy": [[0.5, 0.5], [0.25, 1.0]], "directions": "random"}
+    assert LossSurface.from_stored(stored).stored() == stored

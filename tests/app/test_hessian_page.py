@@ -110,3 +110,50 @@ def test_the_report_holds_the_curvature_table_and_both_charts(digits_parents):
     html = report.hessian_report(curvatures, records, DataSpec(), ModelSpec(), "fusion", spec, "cpu")
     assert html.startswith("<!DOCTYPE html>") and "<th>λ max</th>" in html and "hessian · lanczos_iters" in html
     assert html.count("Plotly.newPlot") == 2
+
+
+def test_before_and_after_retraining_overlays_the_parents_and_both_fused_nets(page, parent_set):
+    fine_tuned = FusionSpec(finetune_epochs=1)
+    at = page(HESSIAN_PAGE, **{dashboard.PARENTS: parent_set,
+                               dashboard.FUSION_REQUEST: (fine_tuned, parent_set.keys)}).run()
+    assert not at.exception
+    at.toggle(key="hessian.retrained").set_value(True)
+    at = analyse(at, ["parent 1"])  # the toggle picks the networks, whatever the multiselect holds
+    assert not at.exception and not at.error
+    table = at.dataframe[0].value
+    names = ["parent 1", "parent 2", "OT fusion", "OT fusion fine-tuned"]
+    assert list(table["method"]) == names
+    density, _, perturbation = charts(at)
+    assert [t["name"] for t in density["data"]] == names
+    assert perturbation["layout"]["title"]["text"].endswith("before and after retraining")
+    lines = [t for t in perturbation["data"] if t.get("line", {}).get("width") == 2]
+    assert [t["name"] for t in lines if t["line"]["dash"] == "solid"] == names
+    # Retraining moves the fused net: its curve differs from the untrained fused net's.
+    fused, tuned = (next(t for t in lines if t["name"] == n and t["line"]["dash"] == "solid")
+                    for n in ("OT fusion", "OT fusion fine-tuned"))
+    assert max(abs(a - b) for a, b in zip(fused["y"], tuned["y"])) > 1e-3
+
+
+def test_before_and_after_retraining_without_a_retrained_net_is_an_error(hessian):
+    hessian.toggle(key="hessian.retrained").set_value(True)
+    at = analyse(hessian, ["parent 1"])
+    assert not at.exception
+    assert len(at.error) == 1 and "no retrained fused net" in at.error[0].value
+    assert not at.dataframe
+
+
+def test_the_report_overlays_before_and_after_retraining(digits_parents):
+    from otcore import analysis, report
+    from otcore.config import DataSpec, HessianSpec, ModelSpec, TrainSpec
+    from otcore.landscape_figures import retraining_networks
+    from otcore.pipeline import fuse_and_compare
+
+    spec = HessianSpec(batch_size=150, lanczos_iters=12, trace_probes=5, power_iters=20, top_k=2)
+    comparison = fuse_and_compare(DataSpec(), ModelSpec(), digits_parents, FusionSpec(finetune_epochs=1),
+                                  TrainSpec(), "cpu")
+    names = retraining_networks([r.method for r in comparison.rows])
+    assert names == ["parent 1", "parent 2", "OT fusion", "OT fusion fine-tuned"]
+    curvatures = analysis.curvatures(DataSpec(), [comparison.row(n) for n in names], spec, "cpu")
+    html = report.hessian_report(curvatures, [], DataSpec(), ModelSpec(), "fusion", spec, "cpu",
+                                 retraining=curvatures)
+    assert html.count("Plotly.newPlot") == 4 and "before and after retraining" in html

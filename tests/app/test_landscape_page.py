@@ -1,11 +1,15 @@
 """Landscape page through AppTest: press Compute, read the barriers and the curves; a bad λ range is an st.error."""
 from __future__ import annotations
 
+import base64
 import json
+
+import numpy as np
 
 import pytest
 
 import dashboard
+from otcore.config import FusionSpec
 
 LANDSCAPE_PAGE = "pages/5_Landscape.py"
 # Small settings: quick Hessians, 7 points per curve, a 5 x 5 plane.
@@ -31,28 +35,40 @@ def compute(at, **widgets):
 
 
 def charts(at) -> dict[str, dict]:
-    """The page's figures by their y axis title (directions, paths) or type (the contour)."""
-    out = {}
-    for chart in at.get("plotly_chart"):
-        fig = json.loads(chart.proto.spec)
-        out["surface" if fig["data"][0]["type"] == "contour" else fig["layout"]["xaxis"]["title"]["text"]] = fig
-    return out
+    """The page's figures by their chart key without 'landscape.chart.' (directions, paths, aligned, surface, ...)."""
+    return {chart.proto.id.split("landscape.chart.")[-1].split("-")[0]: json.loads(chart.proto.spec)
+            for chart in at.get("plotly_chart")}
+
+
+def values(array) -> list[float]:
+    """A figure's array, whether a JSON list or Plotly's base64 typed array."""
+    if isinstance(array, dict):
+        return np.frombuffer(base64.b64decode(array["bdata"]), dtype=array["dtype"]).tolist()
+    return list(array)
 
 
 def test_compute_shows_barriers_curves_and_the_surface(landscape):
     at = compute(landscape, **{"landscape.methods": ["vanilla average", "OT fusion"]})
     assert not at.exception and not at.error
     barriers = {m.label: float(m.value) for m in at.metric}
-    assert set(barriers) == {"Barrier A → B", "Barrier A → OT fusion → B"}
+    assert set(barriers) == {"Barrier A → B", "Barrier A → OT fusion → B", "Barrier, naive", "Barrier, OT (weights)"}
     assert all(b >= 0 for b in barriers.values())
     figs = charts(at)
-    directions = figs["step λ along the unit direction"]
+    directions = figs["directions"]
     lines = [t for t in directions["data"] if t.get("line", {}).get("width") == 2]
     assert [(t["name"], t["line"]["dash"]) for t in lines] == [
         ("vanilla average", "solid"), ("vanilla average", "dash"), ("OT fusion", "solid"), ("OT fusion", "dash")]
     assert all(len(t["x"]) == 7 for t in lines) and lines[0]["x"][0] == pytest.approx(-0.5)
-    paths = figs["position along the path (0 = A, 1 = B)"]
+    paths = figs["paths"]
     assert sum(t["mode"] == "lines" for t in paths["data"]) == 2
+    # Parent 2 aligned to parent 1 by OT: the barrier falls (digits, 150 test examples: naive ~0.9, OT ~0.02).
+    naive, by_ot = barriers["Barrier, naive"], barriers["Barrier, OT (weights)"]
+    assert naive == pytest.approx(barriers["Barrier A → B"], abs=1e-4)  # the same path, computed twice
+    assert naive - by_ot > 0.5
+    aligned = [t for t in figs["aligned"]["data"] if t["mode"] == "lines"]
+    assert [t["name"].split(" (barrier")[0] for t in aligned] == [
+        "parent 1 → parent 2", "parent 1 → parent 2 aligned by OT (weights)"]
+    assert len(values(aligned[1]["x"])) == 11 and values(aligned[1]["x"])[5] == pytest.approx(0.5)
     surface = figs["surface"]
     assert surface["data"][0]["z"]["shape"] == "5, 5"
     assert surface["layout"]["xaxis"]["title"]["text"] == "α along the top eigenvector"
@@ -73,6 +89,37 @@ def test_random_plane_and_a_pruned_study(page, parent_set):
     assert surface["layout"]["xaxis"]["title"]["text"] == "α along the random direction 1"
 
 
+def test_weight_matching_and_repair_paths_and_no_aligned_path(landscape):
+    at = compute(landscape, **{"landscape.methods": ["OT fusion"], "landscape.alignments": ["weight-matching"],
+                               "landscape.repair": True})
+    assert not at.exception and not at.error
+    barriers = {m.label: float(m.value) for m in at.metric}
+    assert 0 <= barriers["Barrier, weight matching + REPAIR"] < 0.1 < barriers["Barrier A → B"]
+    (line,) = [t for t in charts(at)["aligned"]["data"] if t["mode"] == "lines"]
+    assert line["line"]["dash"] == "dot" and line["name"].startswith("parent 1 → parent 2 aligned by weight matching")
+    at = compute(at, **{"landscape.alignments": []})
+    assert not at.exception and "aligned" not in charts(at)
+    assert not any(m.label.startswith("Barrier,") for m in at.metric)
+
+
+def test_before_and_after_retraining_adds_the_density_overlay(page, parent_set):
+    at = page(LANDSCAPE_PAGE, **{dashboard.PARENTS: parent_set,
+                                 dashboard.FUSION_REQUEST: (FusionSpec(finetune_epochs=1), parent_set.keys)}).run()
+    at = compute(at, **{"landscape.retrained": True, "landscape.alignments": []})
+    assert not at.exception and not at.error
+    names = ["parent 1", "parent 2", "OT fusion", "OT fusion fine-tuned"]
+    figs = charts(at)
+    assert [t["name"] for t in figs["density"]["data"]] == names
+    lines = [t for t in figs["directions"]["data"] if t.get("line", {}).get("width") == 2 and t["showlegend"]]
+    assert [t["name"] for t in lines] == names
+
+
+def test_before_and_after_retraining_without_a_retrained_net_is_an_error(landscape):
+    at = compute(landscape, **{"landscape.retrained": True})
+    assert not at.exception
+    assert len(at.error) == 1 and "no retrained fused net" in at.error[0].value
+
+
 def test_a_zero_length_lambda_range_is_an_error_not_a_traceback(landscape):
     at = compute(landscape, **{"landscape.lambda": (0.2, 0.2)})
     assert not at.exception
@@ -88,16 +135,19 @@ def test_the_same_network_as_a_and_b_is_an_error(landscape):
 
 def test_the_report_holds_the_barriers_and_three_charts(digits_parents):
     from otcore import analysis, report
-    from otcore.config import DataSpec, FusionSpec, HessianSpec, ModelSpec, TrainSpec
+    from otcore.aligned_paths import aligned_path
+    from otcore.config import DataSpec, HessianSpec, ModelSpec, TrainSpec
     from otcore.pipeline import fuse_and_compare
 
     spec = HessianSpec(batch_size=150, lanczos_iters=12, trace_probes=5, power_iters=20, top_k=2, lambda_points=7)
     comparison = fuse_and_compare(DataSpec(), ModelSpec(), digits_parents, FusionSpec(), TrainSpec(), "cpu")
     fused = comparison.row("OT fusion")
     curvatures = analysis.curvatures(DataSpec(), [fused], spec, "cpu")
-    paths = [analysis.interpolation(DataSpec(), comparison.rows[:2], spec, 5, "cpu")]
+    paths = [analysis.interpolation(DataSpec(), comparison.rows[:2], spec, 5, "cpu"),
+             aligned_path(DataSpec(), digits_parents, FusionSpec(), spec, "ot-weights", points=5, device="cpu")]
     plane = analysis.surface(DataSpec(), fused, spec, "random", 0.5, 5, "cpu")
     html = report.landscape_report(curvatures, paths, plane, "OT fusion", DataSpec(), ModelSpec(), "fusion", spec,
                                    "cpu")
     assert html.startswith("<!DOCTYPE html>") and "<td>parent 1 → parent 2</td>" in html
+    assert "<td>parent 1 → parent 2 aligned by OT (weights)</td>" in html and "<td>ot-weights</td>" in html
     assert html.count("Plotly.newPlot") == 3

@@ -1,0 +1,32 @@
+"""Figures of one experiment's fused net before and after retraining, beside its parents.
+
+The spectral densities on one chart and the perturbation curves on another: does retraining
+the fused net bring its curvature back to the parents'? Built from otcore.figures' own charts.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import plotly.graph_objects as go
+
+from otcore import figures
+from otcore.pipeline import OT_FINETUNED, OT_FUSION, OT_RETRAINED, PARENT
+
+RETRAINED = (OT_FINETUNED, OT_RETRAINED)  # the fused net after retraining: the Fusion page's, the Pruning page's
+
+
+def retraining_networks(options: Sequence[str]) -> list[str]:
+    """The parents, the fused net and its retrained versions among options, in that order ([] if none retrained)."""
+    retrained = [o for o in options if o in RETRAINED]
+    if not retrained or OT_FUSION not in options:
+        return []
+    return [o for o in options if o.startswith(PARENT)] + [OT_FUSION] + retrained
+
+
+def retraining_charts(curvatures: Sequence[Any], height: int = 360) -> dict[str, go.Figure]:
+    """{title: figure}: the spectral densities and the perturbation curves of the given networks, one chart each."""
+    return {"Spectral density: the fused net before and after retraining, and the parents":
+            figures.spectral_density_chart(curvatures, height=height),
+            "Loss along the top eigenvector (solid) and a random direction (dashed), before and after retraining":
+            figures.perturbation_chart(curvatures, height=height)}
