@@ -112,7 +112,7 @@ def test_the_fine_tuning_recipe_reaches_the_pipeline(fusion, digits_parents):
 def test_a_retraining_lr_of_zero_is_an_error(fusion):
     at = fuse(fusion, finetune_epochs=1, retrain_lr=0.0)
     assert not at.exception
-    assert len(at.error) == 1 and "retraining learning rate must be > 0" in at.error[0].value
+    assert len(at.error) == 1 and "retraining learning rate must be in (0, 10]" in at.error[0].value
     assert not at.metric
 
 
