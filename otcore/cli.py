@@ -459,8 +459,7 @@ def _sweep_spec(args: argparse.Namespace) -> Any:
 @command("sweep", _sweep_args)
 def run_sweep(args: argparse.Namespace) -> dict:
     """A grid of settings run here or on a Ray cluster; every point cached, so a sweep resumes."""
-    from otcore.executors import executor
-    from otcore.sweep import run_sweep as sweep
+    from otcore.sweep import executor, run_sweep as sweep
 
     spec = _sweep_spec(args)
     runner = executor(args.executor, args.ray_address, args.retries, args.cpus_per_task,

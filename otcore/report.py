@@ -165,7 +165,7 @@ def pruning_report(comparison: Any, points: Sequence[Any], data: Any, model: Any
     tables = {"Comparison": figures.prune_table(comparison)}
     charts = {"Test accuracy per method": figures.comparison_bar(comparison)}
     if points:
-        tables["Sweep over prune fractions"] = figures.sweep_table(points)
+        tables["Sweep over prune fractions"] = figures.fraction_table(points)
         charts["Test accuracy against prune fraction"] = figures.prune_sweep_chart(points, prune.fraction)
         charts["Sparsity against prune fraction"] = figures.sparsity_chart(points)
     return write_report(f"Pruning report: {data.name} / {model.arch}, {100 * prune.fraction:.0f} % {prune.type}",

@@ -21,9 +21,9 @@ from conftest import REPO
 from otcore.cache import DiskCache
 from otcore.config import DataSpec, FusionSpec, ModelSpec, SpecError, TrainSpec
 from otcore.pipeline import prune_and_compare, train_parents
-from otcore.executors import LocalExecutor, RayExecutor
-from otcore.sweep import (SweepSpec, load_sweep, parse_grid, run_point, run_sweep,
-                          sweep_figure)
+from otcore.figures import sweep_figure, sweep_table
+from otcore.sweep import (LocalExecutor, RayExecutor, SweepSpec, load_sweep, parse_grid, run_point,
+                          run_sweep)
 
 PARENTS = TrainSpec(epochs=3)
 EXACT = ["method", "test acc (%)", "train acc (%)", "sparsity", "parameters", "key"]  # equal to the bit
@@ -31,6 +31,11 @@ EXACT = ["method", "test acc (%)", "train acc (%)", "sparsity", "parameters", "k
 
 def spec(*grid: str, **base) -> SweepSpec:
     return SweepSpec(parse_grid(grid), train=PARENTS, device="cpu", **base)
+
+
+def rows_of(result):
+    """A sweep's table: one row per (point, method)."""
+    return sweep_table(result.points, result.fields)
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +102,17 @@ def test_points_vary_the_last_field_fastest_and_seed_shifts_the_parent_set() -> 
         spec("prune.fraction=0.3", step="fusion")
 
 
+def test_the_sweep_package_imports_no_pandas_or_plotly_and_each_module_imports_alone() -> None:
+    # Each submodule first in a fresh interpreter: an import cycle would fail on one of them.
+    code = ("import sys, importlib; importlib.import_module(sys.argv[1]); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'pandas', 'plotly', 'ray'}))")
+    for module in ("otcore.sweep.executors", "otcore.sweep.tasks", "otcore.sweep.driver", "otcore.sweep"):
+        proc = subprocess.run([sys.executable, "-c", code, module], capture_output=True, text=True, check=False,
+                              env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == "[]", (module, proc.stdout)
+
+
 # ---------------------------------------------------------------------------- the local executor
 
 
@@ -118,11 +134,11 @@ def test_local_sweep_stores_every_point_and_its_rows_are_the_pipelines(parents_d
         assert [(r.method, r.test.accuracy, r.test.loss) for r in again.rows] == \
                [(r.method, r.test.accuracy, r.test.loss) for r in p.comparison.rows]
         assert p.comparison.extra["sparsity"]["OT fusion"] == again.extra["sparsity"]["OT fusion"]
-    table = result.table()
+    table = sweep_table(result.points, result.fields)
     assert len(table) == 4 * 5 and set(table["method"]) >= {"parent 1", "OT fusion", "vanilla average"}
     # The record lets the dashboard read the sweep back; the same numbers come out.
     stored = load_sweep(result.key, cache)
-    assert stored.status == "finished" and stored.table().equals(table)
+    assert stored.status == "finished" and sweep_table(stored.points, stored.fields).equals(table)
     figure = sweep_figure(table, "test acc (%)", "prune.fraction")
     assert len(figure.data) == 5 * 2  # a line per method and pruning type
     assert figure.layout.xaxis.title.text == "prune fraction (share of weights removed)"
@@ -200,7 +216,7 @@ def test_a_resumed_sweep_recomputes_a_tampered_point_and_reports_its_true_value(
     again = run_sweep(sweep, LocalExecutor(), cache, task=counting)
     assert computed == ["prune.fraction=0.7"] and [p.cached for p in again.points] == [True, False]
     assert {p.key: p.comparison.accuracies()["ot_fusion"] for p in again.points} == true  # the TRUE value
-    assert load_sweep(sweep.key, cache).table().equals(again.table())  # and the cache holds it again
+    assert rows_of(load_sweep(sweep.key, cache)).equals(rows_of(again))  # and the cache holds it again
 
 
 def test_malformed_point_and_sweep_records_are_skipped_not_fatal(parents_dir, tmp_path, caplog):
@@ -295,7 +311,7 @@ def test_ray_gives_the_same_rows_as_the_local_executor(ray_instance, parents_dir
     ray_cache = cache_with(parents_dir, tmp_path / "ray")
     on_ray = run_sweep(sweep, RayExecutor(), ray_cache)
     assert on_ray.executor == "ray" and not on_ray.failed and len(on_ray.points) == 2
-    a, b = local.table(), on_ray.table()
+    a, b = rows_of(local), rows_of(on_ray)
     assert a[EXACT].equals(b[EXACT])
     # A worker runs torch with 1 thread, this process with 2: losses may differ in float32's last bit.
     assert a["test loss"].to_numpy() == pytest.approx(b["test loss"].to_numpy(), rel=1e-6)

@@ -1,0 +1,153 @@
+"""Pruning and sweeps: the prune table, accuracy and sparsity against the prune fraction, a sweep's table and chart."""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from otcore.figures.comparison import comparison_table
+from otcore.figures.style import (
+    INFERENCE_MS,
+    METHOD,
+    PARAMETERS,
+    TEST_ACC,
+    TEST_LOSS,
+    TRAIN_ACC,
+    method_colour,
+    percent,
+    style,
+)
+from otcore.sweep import PointResult, cell, value_text
+
+# The one sparsity column: the share of zero weights over the pruned layers, a fraction in [0, 1]; display
+# tables show it as percent(SPARSITY), 'sparsity (%)'.
+SPARSITY = "sparsity"
+FRACTION = percent("prune fraction")
+
+
+def prune_table(comparison: Any) -> pd.DataFrame:
+    """Per method: test accuracy, loss, sparsity (% zero weights over the pruned layers, 2 decimals), train accuracy.
+
+    The prediction ensemble is made of the pruned parents, so its sparsity is theirs (their mean). Parameter
+    counts and timings are left out: masks keep every tensor's size.
+    """
+    table = comparison_table(comparison)
+    sparsity = dict(comparison.extra.get("sparsity", {}))
+    parents = [v for m, v in sparsity.items() if m.startswith("parent")]
+    if parents:
+        sparsity.setdefault("prediction ensemble", sum(parents) / len(parents))
+    table.insert(3, percent(SPARSITY),
+                 [round(100 * sparsity[m], 2) if m in sparsity else float("nan") for m in table[METHOD]])
+    return table.drop(columns=[PARAMETERS, INFERENCE_MS])
+
+
+def _by_fraction(points: Sequence[Any]) -> list[Any]:
+    return sorted(points, key=lambda p: p.extra["fraction"])
+
+
+def fraction_table(points: Sequence[Any]) -> pd.DataFrame:
+    """The Pruning page's display table: one row per (prune fraction, method), prune_table's columns, in percent."""
+    rows = []
+    for point in _by_fraction(points):
+        for row in prune_table(point).to_dict("records"):
+            rows.append({FRACTION: round(100 * point.extra["fraction"], 2), **row})
+    return pd.DataFrame(rows)
+
+
+def prune_sweep_chart(points: Sequence[Any], current: float | None = None, title: str | None = None,
+                      height: int = 340) -> go.Figure:
+    """Test accuracy (%) against prune fraction (%), one line per method; hover shows each network's sparsity.
+
+    `current` (a fraction in [0, 1)) draws a dotted line where the comparison above stands.
+    """
+    table = fraction_table(points)
+    fig = go.Figure()
+    for method in dict.fromkeys(table[METHOD]):
+        rows = table[table[METHOD] == method]
+        sparsity = [f"{s:.2f} %" if pd.notna(s) else "n/a" for s in rows[percent(SPARSITY)]]
+        fig.add_trace(go.Scatter(
+            x=rows[FRACTION].tolist(), y=rows[TEST_ACC].tolist(), name=method, mode="lines+markers",
+            line=dict(color=method_colour(method), width=2), marker=dict(size=7), customdata=sparsity,
+            hovertemplate=f"<b>{method}</b><br>prune fraction %{{x:.0f}} %<br>test accuracy %{{y:.2f}} %"
+                          "<br>sparsity %{customdata}<extra></extra>"))
+    style(fig, title, "prune fraction (% of weights or filters removed)", "Test accuracy (%)", height)
+    fig.update_layout(legend=dict(font=dict(size=11)))
+    if current is not None:
+        fig.add_vline(x=100 * current, line=dict(color="#808495", dash="dot", width=1))
+    fig.update_xaxes(range=[-3, 100], ticksuffix=" %")
+    return fig
+
+
+def sparsity_chart(points: Sequence[Any], title: str | None = None, height: int = 340) -> go.Figure:
+    """Measured sparsity (% zero weights over the pruned layers) against the prune fraction, per single network."""
+    table = fraction_table(points).dropna(subset=[percent(SPARSITY)])
+    fig = go.Figure()
+    for method in dict.fromkeys(table[METHOD]):
+        rows = table[table[METHOD] == method]
+        fig.add_trace(go.Scatter(
+            x=rows[FRACTION].tolist(), y=rows[percent(SPARSITY)].tolist(), name=method, mode="lines+markers",
+            showlegend=False,
+            line=dict(color=method_colour(method), width=2), marker=dict(size=6),
+            hovertemplate=f"<b>{method}</b><br>prune fraction %{{x:.0f}} %<br>sparsity %{{y:.2f}} %<extra></extra>"))
+    style(fig, title, "prune fraction (%)", "Sparsity (% zero weights)", height)
+    fig.update_xaxes(range=[-3, 100], ticksuffix=" %")
+    fig.update_yaxes(range=[-3, 100], ticksuffix=" %")
+    return fig
+
+
+# ---------------------------------------------------------------------------- sweeps (otcore.sweep)
+
+SEEDS = "seeds"
+METRICS = (TEST_ACC, TEST_LOSS, TRAIN_ACC, SPARSITY, PARAMETERS, INFERENCE_MS)
+
+
+def sweep_table(points: Sequence[PointResult], swept: Sequence[str]) -> pd.DataFrame:
+    """Long format, one row per point and method, the columns the Sweeps page and sweep_figure read."""
+    rows = []
+    for p in points:
+        sparsity = p.comparison.extra.get("sparsity", {})
+        for r in p.comparison.rows:
+            rows.append({**{name: cell(p.values.get(name)) for name in swept}, SEEDS: value_text(tuple(p.seeds)),
+                         METHOD: r.method, TEST_ACC: r.test.accuracy, TEST_LOSS: r.test.loss,
+                         TRAIN_ACC: r.train.accuracy, SPARSITY: sparsity.get(r.method, math.nan),
+                         PARAMETERS: r.parameters, INFERENCE_MS: r.inference_ms, "key": p.key})
+    return pd.DataFrame(rows, columns=[*swept, *([SEEDS] if SEEDS not in swept else []), METHOD, *METRICS, "key"])
+
+
+_X_TITLES = {"prune.fraction": "prune fraction (share of weights removed)",
+             "prune.retrain_epochs": "retraining of the fused net (epochs)",
+             "prune.retrain_parents_epochs": "retraining of the pruned parents (epochs)",
+             "train.epochs": "training of the parents (epochs)", "train.lr": "learning rate",
+             "fusion.finetune_epochs": "fine-tuning of the fused net (epochs)",
+             "fusion.act_samples": "activation samples (inputs)", "fusion.reg": "Sinkhorn regularisation",
+             "seed": "parent seed set (offset)", "arch": "architecture", "dataset": "dataset"}
+_Y_TITLES = {TEST_ACC: "test accuracy (%)", TRAIN_ACC: "train accuracy (%)", TEST_LOSS: "test loss (nats)",
+             SPARSITY: "sparsity (share of zero weights)", PARAMETERS: "parameters (count)",
+             INFERENCE_MS: "inference on the test split (ms)"}
+_DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+
+
+def sweep_figure(table: pd.DataFrame, metric: str = TEST_ACC, x: str = "prune.fraction",
+                 methods: Sequence[str] | None = None, title: str | None = None, height: int = 400) -> go.Figure:
+    """A metric against a swept field: a line per method and per value of the other (varied) swept fields.
+
+    `table` is `sweep_table` of a sweep's points. Repeats over parent seeds are averaged, their standard deviation
+    drawn as error bars.
+    """
+    frame = table if methods is None else table[table[METHOD].isin(list(methods))]
+    swept = frame.columns[:list(frame.columns).index(METHOD)]
+    others = [c for c in swept if c not in (x, "seed", SEEDS) and frame[c].nunique(dropna=False) > 1]
+    fig = go.Figure()
+    styles = {combo: _DASHES[i % len(_DASHES)] for i, combo in
+              enumerate(dict.fromkeys(map(tuple, frame[others].astype(str).values)))} if others else {(): "solid"}
+    for (method, *rest), group in frame.groupby([METHOD, *others], sort=False, dropna=False):
+        stats = group.groupby(x, sort=True)[metric].agg(["mean", "std", "count"]).reset_index()
+        name = " · ".join([method, *(f"{k}={v}" for k, v in zip(others, rest))])
+        fig.add_trace(go.Scatter(
+            x=stats[x], y=stats["mean"], name=name, mode="lines+markers",
+            line=dict(color=method_colour(method), dash=styles[tuple(map(str, rest))]),
+            error_y=dict(type="data", array=stats["std"].fillna(0), visible=bool((stats["count"] > 1).any())),
+            hovertemplate=f"{name}<br>{x}=%{{x}}<br>{metric}=%{{y:.4g}}<extra></extra>"))
+    return style(fig, title, _X_TITLES.get(x, x), _Y_TITLES.get(metric, metric), height)
