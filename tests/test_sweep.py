@@ -19,9 +19,10 @@ import torch
 
 from conftest import REPO
 from otcore.cache import DiskCache
-from otcore.config import DataSpec, FusionSpec, ModelSpec, SpecError, TrainSpec
+from otcore.config import DataSpec, FusionSpec, HessianSpec, ModelSpec, SpecError, TrainSpec
 from otcore.pipeline import prune_and_compare, train_parents
-from otcore.figures import sweep_figure, sweep_table
+from otcore.analysis import curvatures
+from otcore.figures import study_table, study_text, sweep_figure, sweep_table
 from otcore.sweep import (LocalExecutor, RayExecutor, SweepSpec, load_sweep, parse_grid, run_point,
                           run_sweep)
 
@@ -143,6 +144,55 @@ def test_local_sweep_stores_every_point_and_its_rows_are_the_pipelines(parents_d
     assert len(figure.data) == 5 * 2  # a line per method and pruning type
     assert figure.layout.xaxis.title.text == "prune fraction (share of weights removed)"
     assert figure.layout.yaxis.title.text == "test accuracy (%)"
+
+
+ANALYSIS = HessianSpec(batch_size=200, top_k=2, power_iters=30, lanczos_iters=8, lambda_points=5)
+
+
+def test_a_sweep_that_analyses_gives_the_curvature_of_a_direct_analysis_and_its_tables(parents_dir, tmp_path):
+    cache = cache_with(parents_dir, tmp_path / "cache")
+    sweep = spec("prune.type=unstructured,structured", "prune.fraction=0.3", analyse=("parents", "OT fusion"),
+                 hessian=ANALYSIS)
+    result = run_sweep(sweep, LocalExecutor(), cache)
+    assert not result.failed and len(result.points) == 2
+    parents = train_parents(DataSpec(), ModelSpec(), PARENTS, [0, 1], "cpu", cache=cache)
+    fresh = DiskCache(tmp_path / "fresh")  # the direct analysis computes; it does not read the sweep's entries
+    for point, p in zip(sweep.points(), result.points):
+        assert list(p.curvature) == ["parent 1", "parent 2", "OT fusion"]
+        comparison = prune_and_compare(DataSpec(), ModelSpec(), parents, point.prune, FusionSpec(), PARENTS, "cpu",
+                                       cache=cache)
+        direct = curvatures(DataSpec(), [r for r in comparison.rows if r.method in p.curvature], ANALYSIS, "cpu",
+                            cache=fresh)
+        assert not any(c.cached for c in direct)
+        for c in direct:
+            assert p.curvature[c.name]["top_eigenvalues"] == c.top_eigenvalues
+            assert p.curvature[c.name]["trace"] == c.trace and c.trace_method == "exact"
+    # Read back from the cache: the same numbers; a second run finds every point and analysis cached.
+    assert [p.curvature for p in load_sweep(result.key, cache).points] == [p.curvature for p in result.points]
+    assert all(p.cached for p in run_sweep(sweep, LocalExecutor(), cache).points)
+
+    table = study_table(result.points, "trace")
+    assert list(table.index) == ["prune.type=unstructured, prune.fraction=0.3",
+                                 "prune.type=structured, prune.fraction=0.3"]
+    assert list(table.columns) == ["parent 1", "parent 2", "OT fusion"]  # only the analysed networks
+    assert table.loc[table.index[1], "OT fusion"] == result.points[1].curvature["OT fusion"]["trace"]
+    latex = study_text(table, "latex")
+    lines = latex.splitlines()
+    assert [line.strip() for line in lines if "rule" in line] == ["\\toprule", "\\midrule", "\\bottomrule"]
+    body = lines[lines.index("\\midrule") + 1:lines.index("\\bottomrule")]
+    assert len(body) == 2 and all(line.count("&") == 3 for line in body)  # an experiment per row, 3 networks
+    assert "prune.type=structured" in body[1] and f"{table.iloc[1, 2]:.2f}" in body[1]
+
+    # The CLI prints the same table from the cache.
+    env = {**os.environ, "OTCORE_CACHE_DIR": str(cache.root), "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "otcore", "table", result.key[:10], "--metric", "lambda1",
+                           "--format", "csv"], capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == study_table(result.points, "λ1").to_csv().strip()
+    bad = subprocess.run([sys.executable, "-m", "otcore", "table", result.key[:10], "--metric", "sharpness"],
+                         capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: unknown metric 'sharpness'")
+    assert len(bad.stderr.strip().splitlines()) == 1
 
 
 def test_a_fusion_step_sweep_is_found_again_under_its_predicted_key(parents_dir, tmp_path) -> None:

@@ -8,17 +8,8 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from otcore.figures.comparison import comparison_table
-from otcore.figures.style import (
-    INFERENCE_MS,
-    METHOD,
-    PARAMETERS,
-    TEST_ACC,
-    TEST_LOSS,
-    TRAIN_ACC,
-    method_colour,
-    percent,
-    style,
-)
+from otcore.figures.style import (INFERENCE_MS, METHOD, PARAMETERS, TEST_ACC, TEST_LOSS, TRAIN_ACC, method_colour,
+                                  percent, style)
 from otcore.sweep import PointResult, cell, value_text
 
 # The one sparsity column: the share of zero weights over the pruned layers, a fraction in [0, 1]; display
@@ -151,3 +142,81 @@ def sweep_figure(table: pd.DataFrame, metric: str = TEST_ACC, x: str = "prune.fr
             error_y=dict(type="data", array=stats["std"].fillna(0), visible=bool((stats["count"] > 1).any())),
             hovertemplate=f"{name}<br>{x}=%{{x}}<br>{metric}=%{{y:.4g}}<extra></extra>"))
     return style(fig, title, _X_TITLES.get(x, x), _Y_TITLES.get(metric, metric), height)
+
+
+# ---------------------------------------------------------------------------- the study's tables
+
+# Metrics of a study table: a comparison's scores, or the Hessian analysis of the networks a sweep analysed
+# ('λ1', 'λ2', ... are the top eigenvalues, largest first).
+STUDY_METRICS = ("test accuracy", "test loss", "train accuracy", "generalisation gap", "trace")
+STUDY_DECIMALS = {"test accuracy": 2, "train accuracy": 2, "generalisation gap": 2, "test loss": 4, "trace": 2}
+TABLE_FORMATS = ("csv", "latex", "markdown")
+
+
+def experiment_label(values: dict[str, Any]) -> str:
+    """A point's row name in a study table: its swept values but the parents' seeds ('base settings' if none)."""
+    shown = [f"{k}={cell(v)}" for k, v in values.items() if k not in ("seed", SEEDS)]
+    return ", ".join(shown) or "base settings"
+
+
+def _study_value(point: PointResult, row: Any, metric: str) -> float:
+    eigen = metric[1:] if metric.startswith("λ") else None
+    if metric in ("test accuracy", "test loss", "train accuracy", "generalisation gap"):
+        return {"test accuracy": row.test.accuracy, "test loss": row.test.loss, "train accuracy": row.train.accuracy,
+                "generalisation gap": row.train.accuracy - row.test.accuracy}[metric]
+    curvature = point.curvature.get(row.method)
+    if curvature is None:
+        return math.nan
+    if eigen is not None:
+        values = curvature["top_eigenvalues"]
+        return float(values[int(eigen) - 1]) if int(eigen) <= len(values) else math.nan
+    return float(curvature["trace"])
+
+
+def check_study_metric(metric: str) -> str:
+    """The metric if a study table can show it ('trace', 'λ2' or 'lambda2', ...); else ValueError."""
+    metric = f"λ{metric[6:]}" if metric.startswith("lambda") else metric
+    if metric in STUDY_METRICS or (metric.startswith("λ") and metric[1:].isdigit() and int(metric[1:]) >= 1):
+        return metric
+    raise ValueError(f"unknown metric '{metric}'; choose one of {', '.join(STUDY_METRICS)}, λ1, λ2, ...")
+
+
+def study_table(points: Sequence[PointResult], metric: str) -> pd.DataFrame:
+    """One metric of a sweep: a row per experiment (repeats over parent seeds averaged), a column per network.
+
+    Networks with no value anywhere (not analysed, for a curvature metric) are left out.
+    """
+    metric = check_study_metric(metric)
+    cells: dict[str, dict[str, list[float]]] = {}
+    for p in points:
+        row_cells = cells.setdefault(experiment_label(p.values), {})
+        for r in p.comparison.rows:
+            row_cells.setdefault(r.method, []).append(_study_value(p, r, metric))
+    methods = list(dict.fromkeys(m for row in cells.values() for m in row))
+    frame = pd.DataFrame([[_mean(cells[e].get(m, [])) for m in methods] for e in cells], index=list(cells),
+                         columns=methods, dtype=float)
+    frame.index.name, frame.columns.name = "experiment", metric
+    return frame.dropna(axis=1, how="all")
+
+
+def _mean(values: Sequence[float]) -> float:
+    kept = [v for v in values if not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else math.nan
+
+
+def study_text(table: pd.DataFrame, form: str = "csv") -> str:
+    """A study table as CSV, Markdown, or LaTeX with booktabs rules (\\toprule, \\midrule, \\bottomrule)."""
+    decimals = STUDY_DECIMALS.get(str(table.columns.name), 3)
+    if form == "csv":
+        return table.to_csv()
+    if form == "markdown":  # by hand: pandas' to_markdown needs the tabulate package
+        head = [table.index.name or "", *map(str, table.columns)]
+        rows = [[str(e), *("--" if math.isnan(v) else f"{v:.{decimals}f}" for v in values)]
+                for e, values in zip(table.index, table.to_numpy())]
+        lines = [head, ["---"] + ["---:"] * len(table.columns), *rows]
+        return "\n".join("| " + " | ".join(line) + " |" for line in lines) + "\n"
+    if form == "latex":  # Styler.to_latex: hrules=True draws booktabs rules; names escaped for LaTeX
+        styler = table.style.format(precision=decimals, na_rep="--", escape="latex")
+        styler = styler.format_index(escape="latex", axis=0).format_index(escape="latex", axis=1)
+        return styler.to_latex(hrules=True, column_format="l" + "r" * len(table.columns))
+    raise ValueError(f"table format must be one of {', '.join(TABLE_FORMATS)}, got '{form}'")

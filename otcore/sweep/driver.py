@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from otcore import pipeline
@@ -17,6 +17,7 @@ from otcore.config import spec_dict
 from otcore.sweep.executors import Executor, LocalExecutor
 from otcore.sweep.grid import Point, Progress, SweepSpec, value_text
 from otcore.sweep.tasks import PointTask, error_text, run_point
+from otcore.analysis import hessian_key
 from otcore.train import Evaluation
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ class PointResult:
     cached: bool  # already in the cache when the sweep started
     attempts: int | None = None  # tries it took (None: cached, or not known under Ray)
     seconds: float = 0.0  # task wall time
+    curvature: dict[str, dict] = field(default_factory=dict)  # analysed method -> CURVATURE_FIELDS and 'key'
 
 
 @dataclass
@@ -63,6 +65,32 @@ class SweepResult:
 def cell(value: Any) -> Any:
     """A swept value as a record or table stores it: tuples (seed sets) as text, the rest as they are."""
     return value_text(value) if isinstance(value, tuple) else value
+
+
+CURVATURE_FIELDS = ("top_eigenvalues", "trace", "trace_std_error", "trace_method", "loss")
+
+
+def curvature_of(cache: DiskCache, point: Point, comparison: pipeline.Comparison) -> dict[str, dict] | None:
+    """The Hessian analysis of each network the point analyses, by method; None while any is not cached."""
+    out = {}
+    for row in comparison.rows:
+        if point.analyses(row.method):
+            key = hessian_key(point.data, point.hessian, row.key)
+            record = cache.load_record(key)  # verified, its fields typed (otcore.records)
+            if record is None or record.kind != "hessian":
+                return None
+            out[row.method] = {"key": key, **{f: record.metrics.get(f) for f in CURVATURE_FIELDS}}
+    return out
+
+
+def _stored_curvature(cache: DiskCache, keys: dict[str, str]) -> dict[str, dict]:
+    """The analyses a sweep record names for one point (method -> entry key), those still readable."""
+    out = {}
+    for method, key in keys.items():
+        record = cache.load_record(key) if isinstance(key, str) else None
+        if record is not None and record.kind == "hessian":
+            out[method] = {"key": key, **{f: record.metrics.get(f) for f in CURVATURE_FIELDS}}
+    return out
 
 
 def _verified_metrics(cache: DiskCache, key: str, step: str) -> dict | None:
@@ -100,7 +128,10 @@ def run_sweep(sweep: SweepSpec, executor: Executor | None = None, cache: DiskCac
     done: dict[str, PointResult | PointFailure] = {}
     for p in points:  # a damaged or malformed entry is skipped (the cache warns once) and computed again
         if (metrics := _verified_metrics(cache, p.key, sweep.step)) is not None:
-            done[p.key] = PointResult(dict(p.values), p.seeds, p.key, scores(p.key, metrics), cached=True)
+            comparison = scores(p.key, metrics)
+            if (curvature := curvature_of(cache, p, comparison)) is not None:  # else the task computes it
+                done[p.key] = PointResult(dict(p.values), p.seeds, p.key, comparison, cached=True,
+                                          curvature=curvature)
     todo = list({p.key: p for p in points if p.key not in done}.values())
     have = {j.key: e for j in {j for p in todo for j in p.parents()} if (e := cache.load(j.key)) is not None}
     status = "running"
@@ -131,8 +162,10 @@ def run_sweep(sweep: SweepSpec, executor: Executor | None = None, cache: DiskCac
                     log.warning("point %s was stored under %s, expected %s", point.label(), event.value.key,
                                 point.key)
                     entry = next(e for e in event.value.entries if e.key == event.value.key)
-                result = PointResult(dict(point.values), point.seeds, point.key, scores(point.key, entry.metrics),
-                                     cached=False, attempts=event.attempts, seconds=event.value.seconds)
+                comparison = scores(point.key, entry.metrics)
+                result = PointResult(dict(point.values), point.seeds, point.key, comparison, cached=False,
+                                     attempts=event.attempts, seconds=event.value.seconds,
+                                     curvature=curvature_of(cache, point, comparison) or {})
                 result.comparison.cached = False
                 done[point.key] = result
                 if on_point is not None:
@@ -167,7 +200,8 @@ def _record(sweep: SweepSpec, points: Sequence[Point], done: dict, status: str, 
     metrics = {"status": status, "executor": executor_name, "updated": time.time(), "total": len(points),
                "fields": [n for n, _ in sweep.grid], "done": sum(isinstance(r, PointResult) for r in done.values()),
                "failed": failed,
-               "points": [{"values": {k: cell(v) for k, v in p.values}, "seeds": list(p.seeds), "key": p.key}
+               "points": [{"values": {k: cell(v) for k, v in p.values}, "seeds": list(p.seeds), "key": p.key,
+                           "analysis": {m: c["key"] for m, c in getattr(done.get(p.key), "curvature", {}).items()}}
                           for p in points]}
     config = {**spec_dict(sweep), "data": {**spec_dict(sweep.data), "root": sweep.data.root}}
     return CacheEntry(sweep.key, "sweep", config, metrics)
@@ -195,7 +229,9 @@ def load_sweep(key: str, cache: DiskCache | None = None) -> SweepResult:
     for p in meta["points"]:
         values, seeds = p["values"], tuple(p["seeds"])
         if (metrics := _verified_metrics(cache, p["key"], step)) is not None:
-            points.append(PointResult(values, seeds, p["key"], scores(p["key"], metrics), cached=True))
+            analysis = p.get("analysis") if isinstance(p.get("analysis"), dict) else {}
+            points.append(PointResult(values, seeds, p["key"], scores(p["key"], metrics), cached=True,
+                                      curvature=_stored_curvature(cache, analysis)))
         elif p["key"] in errors:
             failed.append(PointFailure(values, seeds, p["key"], errors[p["key"]]["error"],
                                        errors[p["key"]]["attempts"]))

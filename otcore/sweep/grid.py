@@ -11,20 +11,16 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Sequence
 
 from otcore import pipeline
-from otcore.config import (
-    DataSpec,
-    FusionSpec,
-    ModelSpec,
-    PruneSpec,
-    SpecError,
-    TrainSpec,
-    check_partition_parents,
-    not_keyed,
-    spec_hash,
-)
+from otcore.config import (DataSpec, FusionSpec, HessianSpec, ModelSpec, PruneSpec, SpecError, TrainSpec,
+                           check_partition_parents, not_keyed, spec_hash)
 
 STEPS = ("prune", "fusion")  # the pipeline step each point runs: prune_and_compare or fuse_and_compare
 Progress = Callable[[str, float], None]  # (what is happening, fraction done in [0, 1])
+# The networks a point can analyse (otcore.analysis: top eigenvalues, trace, density, perturbation curve),
+# by the name the user picks, and the comparison's method names each stands for.
+NETWORKS = {"parents": (pipeline.PARENT,), "vanilla": (pipeline.VANILLA,), "OT fusion": (pipeline.OT_FUSION,),
+            "fine-tuned fusion": (pipeline.OT_FINETUNED,), "retrained fusion": (pipeline.OT_RETRAINED,),
+            "retrained vanilla": (pipeline.VANILLA_RETRAINED,)}
 
 # ---------------------------------------------------------------------------- the grid
 
@@ -123,6 +119,13 @@ class Point:
     fusion: FusionSpec
     seeds: tuple[int, ...]  # one parent per seed
     device: str = "auto"
+    analyse: tuple[str, ...] = ()  # the networks whose Hessian the point analyses (NETWORKS names)
+    hessian: HessianSpec = field(default_factory=HessianSpec)
+
+    def analyses(self, method: str) -> bool:
+        """Whether this point analyses the comparison row of `method` ('parent 2' is one of 'parents')."""
+        return any(method == m or (m == pipeline.PARENT and method.startswith(m + " "))
+                   for name in self.analyse for m in NETWORKS[name])
 
     def label(self) -> str:
         """'prune.fraction=0.3, seed=1' (or 'base settings' for an empty grid)."""
@@ -160,10 +163,16 @@ class SweepSpec:
     seeds: tuple[int, ...] = (0, 1)  # parents' seeds; grid 'seed' s shifts each by s * len(seeds)
     step: str = "prune"  # 'prune' (prune_and_compare) or 'fusion' (fuse_and_compare)
     device: str = not_keyed("auto")  # where each point computes ('auto': CUDA when the worker sees a GPU)
+    analyse: tuple[str, ...] = ()  # networks each point also runs the Hessian analysis on (NETWORKS names)
+    hessian: HessianSpec = field(default_factory=HessianSpec)  # that analysis's settings
 
     def __post_init__(self) -> None:
         if self.step not in STEPS:
             raise SpecError(f"step must be one of {STEPS}, got '{self.step}'")
+        object.__setattr__(self, "analyse", tuple(dict.fromkeys(self.analyse)))
+        unknown = [n for n in self.analyse if n not in NETWORKS]
+        if unknown:
+            raise SpecError(f"cannot analyse '{unknown[0]}'; choose among {', '.join(NETWORKS)}")
         if len(self.seeds) < 2 or min(self.seeds) < 0:
             raise SpecError(f"a sweep fuses at least two parents with seeds >= 0, got seeds {self.seeds}")
         known, grid = sweep_fields(), []
@@ -225,4 +234,4 @@ class SweepSpec:
         except SpecError as err:
             raise SpecError(f"{', '.join(f'{k}={value_text(v)}' for k, v in values)}: {err}") from None
         return Point(values, self.step, data, model, specs["train"], specs["prune"], specs["fusion"], seeds,
-                     self.device)
+                     self.device, self.analyse, self.hessian)

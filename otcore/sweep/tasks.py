@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from otcore import pipeline
+from otcore.analysis import curvatures
 from otcore.cache import CacheEntry, DiskCache
 from otcore.sweep.grid import ParentJob, Point, Progress
 
@@ -53,6 +54,9 @@ def run_point(point: Point, parents: Sequence[CacheEntry], progress: Progress | 
         else:
             comparison = pipeline.fuse_and_compare(point.data, point.model, nets, point.fusion, point.train,
                                                    point.device, progress, cache)
+        if point.analyse:  # each network's analysis is its own cache entry, keyed by the network's key
+            curvatures(point.data, [r for r in comparison.rows if point.analyses(r.method)], point.hessian,
+                       point.device, progress, cache)
         return PointOutput(comparison.key, _new_entries(cache, {e.key for e in parents}),
                            time.perf_counter() - start)
 
