@@ -19,10 +19,10 @@ import torch
 
 from conftest import REPO
 from otcore.cache import DiskCache
-from otcore.config import DataSpec, FusionSpec, HessianSpec, ModelSpec, SpecError, TrainSpec
+from otcore.config import DataSpec, FusionSpec, HessianSpec, ModelSpec, PruneSpec, SpecError, TrainSpec
 from otcore.pipeline import prune_and_compare, train_parents
 from otcore.analysis import curvatures
-from otcore.figures import study_table, study_text, sweep_figure, sweep_table
+from otcore.figures import study_table, study_text, sweep_figure, sweep_metrics, sweep_table
 from otcore.sweep import (LocalExecutor, RayExecutor, SweepSpec, load_sweep, parse_grid, run_point,
                           run_sweep)
 
@@ -146,21 +146,24 @@ def test_local_sweep_stores_every_point_and_its_rows_are_the_pipelines(parents_d
     assert figure.layout.yaxis.title.text == "test accuracy (%)"
 
 
+NETWORKS = ["parent 1", "parent 2", "OT fusion", "OT fusion retrained"]
+VANILLA = "vanilla average"
 ANALYSIS = HessianSpec(batch_size=200, top_k=2, power_iters=30, lanczos_iters=8, lambda_points=5)
 
 
 def test_a_sweep_that_analyses_gives_the_curvature_of_a_direct_analysis_and_its_tables(parents_dir, tmp_path):
     cache = cache_with(parents_dir, tmp_path / "cache")
-    sweep = spec("prune.type=unstructured,structured", "prune.fraction=0.3", analyse=("parents", "OT fusion"),
-                 hessian=ANALYSIS)
+    sweep = spec("prune.type=unstructured,structured", "prune.fraction=0.3", prune=PruneSpec(retrain_epochs=1),
+                 analyse=("parents", "OT fusion", "retrained fusion"), hessian=ANALYSIS)
     result = run_sweep(sweep, LocalExecutor(), cache)
     assert not result.failed and len(result.points) == 2
     parents = train_parents(DataSpec(), ModelSpec(), PARENTS, [0, 1], "cpu", cache=cache)
     fresh = DiskCache(tmp_path / "fresh")  # the direct analysis computes; it does not read the sweep's entries
     for point, p in zip(sweep.points(), result.points):
-        assert list(p.curvature) == ["parent 1", "parent 2", "OT fusion"]
+        assert list(p.curvature) == NETWORKS
         comparison = prune_and_compare(DataSpec(), ModelSpec(), parents, point.prune, FusionSpec(), PARENTS, "cpu",
                                        cache=cache)
+        assert comparison.cached and comparison.key == p.key
         direct = curvatures(DataSpec(), [r for r in comparison.rows if r.method in p.curvature], ANALYSIS, "cpu",
                             cache=fresh)
         assert not any(c.cached for c in direct)
@@ -174,14 +177,23 @@ def test_a_sweep_that_analyses_gives_the_curvature_of_a_direct_analysis_and_its_
     table = study_table(result.points, "trace")
     assert list(table.index) == ["prune.type=unstructured, prune.fraction=0.3",
                                  "prune.type=structured, prune.fraction=0.3"]
-    assert list(table.columns) == ["parent 1", "parent 2", "OT fusion"]  # only the analysed networks
+    assert list(table.columns) == NETWORKS  # only the analysed networks
     assert table.loc[table.index[1], "OT fusion"] == result.points[1].curvature["OT fusion"]["trace"]
     latex = study_text(table, "latex")
     lines = latex.splitlines()
     assert [line.strip() for line in lines if "rule" in line] == ["\\toprule", "\\midrule", "\\bottomrule"]
     body = lines[lines.index("\\midrule") + 1:lines.index("\\bottomrule")]
-    assert len(body) == 2 and all(line.count("&") == 3 for line in body)  # an experiment per row, 3 networks
+    assert len(body) == 2 and all(line.count("&") == 4 for line in body)  # an experiment per row, 4 networks
     assert "prune.type=structured" in body[1] and f"{table.iloc[1, 2]:.2f}" in body[1]
+
+    # Any curvature metric against any swept field: a line per analysed network, initial left, retrained right.
+    rows = sweep_table(result.points, result.fields)
+    assert {"trace", "λ1", "λ2"} <= set(sweep_metrics(rows)) and rows[rows["method"] == VANILLA]["trace"].isna().all()
+    figure = sweep_figure(rows, "trace", "prune.type", side_by_side=True)
+    assert [(t.name, t.xaxis) for t in figure.data] == [("parent 1", "x"), ("parent 2", "x"), ("OT fusion", "x"),
+                                                          ("OT fusion retrained", "x2")]
+    assert dict(zip(figure.data[3].x, figure.data[3].y)) == \
+           {p.values["prune.type"]: p.curvature["OT fusion retrained"]["trace"] for p in result.points}
 
     # The CLI prints the same table from the cache.
     env = {**os.environ, "OTCORE_CACHE_DIR": str(cache.root), "PYTHONPATH": str(REPO)}

@@ -15,17 +15,19 @@ from otcore.figures.plans import diagnostics_chart, diagnostics_table, plan_arra
 from otcore.figures.style import (FONT, HEATMAP_SCALE, INFERENCE_MS, METHOD, METHOD_COLOURS, PARAMETERS, TEMPLATE,
                                   TEST_ACC, TEST_LOSS, TRAIN_ACC, TRAIN_LOSS, accuracy_range, column_decimals,
                                   method_colour, percent, style, tick_label)
-from otcore.figures.sweeps import (FRACTION, METRICS, SEEDS, SPARSITY, STUDY_METRICS, TABLE_FORMATS, check_study_metric,
-                                   experiment_label, fraction_table, prune_sweep_chart, prune_table, sparsity_chart,
-                                   study_table, study_text, sweep_figure, sweep_table)
+from otcore.figures.sweeps import (FRACTION, HESSIAN_TRACE, METRICS, SEEDS, SPARSITY, STUDY_METRICS, TABLE_FORMATS,
+                                   check_study_metric, experiment_label, fraction_table, prune_sweep_chart,
+                                   prune_table, retrained, sparsity_chart, study_table, study_text, sweep_figure,
+                                   sweep_metrics, sweep_table)
 
 __all__ = ["accuracy_range", "best_parent_accuracy", "check_study_metric", "class_histogram", "column_decimals",
            "comparison_bar", "comparison_table", "CURVATURE_DECIMALS", "curvature_record", "curvature_table",
            "diagnostics_chart", "diagnostics_table", "experiment_label", "FONT", "FRACTION", "fraction_table", "GAP",
-           "headline", "HEATMAP_SCALE", "human_size", "INFERENCE_MS", "interpolation_chart", "LAMBDA_MAX",
-           "manifest_table", "METHOD", "method_colour", "METHOD_COLOURS", "METRICS", "own_classes_table", "PARAMETERS",
-           "parents_table", "per_class_frame", "per_class_heatmap", "percent", "perturbation_chart", "plan_array",
-           "plan_heatmap", "prune_sweep_chart", "prune_table", "SEEDS", "SHARPNESS", "sharpness_scatter",
-           "sharpness_table", "SPARSITY", "sparsity_chart", "spectral_density_chart", "STUDY_METRICS", "study_table",
-           "study_text", "style", "surface_contour", "sweep_figure", "sweep_table", "TABLE_FORMATS", "TEMPLATE",
-           "TEST_ACC", "TEST_LOSS", "tick_label", "TRACE", "trace_description", "TRAIN_ACC", "TRAIN_LOSS"]
+           "headline", "HEATMAP_SCALE", "HESSIAN_TRACE", "human_size", "INFERENCE_MS", "interpolation_chart",
+           "LAMBDA_MAX", "manifest_table", "METHOD", "method_colour", "METHOD_COLOURS", "METRICS", "own_classes_table",
+           "PARAMETERS", "parents_table", "per_class_frame", "per_class_heatmap", "percent", "perturbation_chart",
+           "plan_array", "plan_heatmap", "prune_sweep_chart", "prune_table", "retrained", "SEEDS", "SHARPNESS",
+           "sharpness_scatter", "sharpness_table", "SPARSITY", "sparsity_chart", "spectral_density_chart",
+           "STUDY_METRICS", "study_table", "study_text", "style", "surface_contour", "sweep_figure", "sweep_metrics",
+           "sweep_table", "TABLE_FORMATS", "TEMPLATE", "TEST_ACC", "TEST_LOSS", "tick_label", "TRACE",
+           "trace_description", "TRAIN_ACC", "TRAIN_LOSS"]

@@ -92,6 +92,7 @@ def sparsity_chart(points: Sequence[Any], title: str | None = None, height: int 
 
 SEEDS = "seeds"
 METRICS = (TEST_ACC, TEST_LOSS, TRAIN_ACC, SPARSITY, PARAMETERS, INFERENCE_MS)
+HESSIAN_TRACE = "trace"  # and 'λ1', 'λ2', ...: columns of a sweep that analysed its networks (NaN elsewhere)
 
 
 def sweep_table(points: Sequence[PointResult], swept: Sequence[str]) -> pd.DataFrame:
@@ -103,8 +104,28 @@ def sweep_table(points: Sequence[PointResult], swept: Sequence[str]) -> pd.DataF
             rows.append({**{name: cell(p.values.get(name)) for name in swept}, SEEDS: value_text(tuple(p.seeds)),
                          METHOD: r.method, TEST_ACC: r.test.accuracy, TEST_LOSS: r.test.loss,
                          TRAIN_ACC: r.train.accuracy, SPARSITY: sparsity.get(r.method, math.nan),
-                         PARAMETERS: r.parameters, INFERENCE_MS: r.inference_ms, "key": p.key})
-    return pd.DataFrame(rows, columns=[*swept, *([SEEDS] if SEEDS not in swept else []), METHOD, *METRICS, "key"])
+                         PARAMETERS: r.parameters, INFERENCE_MS: r.inference_ms, "key": p.key,
+                         **_curvature_cells(p.curvature.get(r.method))})
+    top_k = max((len(c["top_eigenvalues"]) for p in points for c in p.curvature.values()), default=0)
+    curvature = [HESSIAN_TRACE, *(f"λ{i + 1}" for i in range(top_k))] if top_k else []
+    return pd.DataFrame(rows, columns=[*swept, *([SEEDS] if SEEDS not in swept else []), METHOD, *METRICS,
+                                       *curvature, "key"])
+
+
+def _curvature_cells(curvature: dict | None) -> dict[str, float]:
+    if curvature is None:
+        return {}
+    return {HESSIAN_TRACE: curvature["trace"], **{f"λ{i + 1}": v for i, v in enumerate(curvature["top_eigenvalues"])}}
+
+
+def sweep_metrics(table: pd.DataFrame) -> list[str]:
+    """The metrics a sweep's table can plot: the scores, and the curvature columns when it analysed networks."""
+    return [c for c in table.columns[list(table.columns).index(METHOD) + 1:] if c != "key"]
+
+
+def retrained(method: str) -> bool:
+    """Whether a method is a network trained again after fusion or pruning (drawn apart from the initial ones)."""
+    return "retrained" in method or "fine-tuned" in method
 
 
 _X_TITLES = {"prune.fraction": "prune fraction (share of weights removed)",
@@ -116,21 +137,32 @@ _X_TITLES = {"prune.fraction": "prune fraction (share of weights removed)",
              "seed": "parent seed set (offset)", "arch": "architecture", "dataset": "dataset"}
 _Y_TITLES = {TEST_ACC: "test accuracy (%)", TRAIN_ACC: "train accuracy (%)", TEST_LOSS: "test loss (nats)",
              SPARSITY: "sparsity (share of zero weights)", PARAMETERS: "parameters (count)",
-             INFERENCE_MS: "inference on the test split (ms)"}
+             INFERENCE_MS: "inference on the test split (ms)", HESSIAN_TRACE: "Hessian trace",
+             "λ1": "top Hessian eigenvalue λ1"}
 _DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
 
 
 def sweep_figure(table: pd.DataFrame, metric: str = TEST_ACC, x: str = "prune.fraction",
-                 methods: Sequence[str] | None = None, title: str | None = None, height: int = 400) -> go.Figure:
+                 methods: Sequence[str] | None = None, title: str | None = None, height: int = 400,
+                 side_by_side: bool = False) -> go.Figure:
     """A metric against a swept field: a line per method and per value of the other (varied) swept fields.
 
     `table` is `sweep_table` of a sweep's points. Repeats over parent seeds are averaged, their standard deviation
-    drawn as error bars.
+    drawn as error bars. Methods without the metric (networks not analysed, for a curvature column) are left out;
+    `side_by_side` draws initial networks left and retrained ones right, on one y axis.
     """
     frame = table if methods is None else table[table[METHOD].isin(list(methods))]
+    frame = frame[frame[metric].notna()]
+    panels = side_by_side and frame[METHOD].map(retrained).nunique() == 2
     swept = frame.columns[:list(frame.columns).index(METHOD)]
     others = [c for c in swept if c not in (x, "seed", SEEDS) and frame[c].nunique(dropna=False) > 1]
-    fig = go.Figure()
+    if panels:
+        from plotly.subplots import make_subplots
+
+        fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.04,
+                            subplot_titles=("initial networks", "retrained networks"))
+    else:
+        fig = go.Figure()
     styles = {combo: _DASHES[i % len(_DASHES)] for i, combo in
               enumerate(dict.fromkeys(map(tuple, frame[others].astype(str).values)))} if others else {(): "solid"}
     for (method, *rest), group in frame.groupby([METHOD, *others], sort=False, dropna=False):
@@ -140,8 +172,12 @@ def sweep_figure(table: pd.DataFrame, metric: str = TEST_ACC, x: str = "prune.fr
             x=stats[x], y=stats["mean"], name=name, mode="lines+markers",
             line=dict(color=method_colour(method), dash=styles[tuple(map(str, rest))]),
             error_y=dict(type="data", array=stats["std"].fillna(0), visible=bool((stats["count"] > 1).any())),
-            hovertemplate=f"{name}<br>{x}=%{{x}}<br>{metric}=%{{y:.4g}}<extra></extra>"))
-    return style(fig, title, _X_TITLES.get(x, x), _Y_TITLES.get(metric, metric), height)
+            hovertemplate=f"{name}<br>{x}=%{{x}}<br>{metric}=%{{y:.4g}}<extra></extra>"),
+            **({"row": 1, "col": 2 if retrained(method) else 1} if panels else {}))
+    style(fig, title, _X_TITLES.get(x, x), _Y_TITLES.get(metric, metric), height)
+    if panels:
+        fig.update_yaxes(title_text=None, col=2)
+    return fig
 
 
 # ---------------------------------------------------------------------------- the study's tables
