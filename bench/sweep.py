@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anyw
 from bench.common import machine, table  # noqa: E402
 from otcore.cache import DiskCache  # noqa: E402
 from otcore.config import PruneSpec, TrainSpec  # noqa: E402
-from otcore.executors import LocalExecutor, RayExecutor  # noqa: E402
-from otcore.sweep import SweepResult, SweepSpec, parse_grid, run_sweep  # noqa: E402
+from otcore.figures import sweep_table  # noqa: E402
+from otcore.sweep import LocalExecutor, RayExecutor, SweepResult, SweepSpec, parse_grid, run_sweep  # noqa: E402
 
 GRID = ("prune.fraction=0.3,0.5,0.7", "prune.type=unstructured,structured", "seed=0,1")
 SAME = ["method", "test acc (%)", "train acc (%)", "sparsity", "parameters", "key"]
@@ -75,7 +75,8 @@ def main() -> None:
         shutdown_s = time.perf_counter() - start
 
     (local, local_s), (on_ray, ray_s) = (min(runs[name], key=lambda r: r[1]) for name in ("local", "ray"))
-    same = all(r.table()[SAME].equals(local.table()[SAME]) for name in runs for r, _ in runs[name])
+    expected = sweep_table(local.points, local.fields)[SAME]
+    same = all(sweep_table(r.points, r.fields)[SAME].equals(expected) for name in runs for r, _ in runs[name])
     rows = []
     for name, result, wall, startup in (("local", local, local_s, 0.0), ("ray", on_ray, ray_s, init_s + warm_s)):
         per_point = statistics.median(p.seconds for p in result.points)

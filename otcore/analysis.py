@@ -55,12 +55,17 @@ def analysis_batches(data: DataSpec, spec: HessianSpec, device: torch.device) ->
     return [(xb.to(device), yb.to(device)) for xb, yb in fixed_batches(x, y, spec.batch_size, spec.batches, spec.seed)]
 
 
+def hessian_key(data: DataSpec, spec: HessianSpec, network: str) -> str:
+    """The cache key of one network's Hessian analysis (`network`: the network's own key)."""
+    return spec_hash("hessian", data, spec, network)
+
+
 def curvature(data: DataSpec, name: str, key: str, model: nn.Module, spec: HessianSpec, device: str = "auto",
               progress: Progress | None = None, cache: DiskCache | None = None,
               scores: MethodResult | None = None) -> Curvature:
     """Top eigenvalues, trace, spectral density and perturbation curves of one network (cached)."""
     cache = cache or default_cache()
-    entry_key = spec_hash("hessian", data, spec, key)
+    entry_key = hessian_key(data, spec, key)
     dev = resolve_device(device)
 
     def compute() -> CacheEntry:

@@ -425,6 +425,17 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus-per-task", type=float, default=0.0,
                    help="GPUs Ray reserves per point (0.5: two points share a GPU)")
     p.add_argument("--retries", type=int, default=2, help="tries after a point's first failure before it is reported")
+    h = HessianSpec()
+    p.add_argument("--analyse", nargs="+", default=[], metavar="NETWORK",
+                   help="also run the Hessian analysis at each point on these networks: parents, vanilla, "
+                        "'OT fusion', 'fine-tuned fusion', 'retrained fusion', 'retrained vanilla'")
+    p.add_argument("--hessian-batch-size", type=int, default=h.batch_size, help="examples the analysis uses")
+    p.add_argument("--top-k", type=int, default=h.top_k, help="top Hessian eigenvalues per analysed network")
+    p.add_argument("--power-iters", type=int, default=h.power_iters)
+    p.add_argument("--trace-method", default=h.trace_method, choices=TRACE_METHODS)
+    p.add_argument("--trace-probes", type=int, default=h.trace_probes)
+    p.add_argument("--lanczos-iters", type=int, default=h.lanczos_iters)
+    p.add_argument("--lambda-points", type=int, default=h.lambda_points)
 
 
 def _floats(text: str, what: str) -> list[float]:
@@ -452,15 +463,17 @@ def _sweep_spec(args: argparse.Namespace) -> Any:
     if args.executor == "local" and args.ray_address:
         raise SpecError("--ray-address needs --executor ray")
     data, model = specs(args)
+    hessian = HessianSpec(batch_size=args.hessian_batch_size, top_k=args.top_k, power_iters=args.power_iters,
+                          trace_method=args.trace_method, trace_probes=args.trace_probes,
+                          lanczos_iters=args.lanczos_iters, lambda_points=args.lambda_points)
     return SweepSpec(tuple(grid), data, model, train_spec(args), prune_spec(args, PruneSpec().fraction),
-                     fusion_spec(args), tuple(args.seeds), args.step, args.device)
+                     fusion_spec(args), tuple(args.seeds), args.step, args.device, tuple(args.analyse), hessian)
 
 
 @command("sweep", _sweep_args)
 def run_sweep(args: argparse.Namespace) -> dict:
     """A grid of settings run here or on a Ray cluster; every point cached, so a sweep resumes."""
-    from otcore.executors import executor
-    from otcore.sweep import run_sweep as sweep
+    from otcore.sweep import executor, run_sweep as sweep
 
     spec = _sweep_spec(args)
     runner = executor(args.executor, args.ray_address, args.retries, args.cpus_per_task,
@@ -485,6 +498,39 @@ def run_sweep(args: argparse.Namespace) -> dict:
               f"{f['error']}" for f in failed]
     return {"rows": rows, "failed": failed, "executor": result.executor, "seconds": result.seconds,
             "sweep": result.key, "status": result.status, "text": "\n".join(lines)}
+
+
+def _table_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sweep", help="a sweep's key, or its first characters (python -m otcore list shows them)")
+    p.add_argument("--metric", default="test accuracy",
+                   help="test accuracy, test loss, train accuracy, generalisation gap, trace, or λ1, λ2, ... "
+                        "(also lambda1, ...): curvature metrics need a sweep run with --analyse")
+    p.add_argument("--format", dest="table_format", default="markdown", choices=["csv", "latex", "markdown"])
+    p.add_argument("--json", action="store_true", help="print the table's cells as JSON instead")
+
+
+@command("table", _table_args)
+def run_table(args: argparse.Namespace) -> dict:
+    """One metric of a recorded sweep: a row per experiment, a column per network (CSV, LaTeX or Markdown)."""
+    from otcore.figures import check_study_metric, study_table, study_text
+    from otcore.sweep import load_sweep, sweep_records
+
+    try:
+        metric = check_study_metric(args.metric)
+    except ValueError as err:
+        raise SpecError(str(err)) from None
+    keys = [r.key for r in sweep_records().rows if r.key.startswith(args.sweep)] if args.sweep else []
+    if len(keys) != 1:
+        raise SpecError(f"no recorded sweep starts with '{args.sweep}'" if not keys else
+                        f"'{args.sweep}' names {len(keys)} sweeps; give more of the key")
+    result = load_sweep(keys[0])
+    table = study_table(result.points, metric)
+    if table.empty:
+        raise SpecError(f"sweep {keys[0][:12]} has no '{metric}' values"
+                        + (" (run it with --analyse)" if metric not in ("test accuracy", "test loss", "train accuracy",
+                                                                       "generalisation gap") else ""))
+    cells = {e: {m: (None if math.isnan(v) else v) for m, v in row.items()} for e, row in table.iterrows()}
+    return {"sweep": keys[0], "metric": metric, "rows": cells, "text": study_text(table, args.table_format)}
 
 
 def add_hessian(p: argparse.ArgumentParser) -> None:

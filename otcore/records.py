@@ -38,6 +38,7 @@ SCHEMAS: dict[str, tuple[Any, Any]] = {
     "fusion": (dict, COMPARISON),
     "prune": (dict, {**COMPARISON, "sparsity": Optional({str: float}), "fraction": Optional(float),
                      "type": Optional(str)}),
+    "hessian": (dict, {"top_eigenvalues": [float], "trace": float, "trace_std_error": float, "loss": float}),
     "sweep": ({**SPEC_NAMES, "step": str},
               {"status": str, "executor": str, "updated": TIMESTAMP, "total": int, "done": int, "fields": [str],
                "failed": [{"key": str, "error": str, "attempts": int}],

@@ -165,7 +165,7 @@ def pruning_report(comparison: Any, points: Sequence[Any], data: Any, model: Any
     tables = {"Comparison": figures.prune_table(comparison)}
     charts = {"Test accuracy per method": figures.comparison_bar(comparison)}
     if points:
-        tables["Sweep over prune fractions"] = figures.sweep_table(points)
+        tables["Sweep over prune fractions"] = figures.fraction_table(points)
         charts["Test accuracy against prune fraction"] = figures.prune_sweep_chart(points, prune.fraction)
         charts["Sparsity against prune fraction"] = figures.sparsity_chart(points)
     return write_report(f"Pruning report: {data.name} / {model.arch}, {100 * prune.fraction:.0f} % {prune.type}",
@@ -186,7 +186,7 @@ def hessian_report(curvatures: Sequence[Any], records: Sequence[dict], data: Any
               f"Sharpness ({measure}) against test accuracy and generalisation gap":
                   figures.sharpness_scatter(records, measure)}
     if retraining:
-        from otcore.landscape_figures import retraining_charts
+        from otcore.figures import retraining_charts
 
         charts.update(retraining_charts(retraining))
     return write_report(f"Hessian report: {data.name} / {model.arch} ({study})", settings, tables, charts)
@@ -209,7 +209,7 @@ def landscape_report(curvatures: Sequence[Any], paths: Sequence[Any], surface: A
     if surface is not None:
         charts[f"Loss surface around {surface_of}"] = figures.surface_contour(surface)
     if retraining:
-        from otcore.landscape_figures import retraining_charts
+        from otcore.figures import retraining_charts
 
         charts.update(retraining_charts(retraining))
     return write_report(f"Landscape report: {data.name} / {model.arch} ({study})", settings,

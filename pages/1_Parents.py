@@ -4,7 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 import dashboard
-from otcore import figures, partition_figures
+from otcore import figures
 
 dashboard.page_setup("Parents")
 ws = dashboard.workspace()
@@ -29,7 +29,7 @@ if any("class_counts" in p.metrics for p in parent_set.parents):
     split = parent_set.train.partition
     st.caption("Training examples per class. " + ("Every parent saw the whole train split." if split == "iid" else
                f"'{split}' partition: each parent saw its own part of the train split (set in the sidebar)."))
-    st.plotly_chart(partition_figures.class_histogram(parent_set.parents, height=280), theme=None,
+    st.plotly_chart(figures.class_histogram(parent_set.parents, height=280), theme=None,
                     key="parents.chart.classes")
 
 st.subheader("Downloads", anchor=False)

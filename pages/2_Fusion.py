@@ -4,7 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 import dashboard
-from otcore import figures, partition_figures, report
+from otcore import figures, report
 from otcore.config import (ALIGN_MODES, GROUND_METRICS, MARGINALS, NORMALIZATIONS, SOLVERS, FusionSpec, RetrainSpec,
                            SpecError)
 from otcore.pipeline import OT_FUSION
@@ -139,8 +139,8 @@ with tab_classes:
     if parent_set.origin == "trained" and parent_set.train.partition != "iid":
         st.caption(f"The parents saw different parts of the data ('{parent_set.train.partition}' partition): mean "
                    "per-class test accuracy on the classes each parent was trained on, and on those it never saw.")
-        dashboard.show_table(partition_figures.own_classes_table(comparison, parent_set.train))
-    st.plotly_chart(partition_figures.per_class_heatmap(comparison, height=60 + 36 * len(comparison.rows)),
+        dashboard.show_table(figures.own_classes_table(comparison, parent_set.train))
+    st.plotly_chart(figures.per_class_heatmap(comparison, height=60 + 36 * len(comparison.rows)),
                     theme=None, key="fusion.chart.per_class")
 with tab_plans:
     if not comparison.plans:

@@ -88,7 +88,7 @@ st.caption(f"{100 * spec.fraction:.0f} % {spec.type}, {ORDERS[spec.order]}, fuse
            f"**{comparison.extra.get('device', run.device)}** · **{source}** · key `{comparison.key[:12]}`")
 best = figures.best_parent_accuracy(comparison)
 table = figures.prune_table(comparison)
-sparsity = dict(zip(table[figures.METHOD], table[figures.SPARSITY]))
+sparsity = dict(zip(table[figures.METHOD], table[figures.percent(figures.SPARSITY)]))
 for card, result in zip(st.columns(len(comparison.rows)), comparison.rows):
     zeros = f"{sparsity[result.method]:.1f} % zeros"
     card.metric(result.method, f"{result.test.accuracy:.2f} %", zeros, delta_color="off", delta_arrow="off",

@@ -6,7 +6,7 @@ import streamlit as st
 import dashboard
 from otcore import figures, report
 from otcore.config import SpecError
-from otcore.landscape_figures import retraining_networks
+from otcore.figures import retraining_networks
 
 REQUEST = "hessian.request"  # (Study, methods, HessianSpec, parent keys, before/after retraining) of the last Analyse
 

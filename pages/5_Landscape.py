@@ -7,7 +7,7 @@ import dashboard
 from otcore import figures, report
 from otcore.aligned_paths import ALIGNMENTS, aligned_path
 from otcore.config import SpecError
-from otcore.landscape_figures import retraining_networks
+from otcore.figures import retraining_networks
 from otcore.pipeline import OT_FUSION, PARENT, VANILLA
 
 # (Study, methods, HessianSpec, (A, via, B), (model, directions, span, points), keys, (alignments, REPAIR), retrained)

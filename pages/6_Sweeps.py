@@ -6,7 +6,7 @@ import datetime
 import streamlit as st
 
 import dashboard
-from otcore import executors, sweep as sweeps
+from otcore import figures, sweep as sweeps
 from otcore.config import PRUNE_ORDERS, PRUNE_TYPES, FusionSpec, PruneSpec, SpecError
 
 FRACTIONS = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
@@ -50,7 +50,7 @@ if pressed:
                 ("prune.fraction", tuple(fractions)))
         spec = sweeps.SweepSpec(grid, ws.data, ws.model, ws.train, PruneSpec(order=order, retrain_epochs=int(retrain)),
                                 FusionSpec(), ws.seeds, "prune", ws.device)
-        runner = executors.executor(executor, address.strip() or None,
+        runner = sweeps.executor(executor, address.strip() or None,
                                  **({"gpus_per_task": float(gpus)} if executor == "ray" else {}))
     except SpecError as err:
         dashboard.show_error(err, "Check the sweep settings")
@@ -60,7 +60,7 @@ if pressed:
 
     def show(point: sweeps.PointResult) -> None:
         finished.append(point)
-        live.dataframe(sweeps.sweep_table(finished, [name for name, _ in grid]).drop(columns="key"), hide_index=True)
+        live.dataframe(figures.sweep_table(finished, [name for name, _ in grid]).drop(columns="key"), hide_index=True)
 
     try:
         st.session_state[RESULT] = sweeps.run_sweep(spec, runner, progress=bar, on_point=show)
@@ -99,7 +99,7 @@ st.caption(f"**{len(result.points)}** of {result.total} points · {len(result.fa
 for failure in result.failed:
     point = ", ".join(f"{k}={v}" for k, v in failure.values.items())
     st.error(f"**{point}** failed after {failure.attempts} tries: {failure.error}", icon=":material/error:")
-table = result.table()
+table = figures.sweep_table(result.points, result.fields)
 if table.empty or not result.fields:
     dashboard.show_table(table.drop(columns="key"))
     st.stop()
@@ -109,10 +109,10 @@ if st.session_state.get("sweeps.x") not in result.fields:
     st.session_state["sweeps.x"] = "prune.fraction" if "prune.fraction" in result.fields else result.fields[0]
 st.session_state["sweeps.methods"] = [m for m in st.session_state.get("sweeps.methods", methods) if m in methods]
 metric_col, x_col, methods_col = st.columns([1, 1, 3])
-metric = metric_col.selectbox("Metric", sweeps.METRICS, key="sweeps.metric")
+metric = metric_col.selectbox("Metric", figures.METRICS, key="sweeps.metric")
 x = x_col.selectbox("Against", result.fields, key="sweeps.x")
 shown = methods_col.multiselect("Methods", methods, key="sweeps.methods")
-st.plotly_chart(sweeps.sweep_figure(table, metric, x, shown or methods), theme=None, key="sweeps.chart")
+st.plotly_chart(figures.sweep_figure(table, metric, x, shown or methods), theme=None, key="sweeps.chart")
 dashboard.show_table(table.drop(columns="key"))
 st.download_button("Table (CSV)", table.to_csv(index=False), f"sweep-{result.key[:12]}.csv", "text/csv",
                    key="sweeps.download.csv", on_click="ignore", icon=":material/table:")

@@ -19,11 +19,12 @@ import torch
 
 from tests.support import REPO
 from otcore.cache import DiskCache
-from otcore.config import DataSpec, FusionSpec, ModelSpec, SpecError, TrainSpec
+from otcore.config import DataSpec, FusionSpec, HessianSpec, ModelSpec, PruneSpec, SpecError, TrainSpec
 from otcore.pipeline import prune_and_compare, train_parents
-from otcore.executors import LocalExecutor, RayExecutor
-from otcore.sweep import (SweepSpec, load_sweep, parse_grid, run_point, run_sweep,
-                          sweep_figure)
+from otcore.analysis import curvatures
+from otcore.figures import study_table, study_text, sweep_figure, sweep_metrics, sweep_table
+from otcore.sweep import (LocalExecutor, RayExecutor, SweepSpec, load_sweep, parse_grid, run_point,
+                          run_sweep)
 
 PARENTS = TrainSpec(epochs=3)
 EXACT = ["method", "test acc (%)", "train acc (%)", "sparsity", "parameters", "key"]  # equal to the bit
@@ -31,6 +32,11 @@ EXACT = ["method", "test acc (%)", "train acc (%)", "sparsity", "parameters", "k
 
 def spec(*grid: str, **base) -> SweepSpec:
     return SweepSpec(parse_grid(grid), train=PARENTS, device="cpu", **base)
+
+
+def rows_of(result):
+    """A sweep's table: one row per (point, method)."""
+    return sweep_table(result.points, result.fields)
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +103,17 @@ def test_points_vary_the_last_field_fastest_and_seed_shifts_the_parent_set() -> 
         spec("prune.fraction=0.3", step="fusion")
 
 
+def test_the_sweep_package_imports_no_pandas_or_plotly_and_each_module_imports_alone() -> None:
+    # Each submodule first in a fresh interpreter: an import cycle would fail on one of them.
+    code = ("import sys, importlib; importlib.import_module(sys.argv[1]); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'pandas', 'plotly', 'ray'}))")
+    for module in ("otcore.sweep.executors", "otcore.sweep.tasks", "otcore.sweep.driver", "otcore.sweep"):
+        proc = subprocess.run([sys.executable, "-c", code, module], capture_output=True, text=True, check=False,
+                              env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == "[]", (module, proc.stdout)
+
+
 # ---------------------------------------------------------------------------- the local executor
 
 
@@ -118,15 +135,76 @@ def test_local_sweep_stores_every_point_and_its_rows_are_the_pipelines(parents_d
         assert [(r.method, r.test.accuracy, r.test.loss) for r in again.rows] == \
                [(r.method, r.test.accuracy, r.test.loss) for r in p.comparison.rows]
         assert p.comparison.extra["sparsity"]["OT fusion"] == again.extra["sparsity"]["OT fusion"]
-    table = result.table()
+    table = sweep_table(result.points, result.fields)
     assert len(table) == 4 * 5 and set(table["method"]) >= {"parent 1", "OT fusion", "vanilla average"}
     # The record lets the dashboard read the sweep back; the same numbers come out.
     stored = load_sweep(result.key, cache)
-    assert stored.status == "finished" and stored.table().equals(table)
+    assert stored.status == "finished" and sweep_table(stored.points, stored.fields).equals(table)
     figure = sweep_figure(table, "test acc (%)", "prune.fraction")
     assert len(figure.data) == 5 * 2  # a line per method and pruning type
     assert figure.layout.xaxis.title.text == "prune fraction (share of weights removed)"
     assert figure.layout.yaxis.title.text == "test accuracy (%)"
+
+
+NETWORKS = ["parent 1", "parent 2", "OT fusion", "OT fusion retrained"]
+VANILLA = "vanilla average"
+ANALYSIS = HessianSpec(batch_size=200, top_k=2, power_iters=30, lanczos_iters=8, lambda_points=5)
+
+
+def test_a_sweep_that_analyses_gives_the_curvature_of_a_direct_analysis_and_its_tables(parents_dir, tmp_path):
+    cache = cache_with(parents_dir, tmp_path / "cache")
+    sweep = spec("prune.type=unstructured,structured", "prune.fraction=0.3", prune=PruneSpec(retrain_epochs=1),
+                 analyse=("parents", "OT fusion", "retrained fusion"), hessian=ANALYSIS)
+    result = run_sweep(sweep, LocalExecutor(), cache)
+    assert not result.failed and len(result.points) == 2
+    parents = train_parents(DataSpec(), ModelSpec(), PARENTS, [0, 1], "cpu", cache=cache)
+    fresh = DiskCache(tmp_path / "fresh")  # the direct analysis computes; it does not read the sweep's entries
+    for point, p in zip(sweep.points(), result.points):
+        assert list(p.curvature) == NETWORKS
+        comparison = prune_and_compare(DataSpec(), ModelSpec(), parents, point.prune, FusionSpec(), PARENTS, "cpu",
+                                       cache=cache)
+        assert comparison.cached and comparison.key == p.key
+        direct = curvatures(DataSpec(), [r for r in comparison.rows if r.method in p.curvature], ANALYSIS, "cpu",
+                            cache=fresh)
+        assert not any(c.cached for c in direct)
+        for c in direct:
+            assert p.curvature[c.name]["top_eigenvalues"] == c.top_eigenvalues
+            assert p.curvature[c.name]["trace"] == c.trace and c.trace_method == "exact"
+    # Read back from the cache: the same numbers; a second run finds every point and analysis cached.
+    assert [p.curvature for p in load_sweep(result.key, cache).points] == [p.curvature for p in result.points]
+    assert all(p.cached for p in run_sweep(sweep, LocalExecutor(), cache).points)
+
+    table = study_table(result.points, "trace")
+    assert list(table.index) == ["prune.type=unstructured, prune.fraction=0.3",
+                                 "prune.type=structured, prune.fraction=0.3"]
+    assert list(table.columns) == NETWORKS  # only the analysed networks
+    assert table.loc[table.index[1], "OT fusion"] == result.points[1].curvature["OT fusion"]["trace"]
+    latex = study_text(table, "latex")
+    lines = latex.splitlines()
+    assert [line.strip() for line in lines if "rule" in line] == ["\\toprule", "\\midrule", "\\bottomrule"]
+    body = lines[lines.index("\\midrule") + 1:lines.index("\\bottomrule")]
+    assert len(body) == 2 and all(line.count("&") == 4 for line in body)  # an experiment per row, 4 networks
+    assert "prune.type=structured" in body[1] and f"{table.iloc[1, 2]:.2f}" in body[1]
+
+    # Any curvature metric against any swept field: a line per analysed network, initial left, retrained right.
+    rows = sweep_table(result.points, result.fields)
+    assert {"trace", "λ1", "λ2"} <= set(sweep_metrics(rows)) and rows[rows["method"] == VANILLA]["trace"].isna().all()
+    figure = sweep_figure(rows, "trace", "prune.type", side_by_side=True)
+    assert [(t.name, t.xaxis) for t in figure.data] == [("parent 1", "x"), ("parent 2", "x"), ("OT fusion", "x"),
+                                                          ("OT fusion retrained", "x2")]
+    assert dict(zip(figure.data[3].x, figure.data[3].y)) == \
+           {p.values["prune.type"]: p.curvature["OT fusion retrained"]["trace"] for p in result.points}
+
+    # The CLI prints the same table from the cache.
+    env = {**os.environ, "OTCORE_CACHE_DIR": str(cache.root), "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "otcore", "table", result.key[:10], "--metric", "lambda1",
+                           "--format", "csv"], capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == study_table(result.points, "λ1").to_csv().strip()
+    bad = subprocess.run([sys.executable, "-m", "otcore", "table", result.key[:10], "--metric", "sharpness"],
+                         capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: unknown metric 'sharpness'")
+    assert len(bad.stderr.strip().splitlines()) == 1
 
 
 def test_a_fusion_step_sweep_is_found_again_under_its_predicted_key(parents_dir, tmp_path) -> None:
@@ -200,7 +278,7 @@ def test_a_resumed_sweep_recomputes_a_tampered_point_and_reports_its_true_value(
     again = run_sweep(sweep, LocalExecutor(), cache, task=counting)
     assert computed == ["prune.fraction=0.7"] and [p.cached for p in again.points] == [True, False]
     assert {p.key: p.comparison.accuracies()["ot_fusion"] for p in again.points} == true  # the TRUE value
-    assert load_sweep(sweep.key, cache).table().equals(again.table())  # and the cache holds it again
+    assert rows_of(load_sweep(sweep.key, cache)).equals(rows_of(again))  # and the cache holds it again
 
 
 def test_malformed_point_and_sweep_records_are_skipped_not_fatal(parents_dir, tmp_path, caplog):
@@ -295,7 +373,7 @@ def test_ray_gives_the_same_rows_as_the_local_executor(ray_instance, parents_dir
     ray_cache = cache_with(parents_dir, tmp_path / "ray")
     on_ray = run_sweep(sweep, RayExecutor(), ray_cache)
     assert on_ray.executor == "ray" and not on_ray.failed and len(on_ray.points) == 2
-    a, b = local.table(), on_ray.table()
+    a, b = rows_of(local), rows_of(on_ray)
     assert a[EXACT].equals(b[EXACT])
     # A worker runs torch with 1 thread, this process with 2: losses may differ in float32's last bit.
     assert a["test loss"].to_numpy() == pytest.approx(b["test loss"].to_numpy(), rel=1e-6)

@@ -13,8 +13,7 @@ import torch
 from tests.support import REPO
 from otcore.cache import DiskCache
 from otcore.config import DataSpec, ModelSpec, TrainSpec
-from otcore.executors import LocalExecutor, RayExecutor
-from otcore.sweep import SweepSpec, parse_grid, run_sweep
+from otcore.sweep import LocalExecutor, RayExecutor, SweepSpec, parse_grid, run_sweep
 from otcore.threads import _cgroup_quota, policy_threads
 
 CHILD = ("import sys, torch\n"

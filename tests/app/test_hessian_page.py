@@ -145,7 +145,7 @@ def test_before_and_after_retraining_without_a_retrained_net_is_an_error(hessian
 def test_the_report_overlays_before_and_after_retraining(digits_parents):
     from otcore import analysis, report
     from otcore.config import DataSpec, HessianSpec, ModelSpec, TrainSpec
-    from otcore.landscape_figures import retraining_networks
+    from otcore.figures import retraining_networks
     from otcore.pipeline import fuse_and_compare
 
     spec = HessianSpec(batch_size=150, lanczos_iters=12, trace_probes=5, power_iters=20, top_k=2)

@@ -60,8 +60,7 @@ def test_an_empty_grid_is_an_error_not_a_traceback(page, sweep_cache):
 
 def test_malformed_sweep_records_are_skipped_with_a_warning(page, sweep_cache):
     from otcore.cache import CacheEntry
-    from otcore.executors import LocalExecutor
-    from otcore.sweep import SweepSpec, run_sweep
+    from otcore.sweep import LocalExecutor, SweepSpec, run_sweep
 
     good = run_sweep(SweepSpec((("prune.fraction", (0.5,)),), device="cpu"), LocalExecutor(), sweep_cache)
     point = good.points[0]

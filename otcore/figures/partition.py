@@ -12,7 +12,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from otcore.config import TrainSpec
-from otcore.figures import METHOD, method_colour, style
+from otcore.figures.style import METHOD, method_colour, style
 from otcore.partition import own_classes
 
 

@@ -1,7 +1,8 @@
 """Executors of a sweep's points: here, one after another, or as Ray tasks (https://docs.ray.io).
 
-Both yield the same Events to the driver in otcore.sweep, which alone writes the cache. Ray is
-imported only by RayExecutor, so the local executor works without it installed.
+Both follow the `Executor` protocol: they run the tasks of otcore.sweep.tasks and yield the same
+Events to the driver, which alone writes the cache. Ray is imported only by RayExecutor, so the
+local executor works without it installed.
 """
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ import logging
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterator, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Protocol, Sequence
 
 from otcore.cache import CacheEntry
 from otcore.config import SpecError
-from otcore.sweep import EXECUTORS, Point, PointOutput, PointTask, Progress, error_text, train_parent_entry
+from otcore.sweep.grid import Point, Progress
+from otcore.sweep.tasks import PointOutput, PointTask, error_text, train_parent_entry
 
 log = logging.getLogger(__name__)
+
+EXECUTORS = ("local", "ray")
 
 
 @dataclass
@@ -26,6 +30,17 @@ class Event:
     point: Point | None
     value: Any  # CacheEntry (parent), PointOutput (point), the error's text (failed)
     attempts: int | None  # tries it took (None where the executor cannot tell)
+
+
+class Executor(Protocol):
+    """What the driver needs of an executor: a name for the sweep's record, and the points run as Events."""
+
+    name: ClassVar[str]
+
+    def run(self, points: Sequence[Point], have: dict[str, CacheEntry], task: PointTask,
+            progress: Progress) -> Iterator[Event]:
+        """Train the parents missing from `have`, run `task` on each point, and yield an Event per job."""
+        ...
 
 
 def _attempts(run: Callable[[], Any], retries: int, what: str) -> tuple[bool, Any, int]:
@@ -224,7 +239,7 @@ def _ray_connection(ray: Any, executor: RayExecutor, progress: Progress) -> Iter
 
 
 def executor(name: str = "local", ray_address: str | None = None, retries: int = 2, cpus_per_task: float = 1.0,
-             **ray_options: Any) -> Any:
+             **ray_options: Any) -> Executor:
     """An executor by name: 'local', or 'ray' with an address (None: a local Ray instance) and resources.
 
     `cpus_per_task` is what Ray reserves per task, and so each Ray task's torch threads; local jobs

@@ -10,7 +10,8 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from otcore import figures
+from otcore.figures.curvature import spectral_density_chart
+from otcore.figures.landscape import perturbation_chart
 from otcore.pipeline import OT_FINETUNED, OT_FUSION, OT_RETRAINED, PARENT
 
 RETRAINED = (OT_FINETUNED, OT_RETRAINED)  # the fused net after retraining: the Fusion page's, the Pruning page's
@@ -27,6 +28,6 @@ def retraining_networks(options: Sequence[str]) -> list[str]:
 def retraining_charts(curvatures: Sequence[Any], height: int = 360) -> dict[str, go.Figure]:
     """{title: figure}: the spectral densities and the perturbation curves of the given networks, one chart each."""
     return {"Spectral density: the fused net before and after retraining, and the parents":
-            figures.spectral_density_chart(curvatures, height=height),
+            spectral_density_chart(curvatures, height=height),
             "Loss along the top eigenvector (solid) and a random direction (dashed), before and after retraining":
-            figures.perturbation_chart(curvatures, height=height)}
+            perturbation_chart(curvatures, height=height)}

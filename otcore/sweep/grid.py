@@ -1,0 +1,237 @@
+"""A sweep's grid: which spec fields may be swept, grid text parsed, and the points it resolves to.
+
+A point is one combination of the grid's values applied to base specs; its cache key is known
+before any work, so the driver can skip what the cache already holds.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Callable, Sequence
+
+from otcore import pipeline
+from otcore.config import (DataSpec, FusionSpec, HessianSpec, ModelSpec, PruneSpec, SpecError, TrainSpec,
+                           check_partition_parents, not_keyed, spec_hash)
+
+STEPS = ("prune", "fusion")  # the pipeline step each point runs: prune_and_compare or fuse_and_compare
+Progress = Callable[[str, float], None]  # (what is happening, fraction done in [0, 1])
+# The networks a point can analyse (otcore.analysis: top eigenvalues, trace, density, perturbation curve),
+# by the name the user picks, and the comparison's method names each stands for.
+NETWORKS = {"parents": (pipeline.PARENT,), "vanilla": (pipeline.VANILLA,), "OT fusion": (pipeline.OT_FUSION,),
+            "fine-tuned fusion": (pipeline.OT_FINETUNED,), "retrained fusion": (pipeline.OT_RETRAINED,),
+            "retrained vanilla": (pipeline.VANILLA_RETRAINED,)}
+
+# ---------------------------------------------------------------------------- the grid
+
+_SPECS = {"prune": PruneSpec, "fusion": FusionSpec, "train": TrainSpec}
+_NOT_SWEPT = {"train.seed": "sweep 'seed' (offsets of the parents' seeds) or 'seeds' instead",
+              "train.part": "each parent trains on its own part of train.partition",
+              "fusion.weights": "per-parent weights are a list; sweep fusion.ensemble_step instead"}
+_ALIASES = {"fusion.mode": {"wts": "weights", "acts": "activations"},
+            "fusion.alignment": {"weight-matching": "weight_matching"}}
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def sweep_fields() -> dict[str, str]:
+    """Every field a grid may sweep and the kind of its values ('float', 'int', 'bool', 'str', 'seeds')."""
+    out = {"seed": "int", "seeds": "seeds", "arch": "str", "dataset": "str"}
+    for prefix, spec in _SPECS.items():
+        for f in fields(spec):
+            name = f"{prefix}.{f.name.rstrip('_')}"
+            if f.metadata.get("keyed", True) and name not in _NOT_SWEPT:
+                out[name] = type(f.default).__name__
+    return out
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """A grid value as its field's type; text (from the CLI or a form) is parsed."""
+    kind = sweep_fields()[name]
+    text = str(value).strip()
+    try:
+        if kind in ("seeds", "tuple"):  # non-negative whole numbers joined by '+' (seeds, a partition's classes)
+            parts = value if isinstance(value, (tuple, list)) else text.replace("+", " ").split()
+            numbers = tuple(int(v) for v in parts)
+            if (kind == "seeds" and not numbers) or min(numbers, default=0) < 0:
+                raise ValueError
+            return numbers
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if text.lower() in _TRUE + _FALSE:
+                return text.lower() in _TRUE
+            raise ValueError
+        if kind == "int":
+            if isinstance(value, float) and not value.is_integer() or isinstance(value, bool):
+                raise ValueError
+            return int(value) if not isinstance(value, str) else int(text)
+        if kind == "float":
+            number = float(value) if not isinstance(value, str) else float(text)
+            if not math.isfinite(number):
+                raise ValueError
+            return number
+    except (TypeError, ValueError):
+        wanted = {"seeds": "seeds joined by '+', e.g. 0+1", "tuple": "classes joined by '+', e.g. 0+2+4",
+                  "bool": "true or false",
+                  "int": "a whole number", "float": "a number"}[kind]
+        raise SpecError(f"{name}: '{text}' is not {wanted}") from None
+    return _ALIASES.get(name, {}).get(text, text)
+
+
+def parse_grid(entries: Sequence[str]) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    """['prune.fraction=0,0.3', 'seed=0,1'] -> (('prune.fraction', (0.0, 0.3)), ('seed', (0, 1)))."""
+    grid = []
+    for entry in entries:
+        name, sep, values = entry.partition("=")
+        if not sep or not name.strip():
+            raise SpecError(f"a grid entry looks like field=value1,value2,...; got '{entry}'")
+        grid.append((name.strip(), tuple(v for v in values.split(",") if v.strip())))
+    return tuple(grid)
+
+
+@dataclass(frozen=True)
+class ParentJob:
+    """One parent network to train: the specs of its cache entry."""
+
+    data: DataSpec
+    model: ModelSpec
+    train: TrainSpec
+    seed: int
+    device: str = "auto"
+    part: int = 0  # which part of train.partition it trains on: its place among the point's parents
+
+    @property
+    def key(self) -> str:
+        """Its cache key, as `pipeline.train_parent` computes it."""
+        return pipeline.parent_key(self.data, self.model, replace(self.train, seed=self.seed, part=self.part))
+
+
+@dataclass(frozen=True)
+class Point:
+    """One grid point: the swept values and the specs they resolve to."""
+
+    values: tuple[tuple[str, Any], ...]  # (field, value) in grid order
+    step: str
+    data: DataSpec
+    model: ModelSpec
+    train: TrainSpec  # the parents' training (seed replaced per parent) and the retraining's settings
+    prune: PruneSpec
+    fusion: FusionSpec
+    seeds: tuple[int, ...]  # one parent per seed
+    device: str = "auto"
+    analyse: tuple[str, ...] = ()  # the networks whose Hessian the point analyses (NETWORKS names)
+    hessian: HessianSpec = field(default_factory=HessianSpec)
+
+    def analyses(self, method: str) -> bool:
+        """Whether this point analyses the comparison row of `method` ('parent 2' is one of 'parents')."""
+        return any(method == m or (m == pipeline.PARENT and method.startswith(m + " "))
+                   for name in self.analyse for m in NETWORKS[name])
+
+    def label(self) -> str:
+        """'prune.fraction=0.3, seed=1' (or 'base settings' for an empty grid)."""
+        return ", ".join(f"{k}={value_text(v)}" for k, v in self.values) or "base settings"
+
+    def parents(self) -> list[ParentJob]:
+        """The parents this point fuses, in order."""
+        return [ParentJob(self.data, self.model, self.train, s, self.device, i) for i, s in enumerate(self.seeds)]
+
+    @property
+    def key(self) -> str:
+        """The cache key of the point's comparison, as the pipeline step computes it (known before any work)."""
+        parents = [p.key for p in self.parents()]
+        if self.step == "prune":
+            return pipeline.prune_key(self.data, self.model, self.prune, self.fusion, self.train, parents)
+        return pipeline.fusion_key(self.data, self.model, self.fusion, self.train, parents)
+
+
+def value_text(value: Any) -> str:
+    """A swept value as the grid writes it: seeds joined by '+', floats as %g."""
+    return "+".join(map(str, value)) if isinstance(value, tuple) else f"{value:g}" if isinstance(value, float) \
+        else str(value)
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A grid over spec fields: every combination of its values is one point of the study."""
+
+    grid: tuple[tuple[str, tuple[Any, ...]], ...] = ()  # (field, values); the first field varies slowest
+    data: DataSpec = field(default_factory=DataSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)  # parents' training; retraining uses its batch size, lr...
+    prune: PruneSpec = field(default_factory=PruneSpec)  # unused by the fusion step
+    fusion: FusionSpec = field(default_factory=FusionSpec)
+    seeds: tuple[int, ...] = (0, 1)  # parents' seeds; grid 'seed' s shifts each by s * len(seeds)
+    step: str = "prune"  # 'prune' (prune_and_compare) or 'fusion' (fuse_and_compare)
+    device: str = not_keyed("auto")  # where each point computes ('auto': CUDA when the worker sees a GPU)
+    analyse: tuple[str, ...] = ()  # networks each point also runs the Hessian analysis on (NETWORKS names)
+    hessian: HessianSpec = field(default_factory=HessianSpec)  # that analysis's settings
+
+    def __post_init__(self) -> None:
+        if self.step not in STEPS:
+            raise SpecError(f"step must be one of {STEPS}, got '{self.step}'")
+        object.__setattr__(self, "analyse", tuple(dict.fromkeys(self.analyse)))
+        unknown = [n for n in self.analyse if n not in NETWORKS]
+        if unknown:
+            raise SpecError(f"cannot analyse '{unknown[0]}'; choose among {', '.join(NETWORKS)}")
+        if len(self.seeds) < 2 or min(self.seeds) < 0:
+            raise SpecError(f"a sweep fuses at least two parents with seeds >= 0, got seeds {self.seeds}")
+        known, grid = sweep_fields(), []
+        for name, values in self.grid:
+            name = {"prune.global_": "prune.global"}.get(name, name)
+            if name in _NOT_SWEPT:
+                raise SpecError(f"sweep field '{name}' cannot be swept: {_NOT_SWEPT[name]}")
+            if name not in known:
+                raise SpecError(f"unknown sweep field '{name}'; choose one of {', '.join(known)}")
+            if name in dict(grid):
+                raise SpecError(f"sweep field '{name}' appears twice in the grid")
+            if self.step == "fusion" and name.startswith("prune."):
+                raise SpecError(f"'{name}' is a pruning field; the fusion step does not prune (use step 'prune')")
+            values = tuple(_coerce(name, v) for v in values)
+            if not values:
+                raise SpecError(f"sweep field '{name}' has no values")
+            if len(set(values)) < len(values):
+                raise SpecError(f"sweep field '{name}' lists a value twice: {', '.join(map(value_text, values))}")
+            for value in values:  # each value alone, so the message names the one at fault
+                self._resolve(((name, value),))
+            grid.append((name, values))
+        if {"seed", "seeds"} <= set(dict(grid)):
+            raise SpecError("sweep either 'seed' (offsets of the base seeds) or 'seeds' (explicit sets), not both")
+        object.__setattr__(self, "grid", tuple(grid))
+        self.points()  # combinations of valid values can still clash; say so before any work
+
+    @property
+    def key(self) -> str:
+        """The cache key of the sweep's record (its grid and base specs)."""
+        return spec_hash("sweep", self)
+
+    def points(self) -> list[Point]:
+        """Every combination of the grid's values, the last field varying fastest."""
+        names = [name for name, _ in self.grid]
+        combos = itertools.product(*(values for _, values in self.grid))
+        return [self._resolve(tuple(zip(names, combo))) for combo in combos]
+
+    def _resolve(self, values: tuple[tuple[str, Any], ...]) -> Point:
+        changes: dict[str, dict[str, Any]] = {name: {} for name in _SPECS}
+        data, model, seeds = self.data, self.model, self.seeds
+        try:
+            for name, value in values:
+                if name == "dataset":
+                    data = DataSpec(value, self.data.root, self.data.download)
+                elif name == "arch":
+                    model = ModelSpec(value)
+                elif name == "seed":
+                    seeds = tuple(s + value * len(self.seeds) for s in self.seeds)
+                elif name == "seeds":
+                    seeds = value
+                else:
+                    spec, attr = name.split(".", 1)
+                    changes[spec]["global_" if attr == "global" else attr] = value
+            specs = {name: replace(getattr(self, name), **changes[name]) for name in _SPECS}
+            if len(seeds) < 2 or min(seeds) < 0:
+                raise SpecError(f"a point fuses at least two parents with seeds >= 0, got seeds {seeds}")
+            specs["fusion"].parent_weights(len(seeds))
+            check_partition_parents(specs["train"], len(seeds))
+        except SpecError as err:
+            raise SpecError(f"{', '.join(f'{k}={value_text(v)}' for k, v in values)}: {err}") from None
+        return Point(values, self.step, data, model, specs["train"], specs["prune"], specs["fusion"], seeds,
+                     self.device, self.analyse, self.hessian)
