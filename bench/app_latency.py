@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-if __package__ in (None, ""):  # run as a file: otcore, dashboard and bench live one level up
+if __package__ in (None, ""):  # run as a file: otcore, ui and bench live one level up
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 REPO = Path(__file__).resolve().parent.parent

@@ -3,34 +3,33 @@ from __future__ import annotations
 
 import streamlit as st
 
-import dashboard
 from otcore import figures, report
 from otcore.config import SpecError
 from otcore.pipeline import OT_FUSION, VANILLA
+from ui import errors, page, runs, sidebar, state, widgets
 
-REQUEST = "landscape.request"  # (Study, methods, HessianSpec, (A, via, B), (model, directions, span, points), keys)
+REQUEST = "landscape.request"  # LandscapeRequest of the last press of Compute
 DIRECTIONS = {"hessian": "top two Hessian eigenvectors", "random": "two random directions"}
 
-dashboard.page_setup("Landscape")
-ws = dashboard.workspace()
-st.title("Landscape", anchor=False)
-st.caption("The loss around each network along its top Hessian eigenvector and a random direction, along straight "
-           "paths between networks, and on a plane.")
-parent_set = dashboard.require_parents(ws, minimum=2)
-dashboard.init_state(dashboard.HESSIAN_DEFAULTS | {"landscape.directions": "hessian", "landscape.span": 0.5,
+page.page_setup("Landscape")
+ws = sidebar.workspace()
+page.header("Landscape", "The loss around each network along its top Hessian eigenvector and a random direction, along straight "
+            "paths between networks, and on a plane.")
+parent_set = sidebar.require_parents(ws, minimum=2)
+state.init_state(widgets.HESSIAN_DEFAULTS | {"landscape.directions": "hessian", "landscape.span": 0.5,
                                                    "landscape.grid": 21})
 
 row = st.columns([1.3, 2.9, 1.5, 0.7, 0.9], vertical_alignment="bottom")
 try:
-    study, comparison = dashboard.choose_study(ws, parent_set, row[0])
+    study, comparison = runs.choose_study(ws, parent_set, row[0])
 except Exception as err:  # noqa: BLE001 - shown, never raised into the page
-    dashboard.show_error(err, "Could not get the networks")
+    errors.show_error(err, "Could not get the networks")
     st.stop()
-options = dashboard.single_networks(comparison)
-dashboard.keep_choice("landscape.methods", options, ["parent 1", VANILLA, OT_FUSION])
+options = runs.single_networks(comparison)
+state.keep_choice("landscape.methods", options, ["parent 1", VANILLA, OT_FUSION])
 for key, default in (("landscape.a", "parent 1"), ("landscape.via", OT_FUSION), ("landscape.b", "parent 2"),
                      ("landscape.surface", OT_FUSION)):
-    dashboard.keep_choice(key, options, default)
+    state.keep_choice(key, options, default)
 methods = row[1].multiselect("Networks", options, key="landscape.methods", help="one curve pair per network")
 row[2].slider("λ range", -2.0, 2.0, step=0.05, key="landscape.lambda", help="steps along each unit direction")
 row[3].number_input("Points", 2, 201, step=2, key="landscape.points")
@@ -44,38 +43,39 @@ with st.expander("Paths and surface: the networks A, B and the one between; the 
     directions = row[4].selectbox("Plane", list(DIRECTIONS), format_func=DIRECTIONS.get, key="landscape.directions")
     span = row[5].number_input("Span ±", 0.05, 5.0, step=0.05, key="landscape.span")
     grid = row[6].number_input("Grid", 3, 61, step=2, key="landscape.grid", help="points per side of the plane")
-dashboard.hessian_settings()
+widgets.hessian_settings()
 
 if pressed:
     try:
-        spec = dashboard.hessian_spec()
+        spec = widgets.hessian_spec()
         if not methods:
             raise SpecError("pick at least one network")
         if a == b:
             raise SpecError("paths need two different networks A and B")
     except SpecError as err:
-        dashboard.show_error(err, "Check the landscape settings")
+        errors.show_error(err, "Check the landscape settings")
         st.session_state.pop(REQUEST, None)
         st.stop()
-    st.session_state[REQUEST] = (study, tuple(methods), spec, (a, via, b),
-                                 (surface_of, directions, float(span), int(grid)), parent_set.keys)
+    st.session_state[REQUEST] = state.LandscapeRequest(study, tuple(methods), spec, (a, via, b), surface_of, directions,
+                                                       float(span), int(grid), parent_set.keys)
 
-request = st.session_state.get(REQUEST)
-if request is None or request[5] != parent_set.keys:
+request = state.current(REQUEST, parent_set)
+if request is None:
     st.info("Pick the networks and press **Compute**: loss curves along directions and paths, and a 2D surface "
             "(Hessians come from the cache when the Hessian page computed them with the same settings).",
             icon=":material/landscape:")
     st.stop()
-study, methods, spec, (a, via, b), (surface_of, directions, span, grid) = request[:5]
+study, methods, spec, (a, via, b) = request.study, request.methods, request.spec, request.path
+surface_of, directions, span, grid = request.surface_of, request.directions, request.span, request.grid
 try:
-    compared = dashboard.study_comparison(ws, parent_set, study)
-    curvatures = dashboard.curvatures(ws, parent_set, study, [compared.row(m) for m in methods], spec)
-    paths = [dashboard.interpolation(ws, parent_set, [compared.row(a), compared.row(b)], spec, 21)]
+    compared = runs.study_comparison(ws, parent_set, study)
+    curvatures = runs.curvatures_of(ws, parent_set, study, [compared.row(m) for m in methods], spec)
+    paths = [runs.interpolation_of(ws, parent_set, [compared.row(a), compared.row(b)], spec, 21)]
     if via not in (a, b):
-        paths.append(dashboard.interpolation(ws, parent_set, [compared.row(n) for n in (a, via, b)], spec, 11))
-    plane = dashboard.surface(ws, parent_set, compared.row(surface_of), spec, directions, span, grid)
+        paths.append(runs.interpolation_of(ws, parent_set, [compared.row(n) for n in (a, via, b)], spec, 11))
+    plane = runs.surface_of(ws, parent_set, compared.row(surface_of), spec, directions, span, grid)
 except Exception as err:  # noqa: BLE001
-    dashboard.show_error(err, "The landscape could not be computed")
+    errors.show_error(err, "The landscape could not be computed")
     st.stop()
 
 st.caption(f"Networks of the **{study.label}** comparison · loss on the {spec.split} split ({spec.batches} × "
@@ -96,8 +96,8 @@ left.plotly_chart(figures.surface_contour(plane, f"Loss around {surface_of} ({DI
 with right:
     st.caption("The star is the network itself; the axes are steps along unit directions in weight space. Narrow "
                "contours along α mean a sharp top eigendirection; compare them with two random directions.")
-    dashboard.report_button(lambda: report.landscape_report(curvatures, paths, plane, surface_of, parent_set.data,
+    widgets.report_button(lambda: report.landscape_report(curvatures, paths, plane, surface_of, parent_set.data,
                                                             parent_set.model, study.label, spec,
-                                                            dashboard.device_label(ws.device)),
+                                                            state.device_label(ws.device)),
                             f"{parent_set.data.name}-{parent_set.model.arch}-landscape-report.html",
                             "landscape.download.report")

@@ -45,7 +45,7 @@ def page() -> Callable[..., AppTest]:
 @pytest.fixture
 def parent_set(digits_parents: list):
     """The default parents (digits, mlpnet, seeds 0 and 1) as the sidebar's button stores them."""
-    import dashboard
     from otcore.config import DataSpec, ModelSpec, TrainSpec
+    from ui.state import ParentSet
 
-    return dashboard.ParentSet(list(digits_parents), DataSpec(), ModelSpec(), "cpu", "trained", TrainSpec(), (0, 1))
+    return ParentSet(list(digits_parents), DataSpec(), ModelSpec(), "cpu", "trained", TrainSpec(), (0, 1))

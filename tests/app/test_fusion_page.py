@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-import dashboard
 from otcore.config import DataSpec, FusionSpec, ModelSpec, RetrainSpec, TrainSpec
 from otcore.pipeline import OT_FINETUNED, VANILLA_RETRAINED, fuse_and_compare
+from ui import state
 
 FUSION_PAGE = "pages/2_Fusion.py"
 METHODS = ["parent 1", "parent 2", "vanilla average", "prediction ensemble", "OT fusion"]
@@ -14,7 +14,7 @@ METHODS = ["parent 1", "parent 2", "vanilla average", "prediction ensemble", "OT
 @pytest.fixture
 def fusion(page, parent_set):
     """The Fusion page with the default parents loaded, run once (before any press of Fuse)."""
-    at = page(FUSION_PAGE, **{dashboard.PARENTS: parent_set}).run()
+    at = page(FUSION_PAGE, **{state.PARENTS: parent_set}).run()
     assert not at.exception
     return at
 
@@ -65,7 +65,7 @@ def test_fuse_with_defaults_shows_every_method(fusion, digits_parents):
 def test_sinkhorn_reg_zero_is_an_error_not_a_traceback(fusion):
     at = fuse(fusion, solver="sinkhorn", reg=0.0)
     assert not at.exception
-    assert len(at.error) == 1 and "Sinkhorn reg must be > 0" in at.error[0].value
+    assert len(at.error) == 1 and "Sinkhorn reg must be in (0, 100]" in at.error[0].value
     assert not at.metric and not at.dataframe
 
 
@@ -98,7 +98,7 @@ def test_the_fine_tuning_recipe_reaches_the_pipeline(fusion, digits_parents):
     table = at.dataframe[0].value
     assert list(table["method"]) == METHODS + [VANILLA_RETRAINED, OT_FINETUNED]
     spec = FusionSpec(finetune_epochs=1, retrain=RetrainSpec(lr=0.02, schedule="cosine"))
-    assert at.session_state["fusion.request"][0] == spec
+    assert at.session_state["fusion.request"].spec == spec
     expected = fuse_and_compare(DataSpec(), ModelSpec(), digits_parents, spec, TrainSpec(), "cpu")
     assert expected.cached  # the page computed exactly this recipe
     for method in (VANILLA_RETRAINED, OT_FINETUNED):
@@ -112,7 +112,7 @@ def test_the_fine_tuning_recipe_reaches_the_pipeline(fusion, digits_parents):
 def test_a_retraining_lr_of_zero_is_an_error(fusion):
     at = fuse(fusion, finetune_epochs=1, retrain_lr=0.0)
     assert not at.exception
-    assert len(at.error) == 1 and "retraining learning rate must be > 0" in at.error[0].value
+    assert len(at.error) == 1 and "retraining learning rate must be in (0, 10]" in at.error[0].value
     assert not at.metric
 
 
@@ -135,6 +135,6 @@ def test_one_parent_is_not_enough(page, parent_set):
     import dataclasses
 
     single = dataclasses.replace(parent_set, parents=parent_set.parents[:1])
-    at = page(FUSION_PAGE, **{dashboard.PARENTS: single}).run()
+    at = page(FUSION_PAGE, **{state.PARENTS: single}).run()
     assert not at.exception
     assert any("at least 2 parents" in w.value for w in at.warning)

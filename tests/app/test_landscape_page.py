@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-import dashboard
+from ui import state
 
 LANDSCAPE_PAGE = "pages/5_Landscape.py"
 # Small settings: quick Hessians, 7 points per curve, a 5 x 5 plane.
@@ -16,7 +16,7 @@ QUICK = {"hessian.batch_size": 150, "hessian.lanczos_iters": 12,
 @pytest.fixture
 def landscape(page, parent_set):
     """The Landscape page with the default parents loaded, run once (before Compute)."""
-    at = page(LANDSCAPE_PAGE, **{dashboard.PARENTS: parent_set}).run()
+    at = page(LANDSCAPE_PAGE, **{state.PARENTS: parent_set}).run()
     assert not at.exception
     assert any("press **Compute**" in i.value for i in at.info)
     return at
@@ -62,9 +62,9 @@ def test_compute_shows_barriers_curves_and_the_surface(landscape):
 def test_random_plane_and_a_pruned_study(page, parent_set):
     from otcore.config import FusionSpec, PruneSpec
 
-    request = (PruneSpec(fraction=0.3), FusionSpec(), parent_set.keys, "defaults")
-    at = page(LANDSCAPE_PAGE, **{dashboard.PARENTS: parent_set, dashboard.STUDY: "pruning",
-                                 dashboard.PRUNE_REQUEST: request}).run()
+    request = state.PruneRequest(PruneSpec(fraction=0.3), FusionSpec(), parent_set.keys, "defaults")
+    at = page(LANDSCAPE_PAGE, **{state.PARENTS: parent_set, state.STUDY: "pruning",
+                                 state.PRUNE_REQUEST: request}).run()
     at = compute(at, **{"landscape.methods": ["OT fusion"], "landscape.directions": "random",
                         "landscape.lambda": (-1.0, 0.25)})
     assert not at.exception and not at.error
