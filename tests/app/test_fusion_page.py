@@ -138,3 +138,23 @@ def test_one_parent_is_not_enough(page, parent_set):
     at = page(FUSION_PAGE, **{state.PARENTS: single}).run()
     assert not at.exception
     assert any("at least 2 parents" in w.value for w in at.warning)
+
+
+def test_align_by_is_disabled_where_the_alignment_always_uses_activations(fusion):
+    assert not fusion.selectbox(key="fusion.mode").disabled
+    fusion.selectbox(key="fusion.alignment").set_value("zipit").run()
+    mode = fusion.selectbox(key="fusion.mode")
+    assert mode.disabled and "always matches neurons by their activations" in mode.help
+    fusion.selectbox(key="fusion.alignment").set_value("ot").run()
+    assert not fusion.selectbox(key="fusion.mode").disabled
+
+
+def test_maps_with_negative_entries_get_a_diverging_scale():
+    import numpy as np
+
+    from otcore import figures
+
+    signed = figures.plan_heatmap(np.array([[0.9, -0.4], [-0.1, 0.7]])).data[0]
+    plan = figures.plan_heatmap(np.array([[0.5, 0.0], [0.0, 0.5]])).data[0]
+    assert signed.zmid == 0.0 and signed.zmin is None  # -0.4 shows as a colour of its own, not as 0
+    assert plan.zmin == 0.0 and plan.zmid is None

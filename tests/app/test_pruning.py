@@ -132,3 +132,20 @@ def test_the_report_holds_the_table_the_sweep_and_three_charts(digits_parents):
     assert "Pruning report: digits / mlpnet, 30 % unstructured" in html and "prune · order" in html
     assert "<th>sparsity (%)</th>" in html and "<th>prune fraction (%)</th>" in html
     assert html.count("Plotly.newPlot") == 3  # accuracy per method, the sweep, sparsity
+
+
+def test_the_slider_follows_fractions_computed_before_and_waits_for_prune_otherwise(pruning):
+    at = prune(pruning, fraction=0.45)
+    assert any("45 % unstructured" in c.value for c in at.caption)
+    at.slider(key="pruning.fraction").set_value(0.85).run()  # never computed: the comparison stays at 45 %
+    assert not at.exception
+    assert any("85 % is not computed yet: press **Prune**" in c.value for c in at.caption)
+    assert at.session_state[state.PRUNE_REQUEST].prune.fraction == 0.45
+    assert at.dataframe[0].value.set_index("method")["sparsity (%)"]["parent 1"] == pytest.approx(45.0, abs=0.5)
+    at = prune(at)  # now 85 % is computed
+    assert at.dataframe[0].value.set_index("method")["sparsity (%)"]["parent 1"] == pytest.approx(85.0, abs=0.5)
+    at.slider(key="pruning.fraction").set_value(0.45).run()  # computed before: shown without pressing Prune
+    assert not at.exception and not any("not computed yet" in c.value for c in at.caption)
+    assert at.session_state[state.PRUNE_REQUEST].prune.fraction == 0.45
+    assert any("45 % unstructured" in c.value for c in at.caption)
+    assert at.dataframe[0].value.set_index("method")["sparsity (%)"]["parent 1"] == pytest.approx(45.0, abs=0.5)
