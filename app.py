@@ -1,6 +1,7 @@
 """OT Fusion Studio (`streamlit run app.py`): the navigation, and the Home page: what the dashboard does,
-the shared workspace (sidebar) and a browser of the cache. The other pages are the files of pages/,
-listed by st.navigation with titles and icons (a deep link such as /Fusion works on a fresh server).
+the shared workspace (sidebar) and a browser of the cache. The other pages are the files of app_pages/,
+listed by st.navigation with titles and icons. The folder is not called pages/: Streamlit would serve
+a deep link such as /Fusion from that folder directly, bypassing st.navigation, on a fresh server.
 """
 from __future__ import annotations
 

@@ -8,7 +8,8 @@ from ui import page, sidebar, widgets
 
 page.page_setup("Parents")
 ws = sidebar.workspace()
-page.header("Parents", "The networks to fuse: trained on the workspace's dataset, one per seed, or loaded from checkpoint "
+page.header("Parents",
+            "The networks to fuse: trained on the workspace's dataset, one per seed, or loaded from checkpoint "
             "files. Set them up in the sidebar; training reports its progress there and is cached.")
 
 parent_set = sidebar.require_parents(ws)

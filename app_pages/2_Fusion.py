@@ -4,8 +4,16 @@ from __future__ import annotations
 import streamlit as st
 
 from otcore import figures, partition_figures, report
-from otcore.config import (ALIGN_MODES, GROUND_METRICS, MARGINALS, NORMALIZATIONS, SOLVERS, FusionSpec, RetrainSpec,
-                           SpecError)
+from otcore.config import (
+    ALIGN_MODES,
+    GROUND_METRICS,
+    MARGINALS,
+    NORMALIZATIONS,
+    SOLVERS,
+    FusionSpec,
+    RetrainSpec,
+    SpecError,
+)
 from otcore.pipeline import OT_FUSION
 from ui import errors, page, runs, sidebar, state, widgets
 
@@ -15,7 +23,8 @@ ACTIVATION_ONLY = ("cca", "zipit")  # alignments that always use activations: "A
 
 page.page_setup("Fusion")
 ws = sidebar.workspace()
-page.header("Fusion", "Align each parent's neurons to the anchor's, layer by layer, then average (Singh & Jaggi, 2020). "
+page.header("Fusion",
+            "Align each parent's neurons to the anchor's, layer by layer, then average (Singh & Jaggi, 2020). "
             "Defaults are the paper's.")
 parent_set = sidebar.require_parents(ws, minimum=2)
 n_parents = len(parent_set.parents)
@@ -82,7 +91,8 @@ if pressed:
     try:
         spec = FusionSpec(mode=mode, act_samples=int(act_samples), act_seed=int(act_seed), solver=solver,
                           reg=float(reg), ground_metric=metric, squared=squared, normalize=normalize,
-                          past_correction=past, marginal_correction=correction, marginals=marginals, ensemble_step=float(step),
+                          past_correction=past, marginal_correction=correction, marginals=marginals,
+                          ensemble_step=float(step),
                           weights=widgets.parse_numbers(weights_text, "per-parent weights"), anchor=int(anchor),
                           skip_last_layer=skip_last, renormalize=repair, alignment=alignment,
                           finetune_epochs=int(finetune),

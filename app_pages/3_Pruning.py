@@ -17,9 +17,11 @@ SWEEP = "pruning.sweep"  # PruneSweepRequest of the last Run sweep
 
 page.page_setup("Pruning")
 ws = sidebar.workspace()
-page.header("Pruning", "Prune, then fuse: the parents are pruned (and retrained with their masks), fused, and the fused nets "
-            "pruned again at the same fraction (or masked at their own zeros). Fuse, then prune: the unpruned parents are fused and the fused nets "
-            "pruned. Either way retraining keeps every mask, so pruned weights stay exactly zero.")
+page.header("Pruning",
+            "Prune, then fuse: the parents are pruned (and retrained with their masks), fused, and the fused nets "
+            "pruned again at the same fraction (or masked at their own zeros). Fuse, then prune: the unpruned "
+            "parents are fused and the fused nets pruned. Either way retraining keeps every mask, so pruned weights "
+            "stay exactly zero.")
 parent_set = sidebar.require_parents(ws, minimum=2)
 fusion_spec, fusion_origin = runs.fusion_setting(parent_set)
 

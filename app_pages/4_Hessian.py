@@ -11,7 +11,8 @@ REQUEST = "hessian.request"  # HessianRequest of the last press of Analyse
 
 page.page_setup("Hessian")
 ws = sidebar.workspace()
-page.header("Hessian", "Curvature of the loss at each network: top eigenvalues (power iteration), the exact trace and the "
+page.header("Hessian",
+            "Curvature of the loss at each network: top eigenvalues (power iteration), the exact trace and the "
             "spectral density (SLQ). Do flatter networks generalise better?")
 parent_set = sidebar.require_parents(ws, minimum=2)
 
@@ -55,7 +56,8 @@ except Exception as err:  # noqa: BLE001
 seconds = sum(c.timings.get("total", 0.0) for c in curvatures if not c.cached)
 st.caption(f"Networks of the **{study.label}** comparison · {spec.split} split, {spec.batches} × {spec.batch_size} "
            f"examples · {spec.lanczos_iters} Lanczos steps × {spec.density_probes} probe(s), "
-           f"{figures.trace_description(curvatures, spec.trace_probes)} · " + (f"computed in {seconds:.1f} s" if seconds else "from the cache"))
+           f"{figures.trace_description(curvatures, spec.trace_probes)} · "
+           + (f"computed in {seconds:.1f} s" if seconds else "from the cache"))
 left, right = st.columns([1.45, 1])
 left.plotly_chart(figures.spectral_density_chart(curvatures, height=335), theme=None, key="hessian.chart.density")
 with right:

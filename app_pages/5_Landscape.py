@@ -13,7 +13,8 @@ DIRECTIONS = {"hessian": "top two Hessian eigenvectors", "random": "two random d
 
 page.page_setup("Landscape")
 ws = sidebar.workspace()
-page.header("Landscape", "The loss around each network along its top Hessian eigenvector and a random direction, along straight "
+page.header("Landscape",
+            "The loss around each network along its top Hessian eigenvector and a random direction, along straight "
             "paths between networks, and on a plane.")
 parent_set = sidebar.require_parents(ws, minimum=2)
 state.init_state(widgets.HESSIAN_DEFAULTS | {"landscape.directions": "hessian", "landscape.span": 0.5,

@@ -5,7 +5,8 @@ import datetime
 
 import streamlit as st
 
-from otcore import executors, sweep as sweeps
+from otcore import executors
+from otcore import sweep as sweeps
 from otcore.config import PRUNE_ORDERS, PRUNE_TYPES, FusionSpec, PruneSpec
 from ui import errors, page, sidebar, state, sweep_jobs, widgets
 
@@ -16,9 +17,10 @@ FOLLOW_EVERY_S = 1.0  # how often the page redraws a running sweep's progress
 
 page.page_setup("Sweeps")
 ws = sidebar.workspace()
-page.header("Sweeps", "Every combination of the settings below is one point: the sidebar's parents pruned, fused "
-            "and compared with every method. A sweep runs in the server, so other pages stay usable; points are cached "
-            "as they finish, so a stopped sweep resumes where it was; the Ray executor runs them on a cluster.")
+page.header("Sweeps",
+            "Every combination of the settings below is one point: the sidebar's parents pruned, fused and compared "
+            "with every method. A sweep runs in the server, so other pages stay usable; points are cached as they "
+            "finish, so a stopped sweep resumes where it was; the Ray executor runs them on a cluster.")
 if ws is None:
     st.stop()
 

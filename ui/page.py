@@ -5,12 +5,12 @@ import streamlit as st
 
 APP_NAME = "OT Fusion Studio"
 # The navigation: (script, title, icon, url path); app.py adds the Home page in front.
-PAGES = (("pages/1_Parents.py", "Parents", ":material/group:", "Parents"),
-         ("pages/2_Fusion.py", "Fusion", ":material/merge:", "Fusion"),
-         ("pages/3_Pruning.py", "Pruning", ":material/content_cut:", "Pruning"),
-         ("pages/4_Hessian.py", "Hessian", ":material/ssid_chart:", "Hessian"),
-         ("pages/5_Landscape.py", "Landscape", ":material/landscape:", "Landscape"),
-         ("pages/6_Sweeps.py", "Sweeps", ":material/grid_on:", "Sweeps"))
+PAGES = (("app_pages/1_Parents.py", "Parents", ":material/group:", "Parents"),
+         ("app_pages/2_Fusion.py", "Fusion", ":material/merge:", "Fusion"),
+         ("app_pages/3_Pruning.py", "Pruning", ":material/content_cut:", "Pruning"),
+         ("app_pages/4_Hessian.py", "Hessian", ":material/ssid_chart:", "Hessian"),
+         ("app_pages/5_Landscape.py", "Landscape", ":material/landscape:", "Landscape"),
+         ("app_pages/6_Sweeps.py", "Sweeps", ":material/grid_on:", "Sweeps"))
 HOME_ICON = ":material/home:"
 
 

@@ -18,7 +18,6 @@ from otcore.cache import default_cache
 from otcore.checkpoints import CheckpointError
 from otcore.config import FusionSpec, HessianSpec, PruneSpec, TrainSpec, spec_hash
 from otcore.device import resolve_device
-
 from ui.memo import ProgressBar, is_memoised, memo
 from ui.state import ANALYSED, FUSION_REQUEST, PRUNE_REQUEST, STUDY, ParentSet, Study, Workspace, current
 
@@ -96,7 +95,8 @@ def fusion_setting(parent_set: ParentSet) -> tuple[FusionSpec, str]:
     return FusionSpec(), "the default fusion options"
 
 
-def prune_run(ws: Workspace, parent_set: ParentSet, prune_spec: PruneSpec, fusion_spec: FusionSpec) -> tuple[FusionRun, bool]:
+def prune_run(ws: Workspace, parent_set: ParentSet, prune_spec: PruneSpec,
+              fusion_spec: FusionSpec) -> tuple[FusionRun, bool]:
     """(run, fresh): every method at one prune setting; fresh is False when from memory."""
     key = spec_hash("ui-prune", parent_set.data, parent_set.model, prune_spec, fusion_spec, ws.train,
                     list(parent_set.keys), ws.device)

@@ -8,12 +8,29 @@ import streamlit as st
 from otcore.config import DEVICE_CHOICES, DataSpec, ModelSpec, SpecError, TrainSpec, parse_classes
 from otcore.data import list_datasets
 from otcore.models import list_models
-
 from ui import runs
 from ui.errors import show_error
-from ui.state import (K_ARCH, K_CLASSES, K_COUNT, K_DATASET, K_DEVICE, K_EPOCHS, K_FRACTION, K_LOAD, K_PARTITION,
-                      K_PARTITION_SEED, K_PERSONAL, K_ROOT, K_SEED, K_UPLOADS, PARENTS, WORKSPACE_DEFAULTS, ParentSet,
-                      Workspace, init_state)
+from ui.state import (
+    K_ARCH,
+    K_CLASSES,
+    K_COUNT,
+    K_DATASET,
+    K_DEVICE,
+    K_EPOCHS,
+    K_FRACTION,
+    K_LOAD,
+    K_PARTITION,
+    K_PARTITION_SEED,
+    K_PERSONAL,
+    K_ROOT,
+    K_SEED,
+    K_UPLOADS,
+    PARENTS,
+    WORKSPACE_DEFAULTS,
+    ParentSet,
+    Workspace,
+    init_state,
+)
 
 PARTITION_LABELS = {"iid": "iid: every parent sees the whole split", "labels": "labels: a class subset each",
                     "personalized": "personalized: one class + a share", "small_big": "small / big: a share each"}

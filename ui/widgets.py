@@ -9,7 +9,6 @@ import streamlit as st
 from otcore import figures
 from otcore.checkpoints import checkpoint_bytes
 from otcore.config import SCHEDULES, HessianSpec, RetrainSpec, SpecError
-
 from ui.state import init_state
 
 # The Hessian settings both analysis pages share: quick on digits/mlpnet on a 2-core CPU (the whole test split).

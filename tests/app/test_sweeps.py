@@ -12,7 +12,7 @@ from otcore.pipeline import prune_and_compare, train_parents
 from otcore.sweep import run_point
 from ui import sweep_jobs
 
-SWEEPS_PAGE = "pages/6_Sweeps.py"
+SWEEPS_PAGE = "app_pages/6_Sweeps.py"
 JOB = "sweeps.job"  # the page's session key of its running sweep
 TIMEOUT_S = 300
 
@@ -127,5 +127,6 @@ def test_a_sweep_runs_on_across_reruns_and_stops_when_asked(page, sweep_cache, m
     assert len(job.finished) == 1  # the point under way finished; the other two never started
     at.run()
     assert not at.exception and JOB not in at.session_state
-    assert any("**1** of 3 points · 0 failed · stopped: SweepStopped: the Stop button was pressed" in c.value for c in at.main.caption)
+    summary = "**1** of 3 points · 0 failed · stopped: SweepStopped: the Stop button was pressed"
+    assert any(summary in c.value for c in at.main.caption)
     assert len(at.dataframe[0].value) == 5  # the finished point's five methods, cached: Start resumes from here
