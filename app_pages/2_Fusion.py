@@ -41,7 +41,7 @@ state.init_state({
 if st.session_state["fusion.anchor"] >= n_parents:
     st.session_state["fusion.anchor"] = 0
 
-align_col, form_col = st.columns([1.25, 6.15], vertical_alignment="bottom")
+align_col, form_col = st.columns([1.25, 6.15], vertical_alignment="top")
 # Outside the form, so that "Align by" is enabled or not as soon as the alignment changes.
 alignment = align_col.selectbox("Alignment", list(ALIGNMENTS), format_func=ALIGNMENTS.get, key="fusion.alignment",
                                 help="OT: layer-wise transport plans (the paper); weight matching: Git Re-Basin; "

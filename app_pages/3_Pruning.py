@@ -32,7 +32,7 @@ state.init_state({
     "pruning.global_": DEFAULT.global_, "pruning.keep_last_layer": DEFAULT.keep_last_layer,
     "pruning.fused_masks": DEFAULT.fused_masks,
     "pruning.fractions": [0.0, 0.3, 0.5, 0.7, 0.9]})
-slider_col, form_col = st.columns([2, 5.45], vertical_alignment="bottom")
+slider_col, form_col = st.columns([2, 5.45], vertical_alignment="top")
 # Outside the form, so that moving it reruns the page: a fraction computed before shows at once.
 fraction = slider_col.slider("Prune fraction", 0.0, 0.95, step=0.05, key="pruning.fraction",
                              help="share of weights (unstructured) or output filters (structured) removed per layer")

@@ -136,6 +136,9 @@ metric = metric_col.selectbox("Metric", sweeps.METRICS, key="sweeps.metric")
 x = x_col.selectbox("Against", result.fields, key="sweeps.x")
 shown = methods_col.multiselect("Methods", methods, key="sweeps.methods")
 st.plotly_chart(sweeps.sweep_figure(table, metric, x, shown or methods), theme=None, key="sweeps.chart")
-widgets.show_table(table.drop(columns="key"))
+constant = [c for c in (*result.fields, "seeds") if c in table and table[c].nunique() == 1]
+if constant:  # said once above the table, so that the columns that vary fit the page
+    st.caption("On every row: " + " · ".join(f"{c} = {table[c].iloc[0]}" for c in constant))
+widgets.show_table(table.drop(columns=["key", *constant]))
 st.download_button("Table (CSV)", table.to_csv(index=False), f"sweep-{result.key[:12]}.csv", "text/csv",
                    key="sweeps.download.csv", on_click="ignore", icon=":material/table:")

@@ -38,9 +38,6 @@ def memo(kind: str, key: str, compute: Callable[[], Any]) -> tuple[Any, bool]:
     return slot.value, False
 
 
-# ---------------------------------------------------------------------------- progress, errors, downloads
-
-
 class ProgressBar:
     """Adapter from the pipeline's `progress(what, fraction)` callbacks to one `st.progress` bar."""
 
@@ -58,6 +55,7 @@ class ProgressBar:
 
     def close(self) -> None:
         """Remove the bar."""
+        self._bar.empty()
 
 
 def is_memoised(kind: str, key: str) -> bool:
