@@ -20,8 +20,9 @@ TIMEOUT_S = 300
 @pytest.fixture
 def sweep_cache(app_cache_dir, tmp_path, monkeypatch):
     """A cache of this test's own holding the default parents, so the sweep's entries touch no other test."""
-    for entry in app_cache_dir.glob("*.safetensors"):
-        shutil.copy2(entry, tmp_path)
+    # Only the parents: other app tests leave prune results there, which would make points cached.
+    for row in DiskCache(app_cache_dir).listing("parent").rows:
+        shutil.copy2(app_cache_dir / f"{row.key}.safetensors", tmp_path)
     monkeypatch.setenv("OTCORE_CACHE_DIR", str(tmp_path))
     return DiskCache(tmp_path)
 
@@ -117,7 +118,7 @@ def test_a_sweep_runs_on_across_reruns_and_stops_when_asked(page, sweep_cache, m
     assert not at.exception and job_of(at).running
     at.run()  # another script run of the page (a click anywhere): the sweep is not part of it
     job = job_of(at)
-    assert job.running and job.total == 3
+    assert job.running and job.total == 3, job
     assert len(at.get("progress")) == 1 and "3 points on the local executor" in at.get("progress")[0].proto.text
     assert any("Running in the server" in c.value for c in at.caption)
     at.button(key="sweeps.stop").click().run()
