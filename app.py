@@ -1,23 +1,24 @@
-"""OT Fusion Studio, Home (`streamlit run app.py`): what the dashboard does, the shared workspace
-(sidebar) and a browser of the cache. The other pages are the files of pages/ (Streamlit's
-multipage layout: the pages folder, not st.navigation, so a deep link works on a fresh server).
+"""OT Fusion Studio (`streamlit run app.py`): the navigation, and the Home page: what the dashboard does,
+the shared workspace (sidebar) and a browser of the cache. The other pages are the files of app_pages/,
+listed by st.navigation with titles and icons. The folder is not called pages/: Streamlit would serve
+a deep link such as /Fusion from that folder directly, bypassing st.navigation, on a fresh server.
 """
 from __future__ import annotations
 
 import streamlit as st
 
-import dashboard
 from otcore import figures
 from otcore.cache import default_cache
+from ui import page, sidebar, widgets
 
 MAX_EXPANDERS = 30  # entries whose config and metrics are shown in full
 
 
 def home() -> None:
     """What this is, the workspace, and a browser of cached_models/."""
-    dashboard.page_setup(dashboard.APP_NAME)
-    dashboard.workspace()
-    st.title(dashboard.APP_NAME, anchor=False)
+    page.page_setup(page.APP_NAME)
+    sidebar.workspace()
+    st.title(page.APP_NAME, anchor=False)
     st.markdown(
         "Fuse trained networks by **optimal transport** (Singh & Jaggi, *Model Fusion via Optimal Transport*, "
         "NeurIPS 2020) and judge the result: each parent, vanilla weight averaging, the prediction ensemble, "
@@ -46,7 +47,7 @@ def home() -> None:
     kinds = sorted({r.kind for r in rows})
     kind = st.segmented_control("Kind", ["all", *kinds], default="all", key="home.kind")
     shown = [r for r in rows if kind in (None, "all") or r.kind == kind]
-    dashboard.show_table(figures.manifest_table(shown))
+    widgets.show_table(figures.manifest_table(shown))
     st.caption("Details, newest first" + (f" (the {MAX_EXPANDERS} newest)" if len(shown) > MAX_EXPANDERS else ""))
     for row in shown[:MAX_EXPANDERS]:
         table = figures.manifest_table([row]).iloc[0]
@@ -60,4 +61,11 @@ def home() -> None:
             metrics_col.json(row.metrics, expanded=1)
 
 
-home()
+def navigation() -> None:
+    """Home and the pages of ui.page.PAGES, in the sidebar; runs the one the URL names."""
+    pages = [st.Page(home, title="Home", icon=page.HOME_ICON, default=True)]
+    pages += [st.Page(script, title=title, icon=icon, url_path=path) for script, title, icon, path in page.PAGES]
+    st.navigation(pages).run()
+
+
+navigation()

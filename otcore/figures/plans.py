@@ -41,8 +41,10 @@ def plan_heatmap(plan: torch.Tensor | np.ndarray, title: str | None = None, orde
     if order_by_match:
         rows = np.lexsort((-z.max(axis=1), z.argmax(axis=1)))
         z = z[rows]
+    # CCA/ZipIt! maps have negative entries: a diverging scale centred on 0 shows them, not a floor at 0.
+    signed = dict(colorscale="RdBu", zmid=0.0) if (z < 0).any() else dict(colorscale=HEATMAP_SCALE, zmin=0.0)
     fig = go.Figure(go.Heatmap(
-        z=z, x=np.arange(z.shape[1]), y=np.arange(z.shape[0]), colorscale=HEATMAP_SCALE, zmin=0.0,
+        z=z, x=np.arange(z.shape[1]), y=np.arange(z.shape[0]), **signed,
         customdata=np.broadcast_to(rows[:, None], z.shape),
         colorbar=dict(title=dict(text="transport mass", side="right"), thickness=12),
         hovertemplate="anchor neuron %{x}<br>parent neuron %{customdata}<br>mass %{z:.4g}<extra></extra>"))

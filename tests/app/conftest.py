@@ -31,7 +31,7 @@ def app_cache(app_cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def page() -> Callable[..., AppTest]:
-    """`page('pages/2_Fusion.py', **session_state)`: an AppTest of a page, session state seeded, not yet run."""
+    """`page('app_pages/2_Fusion.py', **session_state)`: an AppTest of a page, session state seeded, not yet run."""
 
     def make(script: str, **state) -> AppTest:
         at = AppTest.from_file(str(REPO / script), default_timeout=TIMEOUT_S)
@@ -45,7 +45,7 @@ def page() -> Callable[..., AppTest]:
 @pytest.fixture
 def parent_set(digits_parents: list):
     """The default parents (digits, mlpnet, seeds 0 and 1) as the sidebar's button stores them."""
-    import dashboard
     from otcore.config import DataSpec, ModelSpec, TrainSpec
+    from ui.state import ParentSet
 
-    return dashboard.ParentSet(list(digits_parents), DataSpec(), ModelSpec(), "cpu", "trained", TrainSpec(), (0, 1))
+    return ParentSet(list(digits_parents), DataSpec(), ModelSpec(), "cpu", "trained", TrainSpec(), (0, 1))

@@ -3,18 +3,18 @@ from __future__ import annotations
 
 import pytest
 
-import dashboard
 from otcore.config import DataSpec, FusionSpec, ModelSpec, RetrainSpec, TrainSpec
 from otcore.pipeline import OT_FINETUNED, VANILLA_RETRAINED, fuse_and_compare
+from ui import state
 
-FUSION_PAGE = "pages/2_Fusion.py"
+FUSION_PAGE = "app_pages/2_Fusion.py"
 METHODS = ["parent 1", "parent 2", "vanilla average", "prediction ensemble", "OT fusion"]
 
 
 @pytest.fixture
 def fusion(page, parent_set):
     """The Fusion page with the default parents loaded, run once (before any press of Fuse)."""
-    at = page(FUSION_PAGE, **{dashboard.PARENTS: parent_set}).run()
+    at = page(FUSION_PAGE, **{state.PARENTS: parent_set}).run()
     assert not at.exception
     return at
 
@@ -98,7 +98,7 @@ def test_the_fine_tuning_recipe_reaches_the_pipeline(fusion, digits_parents):
     table = at.dataframe[0].value
     assert list(table["method"]) == METHODS + [VANILLA_RETRAINED, OT_FINETUNED]
     spec = FusionSpec(finetune_epochs=1, retrain=RetrainSpec(lr=0.02, schedule="cosine"))
-    assert at.session_state["fusion.request"][0] == spec
+    assert at.session_state["fusion.request"].spec == spec
     expected = fuse_and_compare(DataSpec(), ModelSpec(), digits_parents, spec, TrainSpec(), "cpu")
     assert expected.cached  # the page computed exactly this recipe
     for method in (VANILLA_RETRAINED, OT_FINETUNED):
@@ -135,6 +135,26 @@ def test_one_parent_is_not_enough(page, parent_set):
     import dataclasses
 
     single = dataclasses.replace(parent_set, parents=parent_set.parents[:1])
-    at = page(FUSION_PAGE, **{dashboard.PARENTS: single}).run()
+    at = page(FUSION_PAGE, **{state.PARENTS: single}).run()
     assert not at.exception
     assert any("at least 2 parents" in w.value for w in at.warning)
+
+
+def test_align_by_is_disabled_where_the_alignment_always_uses_activations(fusion):
+    assert not fusion.selectbox(key="fusion.mode").disabled
+    fusion.selectbox(key="fusion.alignment").set_value("zipit").run()
+    mode = fusion.selectbox(key="fusion.mode")
+    assert mode.disabled and "always matches neurons by their activations" in mode.help
+    fusion.selectbox(key="fusion.alignment").set_value("ot").run()
+    assert not fusion.selectbox(key="fusion.mode").disabled
+
+
+def test_maps_with_negative_entries_get_a_diverging_scale():
+    import numpy as np
+
+    from otcore import figures
+
+    signed = figures.plan_heatmap(np.array([[0.9, -0.4], [-0.1, 0.7]])).data[0]
+    plan = figures.plan_heatmap(np.array([[0.5, 0.0], [0.0, 0.5]])).data[0]
+    assert signed.zmid == 0.0 and signed.zmin is None  # -0.4 shows as a colour of its own, not as 0
+    assert plan.zmin == 0.0 and plan.zmid is None

@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-import dashboard
 from otcore.config import FusionSpec, PruneSpec
+from ui import state
 
-HESSIAN_PAGE = "pages/4_Hessian.py"
+HESSIAN_PAGE = "app_pages/4_Hessian.py"
 # Small SLQ settings: a second per network on 2 cores (the page's defaults take several).
 QUICK = {"hessian.batch_size": 150, "hessian.lanczos_iters": 12,
          "hessian.power_iters": 20, "hessian.top_k": 2}
@@ -17,7 +17,7 @@ QUICK = {"hessian.batch_size": 150, "hessian.lanczos_iters": 12,
 @pytest.fixture
 def hessian(page, parent_set):
     """The Hessian page with the default parents loaded and quick settings, run once (before Analyse)."""
-    at = page(HESSIAN_PAGE, **{dashboard.PARENTS: parent_set}).run()
+    at = page(HESSIAN_PAGE, **{state.PARENTS: parent_set}).run()
     assert not at.exception
     return at
 
@@ -75,15 +75,15 @@ def test_analyse_shows_a_row_per_network_a_log_density_and_the_scatter(hessian):
 
 def test_pruned_networks_join_the_session_scatter(page, parent_set):
     prune_spec = PruneSpec(fraction=0.5)
-    at = page(HESSIAN_PAGE, **{dashboard.PARENTS: parent_set,
-                               dashboard.PRUNE_REQUEST: (prune_spec, FusionSpec(), parent_set.keys, "defaults")}).run()
+    request = state.PruneRequest(prune_spec, FusionSpec(), parent_set.keys, "defaults")
+    at = page(HESSIAN_PAGE, **{state.PARENTS: parent_set, state.PRUNE_REQUEST: request}).run()
     assert not at.exception
     at = analyse(at, ["OT fusion"])
-    at.selectbox(key=dashboard.STUDY).set_value("pruning").run()
+    at.selectbox(key=state.STUDY).set_value("pruning").run()
     at = analyse(at, ["parent 1", "OT fusion"])
     assert not at.exception and not at.error
     assert any("pruned 50 % (unstructured, prune-fuse)" in c.value for c in at.caption)
-    records = list(at.session_state[dashboard.ANALYSED][parent_set.keys].values())
+    records = list(at.session_state[state.ANALYSED][parent_set.keys].values())
     assert sorted((r["method"], r["fraction"]) for r in records) == [("OT fusion", 0.0), ("OT fusion", 0.5),
                                                                       ("parent 1", 0.5)]
     scatter = charts(at)[1]
@@ -114,8 +114,8 @@ def test_the_report_holds_the_curvature_table_and_both_charts(digits_parents):
 
 def test_before_and_after_retraining_overlays_the_parents_and_both_fused_nets(page, parent_set):
     fine_tuned = FusionSpec(finetune_epochs=1)
-    at = page(HESSIAN_PAGE, **{dashboard.PARENTS: parent_set,
-                               dashboard.FUSION_REQUEST: (fine_tuned, parent_set.keys)}).run()
+    at = page(HESSIAN_PAGE, **{state.PARENTS: parent_set,
+                               state.FUSION_REQUEST: state.FusionRequest(fine_tuned, parent_set.keys)}).run()
     assert not at.exception
     at.toggle(key="hessian.retrained").set_value(True)
     at = analyse(at, ["parent 1"])  # the toggle picks the networks, whatever the multiselect holds

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import dashboard
 from otcore.checkpoints import checkpoint_bytes
+from ui import state
 
 HOME = "app.py"
 
@@ -43,13 +43,13 @@ def test_sidebar_button_loads_the_parents_and_pages_share_them(page, digits_pare
     at = page(HOME).run()
     at.button(key="ws.load").click().run()
     assert not at.exception and not errors(at)
-    parent_set = at.session_state[dashboard.PARENTS]
+    parent_set = at.session_state[state.PARENTS]
     assert [p.key for p in parent_set.parents] == [p.key for p in digits_parents]  # the cached ones, not retrained
     assert parent_set.origin == "trained" and parent_set.seeds == (0, 1)
     assert any("2 parents of mlpnet on digits" in c.value for c in at.sidebar.caption)
     # The workspace survives a page switch, and the next page sees the same parents.
     at.number_input(key="ws.epochs").set_value(10).run()
-    at.switch_page("pages/1_Parents.py").run()
+    at.switch_page("app_pages/1_Parents.py").run()
     assert not at.exception
     assert at.number_input(key="ws.epochs").value == 10
     assert len(at.dataframe[0].value) == 2
@@ -74,7 +74,7 @@ def test_real_dataset_without_root_is_an_error_not_a_traceback(page):
     at.button(key="ws.load").click().run()
     assert not at.exception
     assert any("Data root" in e for e in errors(at))
-    assert dashboard.PARENTS not in at.session_state
+    assert state.PARENTS not in at.session_state
 
 
 def test_malformed_upload_is_refused_with_a_message(page):
@@ -85,7 +85,7 @@ def test_malformed_upload_is_refused_with_a_message(page):
     assert not at.exception
     message = errors(at)
     assert message and "model.checkpoint" in message[0] and "not a checkpoint" in message[0]
-    assert dashboard.PARENTS not in at.session_state
+    assert state.PARENTS not in at.session_state
 
 
 def test_uploaded_checkpoints_become_the_parents(page, digits_parents):
@@ -97,7 +97,7 @@ def test_uploaded_checkpoints_become_the_parents(page, digits_parents):
     at.run()
     at.button(key="ws.load").click().run()
     assert not at.exception and not errors(at)
-    parent_set = at.session_state[dashboard.PARENTS]
+    parent_set = at.session_state[state.PARENTS]
     assert parent_set.origin == "uploaded"
     assert [(p.name, p.source) for p in parent_set.parents] == [("parent 1", "a.checkpoint"),
                                                                 ("parent 2", "b.safetensors")]

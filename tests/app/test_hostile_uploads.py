@@ -9,11 +9,11 @@ from typing import Iterator
 
 import pytest
 
-import dashboard
 from otcore.checkpoints import checkpoint_bytes
 from tests.faults.hostile_files import HOSTILE, UPLOADABLE
+from ui import state
 
-PARENTS_PAGE = "pages/1_Parents.py"
+PARENTS_PAGE = "app_pages/1_Parents.py"
 # "Peak memory stays within 1 GB above the idle server"; honest loads of these networks take kilobytes.
 MEMORY_SLACK = 2**30
 
@@ -67,18 +67,18 @@ def test_hostile_upload_shows_one_message_in_bounded_memory(page, hostile, kind)
     assert "Could not get the parents" in shown[0] and path.name in shown[0], shown[0]
     for fragment in fragments:
         assert fragment in shown[0], (fragment, shown[0])
-    assert dashboard.PARENTS not in at.session_state
+    assert state.PARENTS not in at.session_state
     assert rise["bytes"] < MEMORY_SLACK, rise
 
 
 def test_other_sessions_keep_working_after_hostile_uploads(page, hostile, digits_parents):
     refused = upload_and_load(page(PARENTS_PAGE).run(),
                               [(path.name, path.read_bytes()) for path, _ in (hostile["deflate bomb"],)]).run()
-    assert len(messages(refused)) == 1 and dashboard.PARENTS not in refused.session_state
+    assert len(messages(refused)) == 1 and state.PARENTS not in refused.session_state
     # Another session, same server process: uploads two honest parents and gets the page's table.
     good = [(f"p{i}.checkpoint", checkpoint_bytes(p.model.state_dict(), "paper")) for i, p in enumerate(digits_parents)]
     other = upload_and_load(page(PARENTS_PAGE).run(), good).run()
     assert not other.exception and not messages(other)
     assert list(other.dataframe[0].value["parent"]) == ["parent 1", "parent 2"]
-    scores = [p.metrics["test"]["accuracy"] for p in other.session_state[dashboard.PARENTS].parents]
+    scores = [p.metrics["test"]["accuracy"] for p in other.session_state[state.PARENTS].parents]
     assert scores == pytest.approx([p.metrics["test"]["accuracy"] for p in digits_parents])

@@ -8,10 +8,10 @@ import numpy as np
 
 import pytest
 
-import dashboard
 from otcore.config import FusionSpec
+from ui import state
 
-LANDSCAPE_PAGE = "pages/5_Landscape.py"
+LANDSCAPE_PAGE = "app_pages/5_Landscape.py"
 # Small settings: quick Hessians, 7 points per curve, a 5 x 5 plane.
 QUICK = {"hessian.batch_size": 150, "hessian.lanczos_iters": 12,
          "hessian.power_iters": 20, "hessian.top_k": 2, "landscape.points": 7, "landscape.grid": 5}
@@ -20,7 +20,7 @@ QUICK = {"hessian.batch_size": 150, "hessian.lanczos_iters": 12,
 @pytest.fixture
 def landscape(page, parent_set):
     """The Landscape page with the default parents loaded, run once (before Compute)."""
-    at = page(LANDSCAPE_PAGE, **{dashboard.PARENTS: parent_set}).run()
+    at = page(LANDSCAPE_PAGE, **{state.PARENTS: parent_set}).run()
     assert not at.exception
     assert any("press **Compute**" in i.value for i in at.info)
     return at
@@ -78,9 +78,9 @@ def test_compute_shows_barriers_curves_and_the_surface(landscape):
 def test_random_plane_and_a_pruned_study(page, parent_set):
     from otcore.config import FusionSpec, PruneSpec
 
-    request = (PruneSpec(fraction=0.3), FusionSpec(), parent_set.keys, "defaults")
-    at = page(LANDSCAPE_PAGE, **{dashboard.PARENTS: parent_set, dashboard.STUDY: "pruning",
-                                 dashboard.PRUNE_REQUEST: request}).run()
+    request = state.PruneRequest(PruneSpec(fraction=0.3), FusionSpec(), parent_set.keys, "defaults")
+    at = page(LANDSCAPE_PAGE, **{state.PARENTS: parent_set, state.STUDY: "pruning",
+                                 state.PRUNE_REQUEST: request}).run()
     at = compute(at, **{"landscape.methods": ["OT fusion"], "landscape.directions": "random",
                         "landscape.lambda": (-1.0, 0.25)})
     assert not at.exception and not at.error
@@ -103,8 +103,8 @@ def test_weight_matching_and_repair_paths_and_no_aligned_path(landscape):
 
 
 def test_before_and_after_retraining_adds_the_density_overlay(page, parent_set):
-    at = page(LANDSCAPE_PAGE, **{dashboard.PARENTS: parent_set,
-                                 dashboard.FUSION_REQUEST: (FusionSpec(finetune_epochs=1), parent_set.keys)}).run()
+    at = page(LANDSCAPE_PAGE, **{state.PARENTS: parent_set,
+                                 state.FUSION_REQUEST: state.FusionRequest(FusionSpec(finetune_epochs=1), parent_set.keys)}).run()
     at = compute(at, **{"landscape.retrained": True, "landscape.alignments": []})
     assert not at.exception and not at.error
     names = ["parent 1", "parent 2", "OT fusion", "OT fusion fine-tuned"]

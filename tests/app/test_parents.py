@@ -1,9 +1,9 @@
 """Parents page through AppTest: empty state, the parents' table and downloads, a stale workspace."""
 from __future__ import annotations
 
-import dashboard
+from ui import state
 
-PARENTS_PAGE = "pages/1_Parents.py"
+PARENTS_PAGE = "app_pages/1_Parents.py"
 
 
 def test_without_parents_the_page_explains_what_to_do(page):
@@ -15,7 +15,7 @@ def test_without_parents_the_page_explains_what_to_do(page):
 
 
 def test_table_shows_each_parents_scores(page, parent_set):
-    at = page(PARENTS_PAGE, **{dashboard.PARENTS: parent_set}).run()
+    at = page(PARENTS_PAGE, **{state.PARENTS: parent_set}).run()
     assert not at.exception
     table = at.dataframe[0].value
     assert list(table["parent"]) == ["parent 1", "parent 2"]
@@ -30,7 +30,7 @@ def test_table_shows_each_parents_scores(page, parent_set):
 
 
 def test_parents_of_another_architecture_are_not_used(page, parent_set):
-    at = page(PARENTS_PAGE, **{dashboard.PARENTS: parent_set, "ws.arch": "vgg_tiny_nobias"}).run()
+    at = page(PARENTS_PAGE, **{state.PARENTS: parent_set, "ws.arch": "vgg_tiny_nobias"}).run()
     assert not at.exception
     assert any("mlpnet on digits" in w.value for w in at.sidebar.warning)
     assert any("No parents yet" in i.value for i in at.info)

@@ -5,18 +5,18 @@ import json
 
 import pytest
 
-import dashboard
 from otcore.config import DataSpec, FusionSpec, ModelSpec, PruneSpec, RetrainSpec, TrainSpec
 from otcore.pipeline import OT_RETRAINED, VANILLA_RETRAINED, prune_and_compare
+from ui import state
 
-PRUNING_PAGE = "pages/3_Pruning.py"
+PRUNING_PAGE = "app_pages/3_Pruning.py"
 METHODS = ["parent 1", "parent 2", "vanilla average", "prediction ensemble", "OT fusion"]
 
 
 @pytest.fixture
 def pruning(page, parent_set):
     """The Pruning page with the default parents loaded, run once (before any press of Prune)."""
-    at = page(PRUNING_PAGE, **{dashboard.PARENTS: parent_set}).run()
+    at = page(PRUNING_PAGE, **{state.PARENTS: parent_set}).run()
     assert not at.exception
     return at
 
@@ -71,7 +71,7 @@ def test_structured_fuse_then_prune_with_retraining(pruning, digits_parents):
     assert sparsity[OT_RETRAINED] == sparsity["OT fusion"] and sparsity[VANILLA_RETRAINED] == sparsity["OT fusion"]
     spec = PruneSpec(fraction=0.5, type="structured", scope="linear", order="fuse-prune", retrain_epochs=1,
                      retrain=RetrainSpec(lr=0.01, schedule="cosine"))
-    assert at.session_state[dashboard.PRUNE_REQUEST][0] == spec
+    assert at.session_state[state.PRUNE_REQUEST].prune == spec
     expected = prune_and_compare(DataSpec(), ModelSpec(), digits_parents, spec, FusionSpec(), TrainSpec(), "cpu")
     assert expected.cached  # the page computed exactly this recipe
     shown = table.set_index("method")["test acc (%)"]
@@ -88,7 +88,7 @@ def test_prune_then_fuse_may_keep_the_fused_nets_own_zeros(pruning):
     # The fused nets keep the zeros fusion gave them, fewer than the parents', and retraining keeps them.
     assert sparsity["parent 1"] >= sparsity["OT fusion"] > sparsity["vanilla average"] > 0
     assert sparsity[OT_RETRAINED] == sparsity["OT fusion"]
-    assert at.session_state[dashboard.PRUNE_REQUEST][0].fused_masks == "own-zeros"
+    assert at.session_state[state.PRUNE_REQUEST].prune.fused_masks == "own-zeros"
 
 
 def test_the_sweep_draws_one_line_per_method(pruning):
@@ -112,12 +112,12 @@ def test_the_sweep_draws_one_line_per_method(pruning):
 
 def test_fusion_options_come_from_the_fusion_page(page, parent_set):
     spec = FusionSpec(solver="sinkhorn", reg=0.05)
-    at = page(PRUNING_PAGE, **{dashboard.PARENTS: parent_set,
-                               dashboard.FUSION_REQUEST: (spec, parent_set.keys)}).run()
+    at = page(PRUNING_PAGE, **{state.PARENTS: parent_set,
+                               state.FUSION_REQUEST: state.FusionRequest(spec, parent_set.keys)}).run()
     at = prune(at, fraction=0.2)
     assert not at.exception and not at.error
     assert any("fused with the Fusion page's setting" in c.value for c in at.caption)
-    assert at.session_state[dashboard.PRUNE_REQUEST][1] == spec
+    assert at.session_state[state.PRUNE_REQUEST].fusion == spec
     assert list(at.dataframe[0].value["method"]) == METHODS
 
 
@@ -132,3 +132,20 @@ def test_the_report_holds_the_table_the_sweep_and_three_charts(digits_parents):
     assert "Pruning report: digits / mlpnet, 30 % unstructured" in html and "prune · order" in html
     assert "<th>sparsity (%)</th>" in html and "<th>prune fraction (%)</th>" in html
     assert html.count("Plotly.newPlot") == 3  # accuracy per method, the sweep, sparsity
+
+
+def test_the_slider_follows_fractions_computed_before_and_waits_for_prune_otherwise(pruning):
+    at = prune(pruning, fraction=0.45)
+    assert any("45 % unstructured" in c.value for c in at.caption)
+    at.slider(key="pruning.fraction").set_value(0.85).run()  # never computed: the comparison stays at 45 %
+    assert not at.exception
+    assert any("85 % is not computed yet: press **Prune**" in c.value for c in at.caption)
+    assert at.session_state[state.PRUNE_REQUEST].prune.fraction == 0.45
+    assert at.dataframe[0].value.set_index("method")["sparsity (%)"]["parent 1"] == pytest.approx(45.0, abs=0.5)
+    at = prune(at)  # now 85 % is computed
+    assert at.dataframe[0].value.set_index("method")["sparsity (%)"]["parent 1"] == pytest.approx(85.0, abs=0.5)
+    at.slider(key="pruning.fraction").set_value(0.45).run()  # computed before: shown without pressing Prune
+    assert not at.exception and not any("not computed yet" in c.value for c in at.caption)
+    assert at.session_state[state.PRUNE_REQUEST].prune.fraction == 0.45
+    assert any("45 % unstructured" in c.value for c in at.caption)
+    assert at.dataframe[0].value.set_index("method")["sparsity (%)"]["parent 1"] == pytest.approx(45.0, abs=0.5)

@@ -2,23 +2,43 @@
 from __future__ import annotations
 
 import shutil
+import threading
 
 import pytest
 
 from otcore.cache import DiskCache
 from otcore.config import DataSpec, FusionSpec, ModelSpec, PruneSpec, TrainSpec
 from otcore.pipeline import prune_and_compare, train_parents
+from otcore.sweep import run_point
+from ui import sweep_jobs
 
-SWEEPS_PAGE = "pages/6_Sweeps.py"
+SWEEPS_PAGE = "app_pages/6_Sweeps.py"
+JOB = "sweeps.job"  # the page's session key of its running sweep
+TIMEOUT_S = 300
 
 
 @pytest.fixture
 def sweep_cache(app_cache_dir, tmp_path, monkeypatch):
     """A cache of this test's own holding the default parents, so the sweep's entries touch no other test."""
-    for entry in app_cache_dir.glob("*.safetensors"):
-        shutil.copy2(entry, tmp_path)
+    # Only the parents: other app tests leave prune results there, which would make points cached.
+    for row in DiskCache(app_cache_dir).listing("parent").rows:
+        shutil.copy2(app_cache_dir / f"{row.key}.safetensors", tmp_path)
     monkeypatch.setenv("OTCORE_CACHE_DIR", str(tmp_path))
     return DiskCache(tmp_path)
+
+
+def job_of(at) -> sweep_jobs.SweepJob:
+    """The server's job of the sweep this session started."""
+    job = sweep_jobs.get(at.session_state[JOB])
+    assert job is not None
+    return job
+
+
+def finish(at) -> sweep_jobs.SweepJob:
+    """Wait for the session's sweep thread to return (a join, not a timer)."""
+    job = job_of(at)
+    assert job.wait(TIMEOUT_S), "the sweep thread did not return"
+    return job
 
 
 def test_a_two_point_sweep_shows_its_chart_and_table(page, sweep_cache):
@@ -27,6 +47,8 @@ def test_a_two_point_sweep_shows_its_chart_and_table(page, sweep_cache):
     assert any("press **Start**" in i.value for i in at.info)
     at.multiselect(key="sweeps.fractions").set_value([0.0, 0.5])
     at.button(key="sweeps.start").click().run()
+    assert finish(at).result.status == "finished"  # it ran in a server thread, not in the script run
+    at.run()
     assert not at.exception and not at.error
     assert any("**2** of 2 points · 0 failed · finished · local executor" in c.value for c in at.main.caption)
     assert len(at.get("plotly_chart")) == 1
@@ -78,3 +100,33 @@ def test_malformed_sweep_records_are_skipped_with_a_warning(page, sweep_cache):
     assert not at.exception and not at.error
     shown = at.dataframe[0].value.set_index("method")["test acc (%)"]
     assert shown.to_dict() == pytest.approx({r.method: r.test.accuracy for r in point.comparison.rows})
+
+
+def test_a_sweep_runs_on_across_reruns_and_stops_when_asked(page, sweep_cache, monkeypatch):
+    # Every point waits for `release`, so the test decides when the first one may finish.
+    release = threading.Event()
+
+    def held_point(*args, **kwargs):
+        assert release.wait(TIMEOUT_S)
+        return run_point(*args, **kwargs)
+
+    monkeypatch.setattr(sweep_jobs, "POINT_TASK", held_point)
+    at = page(SWEEPS_PAGE).run()
+    at.multiselect(key="sweeps.fractions").set_value([0.0, 0.3, 0.5])
+    at.button(key="sweeps.start").click().run()
+    assert not at.exception and job_of(at).running
+    at.run()  # another script run of the page (a click anywhere): the sweep is not part of it
+    job = job_of(at)
+    assert job.running and job.total == 3, job
+    assert len(at.get("progress")) == 1 and "3 points on the local executor" in at.get("progress")[0].proto.text
+    assert any("Running in the server" in c.value for c in at.caption)
+    at.button(key="sweeps.stop").click().run()
+    assert any("Stopping after the point being computed" in c.value for c in at.caption)
+    release.set()
+    assert finish(at).result.status == "stopped: SweepStopped: the Stop button was pressed"
+    assert len(job.finished) == 1  # the point under way finished; the other two never started
+    at.run()
+    assert not at.exception and JOB not in at.session_state
+    summary = "**1** of 3 points · 0 failed · stopped: SweepStopped: the Stop button was pressed"
+    assert any(summary in c.value for c in at.main.caption)
+    assert len(at.dataframe[0].value) == 5  # the finished point's five methods, cached: Start resumes from here

@@ -5,7 +5,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from streamlit_server import SCREENSHOTS, browser_page, chromium_path, click, key, streamlit_server, wait_idle
 
 pytestmark = pytest.mark.skipif(chromium_path() is None, reason="Debian's chromium is not installed "
@@ -46,3 +45,46 @@ def test_fuse_with_defaults_in_chromium(browser_cache: Path, tmp_path_factory: p
         assert download.value.suggested_filename == "digits-mlpnet-ot-fusion-report.html"
         assert html.startswith("<!DOCTYPE html>") and "OT fusion" in html and "Plotly.newPlot" in html
         assert "<script src=" not in html and "<script charset=\"utf-8\" src=" not in html  # no CDN: opens offline
+
+
+PAGES = ["Parents", "Fusion", "Pruning", "Hessian", "Landscape", "Sweeps"]
+
+
+def test_every_page_opens_by_deep_link_and_home_is_named(browser_cache: Path):
+    with streamlit_server(browser_cache) as url, browser_page() as page:
+        for title in PAGES:  # each a first request to its URL, as a bookmark would be
+            page.goto(f"{url}/{title}")
+            wait_idle(page, "h1")
+            assert page.locator("h1").first.inner_text() == title
+            assert page.locator("[data-testid='stException']").count() == 0
+        # st.navigation's entries replace the pages folder's listing once the script run sends them.
+        page.wait_for_selector("[data-testid='stSidebarNav'] a:has-text('Home')", timeout=30_000)
+        links = page.locator("[data-testid='stSidebarNav'] a").all_inner_texts()
+        assert [text.splitlines()[-1].strip() for text in links] == ["Home", *PAGES]
+        page.goto(url)
+        wait_idle(page, "h1")
+        assert page.locator("h1").first.inner_text() == "OT Fusion Studio"
+
+
+def test_a_sweep_runs_on_while_other_pages_are_open_and_stops(browser_cache: Path):
+    with streamlit_server(browser_cache) as url, browser_page() as page:
+        page.goto(f"{url}/Sweeps")
+        wait_idle(page, "h1")
+        page.locator(f"{key('sweeps.seed_sets')} input").fill("3")  # 3 seed sets x 4 fractions: 12 points
+        click(page, "sweeps.start")
+        page.wait_for_selector(f"{key('sweeps.stop')} button", timeout=60_000)
+        page.get_by_role("link", name="Fusion").click()
+        page.wait_for_selector("h1:has-text('Fusion')", timeout=60_000)
+        page.get_by_role("link", name="Sweeps").click()
+        page.wait_for_selector("h1:has-text('Sweeps')", timeout=60_000)
+        # Still running (the page follows it from the server), or finished meanwhile: never lost.
+        page.wait_for_selector(f"{key('sweeps.stop')} button, [data-testid='stCaptionContainer']:has-text('0 failed')",
+                               timeout=60_000)
+        assert page.locator(f"{key('sweeps.stop')} button").count() >= 1, "12 points ended before the page was back"
+        assert any("points done" in c for c in page.locator("[data-testid='stCaptionContainer']").all_inner_texts())
+        click(page, "sweeps.stop")
+        page.wait_for_selector("text=SweepStopped: the Stop button was pressed", timeout=300_000)
+        summary = page.locator("[data-testid='stCaptionContainer']:has-text('0 failed')").first.inner_text()
+        done = int(summary.split(" of ")[0].strip("* "))
+        assert 1 <= done < 12 and "of 12 points" in summary
+        assert page.locator("[data-testid='stException']").count() == 0

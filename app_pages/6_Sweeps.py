@@ -5,25 +5,28 @@ import datetime
 
 import streamlit as st
 
-import dashboard
-from otcore import figures, sweep as sweeps
-from otcore.config import PRUNE_ORDERS, PRUNE_TYPES, FusionSpec, PruneSpec, SpecError
+from otcore import figures
+from otcore import sweep as sweeps
+from otcore.config import PRUNE_ORDERS, PRUNE_TYPES, FusionSpec, PruneSpec
+from ui import errors, page, sidebar, state, sweep_jobs, widgets
 
 FRACTIONS = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 RESULT = "sweeps.result"  # the SweepResult on show: run by Start, or read back from the cache
+JOB = "sweeps.job"  # the key of the sweep this session started, while it runs in the server
+FOLLOW_EVERY_S = 1.0  # how often the page redraws a running sweep's progress
 
-dashboard.page_setup("Sweeps")
-ws = dashboard.workspace()
-st.title("Sweeps", anchor=False)
-st.caption("Every combination of the settings below is one point: the sidebar's parents pruned, fused and compared "
-           "with every method. Points are cached as they finish, so a stopped sweep resumes where it was; the Ray "
-           "executor runs them on a cluster.")
+page.page_setup("Sweeps")
+ws = sidebar.workspace()
+page.header("Sweeps",
+            "Every combination of the settings below is one point: the sidebar's parents pruned, fused and compared "
+            "with every method. A sweep runs in the server, so other pages stay usable; points are cached as they "
+            "finish, so a stopped sweep resumes where it was; the Ray executor runs them on a cluster.")
 if ws is None:
     st.stop()
 
-dashboard.init_state({"sweeps.fractions": [0.0, 0.3, 0.5, 0.7], "sweeps.types": ["unstructured"],
-                      "sweeps.seed_sets": 1, "sweeps.order": PruneSpec().order, "sweeps.retrain_epochs": 0,
-                      "sweeps.executor": "local", "sweeps.ray_address": "", "sweeps.gpus": 0.0})
+state.init_state({"sweeps.fractions": [0.0, 0.3, 0.5, 0.7], "sweeps.types": ["unstructured"],
+                  "sweeps.seed_sets": 1, "sweeps.order": PruneSpec().order, "sweeps.retrain_epochs": 0,
+                  "sweeps.executor": "local", "sweeps.ray_address": "", "sweeps.gpus": 0.0})
 with st.form("sweeps", border=False):
     row = st.columns([2.2, 1.6, 0.9, 1.1, 1.1])
     fractions = row[0].multiselect("Prune fractions", FRACTIONS, key="sweeps.fractions",
@@ -52,24 +55,44 @@ if pressed:
                                 FusionSpec(), ws.seeds, "prune", ws.device)
         runner = sweeps.executor(executor, address.strip() or None,
                                  **({"gpus_per_task": float(gpus)} if executor == "ray" else {}))
-    except SpecError as err:
-        dashboard.show_error(err, "Check the sweep settings")
+    except Exception as err:  # noqa: BLE001 - shown, never raised into the page
+        errors.show_error(err, "Check the sweep settings")
         st.stop()
-    bar = dashboard.ProgressBar(f"{len(spec.points())} points on the {executor} executor")
-    live, finished = st.empty(), []
+    st.session_state[JOB] = sweep_jobs.start(spec, runner).key  # a server thread: it outlives this script run
+    st.session_state.pop(RESULT, None)
 
-    def show(point: sweeps.PointResult) -> None:
-        finished.append(point)
-        live.dataframe(figures.sweep_table(finished, [name for name, _ in grid]).drop(columns="key"), hide_index=True)
 
-    try:
-        st.session_state[RESULT] = sweeps.run_sweep(spec, runner, progress=bar, on_point=show)
-    except Exception as err:  # noqa: BLE001 - shown, never raised into the page; finished points are cached
-        dashboard.show_error(err, "The sweep stopped")
-        st.stop()
-    finally:
-        bar.close()
-        live.empty()
+@st.fragment(run_every=FOLLOW_EVERY_S)
+def follow(key: str) -> None:
+    """The running sweep's progress and finished points, redrawn from the job every FOLLOW_EVERY_S seconds."""
+    job = sweep_jobs.get(key)
+    if job is None or not job.running:
+        st.rerun()  # finished (or stopped) since the last redraw: the whole page shows the result
+    bar, stop = st.columns([5, 1], vertical_alignment="bottom")
+    bar.progress(min(max(job.fraction, 0.0), 1.0), text=f"{job.total} points on the {job.executor_name} executor · "
+                                                         f"{job.what}")
+    stopping = job.stop_requested.is_set()
+    if stop.button("Stop", key="sweeps.stop", icon=":material/stop:", width="stretch", disabled=stopping,
+                   help="stop after the point being computed; finished points stay cached, Start resumes"):
+        job.stop()
+        stopping = True
+    st.caption(("Stopping after the point being computed. " if stopping else "Running in the server: open other "
+                "pages meanwhile, this page follows it when you come back. ") + f"{len(job.finished)} points done.")
+    if job.finished:
+        swept = [name for name, _ in job.spec.grid]
+        widgets.show_table(figures.sweep_table(list(job.finished), swept).drop(columns="key"))
+
+
+job = sweep_jobs.get(st.session_state.get(JOB))
+if job is not None and job.running:
+    follow(job.key)
+    st.stop()
+if job is not None:  # done since the last run of this page: show its outcome once
+    st.session_state.pop(JOB, None)
+    if job.error is not None:
+        errors.show_error(job.error, "The sweep stopped")
+    if job.result is not None:
+        st.session_state[RESULT] = job.result
 
 listing = sweeps.sweep_records()  # verified: damaged or malformed records are skipped with a warning
 records = listing.rows
@@ -86,7 +109,7 @@ with st.expander(f"Sweeps in the cache ({len(records)}): watch one running elsew
         try:
             st.session_state[RESULT] = sweeps.load_sweep(chosen)
         except ValueError as err:  # damaged or removed since it was listed
-            dashboard.show_error(err, "Cannot reopen this sweep")
+            errors.show_error(err, "Cannot reopen this sweep")
 
 result = st.session_state.get(RESULT)
 if result is None:
@@ -101,7 +124,7 @@ for failure in result.failed:
     st.error(f"**{point}** failed after {failure.attempts} tries: {failure.error}", icon=":material/error:")
 table = figures.sweep_table(result.points, result.fields)
 if table.empty or not result.fields:
-    dashboard.show_table(table.drop(columns="key"))
+    widgets.show_table(table.drop(columns="key"))
     st.stop()
 
 methods = list(dict.fromkeys(table["method"]))
@@ -113,6 +136,9 @@ metric = metric_col.selectbox("Metric", figures.METRICS, key="sweeps.metric")
 x = x_col.selectbox("Against", result.fields, key="sweeps.x")
 shown = methods_col.multiselect("Methods", methods, key="sweeps.methods")
 st.plotly_chart(figures.sweep_figure(table, metric, x, shown or methods), theme=None, key="sweeps.chart")
-dashboard.show_table(table.drop(columns="key"))
+constant = [c for c in (*result.fields, "seeds") if c in table and table[c].nunique() == 1]
+if constant:  # said once above the table, so that the columns that vary fit the page
+    st.caption("On every row: " + " · ".join(f"{c} = {table[c].iloc[0]}" for c in constant))
+widgets.show_table(table.drop(columns=["key", *constant]))
 st.download_button("Table (CSV)", table.to_csv(index=False), f"sweep-{result.key[:12]}.csv", "text/csv",
                    key="sweeps.download.csv", on_click="ignore", icon=":material/table:")

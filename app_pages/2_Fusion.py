@@ -3,25 +3,33 @@ from __future__ import annotations
 
 import streamlit as st
 
-import dashboard
 from otcore import figures, report
-from otcore.config import (ALIGN_MODES, GROUND_METRICS, MARGINALS, NORMALIZATIONS, SOLVERS, FusionSpec, RetrainSpec,
-                           SpecError)
+from otcore.config import (
+    ALIGN_MODES,
+    GROUND_METRICS,
+    MARGINALS,
+    NORMALIZATIONS,
+    SOLVERS,
+    FusionSpec,
+    RetrainSpec,
+    SpecError,
+)
 from otcore.pipeline import OT_FUSION
+from ui import errors, page, runs, sidebar, state, widgets
 
 DEFAULT = FusionSpec()
 ALIGNMENTS = {"ot": "OT", "weight_matching": "weight matching", "cca": "CCA Merge", "zipit": "ZipIt!"}
-REQUEST = "fusion.request"  # (spec, parent keys) of the last press of Fuse
+ACTIVATION_ONLY = ("cca", "zipit")  # alignments that always use activations: "Align by" does not apply
 
-dashboard.page_setup("Fusion")
-ws = dashboard.workspace()
-st.title("Fusion", anchor=False)
-st.caption("Align each parent's neurons to the anchor's, layer by layer, then average (Singh & Jaggi, 2020). "
-           "Defaults are the paper's.")
-parent_set = dashboard.require_parents(ws, minimum=2)
+page.page_setup("Fusion")
+ws = sidebar.workspace()
+page.header("Fusion",
+            "Align each parent's neurons to the anchor's, layer by layer, then average (Singh & Jaggi, 2020). "
+            "Defaults are the paper's.")
+parent_set = sidebar.require_parents(ws, minimum=2)
 n_parents = len(parent_set.parents)
 
-dashboard.init_state({
+state.init_state({
     "fusion.alignment": DEFAULT.alignment, "fusion.mode": DEFAULT.mode, "fusion.solver": DEFAULT.solver,
     "fusion.reg": DEFAULT.reg, "fusion.ground_metric": DEFAULT.ground_metric,
     "fusion.finetune_epochs": DEFAULT.finetune_epochs, "fusion.ensemble_step": DEFAULT.ensemble_step,
@@ -33,24 +41,29 @@ dashboard.init_state({
 if st.session_state["fusion.anchor"] >= n_parents:
     st.session_state["fusion.anchor"] = 0
 
-with st.form("fusion", border=False):
-    row = st.columns([1.25, 1.1, 1, 1, 1.1, 1.15, 0.8], vertical_alignment="bottom")
-    alignment = row[0].selectbox("Alignment", list(ALIGNMENTS), format_func=ALIGNMENTS.get, key="fusion.alignment",
-                                 help="OT: layer-wise transport plans (the paper); weight matching: Git Re-Basin; "
-                                      "CCA Merge and ZipIt!: linear maps from activations (no ResNets)")
-    mode = row[1].selectbox("Align by", ALIGN_MODES, key="fusion.mode",
-                            help="neuron features: incoming weights, or pre-activations on a sample of inputs")
-    solver = row[2].selectbox("OT solver", SOLVERS, key="fusion.solver", help="emd: exact; sinkhorn: entropic")
-    reg = row[3].number_input("Sinkhorn reg", min_value=0.0, step=0.005, format="%.4f", key="fusion.reg",
+align_col, form_col = st.columns([1.25, 6.15], vertical_alignment="top")
+# Outside the form, so that "Align by" is enabled or not as soon as the alignment changes.
+alignment = align_col.selectbox("Alignment", list(ALIGNMENTS), format_func=ALIGNMENTS.get, key="fusion.alignment",
+                                help="OT: layer-wise transport plans (the paper); weight matching: Git Re-Basin; "
+                                     "CCA Merge and ZipIt!: linear maps from activations (no ResNets)")
+by_activations = alignment in ACTIVATION_ONLY
+with form_col.form("fusion", border=False):
+    row = st.columns([1.1, 1, 1, 1.1, 1.15, 0.8], vertical_alignment="bottom")
+    mode = row[0].selectbox("Align by", ALIGN_MODES, key="fusion.mode", disabled=by_activations,
+                            help=f"{ALIGNMENTS[alignment]} always matches neurons by their activations on a sample "
+                                 "of inputs (see Activation samples)" if by_activations else
+                            "neuron features: incoming weights, or pre-activations on a sample of inputs")
+    solver = row[1].selectbox("OT solver", SOLVERS, key="fusion.solver", help="emd: exact; sinkhorn: entropic")
+    reg = row[2].number_input("Sinkhorn reg", min_value=0.0, step=0.005, format="%.4f", key="fusion.reg",
                               help="entropic regularisation, relative to the largest cost (Sinkhorn only)")
-    metric = row[4].selectbox("Ground metric", GROUND_METRICS, key="fusion.ground_metric")
-    finetune = row[5].number_input("Fine-tuning", min_value=0, max_value=1000, step=1, key="fusion.finetune_epochs",
+    metric = row[3].selectbox("Ground metric", GROUND_METRICS, key="fusion.ground_metric")
+    finetune = row[4].number_input("Fine-tuning", min_value=0, max_value=1000, step=1, key="fusion.finetune_epochs",
                                    help="epochs of fine-tuning of the fused network (and of the vanilla average, "
                                         "unless unticked below) with the retraining recipe; 0 skips it")
-    pressed = row[6].form_submit_button("Fuse", type="primary", key="fusion.fuse", width="stretch")
+    pressed = row[5].form_submit_button("Fuse", type="primary", key="fusion.fuse", width="stretch")
     with st.expander("More options: fine-tuning recipe, anchor, weights, cost, marginals, activations, corrections, "
                      "REPAIR"):
-        retrain_lr, schedule, retrain_vanilla = dashboard.retraining_widgets("fusion", "fine-tuning")
+        retrain_lr, schedule, retrain_vanilla = widgets.retraining_widgets("fusion", "fine-tuning")
         a, b, c, d = st.columns(4)
         step = a.slider("Ensemble step (anchor's weight)", 0.0, 1.0, step=0.05, key="fusion.ensemble_step",
                         help="with two parents: the anchor's share of the average")
@@ -78,28 +91,29 @@ if pressed:
     try:
         spec = FusionSpec(mode=mode, act_samples=int(act_samples), act_seed=int(act_seed), solver=solver,
                           reg=float(reg), ground_metric=metric, squared=squared, normalize=normalize,
-                          past_correction=past, marginal_correction=correction, marginals=marginals, ensemble_step=float(step),
-                          weights=dashboard.parse_numbers(weights_text, "per-parent weights"), anchor=int(anchor),
+                          past_correction=past, marginal_correction=correction, marginals=marginals,
+                          ensemble_step=float(step),
+                          weights=widgets.parse_numbers(weights_text, "per-parent weights"), anchor=int(anchor),
                           skip_last_layer=skip_last, renormalize=repair, alignment=alignment,
                           finetune_epochs=int(finetune),
                           retrain=RetrainSpec(lr=retrain_lr, schedule=schedule, retrain_vanilla=retrain_vanilla))
         spec.parent_weights(n_parents)  # checks the weights' count against the parents
     except SpecError as err:
-        dashboard.show_error(err, "Check the fusion settings")
-        st.session_state.pop(REQUEST, None)
+        errors.show_error(err, "Check the fusion settings")
+        st.session_state.pop(state.FUSION_REQUEST, None)
         st.stop()
-    st.session_state[REQUEST] = (spec, parent_set.keys)
+    st.session_state[state.FUSION_REQUEST] = state.FusionRequest(spec, parent_set.keys)
 
-request = st.session_state.get(REQUEST)
-if request is None or request[1] != parent_set.keys:
+request = state.current(state.FUSION_REQUEST, parent_set)
+if request is None:
     st.info("Set the options above and press **Fuse**: each parent, vanilla averaging, the prediction ensemble and "
             "OT fusion are scored on the test and train splits.", icon=":material/merge:")
     st.stop()
-spec = request[0]
+spec = request.spec
 try:
-    run, fresh = dashboard.fuse(ws, parent_set, spec)
+    run, fresh = runs.fusion_run(ws, parent_set, spec)
 except Exception as err:  # noqa: BLE001 - shown, never raised into the page
-    dashboard.show_error(err, "Fusion failed")
+    errors.show_error(err, "Fusion failed")
     st.stop()
 comparison = run.comparison
 
@@ -123,23 +137,23 @@ tab_compare, tab_classes, tab_plans, tab_diag = st.tabs(["Comparison", "Per clas
 with tab_compare:
     left, right = st.columns([1.62, 1])
     with left:
-        dashboard.show_table(table, row_height=32)
+        widgets.show_table(table, row_height=32)
     right.plotly_chart(figures.comparison_bar(comparison, height=260), theme=None, key="fusion.chart.bar")
     fused = comparison.row(OT_FUSION)
     stem = f"{parent_set.data.name}-{parent_set.model.arch}-ot-fusion"
     with st.container(horizontal=True):
-        dashboard.checkpoint_button(fused.model, f"{stem}.checkpoint", "fusion.download.model", "Fused checkpoint",
+        widgets.checkpoint_button(fused.model, f"{stem}.checkpoint", "fusion.download.model", "Fused checkpoint",
                                     {"test_accuracy": fused.test.accuracy, "epoch": 0})
         st.download_button("Table (CSV)", table.to_csv(index=False), f"{stem}.csv", "text/csv",
                            key="fusion.download.csv", on_click="ignore", icon=":material/table:")
-        dashboard.report_button(lambda: report.fusion_report(comparison, parent_set.data, parent_set.model,
+        widgets.report_button(lambda: report.fusion_report(comparison, parent_set.data, parent_set.model,
                                                              parent_set.parents, spec, run.device),
                                 f"{stem}-report.html", "fusion.download.report")
 with tab_classes:
     if parent_set.origin == "trained" and parent_set.train.partition != "iid":
         st.caption(f"The parents saw different parts of the data ('{parent_set.train.partition}' partition): mean "
                    "per-class test accuracy on the classes each parent was trained on, and on those it never saw.")
-        dashboard.show_table(figures.own_classes_table(comparison, parent_set.train))
+        widgets.show_table(figures.own_classes_table(comparison, parent_set.train))
     st.plotly_chart(figures.per_class_heatmap(comparison, height=60 + 36 * len(comparison.rows)),
                     theme=None, key="fusion.chart.per_class")
 with tab_plans:
@@ -164,4 +178,4 @@ with tab_diag:
                    "averaged over the layer (1 = the plan is a permutation). Costs are ground-metric distances.")
         st.plotly_chart(figures.diagnostics_chart(comparison.diagnostics, height=300), theme=None,
                         key="fusion.chart.diag")
-        dashboard.show_table(figures.diagnostics_table(comparison.diagnostics))
+        widgets.show_table(figures.diagnostics_table(comparison.diagnostics))

@@ -3,16 +3,16 @@ from __future__ import annotations
 
 import streamlit as st
 
-import dashboard
 from otcore import figures
+from ui import page, sidebar, widgets
 
-dashboard.page_setup("Parents")
-ws = dashboard.workspace()
-st.title("Parents", anchor=False)
-st.caption("The networks to fuse: trained on the workspace's dataset, one per seed, or loaded from checkpoint "
-           "files. Set them up in the sidebar; training reports its progress there and is cached.")
+page.page_setup("Parents")
+ws = sidebar.workspace()
+page.header("Parents",
+            "The networks to fuse: trained on the workspace's dataset, one per seed, or loaded from checkpoint "
+            "files. Set them up in the sidebar; training reports its progress there and is cached.")
 
-parent_set = dashboard.require_parents(ws)
+parent_set = sidebar.require_parents(ws)
 st.markdown(f"**{parent_set.describe()}**, on device `{parent_set.device_label}`.")
 
 best = max(p.metrics["test"]["accuracy"] for p in parent_set.parents)
@@ -22,7 +22,7 @@ for card, parent in zip(st.columns(max(len(parent_set.parents), 4)), parent_set.
     card.metric(parent.name, f"{test['accuracy']:.2f} %", "best" if gap == 0 else f"{gap:+.2f} pp",
                 delta_color="off" if gap == 0 else "normal", delta_arrow="off" if gap == 0 else "auto", border=True,
                 help=f"test accuracy; test loss {test['loss']:.4f}, train accuracy {train['accuracy']:.2f} %")
-dashboard.show_table(figures.parents_table(parent_set.parents))
+widgets.show_table(figures.parents_table(parent_set.parents))
 
 if any("class_counts" in p.metrics for p in parent_set.parents):
     st.subheader("What each parent saw", anchor=False)
@@ -38,7 +38,7 @@ st.caption("Each parent in the paper's checkpoint format (`model_state_dict`, `t
 buttons = st.columns(max(len(parent_set.parents), 4))
 for button, parent in zip(buttons, parent_set.parents):
     with button:
-        dashboard.checkpoint_button(
+        widgets.checkpoint_button(
             parent.model, f"{parent_set.data.name}-{parent_set.model.arch}-{parent.name.replace(' ', '')}.checkpoint",
             key=f"parents.download.{parent.name}", label=parent.name,
             meta={"test_accuracy": parent.metrics["test"]["accuracy"], "epoch": parent_set.train.epochs})

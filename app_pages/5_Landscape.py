@@ -3,37 +3,36 @@ from __future__ import annotations
 
 import streamlit as st
 
-import dashboard
 from otcore import figures, report
 from otcore.aligned_paths import ALIGNMENTS, aligned_path
 from otcore.config import SpecError
 from otcore.figures import retraining_networks
 from otcore.pipeline import OT_FUSION, PARENT, VANILLA
+from ui import errors, memo, page, runs, sidebar, state, widgets
 
-# (Study, methods, HessianSpec, (A, via, B), (model, directions, span, points), keys, (alignments, REPAIR), retrained)
-REQUEST = "landscape.request"
+REQUEST = "landscape.request"  # LandscapeRequest of the last press of Compute
 DIRECTIONS = {"hessian": "top two Hessian eigenvectors", "random": "two random directions"}
 
-dashboard.page_setup("Landscape")
-ws = dashboard.workspace()
-st.title("Landscape", anchor=False)
-st.caption("The loss around each network along its top Hessian eigenvector and a random direction, along straight "
-           "paths between networks, and on a plane.")
-parent_set = dashboard.require_parents(ws, minimum=2)
-dashboard.init_state(dashboard.HESSIAN_DEFAULTS | {"landscape.directions": "hessian", "landscape.span": 0.5,
-                                                   "landscape.grid": 21, "landscape.alignments": ["naive", "ot-weights"]})
+page.page_setup("Landscape")
+ws = sidebar.workspace()
+page.header("Landscape",
+            "The loss around each network along its top Hessian eigenvector and a random direction, along straight "
+            "paths between networks, and on a plane.")
+parent_set = sidebar.require_parents(ws, minimum=2)
+state.init_state(widgets.HESSIAN_DEFAULTS | {"landscape.directions": "hessian", "landscape.span": 0.5,
+                                             "landscape.grid": 21, "landscape.alignments": ["naive", "ot-weights"]})
 
 row = st.columns([1.3, 2.9, 1.5, 0.7, 0.9], vertical_alignment="bottom")
 try:
-    study, comparison = dashboard.choose_study(ws, parent_set, row[0])
+    study, comparison = runs.choose_study(ws, parent_set, row[0])
 except Exception as err:  # noqa: BLE001 - shown, never raised into the page
-    dashboard.show_error(err, "Could not get the networks")
+    errors.show_error(err, "Could not get the networks")
     st.stop()
-options = dashboard.single_networks(comparison)
-dashboard.keep_choice("landscape.methods", options, ["parent 1", VANILLA, OT_FUSION])
+options = runs.single_networks(comparison)
+state.keep_choice("landscape.methods", options, ["parent 1", VANILLA, OT_FUSION])
 for key, default in (("landscape.a", "parent 1"), ("landscape.via", OT_FUSION), ("landscape.b", "parent 2"),
                      ("landscape.surface", OT_FUSION)):
-    dashboard.keep_choice(key, options, default)
+    state.keep_choice(key, options, default)
 methods = row[1].multiselect("Networks", options, key="landscape.methods", help="one curve pair per network")
 row[2].slider("λ range", -2.0, 2.0, step=0.05, key="landscape.lambda", help="steps along each unit direction")
 row[3].number_input("Points", 2, 201, step=2, key="landscape.points")
@@ -57,11 +56,11 @@ with st.expander("Parent 1 → parent 2 after aligning parent 2 to the anchor (G
                            "on the activation sample (Jordan et al., 2022)")
     retrained = row[2].toggle("Fused net before and after retraining", key="landscape.retrained",
                               help="the networks: the parents, the fused net and the fused net retrained")
-dashboard.hessian_settings()
+widgets.hessian_settings()
 
 if pressed:
     try:
-        spec = dashboard.hessian_spec()
+        spec = widgets.hessian_spec()
         if retrained:
             methods = retraining_networks(options)
             if not methods:
@@ -72,38 +71,40 @@ if pressed:
         if a == b:
             raise SpecError("paths need two different networks A and B")
     except SpecError as err:
-        dashboard.show_error(err, "Check the landscape settings")
+        errors.show_error(err, "Check the landscape settings")
         st.session_state.pop(REQUEST, None)
         st.stop()
-    st.session_state[REQUEST] = (study, tuple(methods), spec, (a, via, b),
-                                 (surface_of, directions, float(span), int(grid)), parent_set.keys,
-                                 (tuple(alignments), bool(repair)), retrained)
+    st.session_state[REQUEST] = state.LandscapeRequest(study, tuple(methods), spec, (a, via, b), surface_of, directions,
+                                                       float(span), int(grid), parent_set.keys, tuple(alignments),
+                                                       bool(repair), retrained)
 
-request = st.session_state.get(REQUEST)
-if request is None or request[5] != parent_set.keys:
+request = state.current(REQUEST, parent_set)
+if request is None:
     st.info("Pick the networks and press **Compute**: loss curves along directions and paths, and a 2D surface "
             "(Hessians come from the cache when the Hessian page computed them with the same settings).",
             icon=":material/landscape:")
     st.stop()
-study, methods, spec, (a, via, b), (surface_of, directions, span, grid), _, (alignments, repair), retrained = request
+study, methods, spec, (a, via, b) = request.study, request.methods, request.spec, request.path
+surface_of, directions, span, grid = request.surface_of, request.directions, request.span, request.grid
+alignments, repair, retrained = request.alignments, request.repair, request.retrained
 try:
-    compared = dashboard.study_comparison(ws, parent_set, study)
-    curvatures = dashboard.curvatures(ws, parent_set, study, [compared.row(m) for m in methods], spec)
-    paths = [dashboard.interpolation(ws, parent_set, [compared.row(a), compared.row(b)], spec, 21)]
+    compared = runs.study_comparison(ws, parent_set, study)
+    curvatures = runs.curvatures_of(ws, parent_set, study, [compared.row(m) for m in methods], spec)
+    paths = [runs.interpolation_of(ws, parent_set, [compared.row(a), compared.row(b)], spec, 21)]
     if via not in (a, b):
-        paths.append(dashboard.interpolation(ws, parent_set, [compared.row(n) for n in (a, via, b)], spec, 11))
-    plane = dashboard.surface(ws, parent_set, compared.row(surface_of), spec, directions, span, grid)
+        paths.append(runs.interpolation_of(ws, parent_set, [compared.row(n) for n in (a, via, b)], spec, 11))
+    plane = runs.surface_of(ws, parent_set, compared.row(surface_of), spec, directions, span, grid)
     pair = [r for r in compared.rows if r.method.startswith(PARENT)]
     aligned = []
     if len(pair) == 2 and alignments:
-        bar = dashboard.ProgressBar("Loss along parent 1 → parent 2 after aligning parent 2 (cached afterwards)")
+        bar = memo.ProgressBar("Loss along parent 1 → parent 2 after aligning parent 2 (cached afterwards)")
         try:
             aligned = [aligned_path(parent_set.data, pair, study.fusion, spec, how, repair, 11, ws.device, None, bar)
                        for how in alignments]
         finally:
             bar.close()
 except Exception as err:  # noqa: BLE001
-    dashboard.show_error(err, "The landscape could not be computed")
+    errors.show_error(err, "The landscape could not be computed")
     st.stop()
 
 st.caption(f"Networks of the **{study.label}** comparison · loss on the {spec.split} split ({spec.batches} × "
@@ -134,9 +135,9 @@ left.plotly_chart(figures.surface_contour(plane, f"Loss around {surface_of} ({DI
 with right:
     st.caption("The star is the network itself; the axes are steps along unit directions in weight space. Narrow "
                "contours along α mean a sharp top eigendirection; compare them with two random directions.")
-    dashboard.report_button(lambda: report.landscape_report(curvatures, paths + aligned, plane, surface_of,
-                                                            parent_set.data, parent_set.model, study.label, spec,
-                                                            dashboard.device_label(ws.device),
-                                                            curvatures if retrained else ()),
+    widgets.report_button(lambda: report.landscape_report(curvatures, paths + aligned, plane, surface_of,
+                                                          parent_set.data, parent_set.model, study.label, spec,
+                                                          state.device_label(ws.device),
+                                                          curvatures if retrained else ()),
                             f"{parent_set.data.name}-{parent_set.model.arch}-landscape-report.html",
                             "landscape.download.report")
