@@ -1,7 +1,7 @@
-"""OT Fusion Studio (`streamlit run app.py`): the navigation, and the Home page: what the dashboard does,
-the shared workspace (sidebar) and a browser of the cache. The other pages are the files of app_pages/,
-listed by st.navigation with titles and icons. The folder is not called pages/: Streamlit would serve
-a deep link such as /Fusion from that folder directly, bypassing st.navigation, on a fresh server.
+"""OT Fusion Studio (`streamlit run app.py`): the Home page: what the dashboard does, the shared workspace
+(sidebar) and a browser of the cache. The other pages are the files of pages/ (the design card's layout);
+the sidebar lists them, with Home first, through ui.sidebar's page links (st.navigation is not used: with a
+pages/ folder Streamlit serves a deep link such as /Fusion from the folder directly, bypassing it).
 """
 from __future__ import annotations
 
@@ -61,11 +61,4 @@ def home() -> None:
             metrics_col.json(row.metrics, expanded=1)
 
 
-def navigation() -> None:
-    """Home and the pages of ui.page.PAGES, in the sidebar; runs the one the URL names."""
-    pages = [st.Page(home, title="Home", icon=page.HOME_ICON, default=True)]
-    pages += [st.Page(script, title=title, icon=icon, url_path=path) for script, title, icon, path in page.PAGES]
-    st.navigation(pages).run()
-
-
-navigation()
+home()

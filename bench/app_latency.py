@@ -79,11 +79,11 @@ def run(args: argparse.Namespace) -> None:
     parent_set = home.session_state["parents"]
     state = {"parents": parent_set, "ws.epochs": args.epochs}
 
-    parents = app("app_pages/1_Parents.py", state)
+    parents = app("pages/1_Parents.py", state)
     rows.append(["Parents", "first render", timed(lambda: check(parents.run()))])
     rows.append(["Parents", "render again", warm(lambda: check(parents.run()))])
 
-    fusion = app("app_pages/2_Fusion.py", state)
+    fusion = app("pages/2_Fusion.py", state)
     rows.append(["Fusion", "first render (settings, no result)", timed(lambda: check(fusion.run()))])
     fusion.button(key="fusion.fuse").click()
     rows.append(["Fusion", "Fuse, cold: fuse + score 5 methods + store", timed(lambda: check(fusion.run()))])
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> None:
 
     def fuse_from_disk() -> None:
         new_server()
-        at = app("app_pages/2_Fusion.py", state).run()
+        at = app("pages/2_Fusion.py", state).run()
         at.button(key="fusion.fuse").click()
         check(at.run())
 

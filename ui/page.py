@@ -1,16 +1,20 @@
-"""The frame of every page: page config, the compact top margin, title and caption; the navigation's entries."""
+"""The frame of every page: page config, the compact top margin, title and caption; the sidebar's page links."""
 from __future__ import annotations
 
+from typing import Any
+
 import streamlit as st
+from streamlit.errors import StreamlitPageNotFoundError
 
 APP_NAME = "OT Fusion Studio"
-# The navigation: (script, title, icon, url path); app.py adds the Home page in front.
-PAGES = (("app_pages/1_Parents.py", "Parents", ":material/group:", "Parents"),
-         ("app_pages/2_Fusion.py", "Fusion", ":material/merge:", "Fusion"),
-         ("app_pages/3_Pruning.py", "Pruning", ":material/content_cut:", "Pruning"),
-         ("app_pages/4_Hessian.py", "Hessian", ":material/ssid_chart:", "Hessian"),
-         ("app_pages/5_Landscape.py", "Landscape", ":material/landscape:", "Landscape"),
-         ("app_pages/6_Sweeps.py", "Sweeps", ":material/grid_on:", "Sweeps"))
+# The sidebar's page links: (script, title, icon); Home (app.py) comes first.
+PAGES = (("pages/1_Parents.py", "Parents", ":material/group:"),
+         ("pages/2_Fusion.py", "Fusion", ":material/merge:"),
+         ("pages/3_Pruning.py", "Pruning", ":material/content_cut:"),
+         ("pages/4_Hessian.py", "Hessian", ":material/ssid_chart:"),
+         ("pages/5_Landscape.py", "Landscape", ":material/landscape:"),
+         ("pages/6_Sweeps.py", "Sweeps", ":material/grid_on:"))
+HOME = "app.py"
 HOME_ICON = ":material/home:"
 
 
@@ -32,3 +36,14 @@ def header(title: str, caption: str) -> None:
     """The page's title and its one-line caption (what the user is looking at)."""
     st.title(title, anchor=False)
     st.caption(caption)
+
+
+def page_links(container: Any) -> None:
+    """Home and every page, titled and with icons (Streamlit's own list would call Home 'app')."""
+    try:
+        container.page_link(HOME, label="Home", icon=HOME_ICON)
+    except StreamlitPageNotFoundError:
+        return  # a page run on its own (AppTest.from_file): links resolve against app.py, which is not running
+    for script, title, icon in PAGES:
+        container.page_link(script, label=title, icon=icon)
+    container.divider()

@@ -8,7 +8,7 @@ import streamlit as st
 from otcore.config import DEVICE_CHOICES, DataSpec, ModelSpec, SpecError, TrainSpec, parse_classes
 from otcore.data import list_datasets
 from otcore.models import list_models
-from ui import runs
+from ui import page, runs
 from ui.errors import show_error
 from ui.state import (
     K_ARCH,
@@ -68,6 +68,7 @@ def workspace() -> Workspace | None:
     """Draw the sidebar workspace, handle its 'Train / load parents' button, return its specs."""
     init_state(WORKSPACE_DEFAULTS)
     bar = st.sidebar
+    page.page_links(bar)
     bar.subheader("Workspace", anchor=False)
     left, right = bar.columns([3, 2])
     dataset = left.selectbox("Dataset", list_datasets(), key=K_DATASET,

@@ -31,7 +31,7 @@ def app_cache(app_cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def page() -> Callable[..., AppTest]:
-    """`page('app_pages/2_Fusion.py', **session_state)`: an AppTest of a page, session state seeded, not yet run."""
+    """`page('pages/2_Fusion.py', **session_state)`: an AppTest of a page, session state seeded, not yet run."""
 
     def make(script: str, **state) -> AppTest:
         at = AppTest.from_file(str(REPO / script), default_timeout=TIMEOUT_S)

@@ -10,7 +10,7 @@ from otcore.config import SpecError
 from ui import state
 from ui.errors import is_user_error
 
-FUSION_PAGE = "app_pages/2_Fusion.py"
+FUSION_PAGE = "pages/2_Fusion.py"
 
 
 def tracebacks(at) -> list:

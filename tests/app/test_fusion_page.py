@@ -7,7 +7,7 @@ from otcore.config import DataSpec, FusionSpec, ModelSpec, RetrainSpec, TrainSpe
 from otcore.pipeline import OT_FINETUNED, VANILLA_RETRAINED, fuse_and_compare
 from ui import state
 
-FUSION_PAGE = "app_pages/2_Fusion.py"
+FUSION_PAGE = "pages/2_Fusion.py"
 METHODS = ["parent 1", "parent 2", "vanilla average", "prediction ensemble", "OT fusion"]
 
 

@@ -8,7 +8,7 @@ import pytest
 from otcore.config import FusionSpec, PruneSpec
 from ui import state
 
-HESSIAN_PAGE = "app_pages/4_Hessian.py"
+HESSIAN_PAGE = "pages/4_Hessian.py"
 # Small SLQ settings: a second per network on 2 cores (the page's defaults take several).
 QUICK = {"hessian.batch_size": 150, "hessian.lanczos_iters": 12,
          "hessian.power_iters": 20, "hessian.top_k": 2}

@@ -49,7 +49,7 @@ def test_sidebar_button_loads_the_parents_and_pages_share_them(page, digits_pare
     assert any("2 parents of mlpnet on digits" in c.value for c in at.sidebar.caption)
     # The workspace survives a page switch, and the next page sees the same parents.
     at.number_input(key="ws.epochs").set_value(10).run()
-    at.switch_page("app_pages/1_Parents.py").run()
+    at.switch_page("pages/1_Parents.py").run()
     assert not at.exception
     assert at.number_input(key="ws.epochs").value == 10
     assert len(at.dataframe[0].value) == 2

@@ -13,7 +13,7 @@ from otcore.checkpoints import checkpoint_bytes
 from tests.faults.hostile_files import HOSTILE, UPLOADABLE
 from ui import state
 
-PARENTS_PAGE = "app_pages/1_Parents.py"
+PARENTS_PAGE = "pages/1_Parents.py"
 # "Peak memory stays within 1 GB above the idle server"; honest loads of these networks take kilobytes.
 MEMORY_SLACK = 2**30
 

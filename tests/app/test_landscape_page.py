@@ -11,7 +11,7 @@ import pytest
 from otcore.config import FusionSpec
 from ui import state
 
-LANDSCAPE_PAGE = "app_pages/5_Landscape.py"
+LANDSCAPE_PAGE = "pages/5_Landscape.py"
 # Small settings: quick Hessians, 7 points per curve, a 5 x 5 plane.
 QUICK = {"hessian.batch_size": 150, "hessian.lanczos_iters": 12,
          "hessian.power_iters": 20, "hessian.top_k": 2, "landscape.points": 7, "landscape.grid": 5}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ui import state
 
-PARENTS_PAGE = "app_pages/1_Parents.py"
+PARENTS_PAGE = "pages/1_Parents.py"
 
 
 def test_without_parents_the_page_explains_what_to_do(page):

@@ -7,7 +7,7 @@ from otcore.data import load_dataset
 from otcore.partition import class_counts, part_indices
 from ui import state
 
-PARENTS_PAGE, FUSION_PAGE = "app_pages/1_Parents.py", "app_pages/2_Fusion.py"
+PARENTS_PAGE, FUSION_PAGE = "pages/1_Parents.py", "pages/2_Fusion.py"
 
 
 def test_sidebar_trains_parents_on_a_labels_partition_and_the_pages_show_it(page):

@@ -9,7 +9,7 @@ from otcore.config import DataSpec, FusionSpec, ModelSpec, PruneSpec, RetrainSpe
 from otcore.pipeline import OT_RETRAINED, VANILLA_RETRAINED, prune_and_compare
 from ui import state
 
-PRUNING_PAGE = "app_pages/3_Pruning.py"
+PRUNING_PAGE = "pages/3_Pruning.py"
 METHODS = ["parent 1", "parent 2", "vanilla average", "prediction ensemble", "OT fusion"]
 
 

@@ -12,7 +12,7 @@ from otcore.pipeline import prune_and_compare, train_parents
 from otcore.sweep import run_point
 from ui import sweep_jobs
 
-SWEEPS_PAGE = "app_pages/6_Sweeps.py"
+SWEEPS_PAGE = "pages/6_Sweeps.py"
 JOB = "sweeps.job"  # the page's session key of its running sweep
 TIMEOUT_S = 300
 
