@@ -1,18 +1,14 @@
 """The Hessian step of the study on digits: four mlpnets (two parents, vanilla average, OT fusion),
 each with top-3 eigenvalues, trace, a 100-step Lanczos density and a 21-point curve.
 
-Run: python bench/analysis.py [--threads N]
+Run: python -m bench.analysis [--threads N]
 """
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing
 
 import torch  # noqa: E402
 

@@ -6,7 +6,7 @@ two default parents, the first Fuse), then the same configuration again, served 
 (this server has seen it) and from the disk cache (a new server process: `st.cache_resource`
 cleared). Each warm timing is the median of --repeats runs (time.perf_counter).
 
-Run: python bench/app_latency.py [--repeats 3] [--epochs 10] (or python -m bench.app_latency).
+Run: python -m bench.app_latency [--repeats 3] [--epochs 10] (or python -m bench.app_latency).
 Prints one Markdown table.
 """
 from __future__ import annotations
@@ -15,14 +15,10 @@ import argparse
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
-
-if __package__ in (None, ""):  # run as a file: otcore, ui and bench live one level up
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 REPO = Path(__file__).resolve().parent.parent
 

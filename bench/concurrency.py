@@ -4,22 +4,18 @@ Actions (round-robin, each thread starting at its own offset): fuse by activatio
 prune 50 % and evaluate, exact Hessian trace, train a fresh parent for one epoch, plain prediction.
 Each runs on the two parents every thread shares, as the dashboard's sessions share st.cache_resource
 models. Reports actions per second, errors, and every result that differs from the sequential one.
-Run: python bench/concurrency.py [--threads 2 4 8] [--seconds 60]
+Run: python -m bench.concurrency [--threads 2 4 8] [--seconds 60]
 """
 from __future__ import annotations
 
 import argparse
 import os
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from collections import Counter
-from pathlib import Path
-from typing import Callable
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing
+from collections.abc import Callable
 
 from otcore.threads import DASHBOARD_WORKERS, apply_policy  # noqa: E402
 

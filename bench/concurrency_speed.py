@@ -6,7 +6,7 @@ exact trace, 20 Lanczos steps) on 2 x 100 random inputs. Each concurrency level 
 threads, started together, each making --calls calls. 'before' is torch's defaults (a thread per
 core, OpenMP's default wait policy); 'after' is otcore.threads' policy as the dashboard sets it.
 Each runs in its own child process, since the OpenMP settings are read when torch loads.
-Run: python bench/concurrency_speed.py [--calls 4] [--levels 1 2 4 8] [--policy before after]
+Run: python -m bench.concurrency_speed [--calls 4] [--levels 1 2 4 8] [--policy before after]
 """
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # run from anywhere without installing
 
 
 def child(policy: str, levels: list[int], calls: int) -> list[dict]:

@@ -4,7 +4,7 @@ cold (every file hashed) and warm (memoised by each file's identity: stat calls 
 built in a fresh process (what each CLI call pays), one batch through the checked reader
 against plain pickle, and the whole dataset loaded.
 
-Run: python bench/data_files.py
+Run: python -m bench.data_files
 """
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from bench.common import machine, table  # noqa: E402
 from otcore import datafiles  # noqa: E402

@@ -12,7 +12,7 @@ accuracy, time and size of the fused net. Timing parents are randomly initialise
 0, 1, ...): speed does not depend on training. Every timing: one warm-up, then the median of
 --repeats runs (time.perf_counter).
 
-Run: python bench/fusion.py [--quick] [--repeats 5] [--threads N] [--methods-only] (or python -m
+Run: python -m bench.fusion [--quick] [--repeats 5] [--threads N] [--methods-only] (or python -m
 bench.fusion); --quick stops the width sweep at 1024; --methods-only prints table 6 alone. Tables 5
 and 6 train and fuse in a fresh temporary cache, so their numbers always come from the current code.
 """
@@ -23,16 +23,11 @@ import copy
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Callable, Iterator
-
-if __package__ in (None, ""):  # run as a file (python bench/fusion.py): otcore and bench live one level up
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 import ot

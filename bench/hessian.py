@@ -4,25 +4,28 @@ Data: 1,000 MNIST-sized inputs drawn from N(0, 1) with uniformly random labels; 
 trained on them (5 epochs of SGD, batch 100) so its Hessian has a few outlier eigenvalues, as a
 trained net's has. Every timing is the best of --repeats runs because the machine may be shared;
 there, --threads 1 --cpu-time measures work rather than scheduling.
-Run: python bench/hessian.py (or python -m bench.hessian) [--repeats 3] [--threads N] [--cpu-time] [--batches N]
+Run: python -m bench.hessian (or python -m bench.hessian) [--repeats 3] [--threads N] [--cpu-time] [--batches N]
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import statistics
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from otcore.hessian import (exact_trace, fixed_batches, flat_parameters, hutchinson_trace, pyhessian_reference,
-                            spectral_density, top_eigenpairs)
+from otcore.hessian import (
+    exact_trace,
+    fixed_batches,
+    flat_parameters,
+    hutchinson_trace,
+    pyhessian_reference,
+    spectral_density,
+    top_eigenpairs,
+)
 from otcore.landscape import perturbation_curve
 from otcore.models import build_model
 

@@ -5,7 +5,7 @@ call; rise of peak RSS above the RSS before it, the peak reset per file through 
 and the whole CLI `python -m otcore fuse --parents good FILE` (wall seconds; peak RSS above the same
 command refusing a missing file).
 
-Run: python bench/hostile_checkpoints.py
+Run: python -m bench.hostile_checkpoints
 """
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from bench.common import machine, table  # noqa: E402
 from otcore.checkpoints import save_checkpoint  # noqa: E402

@@ -1,18 +1,14 @@
 """Prune-fraction sweep on digits: accuracy of every method per fraction and pruning type.
 
-Run: python bench/prune_sweep.py [--arch mlpnet]. Prints the table the Pruning page plots and
+Run: python -m bench.prune_sweep [--arch mlpnet]. Prints the table the Pruning page plots and
 the time of one uncached point (prune two parents, fuse, evaluate every method, no retraining).
 """
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing
 
 from bench.common import machine, table  # noqa: E402
 from otcore.config import DataSpec, FusionSpec, ModelSpec, PruneSpec, TrainSpec  # noqa: E402

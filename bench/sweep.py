@@ -1,6 +1,6 @@
 """A 12-point digits sweep on the local executor and on a local Ray instance: wall times and start-up.
 
-Run: python bench/sweep.py [--epochs 10] [--retrain-epochs 2] [--cpus 2] [--repeats 1]. The grid is
+Run: python -m bench.sweep [--epochs 10] [--retrain-epochs 2] [--cpus 2] [--repeats 1]. The grid is
 prune.fraction 0.3,0.5,0.7 x prune.type unstructured,structured x seed 0,1 of mlpnet (4 parents, 12
 points); each run starts from an empty cache, so it trains the parents and computes every point.
 Ray's start-up is timed apart from the sweep: `ray.init` of a local instance, then a warm-up task per
@@ -11,12 +11,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing
 
 from bench.common import machine, table  # noqa: E402
 from otcore.cache import DiskCache  # noqa: E402

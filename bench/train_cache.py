@@ -1,7 +1,7 @@
 """Foundation benchmark: `python -m otcore train --dataset digits --arch mlpnet --json` from an
 empty cache, then the same call answered from the cache (wall time of the whole process).
 
-Run: python bench/train_cache.py
+Run: python -m bench.train_cache
 """
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from bench.common import machine, table  # noqa: E402
 

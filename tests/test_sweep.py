@@ -367,6 +367,7 @@ def ray_instance():
     ray.shutdown()
 
 
+@pytest.mark.ray
 def test_ray_gives_the_same_rows_as_the_local_executor(ray_instance, parents_dir, tmp_path) -> None:
     sweep = spec("prune.fraction=0.5", "prune.type=unstructured,structured")
     local = run_sweep(sweep, LocalExecutor(), cache_with(parents_dir, tmp_path / "local"))
@@ -389,6 +390,7 @@ def kill_first_attempt(marker: str, point, parents, progress=None):
     return run_point(point, parents, progress)
 
 
+@pytest.mark.ray
 def test_a_point_whose_worker_is_killed_is_retried(ray_instance, parents_dir, tmp_path) -> None:
     marker = tmp_path / "killed-once"
     cache = cache_with(parents_dir, tmp_path / "cache", (0, 1))
@@ -404,6 +406,7 @@ def test_a_point_whose_worker_is_killed_is_retried(ray_instance, parents_dir, tm
            [r.test.accuracy for r in result.points[0].comparison.rows]
 
 
+@pytest.mark.ray
 def test_the_cli_joins_a_running_ray_cluster(ray_instance, parents_dir, tmp_path) -> None:
     cache = cache_with(parents_dir, tmp_path / "cache", (0,))  # parent seed 1 is trained by a Ray task
     address = ray_instance.get_runtime_context().gcs_address

@@ -91,6 +91,7 @@ def test_a_local_sweep_leaves_the_process_thread_count_alone(parents_cache) -> N
     assert torch.get_num_threads() == before and set(seen) == {before}
 
 
+@pytest.mark.ray
 def test_two_sweeps_on_ray_at_once_share_the_connection(parents_cache, tmp_path) -> None:
     """Both start while neither has ended: neither calls ray.init twice nor loses Ray to the other's shutdown."""
     ray = pytest.importorskip("ray")

@@ -1,6 +1,6 @@
 """Screenshots of every page at 1280x800 in headless Chromium (a script, not a test).
 
-    python tests/browser/shoot.py [--cache-dir DIR]
+    python -m tests.browser.shoot [--cache-dir DIR]
 
 Writes tests/browser/screenshots/*.png (git-ignored): Home, Parents, Fusion before and after
 Fuse, the plan and diagnostics tabs, and full-page views of each.
@@ -11,7 +11,16 @@ import time
 from pathlib import Path
 
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
-from streamlit_server import SCREENSHOTS, browser_page, click, screenshot, screenshot_run, streamlit_server, wait_idle
+
+from tests.browser.streamlit_server import (
+    SCREENSHOTS,
+    browser_page,
+    click,
+    screenshot,
+    screenshot_run,
+    streamlit_server,
+    wait_idle,
+)
 
 
 def main() -> None:

@@ -10,8 +10,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from streamlit_server import (SCREENSHOTS, browser_page, click, key, screenshot, screenshot_run, streamlit_server,
-                              wait_idle)
+from tests.browser.streamlit_server import (
+    SCREENSHOTS,
+    browser_page,
+    click,
+    key,
+    screenshot,
+    screenshot_run,
+    streamlit_server,
+    wait_idle,
+)
 
 LONG_MS = 600_000  # a cold Hessian of four networks on a busy 2-core CPU
 

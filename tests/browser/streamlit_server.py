@@ -14,8 +14,11 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
@@ -37,6 +40,14 @@ def screenshot_run(description: str) -> str:
 def chromium_path() -> str | None:
     """Debian's Chromium (Playwright cannot download its own browser here)."""
     return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+# Every browser test's marks: `browser`, and a skip where Chromium is missing, except in CI (CI=true), where a
+# missing browser must fail the run rather than pass it untested.
+BROWSER_MARKS = [pytest.mark.browser,
+                 pytest.mark.skipif(chromium_path() is None and not os.environ.get("CI"),
+                                    reason="Debian's chromium is not installed (apt-get install chromium); Playwright "
+                                           "cannot download its own browser here")]
 
 
 def free_port() -> int:

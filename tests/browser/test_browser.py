@@ -5,10 +5,18 @@ import shutil
 from pathlib import Path
 
 import pytest
-from streamlit_server import SCREENSHOTS, browser_page, chromium_path, click, key, streamlit_server, wait_idle
 
-pytestmark = pytest.mark.skipif(chromium_path() is None, reason="Debian's chromium is not installed "
-                                "(apt-get install chromium); Playwright cannot download its own browser here")
+from tests.browser.streamlit_server import (
+    BROWSER_MARKS,
+    SCREENSHOTS,
+    browser_page,
+    click,
+    key,
+    streamlit_server,
+    wait_idle,
+)
+
+pytestmark = BROWSER_MARKS
 
 
 @pytest.fixture

@@ -15,14 +15,13 @@ import pytest
 from otcore.cache import DiskCache
 from otcore.config import DataSpec, FusionSpec, ModelSpec, TrainSpec
 from otcore.pipeline import OT_FUSION, fuse_and_compare, train_parents
-from tests.browser.streamlit_server import CHROMIUM_ARGS, VIEWPORT, chromium_path, key, streamlit_server
+from tests.browser.streamlit_server import BROWSER_MARKS, CHROMIUM_ARGS, VIEWPORT, chromium_path, key, streamlit_server
 
 SESSIONS = 8
 STEP_MS = 90_000  # one step of one session (page load, parents, fusion) on 2 busy cores
 WHOLE_S = 150.0  # every session, start to finish
 
-pytestmark = pytest.mark.skipif(chromium_path() is None, reason="Debian's chromium is not installed "
-                                "(apt-get install chromium); Playwright cannot download its own browser here")
+pytestmark = BROWSER_MARKS
 
 
 @pytest.fixture
