@@ -17,7 +17,7 @@ QUICK = ["--lanczos-iters", "12", "--trace-probes", "8", "--power-iters", "30", 
 
 
 def _hessian(*args: str, cache) -> dict:
-    env = {**os.environ, "OTCORE_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OTCORE_CACHE_DIR": str(cache)}
     done = subprocess.run([sys.executable, "-m", "otcore", "hessian", *args, *QUICK, "--json"], cwd=REPO,
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr
@@ -72,7 +72,7 @@ def test_without_parents_it_analyses_the_cached_parents_and_their_fusion(digits_
     # Measured on the digits test split (all of it): naive 0.906, OT-aligned 0.019.
     assert naive["barrier"] > 0.5 and aligned["barrier"] < 0.1
     assert aligned["midpoint_loss"] == pytest.approx(aligned["loss"][5])
-    env = {**os.environ, "OTCORE_CACHE_DIR": str(tmp_path), "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OTCORE_CACHE_DIR": str(tmp_path)}
     listed = subprocess.run([sys.executable, "-m", "otcore", "list"], cwd=REPO, capture_output=True, text=True,
                             env=env, timeout=120)
     assert listed.returncode == 0 and listed.stdout.count("hessian") == 3, listed.stderr

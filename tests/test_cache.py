@@ -186,7 +186,7 @@ def test_load_record_of_a_damaged_entry_is_none_and_load_removes_it(tmp_path, ke
 def test_import_does_not_import_torch():
     code = "import sys, otcore.cache; print([m for m in ('torch', 'numpy', 'safetensors.torch') if m in sys.modules])"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+                          env={**os.environ})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
 
@@ -216,7 +216,7 @@ WRITER = textwrap.dedent("""
 def test_writer_killed_mid_write_leaves_no_entry(tmp_path, key):
     root = tmp_path / "cache"
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(root), key], cwd=REPO,
-                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+                              stdout=subprocess.PIPE, text=True, env={**os.environ})
     try:
         assert writer.stdout.readline().strip() == "written"
     finally:
@@ -264,7 +264,7 @@ def test_racing_processes_compute_once(tmp_path, key):
     root, work = tmp_path / "cache", tmp_path / "work"
     work.mkdir()
     names = [f"p{i}" for i in range(4)]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ}
     procs = [subprocess.Popen([sys.executable, "-c", RACER, str(root), key, str(work), name], cwd=REPO, env=env)
              for name in names]
     try:

@@ -18,7 +18,7 @@ FUSE_KEYS = {"parents", "ot_fusion", "vanilla_average", "prediction_ensemble", "
 
 
 def run_cli(*args: str, cache: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OTCORE_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OTCORE_CACHE_DIR": str(cache)}
     return subprocess.run([sys.executable, "-m", "otcore", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=300)
 
@@ -62,7 +62,7 @@ HEAVY = {"torch", "torchvision", "numpy", "scipy", "ot", "pandas", "streamlit"} 
 @pytest.mark.parametrize("flags", [("--json",), ()], ids=["json", "text"])
 def test_cached_train_never_imports_torch_and_prints_what_the_pipeline_prints(trained, monkeypatch, capsys, flags):
     args = ("train", "--dataset", "digits", "--arch", "mlpnet", *flags)
-    env = {**os.environ, "OTCORE_CACHE_DIR": str(trained.cache), "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OTCORE_CACHE_DIR": str(trained.cache)}
     fast = subprocess.run([sys.executable, "-X", "importtime", "-m", "otcore", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     assert fast.returncode == 0, fast.stderr

@@ -35,7 +35,7 @@ def test_specs_and_keys_never_import_torch():
             "parent_key(DataSpec('cifar10'), ModelSpec('vgg11_nobias'), TrainSpec(seed=3))\n"
             "print([m for m in ('torch', 'numpy') if m in sys.modules])")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+                          env={**os.environ})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
 

@@ -477,7 +477,7 @@ def test_a_new_process_reuses_the_digests_of_an_earlier_one(make_mnist_root, tmp
     code = ("from otcore import datafiles\nfrom otcore.config import DataSpec\n"
             "datafiles._STORE_MIN_FILE = 0\n"  # these files are small; real ones are kept from 1 MiB up
             f"print(DataSpec('mnist', {str(root)!r}).fingerprint, datafiles.files_hashed)")
-    env = {**os.environ, "OTCORE_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OTCORE_CACHE_DIR": str(tmp_path / "cache")}
     (tmp_path / "cache").mkdir()
     runs = [subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                            timeout=60, check=True).stdout.split() for _ in range(2)]

@@ -146,7 +146,7 @@ def test_fused_only_retraining_leaves_the_vanilla_average_as_it_is(studies) -> N
 def test_the_cli_takes_the_recipe_and_reports_the_retrained_baseline(digits_cli_train, tmp_path) -> None:
     for entry in digits_cli_train.cache.glob("*.safetensors"):  # the session's parents, in a cache of our own
         shutil.copy2(entry, tmp_path)
-    env = {**os.environ, "OTCORE_CACHE_DIR": str(tmp_path), "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OTCORE_CACHE_DIR": str(tmp_path)}
 
     def cli(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "otcore", "fuse", "--dataset", "digits", "--json", *args],

@@ -109,7 +109,7 @@ def test_the_sweep_package_imports_no_pandas_or_plotly_and_each_module_imports_a
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'pandas', 'plotly', 'ray'}))")
     for module in ("otcore.sweep.executors", "otcore.sweep.tasks", "otcore.sweep.driver", "otcore.sweep"):
         proc = subprocess.run([sys.executable, "-c", code, module], capture_output=True, text=True, check=False,
-                              env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+                              env={**os.environ}, timeout=120)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.strip() == "[]", (module, proc.stdout)
 
@@ -196,7 +196,7 @@ def test_a_sweep_that_analyses_gives_the_curvature_of_a_direct_analysis_and_its_
            {p.values["prune.type"]: p.curvature["OT fusion retrained"]["trace"] for p in result.points}
 
     # The CLI prints the same table from the cache.
-    env = {**os.environ, "OTCORE_CACHE_DIR": str(cache.root), "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OTCORE_CACHE_DIR": str(cache.root)}
     proc = subprocess.run([sys.executable, "-m", "otcore", "table", result.key[:10], "--metric", "lambda1",
                            "--format", "csv"], capture_output=True, text=True, env=env, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
@@ -336,7 +336,7 @@ def test_the_local_executor_and_the_cli_work_without_ray(parents_dir, tmp_path) 
     cache = cache_with(parents_dir, tmp_path / "cache")
     code = ("import sys; sys.modules['ray'] = None\n"  # `import ray` now raises ImportError
             "from otcore.cli import main; sys.exit(main(sys.argv[1:]))")
-    env = {**os.environ, "OTCORE_CACHE_DIR": str(cache.root), "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OTCORE_CACHE_DIR": str(cache.root)}
     common = ["sweep", "--epochs", "3", "--device", "cpu", "--json"]
     proc = subprocess.run([sys.executable, "-c", code, *common, "--fractions", "0,0.3", "--seed-sets", "0,1"],
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
@@ -410,7 +410,7 @@ def test_a_point_whose_worker_is_killed_is_retried(ray_instance, parents_dir, tm
 def test_the_cli_joins_a_running_ray_cluster(ray_instance, parents_dir, tmp_path) -> None:
     cache = cache_with(parents_dir, tmp_path / "cache", (0,))  # parent seed 1 is trained by a Ray task
     address = ray_instance.get_runtime_context().gcs_address
-    env = {**os.environ, "OTCORE_CACHE_DIR": str(cache.root), "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OTCORE_CACHE_DIR": str(cache.root)}
     proc = subprocess.run([sys.executable, "-m", "otcore", "sweep", "--grid", "prune.type=unstructured,structured",
                            "--fractions", "0.5", "--epochs", "3", "--device", "cpu", "--executor", "ray",
                            "--ray-address", address, "--json"],

@@ -28,7 +28,7 @@ def cli_threads(argv: list[str], cpus: set[int], tmp_path: Path, **env: str) -> 
     """torch's thread count after the CLI's policy ran in a child pinned to `cpus` (os.sched_setaffinity)."""
     proc = subprocess.run([sys.executable, "-c", CHILD, *argv], cwd=REPO, capture_output=True, text=True,
                           timeout=300, preexec_fn=lambda: os.sched_setaffinity(0, cpus),
-                          env={**os.environ, "PYTHONPATH": str(REPO), "OTCORE_CACHE_DIR": str(tmp_path), **env})
+                          env={**os.environ, "OTCORE_CACHE_DIR": str(tmp_path), **env})
     assert proc.returncode == 0 and proc.stderr.startswith("error: "), proc.stderr
     return int(proc.stderr.strip().splitlines()[-1].split()[1])
 

@@ -309,7 +309,7 @@ def fuse_measured(good: Path, other: Path | str, cache: Path,
     The timeout turns a hang (a FIFO once blocked the loader forever) into a TimeoutExpired."""
     with tempfile.TemporaryDirectory() as folder:
         peak_file = Path(folder) / "peak"
-        env = {**os.environ, "OTCORE_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO), "PEAK_FILE": str(peak_file)}
+        env = {**os.environ, "OTCORE_CACHE_DIR": str(cache), "PEAK_FILE": str(peak_file)}
         done = subprocess.run([sys.executable, "-c", _MEASURED_CLI, "fuse", "--dataset", "digits", "--arch",
                                "mlpnet", "--parents", str(good), str(other), "--json"], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=timeout_s)

@@ -24,7 +24,7 @@ def test_an_unwritable_cache_degrades_to_no_caching_with_a_warning(tmp_path):
 
 
 def test_a_process_killed_mid_training_leaves_nothing_that_reads_as_valid(tmp_path):
-    env = {**os.environ, "OTCORE_CACHE_DIR": str(tmp_path), "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OTCORE_CACHE_DIR": str(tmp_path)}
     proc = subprocess.Popen([sys.executable, "-m", "otcore", *TRAIN], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120

@@ -42,7 +42,7 @@ def train_here(tmp_path, monkeypatch, capsys):
 
 def run_measured(args: list[str], cache: Path) -> tuple[subprocess.CompletedProcess, int]:
     """`python -m otcore ARGS` and the peak resident memory of that process alone, in bytes (os.wait4)."""
-    env = {**os.environ, "OTCORE_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OTCORE_CACHE_DIR": str(cache)}
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen([sys.executable, "-m", "otcore", *args], cwd=REPO, env=env, stdout=out, stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)
