@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from otcore.datafiles import DataError, dataset_fingerprint
+from otcore.errors import UserError
 
 
-class SpecError(ValueError):
+class SpecError(UserError):
     """A setting that cannot be used; the message is meant for the user."""
 
 

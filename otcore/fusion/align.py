@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from otcore.errors import FusionError
 from otcore.config import FusionSpec
 from otcore.fusion.ground_metric import cost_matrix
 from otcore.fusion.transport import permutation_closeness, transport_plan
@@ -84,10 +85,10 @@ def check_same_family(models: list[FusableNet]) -> list[AlignedLayer]:
     for i, model in enumerate(models[1:], start=1):
         other = model.alignment_layers()
         if [(l.name, l.in_group, l.out_group) for l in other] != [(l.name, l.in_group, l.out_group) for l in walk]:
-            raise ValueError(f"parent {i + 1} is not of the same architecture family as parent 1; "
+            raise FusionError(f"parent {i + 1} is not of the same architecture family as parent 1; "
                              "fusion needs parents with the same layers")
         if weight_of(model, walk[-1].name).shape[0] != weight_of(models[0], walk[-1].name).shape[0]:
-            raise ValueError(f"parent {i + 1} has a different number of classes than parent 1")
+            raise FusionError(f"parent {i + 1} has a different number of classes than parent 1")
     return walk
 
 

@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from otcore.activations import capture_activations
+from otcore.errors import FusionError
 from otcore.config import FusionSpec
 from otcore.fusion.align import GroupDiagnostics, Plans, apply_plans, check_same_family, ot_plans
 from otcore.models import FusableNet
@@ -34,7 +35,7 @@ def align_parents(parents: list[FusableNet], spec: FusionSpec, act_inputs: torch
                   progress: Callable[[str, float], None] | None = None) -> FusionResult:
     """Plans aligning every parent to the anchor; `model` is left as the anchor (not yet fused)."""
     if len(parents) < 2:
-        raise ValueError("fusion needs at least two parents")
+        raise FusionError("fusion needs at least two parents")
     check_same_family(parents)
     anchor_idx = spec.anchor % len(parents)
     anchor = parents[anchor_idx]
@@ -42,7 +43,7 @@ def align_parents(parents: list[FusableNet], spec: FusionSpec, act_inputs: torch
     acts: list[dict[str, torch.Tensor] | None] = [None] * len(parents)
     if spec.mode == "activations" and spec.alignment == "ot":
         if act_inputs is None:
-            raise ValueError("activation-based alignment needs a sample of inputs")
+            raise FusionError("activation-based alignment needs a sample of inputs")
         start = time.perf_counter()
         acts = [capture_activations(p, act_inputs, p.group_modules()) for p in parents]
         seconds["activations"] = time.perf_counter() - start
@@ -96,11 +97,11 @@ def merge_by_maps(parents: list[FusableNet], spec: FusionSpec, act_inputs: torch
     from otcore.fusion.zipit import zipit_maps
 
     if len(parents) < 2:
-        raise ValueError("fusion needs at least two parents")
+        raise FusionError("fusion needs at least two parents")
     method = MERGE_METHODS[spec.alignment]
     groups = check_mergeable(parents, method)
     if act_inputs is None:
-        raise ValueError(f"{method} needs a sample of inputs")
+        raise FusionError(f"{method} needs a sample of inputs")
     anchor_idx = spec.anchor % len(parents)
     weights = spec.parent_weights(len(parents))
     start = time.perf_counter()
@@ -151,7 +152,7 @@ def fuse(parents: list[FusableNet], spec: FusionSpec, act_inputs: torch.Tensor |
         from otcore.fusion.repair import repair
 
         if act_inputs is None:
-            raise ValueError("renormalisation (REPAIR) needs a sample of inputs")
+            raise FusionError("renormalisation (REPAIR) needs a sample of inputs")
         result.model = repair(result.model, parents, result.plans, spec.parent_weights(len(parents)), act_inputs)
     result.seconds["fusion"] += time.perf_counter() - start
     return result

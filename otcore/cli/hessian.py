@@ -1,0 +1,58 @@
+"""`hessian`: curvature of parents and their fusion."""
+from __future__ import annotations
+
+import argparse
+import math
+
+from otcore.cli.flags import Bar, add_common, add_hessian, hessian_spec, parents_of, specs, train_spec
+from otcore.cli.registry import command
+from otcore.config import FusionSpec, SpecError, TrainSpec
+
+
+def _hessian_args(p: argparse.ArgumentParser) -> None:
+    add_common(p)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="cached parents to analyse")
+    p.add_argument("--epochs", type=int, default=TrainSpec().epochs)
+    p.add_argument("--lr", type=float, default=TrainSpec().lr)
+    p.add_argument("--momentum", type=float, default=TrainSpec().momentum)
+    p.add_argument("--weight-decay", type=float, default=TrainSpec().weight_decay)
+    p.add_argument("--train-batch-size", dest="batch_size", type=int, default=TrainSpec().batch_size)
+    p.add_argument("--parents", nargs="+", default=None, help="checkpoint files to analyse, in this order")
+    add_hessian(p)
+
+@command("hessian", _hessian_args)
+def run_hessian(args: argparse.Namespace) -> dict:
+    """Top eigenvalues, trace, spectral density and loss along the top eigenvector of each model."""
+    from otcore.analysis import curvatures
+    from otcore.pipeline import fuse_and_compare, method_row
+
+    spec = hessian_spec(args)
+    data, model = specs(args)
+    bar = Bar("hessian")
+    parents = parents_of(args, bar)
+    if args.parents:
+        from otcore.pipeline import dataset
+
+        rows = [method_row(p.name, p.model, dataset(data), p.key) for p in parents]
+    else:  # the cached parents and their (default) OT fusion
+        comparison = fuse_and_compare(data, model, parents, FusionSpec(), train_spec(args), args.device, bar)
+        rows = [r for r in comparison.rows if r.model is not None and r.method in
+                [p.name for p in parents] + ["OT fusion"]]
+    smallest = min(sum(p.numel() for p in r.model.parameters()) for r in rows)
+    if spec.top_k > smallest:  # deflation past the last eigenvalue only finds noise
+        bar.close()
+        raise SpecError(f"top-k {spec.top_k} exceeds the {smallest} parameters of the smallest network")
+    results = curvatures(data, rows, spec, args.device, bar)
+    bar.close()
+    models = [{"name": c.name, "top_eigenvalues": c.top_eigenvalues, "trace": c.trace,
+               "trace_std_error": c.trace_std_error if math.isfinite(c.trace_std_error) else None,  # one probe
+               "trace_method": c.trace_method,
+               "density": {"nodes": c.density_nodes, "weights": c.density_weights},
+               "perturbation": {"lambdas": c.perturbation["lambdas"], "loss": c.perturbation["loss_mean"],
+                                "loss_std": c.perturbation["loss_std"],
+                                "accuracy": c.perturbation["accuracy_mean"]},
+               "test_accuracy": c.test_accuracy, "train_accuracy": c.train_accuracy, "cached": c.cached}
+              for c in results]
+    text = "\n".join(f"{m['name']:24s} top eigenvalues {', '.join(f'{v:.4g}' for v in m['top_eigenvalues'])}  "
+                     f"trace {m['trace']:.4g}" for m in models)
+    return {"models": models, "text": text}
