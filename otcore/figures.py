@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 import torch
 
 from otcore.cache import config_field
+from otcore.methods import is_parent
 
 TEMPLATE = "plotly_white"
 FONT = dict(family="Inter, 'Source Sans Pro', Helvetica, Arial, sans-serif", size=13, color="#262730")
@@ -90,7 +91,7 @@ def comparison_table(comparison: Any) -> pd.DataFrame:
 
 def best_parent_accuracy(comparison: Any) -> float:
     """The highest test accuracy (%) among the parents of a comparison."""
-    return max(r.test.accuracy for r in comparison.rows if r.method.startswith("parent"))
+    return max(r.test.accuracy for r in comparison.rows if is_parent(r.method))
 
 
 def parents_table(parents: Sequence[Any]) -> pd.DataFrame:
@@ -145,7 +146,7 @@ def headline(metrics: dict) -> str:
         return f"test acc {metrics['test']['accuracy']:.2f}%"
     rows = metrics.get("rows")
     if isinstance(rows, list) and rows:
-        parents = [r["test"]["accuracy"] for r in rows if str(r.get("method", "")).startswith("parent")]
+        parents = [r["test"]["accuracy"] for r in rows if is_parent(r.get("method", ""))]
         last = rows[-1]
         text = f"{last['method']} {last['test']['accuracy']:.2f}%"
         return text + (f" (best parent {max(parents):.2f}%)" if parents else "")
@@ -276,7 +277,7 @@ def prune_table(comparison: Any) -> pd.DataFrame:
     """
     table = comparison_table(comparison)
     sparsity = dict(comparison.extra.get("sparsity", {}))
-    parents = [v for m, v in sparsity.items() if m.startswith("parent")]
+    parents = [v for m, v in sparsity.items() if is_parent(m)]
     if parents:
         sparsity.setdefault("prediction ensemble", sum(parents) / len(parents))
     table.insert(3, SPARSITY, [round(100 * sparsity[m], 2) if m in sparsity else float("nan") for m in table[METHOD]])

@@ -36,6 +36,7 @@ class Bar:
         if self.bar is not None:
             self.bar.close()
 
+
 def add_common(p: argparse.ArgumentParser) -> None:
     """Dataset, architecture, device and cache flags shared by every subcommand."""
     p.add_argument("--dataset", default=DataSpec().name, choices=DATASETS)
@@ -45,6 +46,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     p.add_argument("--cache-dir", default=None, help="cache folder (default: $OTCORE_CACHE_DIR or cached_models/)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
 
 def add_training(p: argparse.ArgumentParser) -> None:
     """Flags of TrainSpec; --seeds picks the parents."""
@@ -68,9 +70,11 @@ def add_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--partition-seed", type=int, default=d.partition_seed,
                    help="seeds the shuffle of personalized and small_big")
 
+
 def specs(args: argparse.Namespace) -> tuple[DataSpec, ModelSpec]:
     """The data and model specs of the common flags."""
     return DataSpec(args.dataset, args.data_root, args.download), ModelSpec(args.arch)
+
 
 def train_spec(args: argparse.Namespace, epochs: int | None = None) -> TrainSpec:
     """The TrainSpec of the training flags."""
@@ -78,6 +82,7 @@ def train_spec(args: argparse.Namespace, epochs: int | None = None) -> TrainSpec
                      momentum=args.momentum, weight_decay=args.weight_decay, partition=args.partition,
                      partition_classes=tuple(args.choice), personal_class=args.personal_class_idx,
                      partition_fraction=args.partition_fraction, partition_seed=args.partition_seed)
+
 
 def parents_of(args: argparse.Namespace, bar: Bar) -> list:
     """Parents from --parents files, else the cached (or newly trained) parents of --seeds."""
@@ -87,6 +92,7 @@ def parents_of(args: argparse.Namespace, bar: Bar) -> list:
     if getattr(args, "parents", None):
         return [load_parent(path, data, model, f"parent {i + 1}", args.device) for i, path in enumerate(args.parents)]
     return train_parents(data, model, train_spec(args), args.seeds, args.device, bar)
+
 
 def add_fusion(p: argparse.ArgumentParser) -> None:
     """Flags of FusionSpec, named as in the reference implementation where it had them."""
@@ -114,6 +120,7 @@ def add_fusion(p: argparse.ArgumentParser) -> None:
     p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs)
     add_retraining(p)
 
+
 def add_retraining(p: argparse.ArgumentParser) -> None:
     """Flags of RetrainSpec: the one recipe of fine-tuning and of every retraining (not the parents' training)."""
     d = RetrainSpec()
@@ -125,10 +132,12 @@ def add_retraining(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retrain-fused-only", action="store_true",
                    help="retrain the OT-fused net only, not the vanilla average (reference: --retrain-geometric-only)")
 
+
 def retrain_spec(args: argparse.Namespace) -> RetrainSpec:
     """The RetrainSpec of the retraining flags."""
     return RetrainSpec(lr=args.retrain_lr, schedule=args.retrain_schedule, decay_epochs=args.retrain_decay_epochs,
                        decay_factor=args.retrain_decay_factor, retrain_vanilla=not args.retrain_fused_only)
+
 
 def fusion_spec(args: argparse.Namespace) -> FusionSpec:
     """The FusionSpec of the fusion flags."""
@@ -141,17 +150,20 @@ def fusion_spec(args: argparse.Namespace) -> FusionSpec:
         skip_last_layer=not args.no_skip_last_layer, renormalize=args.renormalize,
         alignment=args.alignment.replace("-", "_"), finetune_epochs=args.finetune_epochs, retrain=retrain_spec(args))
 
+
 def checked_fusion_spec(args: argparse.Namespace) -> FusionSpec:
     """fusion_spec, with its anchor and per-parent weights checked against the number of parents before any work."""
     spec = fusion_spec(args)
     spec.parent_weights(len(args.parents) if getattr(args, "parents", None) else len(args.seeds))
     return spec
 
+
 def fuse_args(p: argparse.ArgumentParser) -> None:
     """Common, training and fusion flags: those of `fuse`."""
     add_common(p)
     add_training(p)
     add_fusion(p)
+
 
 def add_pruning(p: argparse.ArgumentParser) -> None:
     """Flags of PruneSpec."""
@@ -167,12 +179,14 @@ def add_pruning(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fused-masks", default=d.fused_masks, choices=FUSED_MASKS,
                    help="prune-fuse: prune the fused nets again at --fraction (reprune) or keep their own zeros")
 
+
 def prune_spec(args: argparse.Namespace, fraction: float) -> PruneSpec:
     """The PruneSpec of the pruning flags at one fraction."""
     return PruneSpec(fraction=fraction, type=args.type, scope=args.scope, norm=args.norm, global_=args.global_,
                      keep_last_layer=not args.prune_last_layer, order=args.order,
                      retrain_parents_epochs=args.retrain_parents_epochs, retrain_epochs=args.retrain_epochs,
                      retrain=retrain_spec(args), fused_masks=args.fused_masks)
+
 
 def add_hessian(p: argparse.ArgumentParser) -> None:
     """Flags of HessianSpec."""
@@ -193,6 +207,7 @@ def add_hessian(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lambda-min", type=float, default=d.lambda_min)
     p.add_argument("--lambda-max", type=float, default=d.lambda_max)
     p.add_argument("--lambda-points", type=int, default=d.lambda_points)
+
 
 def hessian_spec(args: argparse.Namespace) -> HessianSpec:
     """The HessianSpec of the Hessian flags."""

@@ -27,12 +27,14 @@ def run_fuse(args: argparse.Namespace) -> dict:
         bar.close()
     return comparison_json(comparison)
 
+
 def _report_args(p: argparse.ArgumentParser) -> None:
     add_common(p)
     add_training(p)
     add_fusion(p)
     p.add_argument("--out", required=True, help="HTML file to write (self-contained, opens offline)")
     p.add_argument("--title", default=None, help="report title (default: 'OT fusion report: DATASET / ARCH')")
+
 
 @command("report", _report_args)
 def run_report(args: argparse.Namespace) -> dict:
@@ -64,10 +66,12 @@ def run_report(args: argparse.Namespace) -> dict:
     result.update(out=str(out), bytes=out.stat().st_size, text=f"{result['text']}\nreport written to {out}")
     return result
 
+
 def _prune_args(p: argparse.ArgumentParser) -> None:
     fuse_args(p)
     add_pruning(p)
     p.add_argument("--fraction", type=float, required=True, help="fraction pruned, in [0, 1)")
+
 
 @command("prune", _prune_args)
 def run_prune(args: argparse.Namespace) -> dict:

@@ -7,6 +7,7 @@ import math
 from otcore.cli.flags import Bar, add_common, add_hessian, hessian_spec, parents_of, specs, train_spec
 from otcore.cli.registry import command
 from otcore.config import FusionSpec, SpecError, TrainSpec
+from otcore.methods import Method, is_parent
 
 
 def _hessian_args(p: argparse.ArgumentParser) -> None:
@@ -19,6 +20,7 @@ def _hessian_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-batch-size", dest="batch_size", type=int, default=TrainSpec().batch_size)
     p.add_argument("--parents", nargs="+", default=None, help="checkpoint files to analyse, in this order")
     add_hessian(p)
+
 
 @command("hessian", _hessian_args)
 def run_hessian(args: argparse.Namespace) -> dict:
@@ -36,8 +38,7 @@ def run_hessian(args: argparse.Namespace) -> dict:
         rows = [method_row(p.name, p.model, dataset(data), p.key) for p in parents]
     else:  # the cached parents and their (default) OT fusion
         comparison = fuse_and_compare(data, model, parents, FusionSpec(), train_spec(args), args.device, bar)
-        rows = [r for r in comparison.rows if r.model is not None and r.method in
-                [p.name for p in parents] + ["OT fusion"]]
+        rows = [r for r in comparison.rows if r.model is not None and (is_parent(r.id) or r.id == Method.OT_FUSION)]
     smallest = min(sum(p.numel() for p in r.model.parameters()) for r in rows)
     if spec.top_k > smallest:  # deflation past the last eigenvalue only finds noise
         bar.close()

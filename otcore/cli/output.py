@@ -8,12 +8,14 @@ from typing import Any
 
 def comparison_json(comparison: Any) -> dict:
     """The headless contract of a comparison: accuracies (percent), rows, seconds."""
-    rows = [{"method": r.method, "test_accuracy": r.test.accuracy, "test_loss": r.test.loss,
+    rows = [{"method": r.method, "id": r.id, "test_accuracy": r.test.accuracy, "test_loss": r.test.loss,
              "train_accuracy": r.train.accuracy, "parameters": r.parameters, "inference_ms": r.inference_ms}
             for r in comparison.rows]
     text = "\n".join(f"{r['method']:24s} {r['test_accuracy']:6.2f}%  loss {r['test_loss']:.4f}" for r in rows)
-    return {**comparison.accuracies(), "seconds": comparison.seconds, "rows": rows, "cached": comparison.cached,
-            "text": text}
+    # The fused row's id stays `ot_fusion` whatever the alignment; `alignment` says which one made it.
+    return {**comparison.accuracies(), "alignment": comparison.extra.get("alignment", "ot"),
+            "seconds": comparison.seconds, "rows": rows, "cached": comparison.cached, "text": text}
+
 
 def prune_json(comparison: Any) -> dict:
     """comparison_json plus sparsity: one value per single network, in row order."""
@@ -24,6 +26,7 @@ def prune_json(comparison: Any) -> dict:
     out["fraction"], out["type"] = comparison.extra["fraction"], comparison.extra["type"]
     return out
 
+
 def _nulled(value: Any) -> Any:
     """value with every non-finite float replaced by None."""
     if isinstance(value, float):
@@ -32,6 +35,7 @@ def _nulled(value: Any) -> Any:
         return {k: _nulled(v) for k, v in value.items()}
     return [_nulled(v) for v in value] if isinstance(value, list) else value
 
+
 def dumps(result: dict) -> str:
     """The result as strict JSON: NaN and infinity are refused (ValueError naming the field), never printed."""
     try:
@@ -39,6 +43,7 @@ def dumps(result: dict) -> str:
     except ValueError:
         raise ValueError(f"the result holds a non-finite number at {_non_finite(result, 'result')}, "
                          "which JSON cannot carry (did the computation diverge?)") from None
+
 
 def _non_finite(value: Any, where: str) -> str:
     if isinstance(value, float) and not math.isfinite(value):

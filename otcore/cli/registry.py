@@ -6,6 +6,7 @@ from typing import Callable
 
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], dict]]] = {}
 
+
 def command(name: str, add_args: Callable[[argparse.ArgumentParser], None]) -> Callable:
     """Register a subcommand: its argument builder and its runner (returns the JSON result)."""
 

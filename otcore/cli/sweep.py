@@ -12,6 +12,7 @@ from otcore.config import PruneSpec, SpecError
 
 DEFAULT_FRACTIONS = "0,0.3,0.5,0.7"
 
+
 def _sweep_args(p: argparse.ArgumentParser) -> None:
     fuse_args(p)
     add_pruning(p)
@@ -40,11 +41,13 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
                    help="GPUs Ray reserves per point (0.5: two points share a GPU)")
     p.add_argument("--retries", type=int, default=2, help="tries after a point's first failure before it is reported")
 
+
 def _floats(text: str, what: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise SpecError(f"{what} must be comma-separated numbers, got '{text}'") from None
+
 
 def _sweep_spec(args: argparse.Namespace) -> Any:
     """The SweepSpec of the sweep flags: --grid entries, then --seed-sets, then --fractions."""
@@ -66,6 +69,7 @@ def _sweep_spec(args: argparse.Namespace) -> Any:
     data, model = specs(args)
     return SweepSpec(tuple(grid), data, model, train_spec(args), prune_spec(args, PruneSpec().fraction),
                      fusion_spec(args), tuple(args.seeds), args.step, args.device)
+
 
 @command("sweep", _sweep_args)
 def run_sweep(args: argparse.Namespace) -> dict:

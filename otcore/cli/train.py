@@ -14,6 +14,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     add_common(p)
     add_training(p)
 
+
 @command("train", _train_args)
 def run_train(args: argparse.Namespace) -> dict:
     """Train parents (one per seed), store them in the cache, report their test accuracy."""
@@ -25,6 +26,7 @@ def run_train(args: argparse.Namespace) -> dict:
         finally:
             bar.close()
     return train_json(parents, args.seeds)
+
 
 def cached_parents(args: argparse.Namespace) -> list[tuple[str, str, dict]] | None:
     """(name, key, metrics) of every parent of --seeds when all are verified cache hits, else None; torch-free.
@@ -47,6 +49,7 @@ def cached_parents(args: argparse.Namespace) -> list[tuple[str, str, dict]] | No
         parents.append((f"parent {i + 1}", key, {**record.metrics, "cached": True}))  # named as train_parents does
     return parents
 
+
 def train_json(parents: list[tuple[str, str, dict]], seeds: list[int]) -> dict:
     """The headless contract of `train`: each parent's (name, key, metrics) with its seed, and the text lines."""
     out = {"parents": [{"name": name, "seed": s, "key": key, "test_accuracy": m["test"]["accuracy"],
@@ -59,10 +62,12 @@ def train_json(parents: list[tuple[str, str, dict]], seeds: list[int]) -> dict:
                             f"{' (cached)' if p['cached'] else ''}" for p in out["parents"])
     return out
 
+
 def _list_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kind", default=None, help="only entries of this kind (parent, fusion, prune, hessian)")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--json", action="store_true")
+
 
 @command("list", _list_args)
 def run_list(args: argparse.Namespace) -> dict:
@@ -76,6 +81,7 @@ def run_list(args: argparse.Namespace) -> dict:
     lines = [f"{r.key}  {r.kind:12s} {config_field(r.config, 'data', 'name'):8s} "
              f"{config_field(r.config, 'model', 'arch'):24s} {_headline(r.metrics)}" for r in rows]
     return {"entries": entries, "text": "\n".join(lines) or "the cache is empty"}
+
 
 def _headline(metrics: dict) -> str:
     if "test" in metrics:

@@ -6,8 +6,8 @@ import copy
 import torch
 from torch import nn
 
+from otcore.activations import predict_logits
 from otcore.errors import FusionError
-from otcore.train import predict_logits
 
 
 def vanilla_average(parents: list[nn.Module], weights: list[float] | None = None) -> nn.Module:
