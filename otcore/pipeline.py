@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -16,12 +16,13 @@ from torch import nn
 
 from otcore.cache import CacheEntry, DiskCache, default_cache
 from otcore.checkpoints import load_checkpoint, load_into
+from otcore.comparison import Comparison, MethodResult  # re-exported: results of the steps
 from otcore.config import (DataSpec, FusionSpec, ModelSpec, PruneSpec, RetrainSpec, SpecError, TrainSpec,
                            check_partition_parents, parent_key, spec_dict, spec_hash)
 from otcore.data import Dataset, load_dataset, sample_inputs
 from otcore.device import on_device, resolve_device
 from otcore.fusion import FusionError, ensemble_log_probs, fuse, vanilla_average
-from otcore.methods import Method, is_parent, label, parent_id
+from otcore.methods import Method, label, parent_id
 from otcore.models import FusableNet, build_model, count_parameters
 from otcore.partition import class_counts, part_indices
 from otcore.prune import copy_model, finalize, mask_zeros, prunable_layers, prune_model, sparsity_report
@@ -48,43 +49,6 @@ class Parent:
     model: FusableNet
     metrics: dict  # {'test': {'accuracy', 'loss'}, 'train': {...}, 'seconds': ...}
     source: str = "trained"  # 'trained' or the checkpoint's file name
-
-
-@dataclass
-class MethodResult:
-    """One row of a comparison: a method's scores and, where it is one network, the network."""
-
-    method: str  # display label: 'parent 1', 'OT fusion', 'CCA Merge', ...
-    test: Evaluation
-    train: Evaluation
-    parameters: int
-    inference_ms: float  # time to predict the whole test split
-    model: nn.Module | None = None  # None for the prediction ensemble
-    key: str = ""  # identifies the network for later analysis steps
-    id: str = ""  # stable id (otcore.methods): 'parent_1', 'ot_fusion', ...; '' for a row built outside a step
-
-
-@dataclass
-class Comparison:
-    """Every method of one fusion (or pruning) setting, side by side."""
-
-    key: str
-    rows: list[MethodResult]
-    plans: dict[str, torch.Tensor] = field(default_factory=dict)  # 'parent 2/fc1' -> plan (n_p, n_anchor)
-    diagnostics: list[dict] = field(default_factory=list)  # one dict per (parent, group)
-    seconds: dict[str, float] = field(default_factory=dict)
-    extra: dict = field(default_factory=dict)  # step-specific results (sparsity, ...)
-    cached: bool = False
-
-    def row(self, method: Method | str) -> MethodResult:
-        """The row of a method by id (Method.OT_FUSION, 'parent_1') or by label ('OT fusion')."""
-        return next(r for r in self.rows if r.id == method or r.method == method)
-
-    def accuracies(self) -> dict:
-        """The headless contract: test accuracies in percent, parents in order."""
-        out = {"parents": [r.test.accuracy for r in self.rows if is_parent(r.id)]}
-        out.update({r.id: r.test.accuracy for r in self.rows if r.id and not is_parent(r.id)})  # ids are the keys
-        return out
 
 
 def _report(progress: Progress | None, what: str, done: float) -> None:
