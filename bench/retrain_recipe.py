@@ -21,7 +21,7 @@ from bench.common import machine, table
 from otcore.cache import DiskCache
 from otcore.config import DataSpec, FusionSpec, ModelSpec, RetrainSpec, TrainSpec
 from otcore.pipeline import dataset, train_parents
-from otcore.fusion.fuse import fuse
+from otcore.fusion import fuse
 from otcore.prune import copy_model
 from otcore.train import evaluate, train
 
