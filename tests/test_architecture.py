@@ -74,10 +74,9 @@ def import_cycles() -> list[set[str]]:
             elif target in stack:
                 low[name] = min(low[name], index[target])
         if low[name] == index[name]:
-            component = set()
-            while not component or member != name:
-                member = stack.pop()
-                component.add(member)
+            component = {stack.pop()}
+            while name not in component:
+                component.add(stack.pop())
             if len(component) > 1:
                 cycles.append(component)
 
@@ -144,7 +143,8 @@ def test_the_only_plotting_outside_figures_is_the_sweep_module():
 
 
 def test_sweep_and_fusion_import_in_a_fresh_interpreter():
-    done = subprocess.run([sys.executable, "-c", "import otcore.sweep, otcore.fusion; print(otcore.fusion.fuse.__name__)"],
+    code = "import otcore.sweep, otcore.fusion; print(otcore.fusion.fuse.__name__)"
+    done = subprocess.run([sys.executable, "-c", code],
                           cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr
