@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from bench.common import machine, table  # noqa: E402
 from otcore.cache import DiskCache  # noqa: E402
 from otcore.config import DataSpec, FusionSpec, ModelSpec, PruneSpec, TrainSpec  # noqa: E402
-from otcore.fusion.fuse import fuse  # noqa: E402
+from otcore.fusion import fuse  # noqa: E402
 from otcore.hessian import exact_trace, fixed_batches  # noqa: E402
 from otcore.models import build_model  # noqa: E402
 from otcore.pipeline import dataset, train_parents  # noqa: E402

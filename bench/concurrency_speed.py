@@ -32,7 +32,7 @@ def child(policy: str, levels: list[int], calls: int) -> list[dict]:
     import torch
 
     from otcore.config import FusionSpec, HessianSpec
-    from otcore.fusion.fuse import fuse
+    from otcore.fusion import fuse
     from otcore.hessian import analyse
     from otcore.models import build_model
     from otcore.train import init_model

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from bench.common import machine, table
 from otcore.config import DataSpec, FusionSpec, ModelSpec, TrainSpec
-from otcore.fusion.fuse import fuse
+from otcore.fusion import fuse
 from otcore.models import FusableNet, MlpNet
 from otcore.train import init_model
 
@@ -363,7 +363,7 @@ def method_table(archs: list[str], repeats: int) -> None:
     """Table 6: every alignment, without and with REPAIR, on the digits parents of seeds 0 and 1."""
     from dataclasses import replace
 
-    from otcore.fusion.merge_maps import MergeMethodError
+    from otcore.fusion import MergeMethodError
     from otcore.models import count_parameters
     from otcore.pipeline import dataset, fusion_inputs, train_parents
     from otcore.train import predict_logits

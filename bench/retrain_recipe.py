@@ -20,7 +20,7 @@ import torch
 from bench.common import machine, table
 from otcore.cache import DiskCache
 from otcore.config import DataSpec, FusionSpec, ModelSpec, RetrainSpec, TrainSpec
-from otcore.fusion.fuse import fuse
+from otcore.fusion import fuse
 from otcore.pipeline import dataset, train_parents
 from otcore.prune import copy_model
 from otcore.train import evaluate, train

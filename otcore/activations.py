@@ -1,10 +1,25 @@
-"""Batched capture of pre-activations through forward hooks, on a private copy of the model."""
+"""What a network computes on a batch of inputs, without touching the (possibly shared) network:
+its outputs, and its pre-activations captured through forward hooks on a private copy."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
 from otcore.device import model_device, private_copy
+
+EVAL_BATCH = 1000  # examples per forward pass of an evaluation
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> torch.Tensor:
+    """Logits (N, classes) of a model in eval mode, batch by batch on the model's device.
+
+    The model may be shared by other threads, so its mode is never switched: a model in training
+    mode is run as a private eval-mode copy (the zoo has no dropout or batch norm, but others may).
+    """
+    net = private_copy(model) if model.training else model
+    device = next(net.parameters()).device
+    return torch.cat([net(x[i:i + batch_size].to(device)) for i in range(0, len(x), batch_size)])
 
 
 @torch.no_grad()

@@ -25,6 +25,7 @@ import safetensors.torch
 import torch
 
 from otcore.checkpoint_scan import WEIGHT_DTYPES, Corrupt, Refused, allowed_globals, scan_safetensors, scan_torch
+from otcore.errors import UserError
 
 try:  # numpy >= 2 moved the scalar constructor; files written under numpy 1 name the old path
     from numpy._core.multiarray import scalar as _np_scalar
@@ -52,7 +53,7 @@ _MAX_HEADER = 100_000_000  # safetensors' own cap on the JSON header
 _FLOAT_SUFFIXES = ("weight", "bias", "_orig", "_mask", "running_mean", "running_var")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be used; the message is meant for the user."""
 
 

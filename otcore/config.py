@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from otcore.datafiles import DataError, dataset_fingerprint
+from otcore.errors import UserError
 
 
-class SpecError(ValueError):
+class SpecError(UserError):
     """A setting that cannot be used; the message is meant for the user."""
 
 
@@ -40,7 +41,7 @@ def spec_dict(spec: Any) -> dict[str, Any]:
     return out
 
 
-CACHE_FORMAT = 3  # bump when what a step stores changes, so old entries are not misread
+CACHE_FORMAT = 4  # bump when what a step stores changes, so old entries are not misread (4: rows and tensors by method id)
 
 
 def spec_hash(kind: str, *specs: Any) -> str:
@@ -275,6 +276,17 @@ class FusionSpec:
             out[self.anchor % 2] = self.ensemble_step
             return out
         return [1.0 / n_parents] * n_parents
+
+    def options(self, n_parents: int) -> Any:
+        """The otcore.fusion.FusionOptions of this setting for n_parents (weights and anchor resolved, checked)."""
+        from otcore.fusion.options import FusionOptions  # fusion imports torch; specs stay torch-free
+
+        return FusionOptions(alignment=self.alignment, mode=self.mode, solver=self.solver, reg=self.reg,
+                             ground_metric=self.ground_metric, squared=self.squared, normalize=self.normalize,
+                             past_correction=self.past_correction, marginal_correction=self.marginal_correction,
+                             marginals=self.marginals, weights=tuple(self.parent_weights(n_parents)),
+                             anchor=self.anchor % n_parents, skip_last_layer=self.skip_last_layer,
+                             renormalize=self.renormalize, seed=self.act_seed)
 
 
 PRUNE_TYPES = ("unstructured", "structured")

@@ -20,6 +20,8 @@ from collections import OrderedDict
 from importlib.util import find_spec
 from pathlib import Path
 
+from otcore.errors import UserError
+
 MAX_FILE_BYTES = 1 << 30  # no dataset file is larger (CIFAR-100's train batch, the largest, is 155 MB)
 _CHUNK = 1 << 20
 _MEMO_SIZE = 256
@@ -42,7 +44,7 @@ _digests: OrderedDict[tuple, str] = OrderedDict()
 _store_read = False
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A dataset that cannot be loaded; the message says what to do."""
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from otcore.config import DEVICE_CHOICES  # torch-free there, for the CLI's choices
+from otcore.errors import DeviceError
 from otcore.prune import copy_model  # a deep copy that also handles pruning masks
 
 
@@ -12,9 +13,9 @@ def resolve_device(choice: str = "auto") -> torch.device:
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if choice == "cuda" and not torch.cuda.is_available():
-        raise ValueError("CUDA was asked for but no GPU is visible to torch; choose 'cpu' or 'auto'")
+        raise DeviceError("CUDA was asked for but no GPU is visible to torch; choose 'cpu' or 'auto'")
     if choice not in DEVICE_CHOICES:
-        raise ValueError(f"device must be one of {DEVICE_CHOICES}, got '{choice}'")
+        raise DeviceError(f"device must be one of {DEVICE_CHOICES}, got '{choice}'")
     return torch.device(choice)
 
 

@@ -28,6 +28,7 @@ from torch.func import functional_call, grad, jvp, vjp, vmap
 
 from otcore.config import HessianSpec
 from otcore.device import private_copy
+from otcore.errors import UserError
 from otcore.hessian_diagonal import NotPiecewiseLinear, loss_hessian_diagonal
 from otcore.lanczos import NotFinite, lanczos, project_out, tridiagonal
 
@@ -46,7 +47,7 @@ WARM_START = 32
 LANCZOS_BASIS_BYTES = 2**29
 
 
-class HessianError(ValueError):
+class HessianError(UserError):
     """The Hessian cannot be computed (no data, non-finite loss or curvature); the message is for the user."""
 
 

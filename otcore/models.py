@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from otcore.errors import ModelError
+
 INPUT = "input"  # the group of the network's input channels (never permuted)
 OUTPUT = "output"  # the group of the classes (never permuted unless asked)
 
@@ -67,7 +69,7 @@ def list_models() -> list[str]:
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> FusableNet:
     """A freshly initialised network of a registered architecture."""
     if name not in _REGISTRY:
-        raise ValueError(f"unknown architecture '{name}'; choose one of {', '.join(list_models())}")
+        raise ModelError(f"unknown architecture '{name}'; choose one of {', '.join(list_models())}")
     return _REGISTRY[name](tuple(input_shape), num_classes)
 
 
@@ -137,7 +139,7 @@ class VGG(FusableNet):
                 layers += [nn.Conv2d(channels, item, kernel_size=3, padding=1, bias=False), nn.ReLU()]
                 channels = item
         if side < 1:
-            raise ValueError(f"inputs of {input_shape[1]}x{input_shape[2]} are too small for this VGG's pools")
+            raise ModelError(f"inputs of {input_shape[1]}x{input_shape[2]} are too small for this VGG's pools")
         layers.append(nn.AvgPool2d(kernel_size=1, stride=1))  # as the reference; keeps its indices
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(channels * side * side, num_classes, bias=False)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -16,12 +16,13 @@ from torch import nn
 
 from otcore.cache import CacheEntry, DiskCache, default_cache
 from otcore.checkpoints import load_checkpoint, load_into
+from otcore.comparison import Comparison, MethodResult  # re-exported: results of the steps
 from otcore.config import (DataSpec, FusionSpec, ModelSpec, PruneSpec, RetrainSpec, SpecError, TrainSpec,
                            check_partition_parents, parent_key, spec_dict, spec_hash)
 from otcore.data import Dataset, load_dataset, sample_inputs
 from otcore.device import on_device, resolve_device
-from otcore.fusion.baselines import ensemble_log_probs, vanilla_average
-from otcore.fusion.fuse import fuse
+from otcore.fusion import FusionError, ensemble_log_probs, fuse, vanilla_average
+from otcore.methods import Method, label, parent_id
 from otcore.models import FusableNet, build_model, count_parameters
 from otcore.partition import class_counts, part_indices
 from otcore.prune import copy_model, finalize, mask_zeros, prunable_layers, prune_model, sparsity_report
@@ -29,13 +30,14 @@ from otcore.train import Evaluation, ProgressFn, TrainProgress, evaluate, init_m
 
 Progress = Callable[[str, float], None]  # (what is happening, fraction done in [0, 1])
 
-PARENT = "parent"
-OT_FUSION = "OT fusion"
-OT_FINETUNED = "OT fusion fine-tuned"
-OT_RETRAINED = "OT fusion retrained"
-VANILLA = "vanilla average"
-VANILLA_RETRAINED = "vanilla average retrained"  # same recipe and epochs as the fused net's (the reference's default)
-ENSEMBLE = "prediction ensemble"
+# Display labels of the default (OT) alignment, for callers that look rows up by label; ids: otcore.methods.
+PARENT = Method.PARENT.value
+OT_FUSION = label(Method.OT_FUSION)
+OT_FINETUNED = label(Method.OT_FINETUNED)
+OT_RETRAINED = label(Method.OT_RETRAINED)
+VANILLA = label(Method.VANILLA)
+VANILLA_RETRAINED = label(Method.VANILLA_RETRAINED)  # same recipe and epochs as the fused net's (the reference's)
+ENSEMBLE = label(Method.ENSEMBLE)
 
 
 @dataclass
@@ -47,45 +49,6 @@ class Parent:
     model: FusableNet
     metrics: dict  # {'test': {'accuracy', 'loss'}, 'train': {...}, 'seconds': ...}
     source: str = "trained"  # 'trained' or the checkpoint's file name
-
-
-@dataclass
-class MethodResult:
-    """One row of a comparison: a method's scores and, where it is one network, the network."""
-
-    method: str
-    test: Evaluation
-    train: Evaluation
-    parameters: int
-    inference_ms: float  # time to predict the whole test split
-    model: nn.Module | None = None  # None for the prediction ensemble
-    key: str = ""  # identifies the network for later analysis steps
-
-
-@dataclass
-class Comparison:
-    """Every method of one fusion (or pruning) setting, side by side."""
-
-    key: str
-    rows: list[MethodResult]
-    plans: dict[str, torch.Tensor] = field(default_factory=dict)  # 'parent 2/fc1' -> plan (n_p, n_anchor)
-    diagnostics: list[dict] = field(default_factory=list)  # one dict per (parent, group)
-    seconds: dict[str, float] = field(default_factory=dict)
-    extra: dict = field(default_factory=dict)  # step-specific results (sparsity, ...)
-    cached: bool = False
-
-    def row(self, method: str) -> MethodResult:
-        """The row of a method by name."""
-        return next(r for r in self.rows if r.method == method)
-
-    def accuracies(self) -> dict:
-        """The headless contract: test accuracies in percent, parents in order."""
-        out = {"parents": [r.test.accuracy for r in self.rows if r.method.startswith(PARENT)]}
-        names = {OT_FUSION: "ot_fusion", VANILLA: "vanilla_average", ENSEMBLE: "prediction_ensemble",
-                 OT_FINETUNED: "ot_fusion_finetuned", OT_RETRAINED: "ot_fusion_retrained",
-                 VANILLA_RETRAINED: "vanilla_average_retrained"}
-        out.update({names[r.method]: r.test.accuracy for r in self.rows if r.method in names})
-        return out
 
 
 def _report(progress: Progress | None, what: str, done: float) -> None:
@@ -227,12 +190,14 @@ def _timed_eval(model: nn.Module | list[nn.Module], ds: Dataset) -> tuple[Evalua
     return test, score_logits(predict_logits(model, ds.x_train), ds.y_train), ms
 
 
-def method_row(method: str, model: nn.Module | list[nn.Module], ds: Dataset, key: str = "") -> MethodResult:
-    """Scores of one method on a dataset."""
+def method_row(method: str, model: nn.Module | list[nn.Module], ds: Dataset, key: str = "",
+               method_id: str = "") -> MethodResult:
+    """Scores of one method (display label `method`, stable id `method_id`) on a dataset."""
     test, train_scores, ms = _timed_eval(model, ds)
     if isinstance(model, list):
-        return MethodResult(method, test, train_scores, sum(count_parameters(m) for m in model), ms, None, key)
-    return MethodResult(method, test, train_scores, count_parameters(model), ms, model, key)
+        return MethodResult(method, test, train_scores, sum(count_parameters(m) for m in model), ms, None, key,
+                            method_id)
+    return MethodResult(method, test, train_scores, count_parameters(model), ms, model, key, method_id)
 
 
 def fusion_inputs(data: DataSpec, spec: FusionSpec, device: torch.device) -> torch.Tensor:
@@ -258,25 +223,36 @@ def _fine_tuned(net: nn.Module, ds: Dataset, recipe: RetrainSpec, epochs: int, l
 def _ot_fusion(nets: list[FusableNet], spec: FusionSpec, data: DataSpec, dev: torch.device, names: list[str],
                tensors: dict[str, torch.Tensor]) -> tuple[FusableNet, dict, list[dict]]:
     """Fuse, store the plans into tensors, return (fused net, seconds, diagnostics rows)."""
-    needs_sample = spec.mode == "activations" or spec.renormalize or spec.alignment in ("cca", "zipit")
-    result = fuse(nets, spec, fusion_inputs(data, spec, dev) if needs_sample else None)
+    options = spec.options(len(nets))
+    result = fuse(nets, options, fusion_inputs(data, spec, dev) if options.needs_inputs else None)
     for name, plans in zip(names, result.plans):
         tensors.update({f"plan/{name}/{g}": t for g, t in plans.items() if t is not None})
     diagnostics = [{"parent": names[i], **d.__dict__} for i, per in enumerate(result.diagnostics) for d in per]
     return result.model, result.seconds, diagnostics
 
 
-def _scored_entry(key: str, kind: str, config: dict, models: dict[str, nn.Module | list[nn.Module]], ds: Dataset,
-                  row_keys: dict[str, str], tensors: dict[str, torch.Tensor], metrics: dict) -> CacheEntry:
-    """A cache entry holding every method's scores and the networks not already held elsewhere."""
+def _scored_entry(key: str, kind: str, config: dict, models: dict[str, nn.Module | list[nn.Module]],
+                  labels: dict[str, str], ds: Dataset, row_keys: dict[str, str], tensors: dict[str, torch.Tensor],
+                  metrics: dict) -> CacheEntry:
+    """A cache entry holding every method's scores and the networks not already held elsewhere.
+
+    models and row_keys are keyed by method id, which also prefixes the stored tensors ('ot_fusion/fc1.weight');
+    labels maps each id to the label its row shows."""
     rows = []
-    for name, net in models.items():
-        row = method_row(name, net, ds, row_keys.get(name, f"{key}/{name}"))
-        rows.append({"method": name, "test": row.test.__dict__, "train": row.train.__dict__,
+    for method_id, net in models.items():
+        row = method_row(labels[method_id], net, ds, row_keys.get(method_id, f"{key}/{method_id}"), method_id)
+        rows.append({"method": row.method, "id": method_id, "test": row.test.__dict__, "train": row.train.__dict__,
                      "parameters": row.parameters, "inference_ms": row.inference_ms, "key": row.key})
-        if isinstance(net, nn.Module) and name not in row_keys:
-            tensors.update({f"{name}/{k}": v for k, v in net.state_dict().items()})
+        if isinstance(net, nn.Module) and method_id not in row_keys:
+            tensors.update({f"{method_id}/{k}": v for k, v in net.state_dict().items()})
     return CacheEntry(key, kind, config, {"rows": rows, **metrics}, tensors)
+
+
+def _labels(parents: list[Parent], alignment: str) -> dict[str, str]:
+    """Every method id of a comparison -> the label its row shows (parents keep their own names)."""
+    out = {parent_id(i): p.name for i, p in enumerate(parents)}
+    out.update({m.value: label(m, alignment) for m in Method if m is not Method.PARENT})
+    return out
 
 
 def fuse_and_compare(data: DataSpec, model: ModelSpec, parents: list[Parent], spec: FusionSpec,
@@ -298,24 +274,26 @@ def fuse_and_compare(data: DataSpec, model: ModelSpec, parents: list[Parent], sp
         _report(progress, "fusing", 0.05)
         tensors: dict[str, torch.Tensor] = {}
         fused, seconds, diagnostics = _ot_fusion(nets, spec, data, dev, [p.name for p in parents], tensors)
-        models: dict[str, nn.Module | list[nn.Module]] = {p.name: n for p, n in zip(parents, nets)}
+        models: dict[str, nn.Module | list[nn.Module]] = {parent_id(i): n for i, n in enumerate(nets)}
         models.update(_baselines(nets))
-        models[OT_FUSION] = fused
+        models[Method.OT_FUSION.value] = fused
         if spec.finetune_epochs > 0:
-            if spec.retrain.retrain_vanilla and VANILLA in models:
-                models[VANILLA_RETRAINED], seconds["finetune vanilla"] = _fine_tuned(
-                    models[VANILLA], ds, spec.retrain, spec.finetune_epochs, "retraining the vanilla average",
+            if spec.retrain.retrain_vanilla and Method.VANILLA.value in models:
+                models[Method.VANILLA_RETRAINED.value], seconds["finetune vanilla"] = _fine_tuned(
+                    models[Method.VANILLA.value], ds, spec.retrain, spec.finetune_epochs, "retraining the vanilla average",
                     progress, (0.2, 0.55))
-            models[OT_FINETUNED], seconds["finetune"] = _fine_tuned(
+            models[Method.OT_FINETUNED.value], seconds["finetune"] = _fine_tuned(
                 fused, ds, spec.retrain, spec.finetune_epochs, "fine-tuning the fused net", progress, (0.55, 0.9))
         _report(progress, "evaluating every method", 0.9)
         config = {"data": spec_dict(data), "model": spec_dict(model), "fusion": spec_dict(spec),
                   "parents": [p.key for p in parents]}
-        return _scored_entry(key, "fusion", config, models, ds, {p.name: p.key for p in parents}, tensors,
-                             {"seconds": seconds, "diagnostics": diagnostics, "device": str(dev)})
+        return _scored_entry(key, "fusion", config, models, _labels(parents, spec.alignment), ds,
+                             {parent_id(i): p.key for i, p in enumerate(parents)}, tensors,
+                             {"seconds": seconds, "diagnostics": diagnostics, "device": str(dev),
+                              "alignment": spec.alignment})
 
     entry, hit = cached(cache, key, compute)
-    comparison = comparison_from_entry(entry, {p.name: n for p, n in zip(parents, nets)},
+    comparison = comparison_from_entry(entry, {parent_id(i): n for i, n in enumerate(nets)},
                                        nets[spec.anchor % len(nets)], dev)
     comparison.cached = hit
     _report(progress, "done", 1.0)
@@ -326,26 +304,28 @@ def _baselines(nets: list[nn.Module]) -> dict[str, nn.Module | list[nn.Module]]:
     """Vanilla average (only for parents of one width) and the prediction ensemble."""
     out: dict[str, nn.Module | list[nn.Module]] = {}
     try:
-        out[VANILLA] = vanilla_average(nets)
-    except ValueError:
+        out[Method.VANILLA.value] = vanilla_average(nets)
+    except FusionError:
         pass  # parents of different widths have no vanilla average
-    out[ENSEMBLE] = list(nets)
+    out[Method.ENSEMBLE.value] = list(nets)
     return out
 
 
 def comparison_from_entry(entry: CacheEntry, in_memory: dict[str, nn.Module], template: nn.Module,
                           dev: torch.device) -> Comparison:
-    """Rebuild a comparison (scores, networks, plans) from its cache entry."""
+    """Rebuild a comparison (scores, networks, plans) from its cache entry; in_memory: networks by method id."""
     rows = []
     for r in entry.metrics["rows"]:
-        net = in_memory.get(r["method"])
-        if net is None and r["method"] != ENSEMBLE:
-            state = {k[len(r["method"]) + 1:]: v for k, v in entry.tensors.items() if k.startswith(r["method"] + "/")}
+        method_id = r["id"]
+        net = in_memory.get(method_id)
+        if net is None and method_id != Method.ENSEMBLE:
+            prefix = method_id + "/"
+            state = {k[len(prefix):]: v for k, v in entry.tensors.items() if k.startswith(prefix)}
             net = copy_model(template)
             net.load_state_dict(state)
             net = net.to(dev).eval()
         rows.append(MethodResult(r["method"], Evaluation(**r["test"]), Evaluation(**r["train"]), r["parameters"],
-                                 r["inference_ms"], net, r["key"]))
+                                 r["inference_ms"], net, r["key"], method_id))
     plans = {k[len("plan/"):]: v for k, v in entry.tensors.items() if k.startswith("plan/")}
     extra = {k: v for k, v in entry.metrics.items() if k not in ("rows", "diagnostics", "seconds")}
     return Comparison(entry.key, rows, plans, entry.metrics.get("diagnostics", []), entry.metrics.get("seconds", {}),
@@ -397,31 +377,33 @@ def prune_and_compare(data: DataSpec, model: ModelSpec, parents: list[Parent], p
         sources = pruned if prune.order == "prune-fuse" else nets
         fused, fuse_seconds, diagnostics = _ot_fusion(sources, fusion, data, dev, names, tensors)
         seconds.update(fuse_seconds)
-        vanilla = _baselines(sources).get(VANILLA)
+        vanilla = _baselines(sources).get(Method.VANILLA.value)
         fused = masked(fused)  # masks kept for the retraining below
         vanilla = masked(vanilla) if vanilla is not None else None
-        models: dict[str, nn.Module | list[nn.Module]] = dict(zip(names, pruned))
+        models: dict[str, nn.Module | list[nn.Module]] = {parent_id(i): n for i, n in enumerate(pruned)}
         if vanilla is not None:
-            models[VANILLA] = finalize(vanilla)
-        models[ENSEMBLE] = list(pruned)
-        models[OT_FUSION] = finalize(fused)
+            models[Method.VANILLA.value] = finalize(vanilla)
+        models[Method.ENSEMBLE.value] = list(pruned)
+        models[Method.OT_FUSION.value] = finalize(fused)
         if prune.retrain_epochs > 0:
             if vanilla is not None and recipe.retrain_vanilla:
                 tuned, seconds["retrain vanilla"] = _fine_tuned(vanilla, ds, recipe, prune.retrain_epochs,
                                                                 "retraining the vanilla average", progress,
                                                                 (0.45, 0.65))
-                models[VANILLA_RETRAINED] = finalize(tuned)
+                models[Method.VANILLA_RETRAINED.value] = finalize(tuned)
             tuned, seconds["retrain"] = _fine_tuned(fused, ds, recipe, prune.retrain_epochs,
                                                     "retraining the fused net", progress, (0.65, 0.9))
-            models[OT_RETRAINED] = finalize(tuned)
+            models[Method.OT_RETRAINED.value] = finalize(tuned)
         _report(progress, "evaluating every method", 0.9)
-        sparsity = {name: sparsity_report(m, layers).overall_fraction for name, m in models.items()
-                    if isinstance(m, nn.Module)}
+        labels = _labels(parents, fusion.alignment)
+        sparsity = {labels[i]: sparsity_report(m, layers).overall_fraction for i, m in models.items()
+                    if isinstance(m, nn.Module)}  # keyed by label, as the tables show it
         config = {"data": spec_dict(data), "model": spec_dict(model), "prune": spec_dict(prune),
                   "fusion": spec_dict(fusion), "parents": [p.key for p in parents]}
-        return _scored_entry(key, "prune", config, models, ds, {}, tensors,
+        return _scored_entry(key, "prune", config, models, labels, ds, {}, tensors,
                              {"seconds": seconds, "diagnostics": diagnostics, "sparsity": sparsity,
-                              "fraction": prune.fraction, "type": prune.type, "device": str(dev)})
+                              "fraction": prune.fraction, "type": prune.type, "device": str(dev),
+                              "alignment": fusion.alignment})
 
     entry, hit = cached(cache, key, compute)
     comparison = comparison_from_entry(entry, {}, nets[fusion.anchor % len(nets)], dev)

@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from otcore.config import PruneSpec
+from otcore.errors import PruneError
 from otcore.models import INPUT, OUTPUT, FusableNet, count_parameters
 
 _KINDS = {"conv": (nn.Conv2d,), "linear": (nn.Linear,), "all": (nn.Conv2d, nn.Linear)}
@@ -57,7 +58,7 @@ def copy_model(model: nn.Module) -> nn.Module:
 def prunable_layers(model: FusableNet, scope: str, keep_last_layer: bool) -> list[str]:
     """Module paths of the Conv2d/Linear layers in `scope`, without the output layer if `keep_last_layer`."""
     if scope not in _KINDS:
-        raise ValueError(f"prune scope must be one of {tuple(_KINDS)}, got '{scope}'")
+        raise PruneError(f"prune scope must be one of {tuple(_KINDS)}, got '{scope}'")
     out = []
     for layer in model.alignment_layers():
         if keep_last_layer and layer.out_group == OUTPUT:
@@ -222,7 +223,7 @@ def _input_index(module: nn.Module, kept: torch.Tensor, width: int) -> torch.Ten
     """Input columns of a reader that belong to the kept channels of a group of `width` channels."""
     if isinstance(module, nn.Conv2d):
         if module.groups != 1:
-            raise ValueError("compaction of grouped convolutions is not supported")
+            raise PruneError("compaction of grouped convolutions is not supported")
         return kept
     # A Linear reading flattened (C, h, w) features owns one block of h*w columns per channel.
     block = module.in_features // width
@@ -280,7 +281,7 @@ def compact(model: FusableNet) -> CompactionReport:
         if in_index is not None:
             if isinstance(module, nn.Conv2d) and any(isinstance(modules[w.name], nn.Linear)
                                                      for w in layers if w.out_group == layer.in_group):
-                raise ValueError(f"cannot compact '{layer.name}': a convolution reading a linear layer")
+                raise PruneError(f"cannot compact '{layer.name}': a convolution reading a linear layer")
             in_index = _input_index(module, in_index, widths[layer.in_group])
         if out_index is not None or in_index is not None:
             _shrink(module, out_index, in_index)

@@ -28,7 +28,7 @@ _LATEST_TIMESTAMP = 1e11  # about the year 5100; datetime.fromtimestamp fails be
 
 EVALUATION = {"accuracy": float, "loss": float}
 METHOD_ROW = {"method": str, "test": EVALUATION, "train": EVALUATION, "parameters": int,
-              "inference_ms": float, "key": (str, type(None))}
+              "inference_ms": float, "key": (str, type(None)), "id": Optional(str)}  # id: from cache format 4 on
 SPEC_NAMES = {"data": {"name": str}, "model": {"arch": str}}
 # What readers take from each kind's config and metrics: figures.manifest_table and headline, the CLI's
 # list, otcore.sweep.scores / load_sweep and the Sweeps page's list of recorded sweeps.

@@ -11,9 +11,7 @@ from torch import nn
 
 from otcore.config import RetrainSpec, TrainSpec
 from otcore.data import iterate_batches
-from otcore.device import private_copy
-
-EVAL_BATCH = 1000
+from otcore.activations import EVAL_BATCH, predict_logits  # noqa: F401  (re-exported: train's public API)
 
 
 @dataclass(frozen=True)
@@ -38,18 +36,6 @@ class Evaluation:
 
 
 ProgressFn = Callable[[TrainProgress], None]
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> torch.Tensor:
-    """Logits (N, classes) of a model in eval mode, batch by batch on the model's device.
-
-    The model may be shared by other threads, so its mode is never switched: a model in training
-    mode is run as a private eval-mode copy (the zoo has no dropout or batch norm, but others may).
-    """
-    net = private_copy(model) if model.training else model
-    device = next(net.parameters()).device
-    return torch.cat([net(x[i:i + batch_size].to(device)) for i in range(0, len(x), batch_size)])
 
 
 def score_logits(logits: torch.Tensor, y: torch.Tensor) -> Evaluation:

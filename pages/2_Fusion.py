@@ -14,7 +14,7 @@ from otcore.config import (
     RetrainSpec,
     SpecError,
 )
-from otcore.pipeline import OT_FUSION
+from otcore.methods import Method, is_parent
 from ui import errors, page, runs, sidebar, state, widgets
 
 DEFAULT = FusionSpec()
@@ -125,7 +125,7 @@ st.caption(f"Ran on **{device}** · result **{source}** · {timing} · key `{com
 best = figures.best_parent_accuracy(comparison)
 for card, result in zip(st.columns(len(comparison.rows)), comparison.rows):
     gap = result.test.accuracy - best
-    is_best = result.method.startswith("parent") and gap == 0
+    is_best = is_parent(result.method) and gap == 0
     card.metric(result.method, f"{result.test.accuracy:.2f} %", "best parent" if is_best else f"{gap:+.2f} pp",
                 delta_color="off" if is_best else "normal", delta_arrow="off" if is_best else "auto", border=True,
                 help=f"test accuracy; test loss {result.test.loss:.4f}; delta in points against the best parent "
@@ -139,7 +139,7 @@ with tab_compare:
     with left:
         widgets.show_table(table, row_height=32)
     right.plotly_chart(figures.comparison_bar(comparison, height=260), theme=None, key="fusion.chart.bar")
-    fused = comparison.row(OT_FUSION)
+    fused = comparison.row(Method.OT_FUSION)  # by id: its label follows the alignment
     stem = f"{parent_set.data.name}-{parent_set.model.arch}-ot-fusion"
     with st.container(horizontal=True):
         widgets.checkpoint_button(fused.model, f"{stem}.checkpoint", "fusion.download.model", "Fused checkpoint",

@@ -7,7 +7,8 @@ from otcore import figures, report
 from otcore.aligned_paths import ALIGNMENTS, aligned_path
 from otcore.config import SpecError
 from otcore.figures import retraining_networks
-from otcore.pipeline import OT_FUSION, PARENT, VANILLA
+from otcore.methods import is_parent
+from otcore.pipeline import OT_FUSION, VANILLA
 from ui import errors, memo, page, runs, sidebar, state, widgets
 
 REQUEST = "landscape.request"  # LandscapeRequest of the last press of Compute
@@ -94,7 +95,7 @@ try:
     if via not in (a, b):
         paths.append(runs.interpolation_of(ws, parent_set, [compared.row(n) for n in (a, via, b)], spec, 11))
     plane = runs.surface_of(ws, parent_set, compared.row(surface_of), spec, directions, span, grid)
-    pair = [r for r in compared.rows if r.method.startswith(PARENT)]
+    pair = [r for r in compared.rows if is_parent(r.id)]
     aligned = []
     if len(pair) == 2 and alignments:
         bar = memo.ProgressBar("Loss along parent 1 → parent 2 after aligning parent 2 (cached afterwards)")

@@ -72,7 +72,7 @@ def test_cached_train_never_imports_torch_and_prints_what_the_pipeline_prints(tr
     from otcore import cli
 
     monkeypatch.setenv("OTCORE_CACHE_DIR", str(trained.cache))
-    monkeypatch.setattr(cli, "cached_parents", lambda args: None)
+    monkeypatch.setattr(cli.train, "cached_parents", lambda args: None)  # the torch-free path, switched off
     assert cli.main(list(args)) == 0
     assert fast.stdout == capsys.readouterr().out
     if flags:

@@ -5,12 +5,8 @@ import pytest
 import torch
 
 from otcore.config import DataSpec, FusionSpec, ModelSpec, TrainSpec
-from otcore.fusion.align import apply_plans
-from otcore.fusion.baselines import ensemble_log_probs, vanilla_average
-from otcore.fusion.fuse import align_parents, fuse
-from otcore.fusion.ground_metric import cost_matrix
-from otcore.fusion.symmetry import permuted_copy
-from otcore.fusion.transport import TransportError, transport_plan
+from otcore.fusion import (align_parents, apply_plans, cost_matrix, ensemble_log_probs, fuse, permuted_copy,
+                           transport_plan, TransportError, vanilla_average)
 from otcore.models import build_model
 from otcore.train import init_model
 

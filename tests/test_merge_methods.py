@@ -6,12 +6,8 @@ import torch
 
 from otcore.activations import capture_activations
 from otcore.config import DataSpec, FusionSpec, ModelSpec, SpecError, TrainSpec
-from otcore.fusion.baselines import vanilla_average
-from otcore.fusion.cca import cca_map
-from otcore.fusion.fuse import fuse
-from otcore.fusion.merge_maps import MergeMethodError
-from otcore.fusion.symmetry import permuted_copy, random_permutations
-from otcore.fusion.zipit import zipit_maps
+from otcore.fusion import (cca_map, fuse, MergeMethodError, permuted_copy, random_permutations, vanilla_average,
+                           zipit_maps)
 from otcore.models import build_model
 from otcore.train import init_model
 

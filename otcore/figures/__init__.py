@@ -4,22 +4,72 @@ One module per concept: the house style (`style`), comparison tables and bars (`
 plans (`plans`), pruning and sweeps (`sweeps`), curvature (`curvature`), the loss landscape (`landscape`)
 and data partitions (`partition`). Every public name is re-exported, so `figures.X` works everywhere.
 """
-from otcore.figures.comparison import (best_parent_accuracy, comparison_bar, comparison_table, headline, human_size,
-                                       manifest_table, parents_table)
-from otcore.figures.curvature import (CURVATURE_DECIMALS, GAP, LAMBDA_MAX, SHARPNESS, TRACE, curvature_record,
-                                      curvature_table, sharpness_scatter, sharpness_table, spectral_density_chart,
-                                      trace_description)
+from otcore.figures.comparison import (
+                                       best_parent_accuracy,
+                                       comparison_bar,
+                                       comparison_table,
+                                       headline,
+                                       human_size,
+                                       manifest_table,
+                                       parents_table,
+)
+from otcore.figures.curvature import (
+                                       CURVATURE_DECIMALS,
+                                       GAP,
+                                       LAMBDA_MAX,
+                                       SHARPNESS,
+                                       TRACE,
+                                       curvature_record,
+                                       curvature_table,
+                                       sharpness_scatter,
+                                       sharpness_table,
+                                       spectral_density_chart,
+                                       trace_description,
+)
 from otcore.figures.landscape import interpolation_chart, perturbation_chart, surface_contour
 from otcore.figures.partition import class_histogram, own_classes_table, per_class_frame, per_class_heatmap
 from otcore.figures.plans import diagnostics_chart, diagnostics_table, plan_array, plan_heatmap
 from otcore.figures.retraining import RETRAINED, retraining_charts, retraining_networks
-from otcore.figures.style import (FONT, HEATMAP_SCALE, INFERENCE_MS, METHOD, METHOD_COLOURS, PARAMETERS, TEMPLATE,
-                                  TEST_ACC, TEST_LOSS, TRAIN_ACC, TRAIN_LOSS, accuracy_range, column_decimals,
-                                  method_colour, percent, style, tick_label)
-from otcore.figures.sweeps import (FRACTION, HESSIAN_TRACE, METRICS, SEEDS, SPARSITY, STUDY_METRICS, TABLE_FORMATS,
-                                   check_study_metric, experiment_label, fraction_table, prune_sweep_chart,
-                                   prune_table, retrained, sparsity_chart, study_table, study_text, sweep_figure,
-                                   sweep_metrics, sweep_table)
+from otcore.figures.style import (
+                                       FONT,
+                                       HEATMAP_SCALE,
+                                       INFERENCE_MS,
+                                       METHOD,
+                                       METHOD_COLOURS,
+                                       PARAMETERS,
+                                       TEMPLATE,
+                                       TEST_ACC,
+                                       TEST_LOSS,
+                                       TRAIN_ACC,
+                                       TRAIN_LOSS,
+                                       accuracy_range,
+                                       column_decimals,
+                                       method_colour,
+                                       percent,
+                                       style,
+                                       tick_label,
+)
+from otcore.figures.sweeps import (
+                                       FRACTION,
+                                       HESSIAN_TRACE,
+                                       METRICS,
+                                       SEEDS,
+                                       SPARSITY,
+                                       STUDY_METRICS,
+                                       TABLE_FORMATS,
+                                       check_study_metric,
+                                       experiment_label,
+                                       fraction_table,
+                                       prune_sweep_chart,
+                                       prune_table,
+                                       retrained,
+                                       sparsity_chart,
+                                       study_table,
+                                       study_text,
+                                       sweep_figure,
+                                       sweep_metrics,
+                                       sweep_table,
+)
 
 __all__ = ["accuracy_range", "best_parent_accuracy", "check_study_metric", "class_histogram", "column_decimals",
            "comparison_bar", "comparison_table", "CURVATURE_DECIMALS", "curvature_record", "curvature_table",

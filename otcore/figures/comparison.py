@@ -8,8 +8,20 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from otcore.cache import config_field
-from otcore.figures.style import (INFERENCE_MS, METHOD, PARAMETERS, TEST_ACC, TEST_LOSS, TRAIN_ACC, TRAIN_LOSS,
-                                  accuracy_range, method_colour, style, tick_label)
+from otcore.figures.style import (
+    INFERENCE_MS,
+    METHOD,
+    PARAMETERS,
+    TEST_ACC,
+    TEST_LOSS,
+    TRAIN_ACC,
+    TRAIN_LOSS,
+    accuracy_range,
+    method_colour,
+    style,
+    tick_label,
+)
+from otcore.methods import is_parent
 
 
 def comparison_table(comparison: Any) -> pd.DataFrame:
@@ -22,7 +34,7 @@ def comparison_table(comparison: Any) -> pd.DataFrame:
 
 def best_parent_accuracy(comparison: Any) -> float:
     """The highest test accuracy (%) among the parents of a comparison."""
-    return max(r.test.accuracy for r in comparison.rows if r.method.startswith("parent"))
+    return max(r.test.accuracy for r in comparison.rows if is_parent(r.method))
 
 
 def parents_table(parents: Sequence[Any]) -> pd.DataFrame:
@@ -66,7 +78,7 @@ def headline(metrics: dict) -> str:
         return f"test acc {metrics['test']['accuracy']:.2f}%"
     rows = metrics.get("rows")
     if isinstance(rows, list) and rows:
-        parents = [r["test"]["accuracy"] for r in rows if str(r.get("method", "")).startswith("parent")]
+        parents = [r["test"]["accuracy"] for r in rows if is_parent(r.get("method", ""))]
         last = rows[-1]
         text = f"{last['method']} {last['test']['accuracy']:.2f}%"
         return text + (f" (best parent {max(parents):.2f}%)" if parents else "")

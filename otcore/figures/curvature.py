@@ -11,7 +11,6 @@ import torch
 from otcore.figures.style import METHOD, TEST_ACC, method_colour, style
 from otcore.figures.sweeps import FRACTION
 
-
 LAMBDA_MAX = "λ max"
 TRACE = "trace"
 GAP = "gap (pp)"  # generalisation gap: train minus test accuracy, in percentage points

@@ -12,7 +12,8 @@ import plotly.graph_objects as go
 
 from otcore.figures.curvature import spectral_density_chart
 from otcore.figures.landscape import perturbation_chart
-from otcore.pipeline import OT_FINETUNED, OT_FUSION, OT_RETRAINED, PARENT
+from otcore.methods import is_parent
+from otcore.pipeline import OT_FINETUNED, OT_FUSION, OT_RETRAINED
 
 RETRAINED = (OT_FINETUNED, OT_RETRAINED)  # the fused net after retraining: the Fusion page's, the Pruning page's
 
@@ -22,7 +23,7 @@ def retraining_networks(options: Sequence[str]) -> list[str]:
     retrained = [o for o in options if o in RETRAINED]
     if not retrained or OT_FUSION not in options:
         return []
-    return [o for o in options if o.startswith(PARENT)] + [OT_FUSION] + retrained
+    return [o for o in options if is_parent(o)] + [OT_FUSION] + retrained
 
 
 def retraining_charts(curvatures: Sequence[Any], height: int = 360) -> dict[str, go.Figure]:

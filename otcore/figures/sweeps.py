@@ -8,8 +8,18 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from otcore.figures.comparison import comparison_table
-from otcore.figures.style import (INFERENCE_MS, METHOD, PARAMETERS, TEST_ACC, TEST_LOSS, TRAIN_ACC, method_colour,
-                                  percent, style)
+from otcore.figures.style import (
+    INFERENCE_MS,
+    METHOD,
+    PARAMETERS,
+    TEST_ACC,
+    TEST_LOSS,
+    TRAIN_ACC,
+    method_colour,
+    percent,
+    style,
+)
+from otcore.methods import is_parent
 from otcore.sweep import PointResult, cell, value_text
 
 # The one sparsity column: the share of zero weights over the pruned layers, a fraction in [0, 1]; display
@@ -26,7 +36,7 @@ def prune_table(comparison: Any) -> pd.DataFrame:
     """
     table = comparison_table(comparison)
     sparsity = dict(comparison.extra.get("sparsity", {}))
-    parents = [v for m, v in sparsity.items() if m.startswith("parent")]
+    parents = [v for m, v in sparsity.items() if is_parent(m)]
     if parents:
         sparsity.setdefault("prediction ensemble", sum(parents) / len(parents))
     table.insert(3, percent(SPARSITY),

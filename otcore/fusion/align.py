@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from otcore.config import FusionSpec
+from otcore.errors import FusionError
 from otcore.fusion.ground_metric import cost_matrix
+from otcore.fusion.options import FusionOptions
 from otcore.fusion.transport import permutation_closeness, transport_plan
 from otcore.models import INPUT, OUTPUT, AlignedLayer, FusableNet
 
@@ -84,14 +85,14 @@ def check_same_family(models: list[FusableNet]) -> list[AlignedLayer]:
     for i, model in enumerate(models[1:], start=1):
         other = model.alignment_layers()
         if [(l.name, l.in_group, l.out_group) for l in other] != [(l.name, l.in_group, l.out_group) for l in walk]:
-            raise ValueError(f"parent {i + 1} is not of the same architecture family as parent 1; "
+            raise FusionError(f"parent {i + 1} is not of the same architecture family as parent 1; "
                              "fusion needs parents with the same layers")
         if weight_of(model, walk[-1].name).shape[0] != weight_of(models[0], walk[-1].name).shape[0]:
-            raise ValueError(f"parent {i + 1} has a different number of classes than parent 1")
+            raise FusionError(f"parent {i + 1} has a different number of classes than parent 1")
     return walk
 
 
-def ot_plans(parent: FusableNet, anchor: FusableNet, spec: FusionSpec,
+def ot_plans(parent: FusableNet, anchor: FusableNet, opts: FusionOptions,
              parent_acts: dict[str, torch.Tensor] | None = None,
              anchor_acts: dict[str, torch.Tensor] | None = None) -> tuple[Plans, list[GroupDiagnostics]]:
     """Plans mapping each group of `parent` onto the anchor's neurons, and their diagnostics."""
@@ -102,27 +103,27 @@ def ot_plans(parent: FusableNet, anchor: FusableNet, spec: FusionSpec,
         group = layer.out_group
         if group in plans:
             continue
-        if group == OUTPUT and spec.skip_last_layer:
+        if group == OUTPUT and opts.skip_last_layer:
             plans[OUTPUT] = None  # classes are already aligned: average without a plan
             continue
         start = time.perf_counter()
         writers = [w for w in walk if w.out_group == group and w.in_group in plans]
         rows_p, rows_a = [], []
         for w in writers:
-            t_in = plans[w.in_group] if spec.past_correction else None
+            t_in = plans[w.in_group] if opts.past_correction else None
             rows_p.append(transform_weight(weight_of(parent, w.name), t_in, None).flatten(1))
             rows_a.append(weight_of(anchor, w.name).flatten(1))
         weights_p, weights_a = torch.cat(rows_p, 1), torch.cat(rows_a, 1)
-        if spec.mode == "activations" and group != OUTPUT:
+        if opts.mode == "activations" and group != OUTPUT:
             feats_p, feats_a = parent_acts[group], anchor_acts[group]
         else:
             feats_p, feats_a = weights_p, weights_a
-        cost = cost_matrix(feats_p, feats_a, spec.ground_metric, spec.squared, spec.normalize)
-        mu = _marginal(torch.cat([weight_of(parent, w.name).flatten(1) for w in writers], 1), spec.marginals)
-        nu = _marginal(weights_a, spec.marginals)
-        plan = transport_plan(mu, nu, cost, spec.solver, spec.reg)
+        cost = cost_matrix(feats_p, feats_a, opts.ground_metric, opts.squared, opts.normalize)
+        mu = _marginal(torch.cat([weight_of(parent, w.name).flatten(1) for w in writers], 1), opts.marginals)
+        nu = _marginal(weights_a, opts.marginals)
+        plan = transport_plan(mu, nu, cost, opts.solver, opts.reg)
         solved = plan
-        if spec.marginal_correction:
+        if opts.marginal_correction:
             # Divide each column by the mass it received, so every anchor neuron is a convex
             # combination of parent neurons (the reference's --correction / proper marginals).
             plan = plan / plan.sum(0, keepdim=True).clamp_min(1e-12)

@@ -6,7 +6,8 @@ import copy
 import torch
 from torch import nn
 
-from otcore.train import predict_logits
+from otcore.activations import predict_logits
+from otcore.errors import FusionError
 
 
 def vanilla_average(parents: list[nn.Module], weights: list[float] | None = None) -> nn.Module:
@@ -16,7 +17,7 @@ def vanilla_average(parents: list[nn.Module], weights: list[float] | None = None
     for name, tensor in states[0].items():
         for i, state in enumerate(states[1:], start=2):
             if state[name].shape != tensor.shape:
-                raise ValueError(f"vanilla averaging needs parents of one width: {name} of parent {i} has shape "
+                raise FusionError(f"vanilla averaging needs parents of one width: {name} of parent {i} has shape "
                                  f"{tuple(state[name].shape)}, parent 1 has {tuple(tensor.shape)}")
     averaged = {k: sum(w * s[k] for w, s in zip(weights, states)) for k in states[0]}
     model = copy.deepcopy(parents[0])

@@ -15,8 +15,9 @@ from typing import Callable
 import torch
 
 from otcore.activations import capture_activations
-from otcore.config import FusionSpec
+from otcore.errors import FusionError
 from otcore.fusion.align import GroupDiagnostics, Plans, apply_plans, check_same_family, ot_plans
+from otcore.fusion.options import MERGE_ALIGNMENTS, FusionOptions, MakesOptions, as_options
 from otcore.models import FusableNet
 
 
@@ -30,19 +31,21 @@ class FusionResult:
     seconds: dict[str, float] = field(default_factory=dict)  # 'activations', 'fusion'
 
 
-def align_parents(parents: list[FusableNet], spec: FusionSpec, act_inputs: torch.Tensor | None = None,
+def align_parents(parents: list[FusableNet], options: FusionOptions | MakesOptions,
+                  act_inputs: torch.Tensor | None = None,
                   progress: Callable[[str, float], None] | None = None) -> FusionResult:
     """Plans aligning every parent to the anchor; `model` is left as the anchor (not yet fused)."""
     if len(parents) < 2:
-        raise ValueError("fusion needs at least two parents")
+        raise FusionError("fusion needs at least two parents")
+    opts = as_options(options, len(parents))
     check_same_family(parents)
-    anchor_idx = spec.anchor % len(parents)
+    anchor_idx = opts.anchor_index(len(parents))
     anchor = parents[anchor_idx]
     seconds = {"activations": 0.0, "fusion": 0.0}
     acts: list[dict[str, torch.Tensor] | None] = [None] * len(parents)
-    if spec.mode == "activations" and spec.alignment == "ot":
+    if opts.mode == "activations" and opts.alignment == "ot":
         if act_inputs is None:
-            raise ValueError("activation-based alignment needs a sample of inputs")
+            raise FusionError("activation-based alignment needs a sample of inputs")
         start = time.perf_counter()
         acts = [capture_activations(p, act_inputs, p.group_modules()) for p in parents]
         seconds["activations"] = time.perf_counter() - start
@@ -55,13 +58,13 @@ def align_parents(parents: list[FusableNet], spec: FusionSpec, act_inputs: torch
         if i == anchor_idx:
             plans.append({})
             diagnostics.append([])
-        elif spec.alignment == "weight_matching":
+        elif opts.alignment == "weight_matching":
             from otcore.fusion.weight_matching import weight_matching_plans
 
-            plans.append(weight_matching_plans(parent, anchor, seed=spec.act_seed))
+            plans.append(weight_matching_plans(parent, anchor, seed=opts.seed))
             diagnostics.append([])
         else:
-            p, d = ot_plans(parent, anchor, spec, acts[i], acts[anchor_idx])
+            p, d = ot_plans(parent, anchor, opts, acts[i], acts[anchor_idx])
             plans.append(p)
             diagnostics.append(d)
     seconds["fusion"] = time.perf_counter() - start
@@ -84,10 +87,10 @@ def average_aligned(parents: list[FusableNet], plans: list[Plans], weights: list
     return fused.eval()
 
 
-MERGE_METHODS = {"cca": "CCA Merge", "zipit": "ZipIt!"}  # alignments by merge/unmerge maps
+MERGE_METHODS = {"cca": "CCA Merge", "zipit": "ZipIt!"}  # alignments by merge/unmerge maps, by name in messages
 
 
-def merge_by_maps(parents: list[FusableNet], spec: FusionSpec, act_inputs: torch.Tensor | None,
+def merge_by_maps(parents: list[FusableNet], opts: FusionOptions, act_inputs: torch.Tensor | None,
                   progress: Callable[[str, float], None] | None = None) -> FusionResult:
     """CCA Merge or ZipIt! of the parents (any N >= 2) into the anchor's widths; plans are the merge maps."""
     from otcore.fusion.cca import cca_map
@@ -96,13 +99,13 @@ def merge_by_maps(parents: list[FusableNet], spec: FusionSpec, act_inputs: torch
     from otcore.fusion.zipit import zipit_maps
 
     if len(parents) < 2:
-        raise ValueError("fusion needs at least two parents")
-    method = MERGE_METHODS[spec.alignment]
+        raise FusionError("fusion needs at least two parents")
+    method = MERGE_METHODS[opts.alignment]
     groups = check_mergeable(parents, method)
     if act_inputs is None:
-        raise ValueError(f"{method} needs a sample of inputs")
-    anchor_idx = spec.anchor % len(parents)
-    weights = spec.parent_weights(len(parents))
+        raise FusionError(f"{method} needs a sample of inputs")
+    anchor_idx = opts.anchor_index(len(parents))
+    weights = opts.parent_weights(len(parents))
     start = time.perf_counter()
     pre = pre_activations(parents, act_inputs)
     seconds = {"activations": time.perf_counter() - start, "fusion": 0.0}
@@ -114,7 +117,7 @@ def merge_by_maps(parents: list[FusableNet], spec: FusionSpec, act_inputs: torch
         if progress is not None:
             progress(f"{method}: group {g}", step / len(groups))
         feats = [features(pre[i][g]) for i in range(len(parents))]
-        if spec.alignment == "cca":
+        if opts.alignment == "cca":
             for i in order[1:]:
                 forward, inverse = cca_map(feats[anchor_idx], feats[i])
                 merges[i][g], unmerges[i][g] = weights[i] * forward.T, inverse
@@ -129,7 +132,7 @@ def merge_by_maps(parents: list[FusableNet], spec: FusionSpec, act_inputs: torch
     merges = [{g: t.to(dtype) for g, t in m.items()} for m in merges]
     unmerges = [{g: t.to(dtype) for g, t in u.items()} for u in unmerges]
     model = merge_weights(parents, parents[anchor_idx], merges, unmerges, weights)
-    if spec.renormalize:
+    if opts.renormalize:
         from otcore.fusion.repair import repair
 
         model = repair(model, parents, merges, weights, act_inputs, target=repair_target(pre, merges))
@@ -137,21 +140,26 @@ def merge_by_maps(parents: list[FusableNet], spec: FusionSpec, act_inputs: torch
     return FusionResult(model, merges, [[] for _ in parents], seconds)
 
 
-def fuse(parents: list[FusableNet], spec: FusionSpec, act_inputs: torch.Tensor | None = None,
+def fuse(parents: list[FusableNet], options: FusionOptions | MakesOptions, act_inputs: torch.Tensor | None = None,
          progress: Callable[[str, float], None] | None = None) -> FusionResult:
-    """Fusion of the parents (any N >= 2) into the anchor's architecture, by the spec's alignment."""
-    if spec.alignment in MERGE_METHODS:
-        return merge_by_maps(parents, spec, act_inputs, progress)
-    result = align_parents(parents, spec, act_inputs, progress)
+    """Fusion of the parents (any N >= 2) into the anchor's architecture, by the options' alignment.
+
+    options: FusionOptions, or a spec that makes them (`FusionSpec.options(n_parents)`)."""
+    if len(parents) < 2:
+        raise FusionError("fusion needs at least two parents")
+    opts = as_options(options, len(parents))
+    if opts.alignment in MERGE_ALIGNMENTS:
+        return merge_by_maps(parents, opts, act_inputs, progress)
+    result = align_parents(parents, opts, act_inputs, progress)
     start = time.perf_counter()
-    anchor_idx = spec.anchor % len(parents)
-    result.model = average_aligned(parents, result.plans, spec.parent_weights(len(parents)), anchor_idx,
-                                   spec.past_correction)
-    if spec.renormalize:
+    anchor_idx = opts.anchor_index(len(parents))
+    result.model = average_aligned(parents, result.plans, opts.parent_weights(len(parents)), anchor_idx,
+                                   opts.past_correction)
+    if opts.renormalize:
         from otcore.fusion.repair import repair
 
         if act_inputs is None:
-            raise ValueError("renormalisation (REPAIR) needs a sample of inputs")
-        result.model = repair(result.model, parents, result.plans, spec.parent_weights(len(parents)), act_inputs)
+            raise FusionError("renormalisation (REPAIR) needs a sample of inputs")
+        result.model = repair(result.model, parents, result.plans, opts.parent_weights(len(parents)), act_inputs)
     result.seconds["fusion"] += time.perf_counter() - start
     return result

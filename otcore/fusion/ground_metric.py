@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from otcore.errors import FusionError
 
 def cost_matrix(x: torch.Tensor, y: torch.Tensor, metric: str = "euclidean", squared: bool = False,
                 normalize: str = "none") -> torch.Tensor:
@@ -14,7 +15,7 @@ def cost_matrix(x: torch.Tensor, y: torch.Tensor, metric: str = "euclidean", squ
     median or mean, as the reference's --ground-metric-normalize.
     """
     if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
-        raise ValueError("cannot compute transport costs: the neurons' weights or activations contain NaN or Inf")
+        raise FusionError("cannot compute transport costs: the neurons' weights or activations contain NaN or Inf")
     if metric == "euclidean":
         import ot  # POT pulls in scikit-learn: imported on first use, not at start-up
 
@@ -28,7 +29,7 @@ def cost_matrix(x: torch.Tensor, y: torch.Tensor, metric: str = "euclidean", squ
         if squared:
             cost = cost.square()
     else:
-        raise ValueError(f"unknown ground metric '{metric}'")
+        raise FusionError(f"unknown ground metric '{metric}'")
     if normalize != "none":
         scale = {"max": cost.max, "median": cost.median, "mean": cost.mean}[normalize]()
         if scale > 0:

@@ -14,13 +14,14 @@ import copy
 import torch
 
 from otcore.activations import capture_activations
+from otcore.errors import FusionError
 from otcore.fusion.align import Plans, check_same_family, transform_bias, transform_weight, weight_of
 from otcore.models import OUTPUT, FusableNet
 
 EPS = 1e-12
 
 
-class MergeMethodError(ValueError):
+class MergeMethodError(FusionError):
     """A merge method (CCA Merge, ZipIt!) asked of parents it cannot merge; the message says why."""
 
 

@@ -5,11 +5,12 @@ and demos build one here.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from otcore.fusion.align import Plans, apply_plans, weight_of
 from otcore.models import INPUT, OUTPUT, FusableNet
-from otcore.prune import copy_model
 
 
 def random_permutations(model: FusableNet, seed: int) -> Plans:
@@ -27,6 +28,7 @@ def random_permutations(model: FusableNet, seed: int) -> Plans:
 
 def permuted_copy(model: FusableNet, seed: int) -> FusableNet:
     """A copy of the model with every hidden group's neurons randomly reordered (same function)."""
-    copy = copy_model(model)
-    copy.load_state_dict({**model.state_dict(), **apply_plans(model, model, random_permutations(model, seed))})
-    return copy.eval()
+    # A plain deepcopy: permutations are for unpruned networks (a masked one has no leaf `weight` to copy).
+    twin = copy.deepcopy(model)
+    twin.load_state_dict({**model.state_dict(), **apply_plans(model, model, random_permutations(model, seed))})
+    return twin.eval()

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import torch
 
+from otcore.errors import FusionError
 
-class TransportError(ValueError):
+
+class TransportError(FusionError):
     """An OT problem that cannot be solved as posed; the message suggests a fix."""
 
 

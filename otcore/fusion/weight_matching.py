@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from otcore.errors import FusionError
 from otcore.fusion.align import Plans, check_same_family, transform_weight, weight_of
 from otcore.models import INPUT, OUTPUT, FusableNet
 
@@ -26,7 +27,7 @@ def weight_matching_plans(parent: FusableNet, anchor: FusableNet, max_sweeps: in
     widths = {l.out_group: weight_of(anchor, l.name).shape[0] for l in walk}
     for layer in walk:
         if weight_of(parent, layer.name).shape != weight_of(anchor, layer.name).shape:
-            raise ValueError("weight matching needs parents of the same widths; use OT alignment instead")
+            raise FusionError("weight matching needs parents of the same widths; use OT alignment instead")
     groups = [g for g in dict.fromkeys(l.out_group for l in walk) if g not in (INPUT, OUTPUT)]
     ref = weight_of(anchor, walk[0].name)
     plans: Plans = {INPUT: None, OUTPUT: None}

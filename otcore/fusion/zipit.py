@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from otcore.errors import FusionError
 from otcore.fusion.merge_maps import correlation
 
 ALPHA = 0.3  # a merged feature's similarities: the minimum of its members', times alpha (0: no re-merging)
@@ -29,7 +30,7 @@ def zipit_maps(feats: list[torch.Tensor], weights: list[float], width: int, alph
     sizes = [f.shape[1] for f in feats]
     total = sum(sizes)
     if not 1 <= width <= total:
-        raise ValueError(f"ZipIt! cannot merge {total} features into {width}")
+        raise FusionError(f"ZipIt! cannot merge {total} features into {width}")
     stacked = torch.cat(feats, 1)
     sims = correlation(stacked, stacked)
     sims.fill_diagonal_(-torch.inf)
@@ -41,7 +42,7 @@ def zipit_maps(feats: list[torch.Tensor], weights: list[float], width: int, alph
         best = int(sims.argmax())
         row, col = sorted(divmod(best, total))  # keep the lower index, as the authors' code
         if not torch.isfinite(sims[row, col]):
-            raise ValueError("ZipIt! ran out of mergeable features (same-model budget exhausted)")
+            raise FusionError("ZipIt! ran out of mergeable features (same-model budget exhausted)")
         members[:, row] |= members[:, col]
         merged = torch.minimum(sims[row], sims[col])
         merged = merged * alpha if alpha > 0 else torch.full_like(merged, -torch.inf)

@@ -102,7 +102,7 @@ def _verified_metrics(cache: DiskCache, key: str, step: str) -> dict | None:
 def scores(key: str, metrics: dict) -> pipeline.Comparison:
     """A comparison's scores from its cache entry's metrics, without loading its networks."""
     rows = [pipeline.MethodResult(r["method"], _evaluation(r["test"]), _evaluation(r["train"]), r["parameters"],
-                                  r["inference_ms"], None, r["key"]) for r in metrics["rows"]]
+                                  r["inference_ms"], None, r["key"], r.get("id", "")) for r in metrics["rows"]]
     extra = {k: v for k, v in metrics.items() if k not in ("rows", "diagnostics", "seconds")}
     return pipeline.Comparison(key, rows, {}, metrics.get("diagnostics", []), metrics.get("seconds", {}), extra,
                                cached=True)

@@ -127,8 +127,8 @@ def test_weight_matching_and_repair(fusion):
     at = fuse(fusion, alignment="weight_matching", renormalize=True)
     assert not at.exception
     assert not at.error, at.error[0].value
-    assert list(at.dataframe[0].value["method"]) == METHODS
-    assert "OT fusion" in cards(at)
+    assert list(at.dataframe[0].value["method"]) == METHODS[:-1] + ["weight matching"]  # labelled by alignment
+    assert "weight matching" in cards(at)
 
 
 def test_one_parent_is_not_enough(page, parent_set):

@@ -107,7 +107,7 @@ def test_the_json_printer_refuses_nan_and_names_the_field(monkeypatch, capsys):
 
 
 def test_parents_that_cannot_be_fused_are_named():
-    from otcore.fusion.fuse import fuse
+    from otcore.fusion import fuse
     from otcore.models import build_model
 
     mlp = build_model("mlpnet", (1, 8, 8), 10)

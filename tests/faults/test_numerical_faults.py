@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from otcore.config import DataSpec, FusionSpec, HessianSpec, PruneSpec
-from otcore.fusion.fuse import fuse
-from otcore.fusion.transport import TransportError, transport_plan
+from otcore.fusion import fuse, transport_plan, TransportError
 
 
 def test_sinkhorn_with_a_tiny_reg_is_stable_or_says_so():

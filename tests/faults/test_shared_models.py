@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from otcore.config import DataSpec, FusionSpec
-from otcore.fusion.fuse import fuse
+from otcore.fusion import fuse
 from otcore.hessian import exact_trace, fixed_batches
 from otcore.landscape import filter_normalized_direction, perturbation_curve
 from otcore.models import build_model

@@ -1,0 +1,75 @@
+"""The options fusion reads: what `fuse` and `align_parents` need to know, nothing of caches or CLIs.
+
+`otcore.config.FusionSpec` (the validated, hashed setting of a study) produces these with
+`FusionSpec.options(n_parents)`; library users build them directly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from otcore.errors import FusionError
+
+CHOICES = {"mode": ("weights", "activations"), "alignment": ("ot", "weight_matching", "cca", "zipit"),
+           "solver": ("emd", "sinkhorn"), "ground_metric": ("euclidean", "cosine"),
+           "normalize": ("none", "max", "median", "mean"), "marginals": ("uniform", "importance")}
+MERGE_ALIGNMENTS = ("cca", "zipit")  # alignments by merge/unmerge maps rather than one plan per parent
+
+
+@dataclass(frozen=True)
+class FusionOptions:
+    """How parents are aligned and averaged; defaults are the paper's recommended ones (Singh & Jaggi, 2020)."""
+
+    alignment: str = "ot"  # 'ot', 'weight_matching' (Git Re-Basin), 'cca' (CCA Merge), 'zipit' (ZipIt!)
+    mode: str = "weights"  # OT: align neurons by 'weights' or by pre-'activations' on a sample
+    solver: str = "emd"  # exact OT ('emd') or entropic ('sinkhorn')
+    reg: float = 0.01  # entropic regularisation of Sinkhorn, relative to the normalised cost
+    ground_metric: str = "euclidean"  # distance between neurons: 'euclidean' or 'cosine'
+    squared: bool = False  # square the euclidean distance
+    normalize: str = "none"  # divide the cost matrix by its 'max', 'median' or 'mean'
+    past_correction: bool = True  # multiply incoming weights by the previous layer's plan
+    marginal_correction: bool = True  # rescale the plan so each target neuron gets unit mass
+    marginals: str = "uniform"  # neuron masses: 'uniform' or 'importance' (l1 norm of weights)
+    weights: tuple[float, ...] | None = None  # per-parent averaging weights (normalised here); None: equal
+    anchor: int = 0  # index of the parent whose neuron order and widths the fused net keeps (negative from the end)
+    skip_last_layer: bool = True  # average the output layer without a new plan (classes are aligned)
+    renormalize: bool = False  # REPAIR-style rescaling of fused neurons on the input sample
+    seed: int = 0  # order in which weight matching visits the groups
+
+    def __post_init__(self) -> None:
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise FusionError(f"{name} must be one of {allowed}, got '{getattr(self, name)}'")
+        if self.weights is not None and (any(w < 0 for w in self.weights) or sum(self.weights) <= 0):
+            raise FusionError(f"per-parent weights must be >= 0 with a positive sum, got {self.weights}")
+
+    @property
+    def needs_inputs(self) -> bool:
+        """Whether fusion needs a sample of inputs (activation alignment, REPAIR, CCA Merge, ZipIt!)."""
+        return self.mode == "activations" or self.renormalize or self.alignment in MERGE_ALIGNMENTS
+
+    def anchor_index(self, n_parents: int) -> int:
+        """The anchor's index among n_parents."""
+        if not -n_parents <= self.anchor < n_parents:
+            raise FusionError(f"anchor {self.anchor} out of range for {n_parents} parents")
+        return self.anchor % n_parents
+
+    def parent_weights(self, n_parents: int) -> list[float]:
+        """Normalised averaging weight of each parent."""
+        if self.weights is None:
+            return [1.0 / n_parents] * n_parents
+        if len(self.weights) != n_parents:
+            raise FusionError(f"{len(self.weights)} per-parent weights given for {n_parents} parents")
+        total = sum(self.weights)
+        return [w / total for w in self.weights]
+
+
+class MakesOptions(Protocol):
+    """Anything that produces FusionOptions for a number of parents (otcore.config.FusionSpec does)."""
+
+    def options(self, n_parents: int) -> FusionOptions: ...
+
+
+def as_options(options: FusionOptions | MakesOptions | Any, n_parents: int) -> FusionOptions:
+    """The FusionOptions themselves, or those a spec produces for n_parents (duck-typed: fusion imports no spec)."""
+    return options if isinstance(options, FusionOptions) else options.options(n_parents)
