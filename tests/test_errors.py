@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from tests.support import REPO
 from otcore.checkpoints import CheckpointError
 from otcore.config import SpecError, TrainSpec
 from otcore.data import DataError
@@ -19,7 +19,7 @@ from otcore.hessian import HessianError
 
 def python(code: str, cache: Path) -> subprocess.CompletedProcess:
     """`python -c code` in a fresh interpreter with its own cache folder."""
-    env = {**os.environ, "OTCORE_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OTCORE_CACHE_DIR": str(cache)}
     return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
 
@@ -34,7 +34,7 @@ def test_every_user_facing_error_is_a_user_error_and_still_a_value_error():
 def test_a_user_mistake_exits_2_with_one_line(tmp_path):
     done = subprocess.run([sys.executable, "-m", "otcore", "train", "--epochs", "5000"], cwd=REPO,
                           capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OTCORE_CACHE_DIR": str(tmp_path), "PYTHONPATH": str(REPO)})
+                          env={**os.environ, "OTCORE_CACHE_DIR": str(tmp_path)})
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip().splitlines() == ["error: epochs must be in [0, 1000], got 5000"]
 
