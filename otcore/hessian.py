@@ -96,9 +96,10 @@ def eval_model(model: nn.Module) -> nn.Module:
     return private_copy(model)
 
 
-def fixed_batches(x: Tensor, y: Tensor, batch_size: int, n_batches: int, seed: int | None = None) -> Batches:
-    """Up to `n_batches` batches of `batch_size`: the split's first examples in order (seed None) or a seeded draw."""
-    count = min(len(x), batch_size * n_batches)
+def fixed_batches(x: Tensor, y: Tensor, batch_size: int, n_batches: int | str, seed: int | None = None) -> Batches:
+    """Up to `n_batches` batches of `batch_size` ('all': the whole split): its first examples in order (seed None)
+    or a seeded draw."""
+    count = len(x) if n_batches == "all" else min(len(x), batch_size * n_batches)
     if count == 0:
         raise HessianError("no examples to compute the Hessian on")
     if seed is None:  # plain slices: the same examples any other tool takes, no copy
@@ -165,6 +166,25 @@ class _HessianOperator:
 
     def generator(self, seed: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(seed)
+
+
+def product_seconds(model: nn.Module, batch: tuple[Tensor, Tensor], repeats: int = 2) -> float:
+    """Seconds of one Hessian-vector product on one batch, without the graph retained (as a streamed split runs)."""
+    op = _HessianOperator(model, [batch], retain_graph=False)
+    probe = op.rademacher(1, op.generator(0))
+    op.matmat(probe)  # warm-up: first-call set-up is not the product's cost
+    best = math.inf
+    for _ in range(repeats):
+        clock = time.perf_counter()
+        op.matmat(probe)
+        best = min(best, time.perf_counter() - clock)
+    return best
+
+
+def products_per_analysis(spec: HessianSpec) -> float:
+    """Hessian-vector products analyse() and the two perturbation curves cost, about (a forward is ~1/4 of one)."""
+    trace = spec.trace_probes if spec.trace_method == "hutchinson" else 3
+    return WARM_START + 3.0 * spec.top_k + trace + spec.lanczos_iters * spec.density_probes + spec.lambda_points / 2
 
 
 def _lanczos(op: _HessianOperator, start: Tensor, steps: int, generator: torch.Generator,
