@@ -66,7 +66,7 @@ def lanczos(matmat: Callable[[Tensor], Tensor], start: Tensor, steps: int, gener
     `stop(alphas [j], betas [j])` (first probe; betas[-1] couples to the next vector) may end it early.
     """
     count, size = start.shape
-    basis = start.new_zeros(count, steps, size)
+    basis = start.new_empty(count, steps, size)  # only rows < j are ever read: zeroing would cost a pass over it
     alphas, betas = start.new_zeros(count, steps), start.new_zeros(count, steps - 1)
     eps = torch.finfo(start.dtype).eps
     breakdown = 1e3 * eps

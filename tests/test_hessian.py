@@ -274,3 +274,14 @@ def test_all_batches_of_the_split_equal_the_explicit_batch_list(tmp_path) -> Non
 def test_batches_is_a_count_or_all(value) -> None:
     with pytest.raises(ValueError, match="batches must be 'all' or in"):
         HessianSpec(batches=value)
+
+
+def test_batched_probe_density_equals_the_sequential_one() -> None:
+    """Four probes as one vmapped Lanczos run give each probe's nodes and weights of four runs one at a time."""
+    model, x, y = small_problem(torch.float64)
+    batched = spectral_density(model, [(x, y)], 30, probes=4, seed=3)
+    sequential = spectral_density(model, [(x, y)], 30, probes=4, seed=3, batch=1)
+    assert batched.nodes.shape == (4, 30)
+    assert not torch.allclose(batched.nodes[0], batched.nodes[1])  # four different probes, not one repeated
+    torch.testing.assert_close(batched.nodes, sequential.nodes, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(batched.weights, sequential.weights, rtol=1e-7, atol=1e-10)
