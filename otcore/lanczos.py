@@ -89,13 +89,14 @@ def lanczos(matmat: Callable[[Tensor], Tensor], start: Tensor, steps: int, gener
         # per probe: a probe run beside others reorthogonalises exactly when it would alone (a pass reads its basis)
         need = again | (estimate[:, :j].abs() > math.sqrt(eps)).any(1)
         if bool(need.any()):
-            rows = need.nonzero().squeeze(1)
+            rows = need.nonzero().squeeze(1).tolist()
             if len(rows) == count:
                 w = project_out(w, basis[:, :j + 1])
-            else:
-                w[rows] = project_out(w[rows], basis[rows, :j + 1])
+            else:  # row by row on views: basis[rows] would copy the rows' whole bases
+                for r in rows:
+                    w[r:r + 1] = project_out(w[r:r + 1], basis[r:r + 1, :j + 1])
             beta = w.norm(dim=1)
-            estimate[rows, :j + 1] = eps
+            estimate[need, :j + 1] = eps
         again = need & ~again  # the next vector inherits the lost components through q_j: clean it too
         scale = torch.maximum(alphas[:, :j + 1].abs().amax(1), beta)
         exhausted = beta <= breakdown * scale
