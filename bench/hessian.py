@@ -4,7 +4,8 @@ Data: 1,000 MNIST-sized inputs drawn from N(0, 1) with uniformly random labels; 
 trained on them (5 epochs of SGD, batch 100) so its Hessian has a few outlier eigenvalues, as a
 trained net's has. Every timing is the best of --repeats runs because the machine may be shared;
 there, --threads 1 --cpu-time measures work rather than scheduling.
-Run: python -m bench.hessian (or python -m bench.hessian) [--repeats 3] [--threads N] [--cpu-time] [--batches N]
+Run: python -m bench.hessian [--repeats 3] [--threads N] [--cpu-time] [--batches N]
+     [--density-only]: only the density-vs-products and probes tables (issue 16, item 5)
 """
 from __future__ import annotations
 
@@ -17,15 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from otcore.hessian import (
-    exact_trace,
-    fixed_batches,
-    flat_parameters,
-    hutchinson_trace,
-    pyhessian_reference,
-    spectral_density,
-    top_eigenpairs,
-)
+from otcore.hessian import (_HessianOperator, _spectral_density, exact_trace, fixed_batches, flat_parameters, hutchinson_trace, pyhessian_reference,
+                            spectral_density, top_eigenpairs)
 from otcore.landscape import perturbation_curve
 from otcore.models import build_model
 
@@ -65,6 +59,30 @@ def loop_curve(model: nn.Module, batches: list, direction: torch.Tensor, lambdas
     return torch.tensor(losses, dtype=torch.float64)
 
 
+def density_tables(model: nn.Module, batches: list, steps: int, timed) -> None:
+    """Density of `steps` Lanczos steps against `steps` bare products (same operator, same run), and per-probe cost."""
+    op = _HessianOperator(model, batches)
+    probe = op.rademacher(1, op.generator(0))
+    op.matmat(probe)  # warm-up outside every clock
+
+    def bare(count: int) -> None:
+        vectors = op.rademacher(count, op.generator(0))
+        for _ in range(steps):
+            vectors = op.matmat(vectors / vectors.norm(dim=1, keepdim=True))
+
+    bare_t, _ = timed(lambda: bare(1))
+    density_t, _ = timed(lambda: _spectral_density(op, steps, 1, 0))
+    print(f"density, {steps} Lanczos steps vs {steps} bare Hessian-vector products (1 probe)")
+    print(f"{'products s':>10} {'density s':>10} {'ratio':>6}")
+    print(f"{bare_t:10.3f} {density_t:10.3f} {density_t / bare_t:6.2f}")
+    print(f"probes as one vmapped product: {steps} Lanczos steps each")
+    print(f"{'probes':>6} {'density s':>10} {'s/probe':>8} {'bare s':>8} {'bare s/probe':>12}")
+    for count in (1, 2, 4, 8):
+        density_t, _ = timed(lambda: _spectral_density(op, steps, count, 0))
+        bare_t, _ = timed(lambda: bare(count))
+        print(f"{count:6d} {density_t:10.3f} {density_t / count:8.3f} {bare_t:8.3f} {bare_t / count:12.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -75,6 +93,7 @@ def main() -> None:
     parser.add_argument("--lanczos", type=int, default=100)
     parser.add_argument("--batches", type=int, default=1, help="split the 1,000 examples into this many batches "
                         "(more than one: PyHessian's dataloader= path)")
+    parser.add_argument("--density-only", action="store_true", help="only the density-vs-products and probes tables")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -87,6 +106,12 @@ def main() -> None:
 
     def timed(fn):
         return best_of(args.repeats, fn, clock)
+
+    if args.density_only:
+        print(f"mlpnet (P = {P:,}), {len(batches)} batch(es) of 1,000; {torch.get_num_threads()} threads, "
+              f"best {'CPU' if args.cpu_time else 'wall'} time of {args.repeats}")
+        density_tables(model, batches, args.lanczos, timed)
+        return
 
     def ref(**kw):
         """PyHessian on one part only, its setup (one create_graph backward) included as ours is."""

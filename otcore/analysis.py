@@ -13,8 +13,8 @@ from torch import nn
 from otcore.cache import CacheEntry, DiskCache, default_cache
 from otcore.config import DataSpec, HessianSpec, spec_dict, spec_hash
 from otcore.device import on_device, resolve_device
-from otcore.hessian import analyse, fixed_batches
 from otcore.curves import InterpolationPath, LossSurface, PerturbationCurve
+from otcore.hessian import analyse, fixed_batches, product_seconds, products_per_analysis
 from otcore.landscape import Curve, barrier, filter_normalized_direction, path_curve, perturbation_curve, surface_2d
 from otcore.pipeline import MethodResult, Progress, cached, dataset
 
@@ -71,6 +71,9 @@ def curvature(data: DataSpec, name: str, key: str, model: nn.Module, spec: Hessi
     def compute() -> CacheEntry:
         net = on_device(model, dev)  # a shared model is never moved or switched
         batches = analysis_batches(data, spec, dev)
+        if progress and spec.batches == "all":  # the whole split can take long: say how long before starting
+            seconds = product_seconds(net, batches[0]) * len(batches) * products_per_analysis(spec)
+            progress(f"{name}: {len(batches)} batches, about {seconds:.0f} s", 0.0)
         result = analyse(net, batches, spec, (lambda what, f: progress(f"{name}: {what}", 0.8 * f)) if progress else None)
         lambdas = torch.linspace(spec.lambda_min, spec.lambda_max, spec.lambda_points)
         if progress:

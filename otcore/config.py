@@ -333,7 +333,7 @@ class HessianSpec:
     """Hessian analysis settings (PyHessian-style: power iteration, Hutchinson or exact trace, SLQ)."""
 
     split: str = "test"  # 'train' or 'test'
-    batches: int = 1  # number of batches the Hessian is averaged over
+    batches: int | str = 1  # number of batches the Hessian is averaged over, or 'all': the whole split, streamed
     batch_size: int = 1000  # examples per batch
     seed: int | None = None  # None: the split's first examples in order; else a seeded shuffle
     top_k: int = 3  # number of top eigenvalues
@@ -349,7 +349,9 @@ class HessianSpec:
 
     def __post_init__(self) -> None:
         _check(self.split in ("train", "test"), f"split must be 'train' or 'test', got '{self.split}'")
-        _check(1 <= self.batches <= 1000, f"batches must be in [1, 1000], got {self.batches}")
+        _check(self.batches == "all" or (isinstance(self.batches, int) and not isinstance(self.batches, bool)
+                                         and 1 <= self.batches <= 1000),
+               f"batches must be 'all' or in [1, 1000], got {self.batches!r}")
         _check(1 <= self.batch_size <= MAX_BATCH, f"batch size must be in [1, {MAX_BATCH}], got {self.batch_size}")
         _check(self.seed is None or 0 <= self.seed < MAX_SEED, f"seed must be in [0, 2**31), got {self.seed}")
         _check(1 <= self.top_k <= 100, f"top-k must be in [1, 100], got {self.top_k}")

@@ -97,9 +97,10 @@ def eval_model(model: nn.Module) -> nn.Module:
     return private_copy(model)
 
 
-def fixed_batches(x: Tensor, y: Tensor, batch_size: int, n_batches: int, seed: int | None = None) -> Batches:
-    """Up to `n_batches` batches of `batch_size`: the split's first examples in order (seed None) or a seeded draw."""
-    count = min(len(x), batch_size * n_batches)
+def fixed_batches(x: Tensor, y: Tensor, batch_size: int, n_batches: int | str, seed: int | None = None) -> Batches:
+    """Up to `n_batches` batches of `batch_size` ('all': the whole split): its first examples in order (seed None)
+    or a seeded draw."""
+    count = len(x) if n_batches == "all" else min(len(x), batch_size * n_batches)
     if count == 0:
         raise HessianError("no examples to compute the Hessian on")
     if seed is None:  # plain slices: the same examples any other tool takes, no copy
@@ -166,6 +167,25 @@ class _HessianOperator:
 
     def generator(self, seed: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(seed)
+
+
+def product_seconds(model: nn.Module, batch: tuple[Tensor, Tensor], repeats: int = 2) -> float:
+    """Seconds of one Hessian-vector product on one batch, without the graph retained (as a streamed split runs)."""
+    op = _HessianOperator(model, [batch], retain_graph=False)
+    probe = op.rademacher(1, op.generator(0))
+    op.matmat(probe)  # warm-up: first-call set-up is not the product's cost
+    best = math.inf
+    for _ in range(repeats):
+        clock = time.perf_counter()
+        op.matmat(probe)
+        best = min(best, time.perf_counter() - clock)
+    return best
+
+
+def products_per_analysis(spec: HessianSpec) -> float:
+    """Hessian-vector products analyse() and the two perturbation curves cost, about (a forward is ~1/4 of one)."""
+    trace = spec.trace_probes if spec.trace_method == "hutchinson" else 3
+    return WARM_START + 3.0 * spec.top_k + trace + spec.lanczos_iters * spec.density_probes + spec.lambda_points / 2
 
 
 def _lanczos(op: _HessianOperator, start: Tensor, steps: int, generator: torch.Generator,
@@ -309,24 +329,34 @@ class Density:
 
 
 def _spectral_density(op: _HessianOperator, lanczos_iters: int, probes: int, seed: int,
-                      progress: Progress | None = None) -> Density:
+                      progress: Progress | None = None, batch: int | None = None) -> Density:
+    """SLQ with the probes run `batch` at a time as one vmapped product (None: as many as memory allows).
+
+    The probes are drawn PROBE_CHUNK at a time whatever `batch` is, so every batching runs the same probes.
+    """
     generator, steps = op.generator(seed), min(lanczos_iters, op.size)
-    chunk = max(1, min(PROBE_CHUNK, LANCZOS_BASIS_BYTES // (steps * op.size * op.theta.element_size())))
-    nodes, weights = [], []
-    for first in range(0, probes, chunk):
-        count = min(chunk, probes - first)
-        report = (lambda f, a=first, c=count: progress((a + f * c) / probes)) if progress else None
-        matrix, _ = _lanczos(op, op.rademacher(count, generator), steps, generator, report)
-        ritz_values, ritz_vectors = torch.linalg.eigh(matrix.double())
-        nodes.append(ritz_values.to(op.dtype))
-        weights.append((ritz_vectors[:, 0, :] ** 2).to(op.dtype))  # (e_1ᵀ y_j)²: node j's mass for the probe
+    fits = max(1, LANCZOS_BASIS_BYTES // (steps * op.size * op.theta.element_size()))
+    batch = max(1, min(batch or fits, fits))
+    nodes, weights, done = [], [], 0
+    for first in range(0, probes, PROBE_CHUNK):
+        drawn = op.rademacher(min(PROBE_CHUNK, probes - first), generator)
+        for start in drawn.split(batch):
+            report = (lambda f, a=done, c=len(start): progress((a + f * c) / probes)) if progress else None
+            matrix, _ = _lanczos(op, start, steps, generator, report)
+            ritz_values, ritz_vectors = torch.linalg.eigh(matrix.double())
+            nodes.append(ritz_values.to(op.dtype))
+            weights.append((ritz_vectors[:, 0, :] ** 2).to(op.dtype))  # (e_1ᵀ y_j)²: node j's mass for the probe
+            done += len(start)
     return Density(torch.cat(nodes), torch.cat(weights))
 
 
 def spectral_density(model: nn.Module, batches: Batches, lanczos_iters: int = 100, probes: int = 1, seed: int = 0,
-                     *, progress: Progress | None = None) -> Density:
-    """SLQ: per Rademacher probe, m = min(lanczos_iters, P) Lanczos steps; nodes = eig(T), weights = (y_j[0])²."""
-    return _spectral_density(_HessianOperator(model, batches), lanczos_iters, probes, seed, progress)
+                     *, progress: Progress | None = None, batch: int | None = None) -> Density:
+    """SLQ: per Rademacher probe, m = min(lanczos_iters, P) Lanczos steps; nodes = eig(T), weights = (y_j[0])².
+
+    Probes run `batch` at a time (default: all that fit LANCZOS_BASIS_BYTES) as one vmapped product.
+    """
+    return _spectral_density(_HessianOperator(model, batches), lanczos_iters, probes, seed, progress, batch)
 
 
 def density_on_grid(nodes: Tensor, weights: Tensor, grid: Tensor, sigma: float) -> Tensor:

@@ -66,13 +66,14 @@ def lanczos(matmat: Callable[[Tensor], Tensor], start: Tensor, steps: int, gener
     `stop(alphas [j], betas [j])` (first probe; betas[-1] couples to the next vector) may end it early.
     """
     count, size = start.shape
-    basis = start.new_zeros(count, steps, size)
+    basis = start.new_empty(count, steps, size)  # only rows < j are ever read: zeroing would cost a pass over it
     alphas, betas = start.new_zeros(count, steps), start.new_zeros(count, steps - 1)
     eps = torch.finfo(start.dtype).eps
     breakdown = 1e3 * eps
     omega = start.new_zeros(count, steps, dtype=torch.float64)  # ω_{j,k} ≈ q_jᵀq_k for the current j
     omega[:, 0] = 1.0
-    omega_prev, again = torch.zeros_like(omega), False
+    omega_prev = torch.zeros_like(omega)
+    again = torch.zeros(count, dtype=torch.bool, device=start.device)
     q = start / start.norm(dim=1, keepdim=True)
     for j in range(steps):
         basis[:, j] = q
@@ -85,11 +86,18 @@ def lanczos(matmat: Callable[[Tensor], Tensor], start: Tensor, steps: int, gener
         w = w - alphas[:, j, None] * q - (betas[:, j - 1, None] * basis[:, j - 1] if j else 0.0)
         beta = w.norm(dim=1)
         estimate = _next_orthogonality(omega, omega_prev, alphas, betas, beta, j, eps)
-        if again or bool((estimate[:, :j].abs() > math.sqrt(eps)).any()):
-            w = project_out(w, basis[:, :j + 1])
+        # per probe: a probe run beside others reorthogonalises exactly when it would alone (a pass reads its basis)
+        need = again | (estimate[:, :j].abs() > math.sqrt(eps)).any(1)
+        if bool(need.any()):
+            rows = need.nonzero().squeeze(1).tolist()
+            if len(rows) == count:
+                w = project_out(w, basis[:, :j + 1])
+            else:  # row by row on views: basis[rows] would copy the rows' whole bases
+                for r in rows:
+                    w[r:r + 1] = project_out(w[r:r + 1], basis[r:r + 1, :j + 1])
             beta = w.norm(dim=1)
-            estimate[:, :j + 1] = eps
-            again = not again  # the next vector inherits the lost components through q_j: clean it too
+            estimate[need, :j + 1] = eps
+        again = need & ~again  # the next vector inherits the lost components through q_j: clean it too
         scale = torch.maximum(alphas[:, :j + 1].abs().amax(1), beta)
         exhausted = beta <= breakdown * scale
         if bool(exhausted.any()):  # invariant subspace found: go on from a fresh direction, T splits into blocks

@@ -63,7 +63,8 @@ except Exception as err:  # noqa: BLE001
     st.stop()
 
 seconds = sum(c.timings.get("total", 0.0) for c in curvatures if not c.cached)
-st.caption(f"Networks of the **{study.label}** comparison · {spec.split} split, {spec.batches} × {spec.batch_size} "
+batches = "every batch of" if spec.batches == "all" else f"{spec.batches} ×"
+st.caption(f"Networks of the **{study.label}** comparison · {spec.split} split, {batches} {spec.batch_size} "
            f"examples · {spec.lanczos_iters} Lanczos steps × {spec.density_probes} probe(s), "
            f"{figures.trace_description(curvatures, spec.trace_probes)} · "
            + (f"computed in {seconds:.1f} s" if seconds else "from the cache"))

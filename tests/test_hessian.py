@@ -243,3 +243,45 @@ def test_fixed_batches_in_order_or_seeded():
     assert [len(b[1]) for b in fixed_batches(x, y, 20, 5)] == [20, 20, 10]  # as many as the split holds
     with pytest.raises(HessianError):
         fixed_batches(x[:0], y[:0], 8, 3)
+
+
+def test_all_batches_of_the_split_equal_the_explicit_batch_list(tmp_path) -> None:
+    """batches='all' on the digits train split (1,347 examples, 5 batches of 300) reports every number the
+    explicit 5-batch list does; only its key differs."""
+    from otcore.analysis import curvature
+    from otcore.cache import DiskCache
+    from otcore.config import DataSpec
+    from otcore.models import build_model
+    from otcore.train import init_model
+
+    model = init_model(build_model("mlpnet_half", (1, 8, 8), 10), 0).eval()
+    common = dict(split="train", batch_size=300, top_k=2, lanczos_iters=12, trace_method="hutchinson",
+                  trace_probes=8, lambda_points=5)
+    stages: list[str] = []
+    results = [curvature(DataSpec(), "net", "k", model, HessianSpec(batches=b, **common), "cpu",
+                         lambda what, f: stages.append(what), DiskCache(tmp_path)) for b in ("all", 5)]
+    assert not results[0].cached and not results[1].cached  # two keys: both were computed
+    assert any("5 batches, about" in s for s in stages)  # the estimate is reported before the work
+    skip = {"timings", "cached", "eigenvectors"}
+    for field_name in results[0].__dataclass_fields__:
+        if field_name not in skip:
+            assert getattr(results[0], field_name) == getattr(results[1], field_name), field_name
+    assert torch.equal(results[0].eigenvectors, results[1].eigenvectors)
+    assert len(results[0].perturbation["loss_std"]) == 5 and max(results[0].perturbation["loss_std"]) > 0
+
+
+@pytest.mark.parametrize("value", [0, 1001, "some", True, 2.0])
+def test_batches_is_a_count_or_all(value) -> None:
+    with pytest.raises(ValueError, match="batches must be 'all' or in"):
+        HessianSpec(batches=value)
+
+
+def test_batched_probe_density_equals_the_sequential_one() -> None:
+    """Four probes as one vmapped Lanczos run give each probe's nodes and weights of four runs one at a time."""
+    model, x, y = small_problem(torch.float64)
+    batched = spectral_density(model, [(x, y)], 30, probes=4, seed=3)
+    sequential = spectral_density(model, [(x, y)], 30, probes=4, seed=3, batch=1)
+    assert batched.nodes.shape == (4, 30)
+    assert not torch.allclose(batched.nodes[0], batched.nodes[1])  # four different probes, not one repeated
+    torch.testing.assert_close(batched.nodes, sequential.nodes, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(batched.weights, sequential.weights, rtol=1e-7, atol=1e-10)

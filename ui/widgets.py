@@ -13,7 +13,8 @@ from ui.state import init_state
 
 # The Hessian settings both analysis pages share: quick on digits/mlpnet on a 2-core CPU (the whole test split).
 HESSIAN_DEFAULTS: dict[str, Any] = {
-    "hessian.split": "test", "hessian.batches": 1, "hessian.batch_size": 450, "hessian.top_k": 2,
+    "hessian.split": "test", "hessian.batches": 1, "hessian.all_batches": False, "hessian.batch_size": 450,
+    "hessian.top_k": 2,
     "hessian.power_iters": 100, "hessian.lanczos_iters": 60, "hessian.density_probes": 1,
     "hessian.trace_method": "auto", "hessian.trace_probes": 30, "landscape.lambda": (-0.5, 0.5), "landscape.points": 21}
 
@@ -69,7 +70,10 @@ def hessian_settings(label: str = "Hessian settings (SLQ): batches, Lanczos iter
         row = st.columns(4)
         row[0].selectbox("Split", ("test", "train"), key="hessian.split", help="the examples the loss is taken on")
         row[1].number_input("Batches", 1, 100, step=1, key="hessian.batches",
+                            disabled=st.session_state["hessian.all_batches"],
                             help="the loss averages these batches; more than one gives the landscape's spread band")
+        row[1].checkbox("All (whole split)", key="hessian.all_batches",
+                        help="every batch of the split, streamed one at a time; the time estimate shows first")
         row[2].number_input("Batch size", 1, 100_000, step=50, key="hessian.batch_size",
                             help="examples per batch (450: the whole digits test split)")
         row[3].number_input("Top-k eigenvalues", 1, 20, step=1, key="hessian.top_k",
@@ -94,7 +98,8 @@ def hessian_spec() -> Any:
     """The HessianSpec of the shared settings and of the Landscape page's λ range (raises SpecError)."""
     s = {**HESSIAN_DEFAULTS, **{k: st.session_state[k] for k in HESSIAN_DEFAULTS if k in st.session_state}}
     low, high = s["landscape.lambda"]
-    return HessianSpec(split=s["hessian.split"], batches=int(s["hessian.batches"]),
+    batches = "all" if s["hessian.all_batches"] else int(s["hessian.batches"])
+    return HessianSpec(split=s["hessian.split"], batches=batches,
                        batch_size=int(s["hessian.batch_size"]), top_k=int(s["hessian.top_k"]),
                        power_iters=int(s["hessian.power_iters"]), lanczos_iters=int(s["hessian.lanczos_iters"]),
                        density_probes=int(s["hessian.density_probes"]), trace_method=s["hessian.trace_method"],

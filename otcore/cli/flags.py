@@ -188,11 +188,22 @@ def prune_spec(args: argparse.Namespace, fraction: float) -> PruneSpec:
                      retrain=retrain_spec(args), fused_masks=args.fused_masks)
 
 
+def batches_count(text: str) -> int | str:
+    """--batches: a whole number or 'all'."""
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or 'all', got '{text}'") from None
+
+
 def add_hessian(p: argparse.ArgumentParser) -> None:
     """Flags of HessianSpec."""
     d = HessianSpec()
     p.add_argument("--split", default=d.split, choices=["train", "test"])
-    p.add_argument("--batches", type=int, default=d.batches)
+    p.add_argument("--batches", type=batches_count, default=d.batches,
+                   help="batches the Hessian averages, or 'all': the whole split in batches, streamed")
     p.add_argument("--batch-size", dest="hessian_batch_size", type=int, default=d.batch_size)
     p.add_argument("--hessian-seed", type=int, default=None, help="draw the batches with this seed (default: in order)")
     p.add_argument("--top-k", type=int, default=d.top_k)

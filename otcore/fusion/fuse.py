@@ -17,6 +17,11 @@ import torch
 from otcore.activations import capture_activations
 from otcore.errors import FusionError
 from otcore.fusion.align import GroupDiagnostics, Plans, apply_plans, check_same_family, ot_plans
+from otcore.fusion.cca import cca_map
+from otcore.fusion.merge_maps import check_mergeable, features, merge_weights, pre_activations, repair_target
+from otcore.fusion.repair import repair
+from otcore.fusion.weight_matching import weight_matching_plans
+from otcore.fusion.zipit import zipit_maps
 from otcore.fusion.options import MERGE_ALIGNMENTS, FusionOptions, MakesOptions, as_options
 from otcore.models import FusableNet
 
@@ -59,8 +64,6 @@ def align_parents(parents: list[FusableNet], options: FusionOptions | MakesOptio
             plans.append({})
             diagnostics.append([])
         elif opts.alignment == "weight_matching":
-            from otcore.fusion.weight_matching import weight_matching_plans
-
             plans.append(weight_matching_plans(parent, anchor, seed=opts.seed))
             diagnostics.append([])
         else:
@@ -93,11 +96,6 @@ MERGE_METHODS = {"cca": "CCA Merge", "zipit": "ZipIt!"}  # alignments by merge/u
 def merge_by_maps(parents: list[FusableNet], opts: FusionOptions, act_inputs: torch.Tensor | None,
                   progress: Callable[[str, float], None] | None = None) -> FusionResult:
     """CCA Merge or ZipIt! of the parents (any N >= 2) into the anchor's widths; plans are the merge maps."""
-    from otcore.fusion.cca import cca_map
-    from otcore.fusion.merge_maps import (check_mergeable, features, merge_weights, pre_activations,
-                                          repair_target)
-    from otcore.fusion.zipit import zipit_maps
-
     if len(parents) < 2:
         raise FusionError("fusion needs at least two parents")
     method = MERGE_METHODS[opts.alignment]
@@ -133,8 +131,6 @@ def merge_by_maps(parents: list[FusableNet], opts: FusionOptions, act_inputs: to
     unmerges = [{g: t.to(dtype) for g, t in u.items()} for u in unmerges]
     model = merge_weights(parents, parents[anchor_idx], merges, unmerges, weights)
     if opts.renormalize:
-        from otcore.fusion.repair import repair
-
         model = repair(model, parents, merges, weights, act_inputs, target=repair_target(pre, merges))
     seconds["fusion"] = time.perf_counter() - start
     return FusionResult(model, merges, [[] for _ in parents], seconds)
@@ -156,8 +152,6 @@ def fuse(parents: list[FusableNet], options: FusionOptions | MakesOptions, act_i
     result.model = average_aligned(parents, result.plans, opts.parent_weights(len(parents)), anchor_idx,
                                    opts.past_correction)
     if opts.renormalize:
-        from otcore.fusion.repair import repair
-
         if act_inputs is None:
             raise FusionError("renormalisation (REPAIR) needs a sample of inputs")
         result.model = repair(result.model, parents, result.plans, opts.parent_weights(len(parents)), act_inputs)

