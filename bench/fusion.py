@@ -274,7 +274,8 @@ def width_scaling(widths: list[int], repeats: int) -> None:
     print(f"\n## 3. Width scaling, MLP 784-w-w-w-10, two parents, {ACT_SAMPLES} samples, median of {repeats}\n")
     print(table(["w", "mode", "total s", "inside the OT solver s", "rest s", "solver share",
                  "growth per doubling: total / solver / rest", "solver reached optimality"], rows))
-    print("\n'inside the OT solver' sums the exact OT solves (scipy's linear_sum_assignment for these uniform square problems) made during one fuse (3 hidden groups, each w x w); "
+    print("\n'inside the OT solver' sums the exact OT solves (scipy's linear_sum_assignment for these uniform "
+          "square problems) made during one fuse (3 hidden groups, each w x w); "
           "'rest' is everything else (activations, costs, plan algebra, copies). Growth is against the previous "
           "width (half as wide). 'no' means POT stopped at numItermax (default 100000) and warned: "
           "the plan is feasible but not optimal.")

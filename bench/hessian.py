@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from otcore.hessian import (_HessianOperator, _spectral_density, exact_trace, fixed_batches, flat_parameters, hutchinson_trace, pyhessian_reference,
+from otcore.hessian import (_HessianOperator, _spectral_density, exact_trace, fixed_batches, flat_parameters, hutchinson_trace,
                             spectral_density, top_eigenpairs)
 from otcore.landscape import perturbation_curve
+from otcore.pyhessian_reference import pyhessian_reference
 from otcore.models import build_model
 
 

@@ -51,7 +51,7 @@ def main() -> None:
     save_checkpoint(model_state(), good, format="paper")
     files = {kind: make(folder)[0] for kind, make in HOSTILE.items()}
     done = subprocess.run([sys.executable, "-c", _LOADER, str(good), *map(str, files.values())], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600, env={"PATH": ""})  # -c runs with cwd=ROOT first on sys.path
+                          capture_output=True, text=True, timeout=600, env={"PATH": ""})  # -c: cwd=ROOT is on sys.path
     loads = {Path(p).name: (s, rise, msg) for p, s, rise, msg in map(json.loads, done.stdout.splitlines())}
     _, baseline = fuse_measured(good, folder / "missing.checkpoint", folder / "cache")
     rows = []

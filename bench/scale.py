@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing
 
@@ -109,7 +109,7 @@ def bench_arch(arch: str, data, args: argparse.Namespace) -> list[tuple[str, flo
 
     n = min(args.train_images, TRAIN_IMAGES)
     factor = TRAIN_IMAGES / n
-    row(f"retrain 1 epoch (batch 64)", lambda: train(prune_model(fused_w, PruneSpec(fraction=0.0)),
+    row("retrain 1 epoch (batch 64)", lambda: train(prune_model(fused_w, PruneSpec(fraction=0.0)),
                                                      data.x_train[:n], data.y_train[:n], RetrainSpec(), epochs=1),
         f"extrapolated x{factor:.0f} from {n:,} images" if n < TRAIN_IMAGES else "measured", factor)
 

@@ -26,7 +26,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable
+from typing import TYPE_CHECKING, Any, BinaryIO
+from collections.abc import Callable, Iterable
 
 from filelock import FileLock
 
@@ -56,7 +57,7 @@ class CacheEntry:
     kind: str  # 'parent', 'fusion', 'prune', 'hessian', ...
     config: dict[str, Any]  # JSON-able description of the specs behind the key
     metrics: dict[str, Any]  # JSON-able results, may be nested
-    tensors: dict[str, "torch.Tensor"] = field(default_factory=dict)  # a state_dict or arrays; may be empty
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # a state_dict or arrays; may be empty
     created: float = field(default_factory=time.time)  # seconds since the epoch
 
 

@@ -18,7 +18,8 @@ import re
 import struct
 import zipfile
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -117,7 +118,7 @@ _STORAGE_DTYPES = {"FloatStorage": torch.float32, "DoubleStorage": torch.float64
 
 
 def _counted(op: Callable[[Any], None]) -> Callable[[Any], None]:
-    def run(self: "_Declarations") -> None:
+    def run(self: _Declarations) -> None:
         self.ops += 1
         if self.ops > MAX_PICKLE_OPS:
             raise Refused(f"its pickle runs over {MAX_PICKLE_OPS:,} operations; a checkpoint needs a few per tensor")

@@ -8,7 +8,7 @@ than the Hessian-vector product itself).
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

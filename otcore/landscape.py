@@ -10,7 +10,7 @@ Filter normalisation follows Li et al., "Visualizing the Loss Landscape of Neura
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F

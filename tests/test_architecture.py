@@ -8,13 +8,11 @@ change of what a key holds is a decision (bump CACHE_FORMAT), never an accident.
 from __future__ import annotations
 
 import ast
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from tests.support import REPO
 

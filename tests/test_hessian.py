@@ -12,8 +12,9 @@ from torch import nn
 
 from otcore import hessian, lanczos
 from otcore.config import HessianSpec
+from otcore.pyhessian_reference import pyhessian_reference
 from otcore.hessian import (Density, HessianError, analyse, default_grid, density_on_grid, fixed_batches,
-                            flat_parameters, hutchinson_trace, pyhessian_reference, spectral_density,
+                            flat_parameters, hutchinson_trace, spectral_density,
                             top_eigenpairs, trainable_layout)
 
 # torch loads its forward-AD decompositions with torch.jit.script on first use of jvp

@@ -93,7 +93,8 @@ def test_cca_map_is_the_inverse_pair_and_the_ridge_pins_unseen_directions() -> N
 def test_zipit_pairs_the_correlated_features_and_its_maps_are_consistent() -> None:
     g = torch.Generator().manual_seed(0)
     base = torch.randn(500, 6, generator=g, dtype=torch.float64)
-    noisy = lambda cols: base[:, cols] + 0.01 * torch.randn(500, len(cols), generator=g, dtype=torch.float64)
+    def noisy(cols):
+        return base[:, cols] + 0.01 * torch.randn(500, len(cols), generator=g, dtype=torch.float64)
     # Model b holds model a's features 0..5 in the order 3, 1, 0, 5, 4, 2.
     merge, unmerge = zipit_maps([noisy([0, 1, 2, 3, 4, 5]), noisy([3, 1, 0, 5, 4, 2])], [0.5, 0.5], 6)
     pairs = {(int(unmerge[0][:, k].argmax()), int(unmerge[1][:, k].argmax())) for k in range(6)}

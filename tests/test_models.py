@@ -1,7 +1,7 @@
 """Tests of otcore.models: every architecture runs, names match the paper's reference, wiring is described."""
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import pytest
 import torch
@@ -17,7 +17,7 @@ def natural_shape(arch: str) -> tuple[int, int, int]:
     return (3, 32, 32) if arch.startswith(BIG) else (1, 8, 8)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _built(arch: str, shape: tuple[int, int, int]) -> nn.Module:
     torch.manual_seed(0)
     return build_model(arch, shape, 10).eval()

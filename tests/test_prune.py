@@ -187,7 +187,7 @@ def test_compaction_keeps_outputs_and_drops_parameters(digits, arch):
     for group in single:  # every single-writer hidden group loses exactly the pruned filters
         width = weight(model, writers[group][0]).shape[0]
         assert result.shrunk[group] == (width, width - round(0.5 * width))
-    for group, (before, after) in result.shrunk.items():
+    for group, (_before, after) in result.shrunk.items():
         assert weight(result.model, writers[group][0]).shape[0] == after
 
 

@@ -1,7 +1,8 @@
 """The sidebar workspace every page draws: dataset, architecture, parents; and the parents it loads."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import streamlit as st
 

@@ -6,7 +6,8 @@ and other pages read it by field name.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import streamlit as st
 

@@ -1,7 +1,8 @@
 """Widgets more than one page draws: tables in the house number formats, downloads, shared settings."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import pandas as pd
 import streamlit as st

@@ -1,7 +1,8 @@
 """The loss landscape: loss along the top eigenvector and a random direction, along paths, on a plane."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import plotly.graph_objects as go

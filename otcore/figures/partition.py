@@ -6,7 +6,8 @@ show whether a fused network kept skills that only one parent had.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import pandas as pd
 import plotly.graph_objects as go

@@ -1,7 +1,7 @@
 """Transport plans and their diagnostics: a plan as a heatmap, per-layer closeness to a permutation, the table."""
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd

@@ -6,7 +6,7 @@ method and one set of axis titles hold everywhere.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import plotly.graph_objects as go
 

@@ -10,7 +10,8 @@ import logging
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterator, Protocol, Sequence
+from typing import Any, ClassVar, Protocol
+from collections.abc import Callable, Iterator, Sequence
 
 from otcore.cache import CacheEntry
 from otcore.config import SpecError

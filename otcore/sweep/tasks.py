@@ -8,7 +8,7 @@ from __future__ import annotations
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from otcore import pipeline
 from otcore.analysis import curvatures

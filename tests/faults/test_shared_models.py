@@ -7,7 +7,7 @@ digits parents), and every result is compared with the one computed alone, in ev
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import torch

@@ -61,7 +61,7 @@ def _bad_files(tmp_path) -> dict:
 def test_every_bad_checkpoint_gets_one_message_and_leaves_nothing_behind(tmp_path, good, parents_cache):
     files, marker = _bad_files(tmp_path)
     before = sorted(p.name for p in parents_cache.iterdir())
-    for kind, (path, fragments) in files.items():
+    for _kind, (path, fragments) in files.items():
         done = cli("fuse", "--dataset", "digits", "--arch", "mlpnet", "--parents", str(good), str(path), "--json",
                    cache=parents_cache)
         assert_one_line_error(done, *fragments)
