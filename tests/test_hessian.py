@@ -268,7 +268,7 @@ def test_all_batches_of_the_split_equal_the_explicit_batch_list(tmp_path) -> Non
         if field_name not in skip:
             assert getattr(results[0], field_name) == getattr(results[1], field_name), field_name
     assert torch.equal(results[0].eigenvectors, results[1].eigenvectors)
-    assert len(results[0].perturbation["loss_std"]) == 5 and max(results[0].perturbation["loss_std"]) > 0
+    assert len(results[0].perturbation.loss_std) == 5 and max(results[0].perturbation.loss_std) > 0
 
 
 @pytest.mark.parametrize("value", [0, 1001, "some", True, 2.0])
