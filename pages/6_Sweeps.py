@@ -24,9 +24,10 @@ page.header("Sweeps",
 if ws is None:
     st.stop()
 
-state.init_state({"sweeps.fractions": [0.0, 0.3, 0.5, 0.7], "sweeps.types": ["unstructured"],
+state.init_state({"sweeps.side_by_side": False, "sweeps.study_metric": "test accuracy",
+                  "sweeps.fractions": [0.0, 0.3, 0.5, 0.7], "sweeps.types": ["unstructured"],
                   "sweeps.seed_sets": 1, "sweeps.order": PruneSpec().order, "sweeps.retrain_epochs": 0,
-                  "sweeps.executor": "local", "sweeps.ray_address": "", "sweeps.gpus": 0.0})
+                  "sweeps.executor": "local", "sweeps.ray_address": "", "sweeps.gpus": 0.0, "sweeps.analyse": []})
 with st.form("sweeps", border=False):
     row = st.columns([2.2, 1.6, 0.9, 1.1, 1.1])
     fractions = row[0].multiselect("Prune fractions", FRACTIONS, key="sweeps.fractions",
@@ -38,6 +39,9 @@ with st.form("sweeps", border=False):
     order = row[3].selectbox("Order", PRUNE_ORDERS, key="sweeps.order", help="prune then fuse, or fuse then prune")
     retrain = row[4].number_input("Retraining", 0, 1000, step=1, key="sweeps.retrain_epochs",
                                   help="epochs of masked retraining of the fused network at each point")
+    analyse = st.multiselect("Hessian analysis at each point", list(sweeps.NETWORKS), key="sweeps.analyse",
+                             help="top eigenvalues, trace, spectral density and perturbation curve of these networks "
+                                  "at every point, each cached by its own key (the Hessian page's settings)")
     row = st.columns([1, 2.4, 1, 0.9], vertical_alignment="bottom")
     executor = row[0].selectbox("Executor", sweeps.EXECUTORS, key="sweeps.executor",
                                 help="local: in this server, one point after another; ray: each point a Ray task")
@@ -52,7 +56,7 @@ if pressed:
         grid = (("prune.type", tuple(types)), ("seed", tuple(range(int(seed_sets)))),
                 ("prune.fraction", tuple(fractions)))
         spec = sweeps.SweepSpec(grid, ws.data, ws.model, ws.train, PruneSpec(order=order, retrain_epochs=int(retrain)),
-                                FusionSpec(), ws.seeds, "prune", ws.device)
+                                FusionSpec(), ws.seeds, "prune", ws.device, tuple(analyse), widgets.hessian_spec())
         runner = sweeps.executor(executor, address.strip() or None,
                                  **({"gpus_per_task": float(gpus)} if executor == "ray" else {}))
     except Exception as err:  # noqa: BLE001 - shown, never raised into the page
@@ -132,13 +136,29 @@ if st.session_state.get("sweeps.x") not in result.fields:
     st.session_state["sweeps.x"] = "prune.fraction" if "prune.fraction" in result.fields else result.fields[0]
 st.session_state["sweeps.methods"] = [m for m in st.session_state.get("sweeps.methods", methods) if m in methods]
 metric_col, x_col, methods_col = st.columns([1, 1, 3])
-metric = metric_col.selectbox("Metric", figures.METRICS, key="sweeps.metric")
+metric = metric_col.selectbox("Metric", figures.sweep_metrics(table), key="sweeps.metric",
+                              help="scores, and the curvature of the networks the sweep analysed")
 x = x_col.selectbox("Against", result.fields, key="sweeps.x")
 shown = methods_col.multiselect("Methods", methods, key="sweeps.methods")
-st.plotly_chart(figures.sweep_figure(table, metric, x, shown or methods), theme=None, key="sweeps.chart")
+apart = st.toggle("Initial and retrained side by side", key="sweeps.side_by_side",
+                  help="two panels: the networks as fused or pruned, and after retraining")
+st.plotly_chart(figures.sweep_figure(table, metric, x, shown or methods, side_by_side=apart), theme=None,
+                key="sweeps.chart")
 constant = [c for c in (*result.fields, "seeds") if c in table and table[c].nunique() == 1]
 if constant:  # said once above the table, so that the columns that vary fit the page
     st.caption("On every row: " + " · ".join(f"{c} = {table[c].iloc[0]}" for c in constant))
 widgets.show_table(table.drop(columns=["key", *constant]))
 st.download_button("Table (CSV)", table.to_csv(index=False), f"sweep-{result.key[:12]}.csv", "text/csv",
                    key="sweeps.download.csv", on_click="ignore", icon=":material/table:")
+
+with st.expander("The study's table: a metric per experiment and network (CSV, LaTeX with booktabs)"):
+    offered = [m for m in (*figures.STUDY_METRICS, "λ1", "λ2", "λ3") if not figures.study_table(result.points, m).empty]
+    state.keep_choice("sweeps.study_metric", offered, "test accuracy")
+    study_metric = st.selectbox("Metric", offered, key="sweeps.study_metric")
+    study = figures.study_table(result.points, study_metric)
+    widgets.show_table(study.reset_index())
+    with st.container(horizontal=True):
+        for form, mime in (("csv", "text/csv"), ("latex", "application/x-latex")):
+            st.download_button(f"Table ({form.upper() if form == 'csv' else 'LaTeX'})", figures.study_text(study, form),
+                               f"study-{result.key[:12]}-{study_metric}.{'tex' if form == 'latex' else 'csv'}", mime,
+                               key=f"sweeps.download.study.{form}", on_click="ignore", icon=":material/table:")

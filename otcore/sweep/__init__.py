@@ -10,10 +10,10 @@ of a sweep live in otcore.figures: nothing here imports pandas or plotly.
 from otcore.sweep.driver import (PointFailure, PointResult, SweepResult, cell, load_sweep, run_sweep, scores,
                                  sweep_records)
 from otcore.sweep.executors import EXECUTORS, Event, Executor, LocalExecutor, RayExecutor, executor
-from otcore.sweep.grid import STEPS, ParentJob, Point, Progress, SweepSpec, parse_grid, sweep_fields, value_text
+from otcore.sweep.grid import NETWORKS, STEPS, ParentJob, Point, Progress, SweepSpec, parse_grid, sweep_fields, value_text
 from otcore.sweep.tasks import PointOutput, PointTask, error_text, run_point, train_parent_entry
 
-__all__ = ["EXECUTORS", "STEPS", "Event", "Executor", "LocalExecutor", "ParentJob", "Point", "PointFailure",
+__all__ = ["EXECUTORS", "NETWORKS", "STEPS", "Event", "Executor", "LocalExecutor", "ParentJob", "Point", "PointFailure",
            "PointOutput", "PointResult", "PointTask", "Progress", "RayExecutor", "SweepResult", "SweepSpec", "cell",
            "error_text", "executor", "load_sweep", "parse_grid", "run_point", "run_sweep", "scores", "sweep_fields",
            "sweep_records", "train_parent_entry", "value_text"]

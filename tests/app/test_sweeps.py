@@ -130,3 +130,24 @@ def test_a_sweep_runs_on_across_reruns_and_stops_when_asked(page, sweep_cache, m
     summary = "**1** of 3 points · 0 failed · stopped: SweepStopped: the Stop button was pressed"
     assert any(summary in c.value for c in at.main.caption)
     assert len(at.dataframe[0].value) == 5  # the finished point's five methods, cached: Start resumes from here
+
+
+def test_a_sweep_that_analyses_a_network_plots_its_curvature_and_gives_the_study_table(page, sweep_cache):
+    quick = {"hessian.batch_size": 150, "hessian.lanczos_iters": 12, "hessian.power_iters": 20, "hessian.top_k": 2}
+    at = page(SWEEPS_PAGE, **quick).run()
+    at.multiselect(key="sweeps.fractions").set_value([0.0, 0.5])
+    at.multiselect(key="sweeps.analyse").set_value(["OT fusion"])
+    at.button(key="sweeps.start").click().run()
+    job = finish(at)
+    assert job.result.status == "finished" and job.spec.analyse == ("OT fusion",)
+    at.run()
+    assert not at.exception and not at.error
+    assert {"trace", "λ1", "λ2"} <= set(at.selectbox(key="sweeps.metric").options)
+    at.selectbox(key="sweeps.metric").set_value("trace").run()
+    assert not at.exception and len(at.get("plotly_chart")) == 1
+    at.selectbox(key="sweeps.study_metric").set_value("trace").run()
+    study = at.dataframe[1].value
+    assert list(study.columns)[1:] == ["OT fusion"]  # a row per experiment, a column per analysed network
+    assert len(study) == 2 and study.iloc[:, 1].gt(0).all()  # a trace per experiment, positive (a minimum)
+    latex = next(b for b in at.get("download_button") if b.key == "sweeps.download.study.latex")
+    assert latex.proto.label == "Table (LaTeX)"
