@@ -44,6 +44,8 @@ def main() -> None:
     warm, again = run(SWEEP, env)
     latex_s, latex = run([sys.executable, "-m", "otcore", "table", first["sweep"][:12], "--metric", "trace",
                           "--format", "latex", "--json"], env)
+    text = subprocess.run([sys.executable, "-m", "otcore", "table", first["sweep"][:12], "--metric", "trace",
+                           "--format", "latex"], capture_output=True, text=True, env=env, cwd=ROOT, check=True).stdout
     rows = [["sweep, empty cache", f"{cold:.1f}", len(first["rows"]), len(first["failed"])],
             ["sweep, from the cache", f"{warm:.2f}", len(again["rows"]), len(again["failed"])],
             ["table --metric trace --format latex", f"{latex_s:.2f}", len(latex["rows"]), 0],
@@ -52,7 +54,7 @@ def main() -> None:
           f"{' / '.join(f'{v:.2f}' for v in os.getloadavg())}\n")
     print(table(["run", "wall s", "points", "failed"], rows))
     same = [r["ot_fusion"] for r in first["rows"]] == [r["ot_fusion"] for r in again["rows"]]
-    print(f"\nSame OT fusion accuracies from the cache: {same}.\n\nThe trace table (LaTeX):\n\n{latex['text']}")
+    print(f"\nSame OT fusion accuracies from the cache: {same}.\n\nThe trace table (LaTeX):\n\n{text}")
 
 
 if __name__ == "__main__":
