@@ -16,7 +16,11 @@ import os
 import sys
 
 # Registration order is the order of `--help`.
-from otcore.cli import train as _train, fusion as _fusion, sweep as _sweep, hessian as _hessian  # noqa: F401
+# Each command module registers its commands on import; this order is the order of `--help`.
+import otcore.cli.train  # noqa: F401
+import otcore.cli.fusion  # noqa: F401
+import otcore.cli.sweep  # noqa: F401
+import otcore.cli.hessian  # noqa: F401
 from otcore.cli.output import dumps
 from otcore.cli.registry import COMMANDS, command
 from otcore.errors import UserError

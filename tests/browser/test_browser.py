@@ -95,5 +95,5 @@ def test_a_sweep_runs_on_while_other_pages_are_open_and_stops(browser_cache: Pat
         page.wait_for_selector("text=SweepStopped: the Stop button was pressed", timeout=300_000)
         summary = page.locator("[data-testid='stCaptionContainer']:has-text('0 failed')").first.inner_text()
         done = int(summary.split(" of ")[0].strip("* "))
-        assert 1 <= done < 12 and "of 12 points" in summary
+        assert done >= 1 and done < 12 and "of 12 points" in summary  # stopped part-way
         assert page.locator("[data-testid='stException']").count() == 0
