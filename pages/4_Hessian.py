@@ -5,7 +5,6 @@ import streamlit as st
 
 from otcore import figures, report
 from otcore.config import SpecError
-from otcore.figures import retraining_networks
 from ui import errors, page, runs, sidebar, state, widgets
 
 REQUEST = "hessian.request"  # HessianRequest of the last press of Analyse (before/after retraining included)
@@ -37,10 +36,7 @@ if pressed:
     try:
         spec = widgets.hessian_spec()
         if retrained:
-            methods = retraining_networks(options)
-            if not methods:
-                raise SpecError("this study has no retrained fused net: fine-tune it on the Fusion page or retrain "
-                                "it on the Pruning page")
+            methods = runs.retraining_study(options)
         if not methods:
             raise SpecError("pick at least one network to analyse")
     except SpecError as err:

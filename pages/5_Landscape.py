@@ -6,7 +6,6 @@ import streamlit as st
 from otcore import figures, report
 from otcore.aligned_paths import ALIGNMENTS, aligned_path
 from otcore.config import SpecError
-from otcore.figures import retraining_networks
 from otcore.methods import is_parent
 from otcore.pipeline import OT_FUSION, VANILLA
 from ui import errors, memo, page, runs, sidebar, state, widgets
@@ -63,10 +62,7 @@ if pressed:
     try:
         spec = widgets.hessian_spec()
         if retrained:
-            methods = retraining_networks(options)
-            if not methods:
-                raise SpecError("this study has no retrained fused net: fine-tune it on the Fusion page or retrain "
-                                "it on the Pruning page")
+            methods = runs.retraining_study(options)
         if not methods:
             raise SpecError("pick at least one network")
         if a == b:

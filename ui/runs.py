@@ -17,7 +17,7 @@ import streamlit as st
 from otcore import analysis, figures, pipeline
 from otcore.cache import default_cache
 from otcore.checkpoints import CheckpointError
-from otcore.config import FusionSpec, HessianSpec, PruneSpec, TrainSpec, spec_hash
+from otcore.config import FusionSpec, HessianSpec, PruneSpec, SpecError, TrainSpec, spec_hash
 from otcore.device import resolve_device
 from ui.memo import ProgressBar, is_memoised, memo
 from ui.state import ANALYSED, FUSION_REQUEST, PRUNE_REQUEST, STUDY, ParentSet, Study, Workspace, current
@@ -224,3 +224,12 @@ def prune_is_ready(ws: Workspace, parent_set: ParentSet, prune_spec: PruneSpec, 
     disk_key = pipeline.prune_key(parent_set.data, parent_set.model, prune_spec, fusion_spec, ws.train,
                                   list(parent_set.keys))
     return default_cache().load_record(disk_key) is not None  # the record only: the weights load when used
+
+
+def retraining_study(options: Sequence[str]) -> list[str]:
+    """The parents, the fused net and its retrained versions among options; a SpecError when none was retrained."""
+    networks = figures.retraining_networks(options)
+    if not networks:
+        raise SpecError("this study has no retrained fused net: fine-tune it on the Fusion page or retrain it on the "
+                        "Pruning page")
+    return networks
