@@ -14,6 +14,7 @@ from otcore.cache import CacheEntry, DiskCache, default_cache
 from otcore.config import DataSpec, HessianSpec, spec_dict, spec_hash
 from otcore.device import on_device, resolve_device
 from otcore.curves import InterpolationPath, LossSurface, PerturbationCurve
+from otcore.keys import hessian_key  # noqa: F401  (re-exported: the analysis's key)
 from otcore.hessian import analyse, fixed_batches, product_seconds, products_per_analysis
 from otcore.landscape import Curve, barrier, filter_normalized_direction, path_curve, perturbation_curve, surface_2d
 from otcore.pipeline import MethodResult, Progress, cached, dataset
@@ -53,11 +54,6 @@ def analysis_batches(data: DataSpec, spec: HessianSpec, device: torch.device) ->
     """The batches a spec analyses: the split's first examples in order, or a seeded draw."""
     x, y = dataset(data).split(spec.split)
     return [(xb.to(device), yb.to(device)) for xb, yb in fixed_batches(x, y, spec.batch_size, spec.batches, spec.seed)]
-
-
-def hessian_key(data: DataSpec, spec: HessianSpec, network: str) -> str:
-    """The cache key of one network's Hessian analysis (`network`: the network's own key)."""
-    return spec_hash("hessian", data, spec, network)
 
 
 def curvature(data: DataSpec, name: str, key: str, model: nn.Module, spec: HessianSpec, device: str = "auto",

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable
 
 from filelock import FileLock
 
+from otcore.atomic import write_atomic
 from otcore.records import record_problem
 
 if TYPE_CHECKING:
@@ -166,16 +167,12 @@ class DiskCache:
         path = self._path(entry.key)
         if not self.writable:
             return
-        import safetensors.torch  # here, not at the top: reading a record must not import torch
-
-        from otcore.checkpoints import write_atomic
-
         tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in entry.tensors.items()}
         record = json.dumps({"kind": entry.kind, "config": entry.config, "metrics": entry.metrics,
                              "created": entry.created, "names": list(tensors)}, default=_json_default)
         header = {"entry": record, "sha256": _checksum(record, _tensor_items(tensors))}
         try:
-            write_atomic(path, safetensors.torch.save(tensors, metadata=header))
+            write_atomic(path, _safetensors_bytes(tensors, header))
         except OSError as e:
             self._degrade(e)
 
@@ -282,7 +279,20 @@ def _checksum(record: str, items: Iterable[TensorItem]) -> str:
     return digest.hexdigest()
 
 
+def _safetensors_bytes(tensors: dict[str, torch.Tensor], header: dict[str, str]) -> bytes:
+    """The entry's file; one without tensors (a sweep's record) is written without importing torch."""
+    if not tensors:  # the same bytes safetensors.torch writes for no tensors
+        import safetensors.numpy
+
+        return safetensors.numpy.save({}, metadata=header)
+    import safetensors.torch  # here, not at the top: reading a record must not import torch
+
+    return safetensors.torch.save(tensors, metadata=header)
+
+
 def _tensor_items(tensors: dict[str, torch.Tensor]) -> list[TensorItem]:
+    if not tensors:
+        return []
     import torch
 
     items = []

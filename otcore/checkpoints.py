@@ -14,7 +14,6 @@ import json
 import os
 import stat
 import struct
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 
 from otcore.checkpoint_scan import WEIGHT_DTYPES, Corrupt, Refused, allowed_globals, scan_safetensors, scan_torch
 from otcore.errors import UserError
+from otcore.atomic import write_atomic  # noqa: F401  (re-exported: save_checkpoint writes through it)
 
 try:  # numpy >= 2 moved the scalar constructor; files written under numpy 1 name the old path
     from numpy._core.multiarray import scalar as _np_scalar
@@ -115,29 +115,6 @@ def save_checkpoint(state_dict: Mapping[str, torch.Tensor], path: str | Path, fo
                     meta: Mapping[str, Any] | None = None) -> None:
     """Write a checkpoint atomically: a reader sees the old file or the whole new one, never a part."""
     write_atomic(Path(path), checkpoint_bytes(state_dict, format, meta))
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write bytes to a temp file beside `path`, fsync it, then rename it over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp's 0o600 would hide the file from other users of a shared cache
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable; not every platform can open a folder
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
 
 
 def match_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],

@@ -1,13 +1,27 @@
-"""What a comparison step returns: one row per method (scores and network), side by side."""
+"""What a comparison step returns: one row per method (scores and network), side by side.
+
+Torch-free (torch only names types here): a sweep answered from the cache rebuilds its comparisons
+from the entries' records without importing torch.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from otcore.methods import Method, is_parent
-from otcore.train import Evaluation
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Accuracy (percent) and mean cross-entropy loss on a split."""
+
+    accuracy: float
+    loss: float
+    per_class: list[float | None] | None = None  # accuracy (percent) on each class; None where a class is absent
 
 
 @dataclass

@@ -165,12 +165,6 @@ def check_partition_parents(spec: TrainSpec, n_parents: int) -> None:
            f"partition '{spec.partition}' splits the data between 2 parents; got {n_parents} seeds")
 
 
-def parent_key(data: DataSpec, model: ModelSpec, spec: TrainSpec) -> str:
-    """Cache key of a parent trained with spec (its seed included)."""
-    # Here rather than in pipeline: the CLI finds cached parents by key without importing torch.
-    return spec_hash("parent", data, model, spec)
-
-
 SCHEDULES = ("step", "cosine", "constant")
 
 

@@ -11,10 +11,12 @@ different parts of MNIST to show that fusion transfers skills no single parent h
 from __future__ import annotations
 
 import math
-
-import torch
+from typing import TYPE_CHECKING
 
 from otcore.config import SpecError, TrainSpec
+
+if TYPE_CHECKING:  # the figures read own_classes without torch (a cached `table` command never imports it)
+    import torch
 
 PARTS = 2  # every non-iid partition splits the split between two parents, as the reference's
 
@@ -48,6 +50,8 @@ def labels_of_first(spec: TrainSpec, num_classes: int) -> list[int]:
 
 def part_indices(y: torch.Tensor, spec: TrainSpec, num_classes: int) -> torch.Tensor:
     """Sorted indices into the labels y (N,) of the examples part `spec.part` of the partition trains on."""
+    import torch
+
     n = len(y)
     if spec.partition == "iid":
         return torch.arange(n)
@@ -72,4 +76,6 @@ def part_indices(y: torch.Tensor, spec: TrainSpec, num_classes: int) -> torch.Te
 
 def class_counts(y: torch.Tensor, num_classes: int) -> list[int]:
     """How many examples of each class the labels y hold."""
+    import torch
+
     return torch.bincount(y.cpu(), minlength=num_classes).tolist()

@@ -18,9 +18,10 @@ from otcore.cache import CacheEntry, DiskCache, default_cache
 from otcore.checkpoints import load_checkpoint, load_into
 from otcore.comparison import Comparison, MethodResult  # re-exported: results of the steps
 from otcore.config import (DataSpec, FusionSpec, ModelSpec, PruneSpec, RetrainSpec, SpecError, TrainSpec,
-                           check_partition_parents, parent_key, spec_dict, spec_hash)
+                           check_partition_parents, spec_dict)
 from otcore.data import Dataset, load_dataset, sample_inputs
 from otcore.device import on_device, resolve_device
+from otcore.keys import fusion_key, fusion_only, parent_key, prune_key  # noqa: F401  (re-exported: the steps' keys)
 from otcore.fusion import FusionError, ensemble_log_probs, fuse, vanilla_average
 from otcore.methods import Method, label, parent_id
 from otcore.models import FusableNet, build_model, count_parameters
@@ -54,29 +55,6 @@ class Parent:
 def _report(progress: Progress | None, what: str, done: float) -> None:
     if progress is not None:
         progress(what, min(max(done, 0.0), 1.0))
-
-
-def fusion_key(data: DataSpec, model: ModelSpec, spec: FusionSpec, finetune: TrainSpec | None,
-               parent_keys: list[str]) -> str:
-    """Cache key of fuse_and_compare; fine-tuning's recipe is spec.retrain, so `finetune` is not keyed.
-
-    Without fine-tuning the recipe changes nothing, so it is keyed at its default (one entry, not one per lr).
-    """
-    return spec_hash("fusion", data, model, spec if spec.finetune_epochs else replace(spec, retrain=RetrainSpec()),
-                     parent_keys)
-
-
-def prune_key(data: DataSpec, model: ModelSpec, prune: PruneSpec, fusion: FusionSpec, retrain: TrainSpec | None,
-              parent_keys: list[str]) -> str:
-    """Cache key of prune_and_compare; every retraining follows prune.retrain, so `retrain` is not keyed."""
-    if prune.retrain_epochs == 0 and prune.retrain_parents_epochs == 0:
-        prune = replace(prune, retrain=RetrainSpec())  # nothing is retrained: the recipe changes nothing
-    return spec_hash("prune", data, model, prune, _fusion_only(fusion), parent_keys)
-
-
-def _fusion_only(fusion: FusionSpec) -> FusionSpec:
-    """The fusion settings without fine-tuning: the prune step retrains by its own spec."""
-    return replace(fusion, finetune_epochs=0, retrain=RetrainSpec())
 
 
 def cached(cache: DiskCache, key: str, compute: Callable[[], CacheEntry]) -> tuple[CacheEntry, bool]:
@@ -348,7 +326,7 @@ def prune_and_compare(data: DataSpec, model: ModelSpec, parents: list[Parent], p
     fraction of zero weights over the pruned layers. `retrain` is no longer used (kept for callers).
     """
     cache = cache or default_cache()
-    fusion = _fusion_only(fusion)  # prune.retrain_epochs is this step's retraining
+    fusion = fusion_only(fusion)  # prune.retrain_epochs is this step's retraining
     recipe = prune.retrain
     key = prune_key(data, model, prune, fusion, retrain, [p.key for p in parents])
     dev = resolve_device(device)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from otcore.comparison import Evaluation  # noqa: F401  (re-exported: what evaluate returns)
 from otcore.config import RetrainSpec, TrainSpec
 from otcore.data import iterate_batches
 from otcore.activations import EVAL_BATCH, predict_logits  # noqa: F401  (re-exported: train's public API)
@@ -24,15 +25,6 @@ class TrainProgress:
     steps: int
     loss: float  # mean loss of this batch
     accuracy: float  # percent correct on this batch
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """Accuracy (percent) and mean cross-entropy loss on a split."""
-
-    accuracy: float
-    loss: float
-    per_class: list[float | None] | None = None  # accuracy (percent) on each class; None where a class is absent
 
 
 ProgressFn = Callable[[TrainProgress], None]

@@ -7,7 +7,7 @@ import streamlit as st
 
 from otcore import figures
 from otcore import sweep as sweeps
-from otcore.config import PRUNE_ORDERS, PRUNE_TYPES, FusionSpec, PruneSpec
+from otcore.config import PRUNE_ORDERS, PRUNE_TYPES, FusionSpec, PruneSpec, RetrainSpec
 from ui import errors, page, sidebar, state, sweep_jobs, widgets
 
 FRACTIONS = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
@@ -42,6 +42,8 @@ with st.form("sweeps", border=False):
     analyse = st.multiselect("Hessian analysis at each point", list(sweeps.NETWORKS), key="sweeps.analyse",
                              help="top eigenvalues, trace, spectral density and perturbation curve of these networks "
                                   "at every point, each cached by its own key (the Hessian page's settings)")
+    with st.expander("Retraining recipe"):
+        retrain_lr, schedule, retrain_vanilla = widgets.retraining_widgets("sweeps", "every retraining at each point")
     row = st.columns([1, 2.4, 1, 0.9], vertical_alignment="bottom")
     executor = row[0].selectbox("Executor", sweeps.EXECUTORS, key="sweeps.executor",
                                 help="local: in this server, one point after another; ray: each point a Ray task")
@@ -55,7 +57,9 @@ if pressed:
     try:
         grid = (("prune.type", tuple(types)), ("seed", tuple(range(int(seed_sets)))),
                 ("prune.fraction", tuple(fractions)))
-        spec = sweeps.SweepSpec(grid, ws.data, ws.model, ws.train, PruneSpec(order=order, retrain_epochs=int(retrain)),
+        spec = sweeps.SweepSpec(grid, ws.data, ws.model, ws.train, PruneSpec(order=order, retrain_epochs=int(retrain),
+                                                                   retrain=RetrainSpec(lr=retrain_lr, schedule=schedule,
+                                                                                       retrain_vanilla=retrain_vanilla)),
                                 FusionSpec(), ws.seeds, "prune", ws.device, tuple(analyse), widgets.hessian_spec())
         runner = sweeps.executor(executor, address.strip() or None,
                                  **({"gpus_per_task": float(gpus)} if executor == "ray" else {}))

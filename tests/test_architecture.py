@@ -143,8 +143,8 @@ def test_no_module_is_longer_than_450_lines():
 
 def test_golden_cache_keys():
     """A fixed spec set -> fixed keys. If this fails, a key changed: bump CACHE_FORMAT and update the literals."""
-    from otcore.config import (CACHE_FORMAT, DataSpec, FusionSpec, HessianSpec, ModelSpec, PruneSpec, TrainSpec,
-                               parent_key, spec_hash)
+    from otcore.config import CACHE_FORMAT, DataSpec, FusionSpec, HessianSpec, ModelSpec, PruneSpec, TrainSpec, spec_hash
+    from otcore.keys import parent_key
 
     assert CACHE_FORMAT == 4
     specs = (ModelSpec("vgg11_nobias"), TrainSpec(epochs=3, seed=7), FusionSpec(alignment="cca", weights=(1.0, 3.0)),

@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from tests.support import REPO
-from otcore.config import (ARCHITECTURES, DATASETS, DEVICE_CHOICES, DataSpec, ModelSpec, SpecError, TrainSpec,
-                           parent_key)
+from otcore.config import (ARCHITECTURES, DATASETS, DEVICE_CHOICES, DataSpec, ModelSpec, SpecError, TrainSpec)
+from otcore.keys import parent_key
 
 
 def test_vocabularies_equal_the_registries_in_order():
@@ -31,8 +31,12 @@ def test_unknown_names_are_refused_with_the_choices():
 
 def test_specs_and_keys_never_import_torch():
     code = ("import sys\n"
-            "from otcore.config import DataSpec, ModelSpec, TrainSpec, parent_key\n"
-            "parent_key(DataSpec('cifar10'), ModelSpec('vgg11_nobias'), TrainSpec(seed=3))\n"
+            "from otcore.config import DataSpec, FusionSpec, HessianSpec, ModelSpec, PruneSpec, TrainSpec\n"
+            "from otcore.keys import fusion_key, hessian_key, parent_key, prune_key\n"
+            "data, model = DataSpec('cifar10'), ModelSpec('vgg11_nobias')\n"
+            "parents = [parent_key(data, model, TrainSpec(seed=3))]\n"
+            "hessian_key(data, HessianSpec(), prune_key(data, model, PruneSpec(), FusionSpec(), None, parents))\n"
+            "fusion_key(data, model, FusionSpec(), None, parents)\n"
             "print([m for m in ('torch', 'numpy') if m in sys.modules])")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
                           env={**os.environ})

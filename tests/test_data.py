@@ -17,7 +17,8 @@ import torch
 import torchvision
 
 from tests.support import REPO
-from otcore.config import DataSpec, ModelSpec, SpecError, TrainSpec, parent_key
+from otcore.config import DataSpec, ModelSpec, SpecError, TrainSpec
+from otcore.keys import parent_key
 from otcore.data import DataError, list_datasets, load_dataset, sample_inputs
 from tests.support import write_idx, write_mnist_like
 from tests.faults.hostile_datasets import (FakeArray, FakeDtype, cifar_batch, idx_bytes, python2_batch,

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from otcore.cache import DiskCache
-from otcore.config import DataSpec, FusionSpec, ModelSpec, SpecError, TrainSpec, parent_key
+from otcore.config import DataSpec, FusionSpec, ModelSpec, SpecError, TrainSpec
+from otcore.keys import parent_key
 from otcore.data import load_dataset
 from otcore.partition import class_counts, own_classes, part_indices
 from otcore.pipeline import OT_FUSION, fuse_and_compare, train_parents

@@ -177,8 +177,7 @@ def test_a_sweep_that_analyses_gives_the_curvature_of_a_direct_analysis_and_its_
     assert all(p.cached for p in run_sweep(sweep, LocalExecutor(), cache).points)
 
     table = study_table(result.points, "trace")
-    assert list(table.index) == ["prune.type=unstructured, prune.fraction=0.3",
-                                 "prune.type=structured, prune.fraction=0.3"]
+    assert list(table.index) == ["unstructured 30 %", "structured 30 %"]
     assert list(table.columns) == NETWORKS  # only the analysed networks
     assert table.loc[table.index[1], "OT fusion"] == result.points[1].curvature["OT fusion"]["trace"]
     latex = study_text(table, "latex")
@@ -186,7 +185,7 @@ def test_a_sweep_that_analyses_gives_the_curvature_of_a_direct_analysis_and_its_
     assert [line.strip() for line in lines if "rule" in line] == ["\\toprule", "\\midrule", "\\bottomrule"]
     body = lines[lines.index("\\midrule") + 1:lines.index("\\bottomrule")]
     assert len(body) == 2 and all(line.count("&") == 4 for line in body)  # an experiment per row, 4 networks
-    assert "prune.type=structured" in body[1] and f"{table.iloc[1, 2]:.2f}" in body[1]
+    assert body[1].startswith("structured 30 \\%") and f"{table.iloc[1, 2]:.2f}" in body[1]
 
     # Any curvature metric against any swept field: a line per analysed network, initial left, retrained right.
     rows = sweep_table(result.points, result.fields)

@@ -41,7 +41,7 @@ def run_report(args: argparse.Namespace) -> dict:
     """Fuse as `fuse` does and write the Fusion page's HTML report (tables, interactive charts)."""
     from pathlib import Path
 
-    from otcore.checkpoints import write_atomic
+    from otcore.atomic import write_atomic
     from otcore.pipeline import fuse_and_compare
     from otcore.report import fusion_report
 

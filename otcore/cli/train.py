@@ -7,7 +7,8 @@ from dataclasses import replace
 from otcore.cli.flags import Bar, add_common, add_training, parents_of, specs, train_spec
 from otcore.cli.output import _nulled
 from otcore.cli.registry import command
-from otcore.config import check_partition_parents, parent_key
+from otcore.config import check_partition_parents
+from otcore.keys import parent_key
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:

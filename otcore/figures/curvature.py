@@ -7,7 +7,6 @@ from collections.abc import Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
-import torch
 
 from otcore.figures.style import METHOD, TEST_ACC, method_colour, style
 from otcore.figures.sweeps import FRACTION
@@ -66,7 +65,9 @@ def spectral_density_chart(curvatures: Sequence[Any], title: str | None = None, 
     ρ(t) = mean over probes of Σ_j w_j N(t; λ_j, σ²), with PyHessian's σ² = 1e-5 · max(1, span of the
     grid) and `floor` added as PyHessian's plot does, so the log axis shows the gaps between Ritz values.
     """
-    from otcore.hessian import Density, default_grid, density_on_grid  # the figure needs torch, not the page
+    import torch  # the figure needs torch; the tables (and a cached `table` command) do not
+
+    from otcore.hessian import Density, default_grid, density_on_grid
 
     densities = [Density(torch.tensor(c.density_nodes, dtype=torch.float64),
                          torch.tensor(c.density_weights, dtype=torch.float64)) for c in curvatures]

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-import torch
 
 from otcore.figures.style import HEATMAP_SCALE, method_colour, style
+
+if TYPE_CHECKING:  # the figures load without torch: a cached `table` command never imports it
+    import torch
 
 
 def diagnostics_table(diagnostics: Iterable[dict]) -> pd.DataFrame:
@@ -24,8 +27,8 @@ def diagnostics_table(diagnostics: Iterable[dict]) -> pd.DataFrame:
 
 def plan_array(plan: torch.Tensor | np.ndarray) -> np.ndarray:
     """A transport plan (n_parent, n_anchor) as a float64 numpy array on the CPU."""
-    if isinstance(plan, torch.Tensor):
-        return plan.detach().to("cpu", torch.float64).numpy()
+    if not isinstance(plan, np.ndarray) and hasattr(plan, "detach"):  # a torch tensor
+        return plan.detach().cpu().double().numpy()
     return np.asarray(plan, dtype=np.float64)
 
 

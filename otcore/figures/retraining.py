@@ -12,8 +12,9 @@ import plotly.graph_objects as go
 
 from otcore.figures.curvature import spectral_density_chart
 from otcore.figures.landscape import perturbation_chart
-from otcore.methods import is_parent
-from otcore.pipeline import OT_FINETUNED, OT_FUSION, OT_RETRAINED
+from otcore.methods import Method, is_parent, label
+
+OT_FINETUNED, OT_FUSION, OT_RETRAINED = label(Method.OT_FINETUNED), label(Method.OT_FUSION), label(Method.OT_RETRAINED)
 
 RETRAINED = (OT_FINETUNED, OT_RETRAINED)  # the fused net after retraining: the Fusion page's, the Pruning page's
 

@@ -201,9 +201,17 @@ TABLE_FORMATS = ("csv", "latex", "markdown")
 
 
 def experiment_label(values: dict[str, Any]) -> str:
-    """A point's row name in a study table: its swept values but the parents' seeds ('base settings' if none)."""
-    shown = [f"{k}={cell(v)}" for k, v in values.items() if k not in ("seed", SEEDS)]
-    return ", ".join(shown) or "base settings"
+    """A point's row name in a study table: its swept values but the parents' seeds ('base settings' if none).
+
+    Pruning reads as the study's tables name it ('structured 30 %'); other fields as 'field=value'.
+    """
+    shown = {k: v for k, v in values.items() if k not in ("seed", SEEDS)}
+    kind, fraction = shown.pop("prune.type", None), shown.pop("prune.fraction", None)
+    pruning = " ".join([*([str(kind)] if kind is not None else []),
+                        *([f"{100 * float(fraction):g} %"] if fraction is not None else [])])
+    parts = ([f"{pruning} pruned" if kind is None else pruning] if pruning else []) + \
+        [f"{k}={cell(v)}" for k, v in shown.items()]
+    return ", ".join(parts) or "base settings"
 
 
 def _study_value(point: PointResult, row: Any, metric: str) -> float:

@@ -12,14 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from collections.abc import Callable, Sequence
 
-from otcore import pipeline
 from otcore.cache import CacheEntry, DiskCache, Listing, default_cache
 from otcore.config import spec_dict
 from otcore.sweep.executors import Executor, LocalExecutor
 from otcore.sweep.grid import Point, Progress, SweepSpec, value_text
 from otcore.sweep.tasks import PointTask, error_text, run_point
-from otcore.analysis import hessian_key
-from otcore.train import Evaluation
+from otcore.comparison import Comparison, Evaluation, MethodResult
+from otcore.keys import hessian_key
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +30,7 @@ class PointResult:
     values: dict[str, Any]  # swept field -> value
     seeds: tuple[int, ...]  # the parents' seeds
     key: str  # cache key of the comparison
-    comparison: pipeline.Comparison  # rows with model=None; load the key from the cache for the networks
+    comparison: Comparison  # rows with model=None; load the key from the cache for the networks
     cached: bool  # already in the cache when the sweep started
     attempts: int | None = None  # tries it took (None: cached, or not known under Ray)
     seconds: float = 0.0  # task wall time
@@ -71,7 +70,7 @@ def cell(value: Any) -> Any:
 CURVATURE_FIELDS = ("top_eigenvalues", "trace", "trace_std_error", "trace_method", "loss")
 
 
-def curvature_of(cache: DiskCache, point: Point, comparison: pipeline.Comparison) -> dict[str, dict] | None:
+def curvature_of(cache: DiskCache, point: Point, comparison: Comparison) -> dict[str, dict] | None:
     """The Hessian analysis of each network the point analyses, by method; None while any is not cached."""
     out = {}
     for row in comparison.rows:
@@ -100,12 +99,12 @@ def _verified_metrics(cache: DiskCache, key: str, step: str) -> dict | None:
     return record.metrics if record is not None and record.kind == step else None
 
 
-def scores(key: str, metrics: dict) -> pipeline.Comparison:
+def scores(key: str, metrics: dict) -> Comparison:
     """A comparison's scores from its cache entry's metrics, without loading its networks."""
-    rows = [pipeline.MethodResult(r["method"], _evaluation(r["test"]), _evaluation(r["train"]), r["parameters"],
+    rows = [MethodResult(r["method"], _evaluation(r["test"]), _evaluation(r["train"]), r["parameters"],
                                   r["inference_ms"], None, r["key"], r.get("id", "")) for r in metrics["rows"]]
     extra = {k: v for k, v in metrics.items() if k not in ("rows", "diagnostics", "seconds")}
-    return pipeline.Comparison(key, rows, {}, metrics.get("diagnostics", []), metrics.get("seconds", {}), extra,
+    return Comparison(key, rows, {}, metrics.get("diagnostics", []), metrics.get("seconds", {}), extra,
                                cached=True)
 
 

@@ -11,17 +11,18 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 from collections.abc import Callable, Sequence
 
-from otcore import pipeline
 from otcore.config import (DataSpec, FusionSpec, HessianSpec, ModelSpec, PruneSpec, SpecError, TrainSpec,
                            check_partition_parents, not_keyed, spec_hash)
+from otcore.keys import fusion_key, parent_key, prune_key
+from otcore.methods import Method, label
 
 STEPS = ("prune", "fusion")  # the pipeline step each point runs: prune_and_compare or fuse_and_compare
 Progress = Callable[[str, float], None]  # (what is happening, fraction done in [0, 1])
 # The networks a point can analyse (otcore.analysis: top eigenvalues, trace, density, perturbation curve),
 # by the name the user picks, and the comparison's method names each stands for.
-NETWORKS = {"parents": (pipeline.PARENT,), "vanilla": (pipeline.VANILLA,), "OT fusion": (pipeline.OT_FUSION,),
-            "fine-tuned fusion": (pipeline.OT_FINETUNED,), "retrained fusion": (pipeline.OT_RETRAINED,),
-            "retrained vanilla": (pipeline.VANILLA_RETRAINED,)}
+NETWORKS = {"parents": (Method.PARENT.value,), "vanilla": (label(Method.VANILLA),),
+            "OT fusion": (label(Method.OT_FUSION),), "fine-tuned fusion": (label(Method.OT_FINETUNED),),
+            "retrained fusion": (label(Method.OT_RETRAINED),), "retrained vanilla": (label(Method.VANILLA_RETRAINED),)}
 
 # ---------------------------------------------------------------------------- the grid
 
@@ -104,7 +105,7 @@ class ParentJob:
     @property
     def key(self) -> str:
         """Its cache key, as `pipeline.train_parent` computes it."""
-        return pipeline.parent_key(self.data, self.model, replace(self.train, seed=self.seed, part=self.part))
+        return parent_key(self.data, self.model, replace(self.train, seed=self.seed, part=self.part))
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ class Point:
 
     def analyses(self, method: str) -> bool:
         """Whether this point analyses the comparison row of `method` ('parent 2' is one of 'parents')."""
-        return any(method == m or (m == pipeline.PARENT and method.startswith(m + " "))
+        return any(method == m or (m == Method.PARENT.value and method.startswith(m + " "))
                    for name in self.analyse for m in NETWORKS[name])
 
     def label(self) -> str:
@@ -141,8 +142,8 @@ class Point:
         """The cache key of the point's comparison, as the pipeline step computes it (known before any work)."""
         parents = [p.key for p in self.parents()]
         if self.step == "prune":
-            return pipeline.prune_key(self.data, self.model, self.prune, self.fusion, self.train, parents)
-        return pipeline.fusion_key(self.data, self.model, self.fusion, self.train, parents)
+            return prune_key(self.data, self.model, self.prune, self.fusion, self.train, parents)
+        return fusion_key(self.data, self.model, self.fusion, self.train, parents)
 
 
 def value_text(value: Any) -> str:

@@ -2,6 +2,8 @@
 
 A task writes nothing outside its temporary folder; it returns every cache entry it made, and the
 driver (the cache's one writer) stores them. Executors call these functions and nothing else.
+The pipeline (and torch) is imported by the tasks when they run, before their clocks start: a sweep
+answered wholly from the cache never runs one, and so never imports torch.
 """
 from __future__ import annotations
 
@@ -10,8 +12,6 @@ import time
 from dataclasses import dataclass
 from collections.abc import Callable, Sequence
 
-from otcore import pipeline
-from otcore.analysis import curvatures
 from otcore.cache import CacheEntry, DiskCache
 from otcore.sweep.grid import ParentJob, Point, Progress
 
@@ -32,6 +32,8 @@ def _new_entries(cache: DiskCache, given: set[str]) -> list[CacheEntry]:
 
 def train_parent_entry(job: ParentJob, progress: Progress | None = None) -> CacheEntry:
     """Train one parent with `pipeline.train_parents` in a temporary cache and return its entry."""
+    from otcore import pipeline
+
     with tempfile.TemporaryDirectory(prefix="otcore-parent-") as folder:
         cache = DiskCache(folder)
         parent = pipeline.train_parents(job.data, job.model, job.train, [job.seed], job.device, progress, cache,
@@ -41,6 +43,9 @@ def train_parent_entry(job: ParentJob, progress: Progress | None = None) -> Cach
 
 def run_point(point: Point, parents: Sequence[CacheEntry], progress: Progress | None = None) -> PointOutput:
     """Run one point through the pipeline in a temporary cache holding its parents; return what it made."""
+    from otcore import pipeline
+    from otcore.analysis import curvatures
+
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="otcore-point-") as folder:
         cache = DiskCache(folder)
