@@ -106,7 +106,8 @@ def run_sweep(args: argparse.Namespace) -> dict:
     for point in result.points:
         row = prune_json(point.comparison) if spec.step == "prune" else comparison_json(point.comparison)
         row.pop("text", None)
-        rows.append({**row, "seeds": list(point.seeds), "point": point.values, "key": point.key})
+        rows.append({**row, "seeds": list(point.seeds), "point": point.values, "key": point.key,
+                     "curvature": point.curvature})  # method -> its analysis (with --analyse)
         label = ", ".join(f"{k}={v}" for k, v in point.values.items())
         lines.append(f"{label}: OT {row['ot_fusion']:.2f}%  vanilla {row.get('vanilla_average', float('nan')):.2f}%  "
                      f"ensemble {row['prediction_ensemble']:.2f}%{'  (cached)' if point.cached else ''}")

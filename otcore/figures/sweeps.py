@@ -273,5 +273,6 @@ def study_text(table: pd.DataFrame, form: str = "csv") -> str:
     if form == "latex":  # Styler.to_latex: hrules=True draws booktabs rules; names escaped for LaTeX
         styler = table.style.format(precision=decimals, na_rep="--", escape="latex")
         styler = styler.format_index(escape="latex", axis=0).format_index(escape="latex", axis=1)
-        return styler.to_latex(hrules=True, column_format="l" + "r" * len(table.columns))
+        latex = styler.to_latex(hrules=True, column_format="l" + "r" * len(table.columns))
+        return latex.replace("λ", "$\\lambda$")  # ASCII only: compiles with pdflatex's defaults, no inputenc
     raise ValueError(f"table format must be one of {', '.join(TABLE_FORMATS)}, got '{form}'")
