@@ -30,7 +30,7 @@ table { border-collapse: collapse; margin: .5rem 0 1rem; font-size: .92rem; }
 th, td { border-bottom: 1px solid #e6e9ef; padding: .3rem .75rem; text-align: left; white-space: nowrap; }
 .table { overflow-x: auto; }
 th { background: #f5f6fa; font-weight: 600; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-table.settings td:first-child { color: #6b6f80; }
+table.settings td:first-child { color: #6b6f80; } table.settings td { white-space: normal; }
 .figure { margin: .5rem 0 1.5rem; }
 """
 
@@ -93,7 +93,7 @@ def _plain(value: Any) -> str:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
     if isinstance(value, dict):
-        return ", ".join(f"{k}={_plain(v)}" for k, v in value.items())
+        return ", ".join(f"{k}=({_plain(v)})" if isinstance(v, dict) else f"{k}={_plain(v)}" for k, v in value.items())
     if isinstance(value, (list, tuple)):
         return ", ".join(_plain(v) for v in value)
     if isinstance(value, float):
@@ -215,3 +215,37 @@ def landscape_report(curvatures: Sequence[Any], paths: Sequence[Any], surface: A
         charts.update(retraining_charts(retraining))
     return write_report(f"Landscape report: {data.name} / {model.arch} ({study})", settings,
                         {"Barriers": barriers} if paths else {}, charts)
+
+
+# ---------------------------------------------------------------------------- the sweep (study) report
+
+
+def sweep_report(result: Any, config: Mapping[str, Any], curvature_metrics: Sequence[str] = ("trace", "λ1")) -> str:
+    """The HTML report of a sweep: the study's tables (a metric per experiment and network) and its charts.
+
+    result: otcore.sweep.SweepResult; config: its record's config (the base specs), shown as settings.
+    """
+    settings = {"sweep": result.key, "status": result.status, "executor": result.executor,
+                "points": f"{len(result.points)} of {result.total} ({len(result.failed)} failed)",
+                "swept fields": ", ".join(result.fields) or "none",
+                **{k: _without_types(v) for k, v in config.items() if k != "_type"}}
+    tables = {}
+    for metric in (*figures.STUDY_METRICS, *curvature_metrics):
+        table = figures.study_table(result.points, metric)
+        if not table.empty:
+            decimals = figures.STUDY_DECIMALS.get(metric, 3)  # as the LaTeX and CSV tables print them
+            title = metric[:1].upper() + metric[1:] if metric.isascii() else metric  # 'Trace', but 'λ1'
+            tables[f"{title} per experiment and network"] = table.round(decimals).reset_index()
+    charts = {}
+    if result.fields and result.points:
+        rows = figures.sweep_table(result.points, result.fields)
+        x = "prune.fraction" if "prune.fraction" in result.fields else result.fields[0]
+        for metric in [figures.TEST_ACC, *(m for m in curvature_metrics if m in figures.sweep_metrics(rows))]:
+            charts[f"{metric} against {x}"] = figures.sweep_figure(rows, metric, x, side_by_side=metric != figures.TEST_ACC)
+    return write_report(f"Sweep report: {len(result.points)} points over {', '.join(result.fields) or 'no grid'}",
+                        settings, tables, charts)
+
+
+def _without_types(value: Any) -> Any:
+    """A record's spec dict without its '_type' tags (the settings table names the spec already)."""
+    return {k: _without_types(v) for k, v in value.items() if k != "_type"} if isinstance(value, dict) else value

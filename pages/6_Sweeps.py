@@ -5,7 +5,7 @@ import datetime
 
 import streamlit as st
 
-from otcore import figures
+from otcore import figures, report
 from otcore import sweep as sweeps
 from otcore.config import PRUNE_ORDERS, PRUNE_TYPES, FusionSpec, PruneSpec, RetrainSpec
 from ui import errors, page, sidebar, state, sweep_jobs, widgets
@@ -152,8 +152,12 @@ constant = [c for c in (*result.fields, "seeds") if c in table and table[c].nuni
 if constant:  # said once above the table, so that the columns that vary fit the page
     st.caption("On every row: " + " · ".join(f"{c} = {table[c].iloc[0]}" for c in constant))
 widgets.show_table(table.drop(columns=["key", *constant]))
-st.download_button("Table (CSV)", table.to_csv(index=False), f"sweep-{result.key[:12]}.csv", "text/csv",
-                   key="sweeps.download.csv", on_click="ignore", icon=":material/table:")
+record = next((r for r in records if r.key == result.key), None)
+with st.container(horizontal=True):
+    st.download_button("Table (CSV)", table.to_csv(index=False), f"sweep-{result.key[:12]}.csv", "text/csv",
+                       key="sweeps.download.csv", on_click="ignore", icon=":material/table:")
+    widgets.report_button(lambda: report.sweep_report(result, record.config if record else {}),
+                          f"sweep-{result.key[:12]}.html", "sweeps.download.report")
 
 with st.expander("The study's table: a metric per experiment and network (CSV, LaTeX with booktabs)"):
     offered = [m for m in (*figures.STUDY_METRICS, "λ1", "λ2", "λ3") if not figures.study_table(result.points, m).empty]

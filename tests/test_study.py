@@ -164,3 +164,20 @@ def test_the_study_gives_the_same_numbers_on_ray(resumed, parents_dir, tmp_path)
             assert curvature["key"] == expected["key"]  # the same analysis of the same network of the same point
             assert curvature["trace"] == pytest.approx(expected["trace"], rel=1e-6)
             assert curvature["top_eigenvalues"] == pytest.approx(expected["top_eigenvalues"], rel=1e-5)
+
+
+def test_the_sweep_report_holds_every_study_table_and_its_charts(resumed):
+    from otcore.report import sweep_report
+
+    result, _, cache = resumed
+    record = cache.load_record(result["sweep"])
+    html = sweep_report(load_sweep(result["sweep"], cache), record.config)
+    assert html.startswith("<!DOCTYPE html>") and "Plotly.newPlot" in html
+    for title in ("Test accuracy", "Test loss", "Generalisation gap", "Trace", "λ1"):
+        assert f"<h2>{title} per experiment and network</h2>" in html
+    assert html.count("<td>structured 30 %</td>") == 6  # a row in each table
+    row = result["rows"][0]  # structured 30 %: its retrained OT fusion's trace, as the table prints it
+    assert f"<td class='num'>{row['curvature']['OT fusion retrained']['trace']:,.2f}</td>" in html
+    assert "<h2>trace against prune.fraction</h2>" in html
+    settings = html[html.index("<h2>Settings</h2>"):html.index("<h2>Test accuracy")]
+    assert "lanczos_iters=8" in settings and "_type" not in settings  # the base specs, without their type tags

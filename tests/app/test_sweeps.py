@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from otcore.cache import DiskCache
-from otcore.config import DataSpec, FusionSpec, ModelSpec, PruneSpec, TrainSpec
+from otcore.config import DataSpec, FusionSpec, ModelSpec, PruneSpec, RetrainSpec, TrainSpec
 from otcore.pipeline import prune_and_compare, train_parents
 from otcore.sweep import run_point
 from ui import sweep_jobs
@@ -137,9 +137,13 @@ def test_a_sweep_that_analyses_a_network_plots_its_curvature_and_gives_the_study
     at = page(SWEEPS_PAGE, **quick).run()
     at.multiselect(key="sweeps.fractions").set_value([0.0, 0.5])
     at.multiselect(key="sweeps.analyse").set_value(["OT fusion"])
+    at.number_input(key="sweeps.retrain_epochs").set_value(1)
+    at.number_input(key="sweeps.retrain_lr").set_value(0.002)  # the recipe's widgets, in the form's expander
+    at.selectbox(key="sweeps.retrain_schedule").set_value("cosine")
     at.button(key="sweeps.start").click().run()
     job = finish(at)
     assert job.result.status == "finished" and job.spec.analyse == ("OT fusion",)
+    assert job.spec.prune.retrain_epochs == 1 and job.spec.prune.retrain == RetrainSpec(lr=0.002, schedule="cosine")
     at.run()
     assert not at.exception and not at.error
     assert {"trace", "λ1", "λ2"} <= set(at.selectbox(key="sweeps.metric").options)
@@ -149,5 +153,6 @@ def test_a_sweep_that_analyses_a_network_plots_its_curvature_and_gives_the_study
     study = at.dataframe[1].value
     assert list(study.columns)[1:] == ["OT fusion"]  # a row per experiment, a column per analysed network
     assert len(study) == 2 and study.iloc[:, 1].gt(0).all()  # a trace per experiment, positive (a minimum)
-    latex = next(b for b in at.get("download_button") if b.key == "sweeps.download.study.latex")
-    assert latex.proto.label == "Table (LaTeX)"
+    buttons = {b.key: b.proto.label for b in at.get("download_button")}
+    assert buttons["sweeps.download.study.latex"] == "Table (LaTeX)"
+    assert buttons["sweeps.download.report"] == "Report (HTML)"
