@@ -208,6 +208,20 @@ def test_a_sweep_that_analyses_gives_the_curvature_of_a_direct_analysis_and_its_
     assert len(bad.stderr.strip().splitlines()) == 1
 
 
+def test_the_retraining_recipe_is_swept_field_by_field():
+    sweep = spec("prune.retrain.lr=0.001,0.01", "prune.retrain.schedule=cosine", prune=PruneSpec(retrain_epochs=1))
+    points = sweep.points()
+    assert [(p.prune.retrain.lr, p.prune.retrain.schedule) for p in points] == [(0.001, "cosine"), (0.01, "cosine")]
+    assert points[0].prune.retrain.decay_factor == PruneSpec().retrain.decay_factor  # the rest of the recipe kept
+    assert points[0].key != points[1].key  # cached by the recipe's values
+    # Without retraining the recipe changes nothing: one entry, not one per lr.
+    assert len({p.key for p in spec("prune.retrain.lr=0.001,0.01").points()}) == 1
+    with pytest.raises(SpecError, match=r"prune.retrain.lr=0: retraining learning rate must be in \(0, 10\]"):
+        spec("prune.retrain.lr=0")
+    with pytest.raises(SpecError, match="unknown sweep field 'prune.retrain'"):
+        spec("prune.retrain=1")
+
+
 def test_a_fusion_step_sweep_is_found_again_under_its_predicted_key(parents_dir, tmp_path) -> None:
     cache = cache_with(parents_dir, tmp_path / "cache")
     sweep = spec("fusion.ensemble_step=0.3", step="fusion")

@@ -21,8 +21,8 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2,...",
                    help="a swept field and its values; repeat for a grid (first varies slowest). FIELD: any field "
                         "of the prune, fusion or train specs (prune.fraction, prune.type, fusion.mode, train.epochs, "
-                        "prune.retrain_epochs, ...), seed (parents' seeds shifted by seed x their count), seeds "
-                        "(explicit sets, 0+1), arch, dataset")
+                        "prune.retrain_epochs, prune.retrain.lr, ...), seed (parents' seeds shifted by seed x their "
+                        "count), seeds (explicit sets, 0+1), arch, dataset")
     p.add_argument("--fractions", default=None,
                    help=f"comma-separated prune fractions in [0, 1), swept last (default {DEFAULT_FRACTIONS} "
                         "unless --grid sweeps prune.fraction)")

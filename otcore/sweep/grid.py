@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 from collections.abc import Callable, Sequence
 
@@ -41,7 +41,12 @@ def sweep_fields() -> dict[str, str]:
     for prefix, spec in _SPECS.items():
         for f in fields(spec):
             name = f"{prefix}.{f.name.rstrip('_')}"
-            if f.metadata.get("keyed", True) and name not in _NOT_SWEPT:
+            if not f.metadata.get("keyed", True) or name in _NOT_SWEPT:
+                continue
+            if is_dataclass(f.default):  # a nested spec (a retraining recipe): each of its fields, 'prune.retrain.lr'
+                out.update({f"{name}.{g.name}": type(g.default).__name__ for g in fields(f.default)
+                            if g.metadata.get("keyed", True)})
+            else:
                 out[name] = type(f.default).__name__
     return out
 
@@ -214,6 +219,7 @@ class SweepSpec:
 
     def _resolve(self, values: tuple[tuple[str, Any], ...]) -> Point:
         changes: dict[str, dict[str, Any]] = {name: {} for name in _SPECS}
+        nested: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in _SPECS}  # spec -> field -> its changes
         data, model, seeds = self.data, self.model, self.seeds
         try:
             for name, value in values:
@@ -227,7 +233,14 @@ class SweepSpec:
                     seeds = value
                 else:
                     spec, attr = name.split(".", 1)
-                    changes[spec]["global_" if attr == "global" else attr] = value
+                    outer, _, inner = attr.partition(".")
+                    if inner:  # a field of a nested spec: 'prune.retrain.lr'
+                        nested[spec].setdefault(outer, {})[inner] = value
+                    else:
+                        changes[spec]["global_" if attr == "global" else attr] = value
+            for spec, inside in nested.items():
+                for outer, inner_changes in inside.items():
+                    changes[spec][outer] = replace(getattr(getattr(self, spec), outer), **inner_changes)
             specs = {name: replace(getattr(self, name), **changes[name]) for name in _SPECS}
             if len(seeds) < 2 or min(seeds) < 0:
                 raise SpecError(f"a point fuses at least two parents with seeds >= 0, got seeds {seeds}")
