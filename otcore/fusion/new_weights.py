@@ -72,5 +72,5 @@ def with_weights(template: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Mo
         param = own[name]
         if tensor.dtype != param.dtype or tensor.device != param.device or tensor.stride() != param.stride():
             tensor = torch.empty_like(param, requires_grad=False).copy_(tensor)
-        ready[name] = tensor.detach()
+        ready[name] = tensor.detach() if tensor.requires_grad else tensor
     return _copy_module(template, "", ready, {})

@@ -35,7 +35,7 @@ def transport_plan(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, solver:
     if solver == "emd":
         # Moved to NumPy once: the checks, the solve and the plan stay there (small NumPy operations
         # are cheaper than torch's, which hand the GIL back and forth between concurrent fusions).
-        cost_np, a_np, b_np = (t.detach().to("cpu", torch.float64).numpy() for t in (cost, a, b))
+        cost_np, a_np, b_np = (_detached(t).to("cpu", torch.float64).numpy() for t in (cost, a, b))
         if not np.isfinite(cost_np).all():
             raise TransportError(NOT_FINITE)
         n, m = cost_np.shape
@@ -59,6 +59,11 @@ def transport_plan(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, solver:
     else:
         raise TransportError(f"unknown OT solver '{solver}'")
     return plan.to(device=cost.device, dtype=cost.dtype)
+
+
+def _detached(t: torch.Tensor) -> torch.Tensor:
+    """t without autograd history; a tensor that has none is returned as is (detach is a GIL hand-over too)."""
+    return t.detach() if t.requires_grad else t
 
 
 def closeness_of(plan: torch.Tensor) -> torch.Tensor:
