@@ -149,3 +149,108 @@ def test_ot_fusion_beats_vanilla_averaging_on_digits(tmp_path, monkeypatch) -> N
     for mode, margin in (("weights", 40), ("activations", 50)):
         scores = fuse_and_compare(data, model, parents, FusionSpec(mode=mode)).accuracies()
         assert scores["ot_fusion"] > scores["vanilla_average"] + margin, scores
+
+
+def test_with_weights_equals_deepcopy_then_load_state_dict() -> None:
+    import copy
+
+    from otcore.fusion.new_weights import with_weights
+
+    torch.manual_seed(0)
+    template = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, bias=True), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                   torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 10), torch.nn.Linear(10, 10))
+    template[1].running_mean += 0.5  # a buffer that is not zero
+    template[2].register_forward_hook(lambda module, args, out: out * 2)
+    template[1].weight.requires_grad_(False)
+    template.train()
+    new_conv = torch.randn(4, 3, 3, 1, dtype=torch.float64).permute(0, 3, 1, 2)  # another dtype, non-contiguous
+    new_fc = torch.randn(10, 144)
+    got = with_weights(template, {"0.weight": new_conv, "4.weight": new_fc})
+    want = copy.deepcopy(template)
+    want.load_state_dict({**template.state_dict(), "0.weight": new_conv, "4.weight": new_fc})
+    assert got.state_dict().keys() == want.state_dict().keys()
+    for (name, a), b in zip(got.state_dict().items(), want.state_dict().values()):
+        assert torch.equal(a, b) and a.dtype == b.dtype and a.stride() == b.stride(), name
+    assert [p.requires_grad for p in got.parameters()] == [p.requires_grad for p in want.parameters()]
+    assert got.training and got[1].training
+    x = torch.randn(5, 1, 8, 8)
+    assert torch.equal(got(x), want(x))  # the hook came along (and batch norm's running stats moved alike)
+    assert torch.equal(got[1].running_mean, want[1].running_mean)
+    assert not torch.equal(got[1].running_mean, template[1].running_mean)  # a copy, not the template's buffer
+    with torch.no_grad():
+        got[5].weight.zero_()
+    assert template[5].weight.abs().sum() > 0
+    with pytest.raises(ValueError, match="not a parameter"):
+        with_weights(template, {"0.weight": torch.zeros(2, 2)})
+    with pytest.raises(ValueError, match="not a parameter"):
+        with_weights(template, {"9.weight": torch.zeros(2, 2)})
+
+
+def test_with_weights_keeps_tied_parameters_tied() -> None:
+    from otcore.fusion.new_weights import with_weights
+
+    template = torch.nn.Sequential(torch.nn.Linear(3, 3, bias=False), torch.nn.Linear(3, 3, bias=False))
+    template[1].weight = template[0].weight
+    got = with_weights(template, {"0.weight": torch.eye(3)})
+    assert got[1].weight is got[0].weight and torch.equal(got[0].weight, torch.eye(3))
+    assert not torch.equal(template[0].weight, torch.eye(3))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_fused_network_is_the_weighted_sum_of_aligned_parents_in_a_fresh_copy(arch: str, x: torch.Tensor) -> None:
+    a, b = net(arch, 0), net(arch, 1)
+    result = fuse([a, b], FusionSpec(ensemble_step=0.3))
+    aligned_b = apply_plans(b, a, result.plans[1])
+    fused = result.model.state_dict()
+    for name, tensor in a.state_dict().items():
+        expected = 0.3 * tensor + 0.7 * aligned_b[name] if name in aligned_b else tensor
+        assert torch.equal(fused[name], expected), name
+        assert fused[name].stride() == tensor.stride() and fused[name].data_ptr() != tensor.data_ptr()
+    assert not result.model.training and type(result.model) is type(a)
+    before = [p.clone() for p in a.parameters()]
+    with torch.no_grad():
+        for p in result.model.parameters():
+            p.add_(1.0)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), before))
+
+
+def test_diagnostics_are_the_costs_and_plan_of_each_group() -> None:
+    from otcore.fusion.transport import permutation_closeness
+
+    a, b = net("mlpnet", 0), net("mlpnet", 1)
+    result = align_parents([a, b], FusionSpec())
+    first = result.diagnostics[1][0]
+    cost = cost_matrix(b.fc1.weight.detach(), a.fc1.weight.detach())
+    plan = result.plans[1]["fc1"] / result.plans[1]["fc1"].sum()  # the solved plan (before marginal correction)
+    assert first.group == "fc1" and (first.n_parent, first.n_anchor) == (400, 400)
+    assert (first.cost_mean, first.cost_min, first.cost_max) == (float(cost.mean()), float(cost.min()),
+                                                                 float(cost.max()))
+    assert first.transport_cost == pytest.approx(float((plan * cost).sum()), rel=1e-6)
+    assert first.permutation_closeness == permutation_closeness(plan) == pytest.approx(1.0)
+
+
+def test_exact_transport_on_numpy_matches_pot_on_torch() -> None:
+    import ot
+
+    g = torch.Generator().manual_seed(0)
+    cost = torch.rand(7, 7, generator=g)
+    uniform = torch.full((7,), 1 / 7)
+    plan = transport_plan(uniform, uniform, cost, "emd")  # the assignment path
+    reference = ot.emd(uniform.double(), uniform.double(), cost.double())
+    assert float((plan * cost).sum()) == pytest.approx(float((reference.float() * cost).sum()), rel=1e-6)
+    assert plan.dtype == cost.dtype and sorted(plan.flatten().tolist())[-7:] == [pytest.approx(1 / 7)] * 7
+    a = torch.rand(7, generator=g)
+    a, b = a / a.sum(), torch.full((5,), 0.2)
+    wide = torch.rand(7, 5, generator=g)
+    assert torch.equal(transport_plan(a, b, wide, "emd"),
+                       ot.emd(a.double(), b.double(), wide.double()).float())  # the simplex path, same plan
+
+
+def test_a_non_finite_cost_from_finite_weights_is_left_to_the_solver_to_refuse() -> None:
+    huge = torch.tensor([[3e38, 3e38], [1.0, 0.0]])
+    cost = cost_matrix(huge, -huge)  # finite inputs, overflowing distances: not the inputs' fault
+    assert not torch.isfinite(cost).all()
+    with pytest.raises(TransportError, match="NaN or Inf"):
+        transport_plan(torch.full((2,), 0.5), torch.full((2,), 0.5), cost, "emd")
+    with pytest.raises(ValueError, match="weights or activations contain NaN or Inf"):
+        cost_matrix(torch.tensor([[float("inf"), 0.0]]), huge)

@@ -19,6 +19,7 @@ from otcore.errors import FusionError
 from otcore.fusion.align import GroupDiagnostics, Plans, apply_plans, check_same_family, ot_plans
 from otcore.fusion.cca import cca_map
 from otcore.fusion.merge_maps import check_mergeable, features, merge_weights, pre_activations, repair_target
+from otcore.fusion.new_weights import with_weights
 from otcore.fusion.repair import repair
 from otcore.fusion.weight_matching import weight_matching_plans
 from otcore.fusion.zipit import zipit_maps
@@ -78,15 +79,16 @@ def average_aligned(parents: list[FusableNet], plans: list[Plans], weights: list
                     past_correction: bool = True) -> FusableNet:
     """sum_p w_p * (parent p moved into the anchor's neuron order), as a new network."""
     anchor = parents[anchor_idx]
-    state = {k: v.detach().clone() for k, v in anchor.state_dict().items()}
     summed: dict[str, torch.Tensor] = {}
     for i, (parent, weight) in enumerate(zip(parents, weights)):
         aligned = apply_plans(parent, anchor, plans[i], past_correction and i != anchor_idx)
         for name, tensor in aligned.items():
             summed[name] = summed[name] + weight * tensor if name in summed else weight * tensor
-    state.update(summed)
-    fused = copy.deepcopy(anchor)
-    fused.load_state_dict(state)
+    try:
+        fused = with_weights(anchor, summed)
+    except ValueError:  # not plain parameters (a masked anchor): load_state_dict says what is wrong
+        fused = copy.deepcopy(anchor)
+        fused.load_state_dict({**anchor.state_dict(), **summed})
     return fused.eval()
 
 

@@ -13,10 +13,9 @@ def cost_matrix(x: torch.Tensor, y: torch.Tensor, metric: str = "euclidean", squ
     euclidean: M_ij = ||x_i - y_j|| (squared if asked), via POT's backend-agnostic `ot.dist`;
     cosine: M_ij = 1 - <x_i, y_j> / (||x_i|| ||y_j||) (ot.dist has no torch cosine), zero rows
     count as orthogonal so dead neurons give finite costs. normalize divides M by its max,
-    median or mean, as the reference's --ground-metric-normalize.
+    median or mean, as the reference's --ground-metric-normalize. A NaN or Inf in x or y makes M
+    non-finite (both metrics propagate it), so only M is checked, and x and y when it fails.
     """
-    if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
-        raise FusionError("cannot compute transport costs: the neurons' weights or activations contain NaN or Inf")
     if metric == "euclidean":
         cost = ot.dist(x, y, metric="sqeuclidean").clamp_min_(0)
         if not squared:
@@ -29,6 +28,8 @@ def cost_matrix(x: torch.Tensor, y: torch.Tensor, metric: str = "euclidean", squ
             cost = cost.square()
     else:
         raise FusionError(f"unknown ground metric '{metric}'")
+    if not bool(torch.isfinite(cost).all()) and not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+        raise FusionError("cannot compute transport costs: the neurons' weights or activations contain NaN or Inf")
     if normalize != "none":
         scale = {"max": cost.max, "median": cost.median, "mean": cost.mean}[normalize]()
         if scale > 0:

@@ -5,6 +5,7 @@ pulls in scikit-learn) would otherwise land in the first fusion's reported time.
 """
 from __future__ import annotations
 
+import numpy as np
 import ot
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -14,6 +15,9 @@ from otcore.errors import FusionError
 
 class TransportError(FusionError):
     """An OT problem that cannot be solved as posed; the message suggests a fix."""
+
+
+NOT_FINITE = "the transport cost matrix contains NaN or Inf; check the parents' weights"
 
 
 def transport_plan(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, solver: str = "emd",
@@ -28,18 +32,23 @@ def transport_plan(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, solver:
     device through POT's torch backend, in the log domain so small reg does not underflow. The plan
     comes back on the cost's device and dtype.
     """
-    if not torch.isfinite(cost).all():
-        raise TransportError("the transport cost matrix contains NaN or Inf; check the parents' weights")
     if solver == "emd":
-        n, m = cost.shape
-        if n == m and bool((a == a[0]).all()) and bool((b == b[0]).all()):
-            rows, cols = linear_sum_assignment(cost.detach().double().cpu().numpy())
-            plan = torch.zeros(n, m, dtype=torch.float64)
-            plan[torch.as_tensor(rows), torch.as_tensor(cols)] = 1.0 / n
+        # Moved to NumPy once: the checks, the solve and the plan stay there (small NumPy operations
+        # are cheaper than torch's, which hand the GIL back and forth between concurrent fusions).
+        cost_np, a_np, b_np = (_detached(t).to("cpu", torch.float64).numpy() for t in (cost, a, b))
+        if not np.isfinite(cost_np).all():
+            raise TransportError(NOT_FINITE)
+        n, m = cost_np.shape
+        if n == m and (a_np == a_np[0]).all() and (b_np == b_np[0]).all():
+            rows, cols = linear_sum_assignment(cost_np)
+            plan_np = np.zeros((n, m))
+            plan_np[rows, cols] = 1.0 / n
         else:
-            plan = ot.emd(a.double().cpu(), b.double().cpu(), cost.double().cpu(),
-                          numItermax=max(100_000, 10 * n * m))
+            plan_np = ot.emd(a_np, b_np, cost_np, numItermax=max(100_000, 10 * n * m))
+        plan = torch.from_numpy(plan_np)
     elif solver == "sinkhorn":
+        if not torch.isfinite(cost).all():
+            raise TransportError(NOT_FINITE)
         # reg is relative to the typical cost, so one value works across layers and metrics.
         scale = cost.max().clamp_min(1e-12)
         plan = ot.sinkhorn(a.to(cost), b.to(cost), cost / scale, reg, method="sinkhorn_log",
@@ -52,7 +61,17 @@ def transport_plan(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, solver:
     return plan.to(device=cost.device, dtype=cost.dtype)
 
 
+def _detached(t: torch.Tensor) -> torch.Tensor:
+    """t without autograd history; a tensor that has none is returned as is (detach is a GIL hand-over too)."""
+    return t.detach() if t.requires_grad else t
+
+
+def closeness_of(plan: torch.Tensor) -> torch.Tensor:
+    """permutation_closeness as a 0-dim tensor on the plan's device (read with others in one sync)."""
+    row_mass = plan.sum(1).clamp_min(1e-12)
+    return (plan.max(1).values / row_mass).mean()
+
+
 def permutation_closeness(plan: torch.Tensor) -> float:
     """Share of each row's mass on its largest entry, averaged (1.0 for a scaled permutation)."""
-    row_mass = plan.sum(1).clamp_min(1e-12)
-    return float((plan.max(1).values / row_mass).mean())
+    return float(closeness_of(plan))
