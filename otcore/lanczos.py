@@ -85,7 +85,9 @@ def lanczos(matmat: Callable[[Tensor], Tensor], start: Tensor, steps: int, gener
     `stop(alphas [j], betas [j])` (first probe; betas[-1] couples to the next vector) may end it early.
     Outside the products a step reads P-vectors about five times (α, the three-term update, β, the
     normalisation into the basis) and allocates none: on the bench MLP the copies and temporaries of a
-    plain `w - α q - β q'` cost a tenth of a product per step.
+    plain `w - α q - β q'` cost a tenth of a product per step. The passes are the estimate's: on the
+    bench MLP (float32) it crosses √eps 2 steps after each reset (it grows by up to ‖T‖/β_j ≈ 50 a step),
+    44 passes in 100 steps, while the measured |QᵀQ - I| stays below 1e-7 (bench/hessian.py shows their cost).
     """
     count, size = start.shape
     basis = start.new_empty(count, steps, size)  # only rows < j are ever read: zeroing would cost a pass over it
