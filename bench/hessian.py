@@ -6,6 +6,13 @@ trained net's has. Every timing is the best of --repeats runs because the machin
 there, --threads 1 --cpu-time measures work rather than scheduling.
 Run: python -m bench.hessian [--repeats 3] [--threads N] [--cpu-time] [--batches N]
      [--density-only]: only the density-vs-products and probes tables (issue 16, item 5)
+
+The density tables compare like with like: the bare products and the density use one operator (the same
+batch, the same retained double-backward graph, the same `matmat`), the same Rademacher probes (seed 0),
+the same thread count and clock, and a warm-up outside every clock; the bare loop normalises its vector
+each step as Lanczos does. The split row times the density's products and reorthogonalisation passes
+inside the run; GFLOP are counted by torch.utils.flop_counter, GEMM peak is one GEMM of the product's
+largest layer shape (1,000 x 784 x 400) on the same threads.
 """
 from __future__ import annotations
 
@@ -18,6 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torch.utils.flop_counter import FlopCounterMode
+
+from otcore import lanczos as lanczos_module
 from otcore.hessian import (_HessianOperator, _spectral_density, exact_trace, fixed_batches, flat_parameters, hutchinson_trace,
                             spectral_density, top_eigenpairs)
 from otcore.landscape import perturbation_curve
@@ -60,7 +70,47 @@ def loop_curve(model: nn.Module, batches: list, direction: torch.Tensor, lambdas
     return torch.tensor(losses, dtype=torch.float64)
 
 
-def density_tables(model: nn.Module, batches: list, steps: int, timed) -> None:
+def density_split(op: _HessianOperator, steps: int, clock) -> tuple[float, float, float, int, float]:
+    """One 1-probe Lanczos run: (total s, products s, reorthogonalisation s, passes, GB of basis read by them)."""
+    spent, rows = {"products": 0.0, "reorth": 0.0}, []
+    project_out = lanczos_module.project_out
+
+    def timed_matmat(vectors: torch.Tensor) -> torch.Tensor:
+        start = clock()
+        out = op.matmat(vectors)
+        spent["products"] += clock() - start
+        return out
+
+    def timed_project_out(vectors: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+        start = clock()
+        out = project_out(vectors, basis)
+        spent["reorth"] += clock() - start
+        rows.append(basis.shape[0] * basis.shape[1])
+        return out
+
+    lanczos_module.project_out = timed_project_out  # the bench's own process: nothing else runs Lanczos here
+    try:
+        start = clock()
+        lanczos_module.lanczos(timed_matmat, op.rademacher(1, op.generator(0)), steps, op.generator(0))
+        total = clock() - start
+    finally:
+        lanczos_module.project_out = project_out
+    # each pass reads its rows twice (coefficients, then the update), more if Kahan-Parlett asks a second round
+    gigabytes = 2 * sum(rows) * op.size * op.theta.element_size() / 1e9
+    return total, spent["products"], spent["reorth"], len(rows), gigabytes
+
+
+def gemm_gflops(clock, repeats: int = 20) -> float:
+    """GFLOP/s of one GEMM of the product's largest layer shape (1,000 x 784 x 400): the core's reachable peak."""
+    a, b = torch.randn(1000, 784), torch.randn(784, 400)
+    a @ b
+    start = clock()
+    for _ in range(repeats):
+        a @ b
+    return 2 * 1000 * 784 * 400 * repeats / (clock() - start) / 1e9
+
+
+def density_tables(model: nn.Module, batches: list, steps: int, timed, clock) -> None:
     """Density of `steps` Lanczos steps against `steps` bare products (same operator, same run), and per-probe cost."""
     op = _HessianOperator(model, batches)
     probe = op.rademacher(1, op.generator(0))
@@ -76,12 +126,24 @@ def density_tables(model: nn.Module, batches: list, steps: int, timed) -> None:
     print(f"density, {steps} Lanczos steps vs {steps} bare Hessian-vector products (1 probe)")
     print(f"{'products s':>10} {'density s':>10} {'ratio':>6}")
     print(f"{bare_t:10.3f} {density_t:10.3f} {density_t / bare_t:6.2f}")
+    total, products, reorth, passes, gigabytes = min((density_split(op, steps, clock) for _ in range(2)),
+                                                     key=lambda split: split[0])
+    print(f"inside one Lanczos run: products {products:.3f} s, reorthogonalisation {reorth:.3f} s ({passes} passes, "
+          f"{gigabytes:.1f} GB of basis read, {gigabytes / max(reorth, 1e-9):.1f} GB/s), other {total - products - reorth:.3f} s")
     print(f"probes as one vmapped product: {steps} Lanczos steps each")
-    print(f"{'probes':>6} {'density s':>10} {'s/probe':>8} {'bare s':>8} {'bare s/probe':>12}")
+    print(f"{'probes':>6} {'density s':>10} {'s/probe':>8} {'bare s':>8} {'bare s/probe':>12} {'GFLOP/product':>13} "
+          f"{'bare GFLOP/s':>12}")
     for count in (1, 2, 4, 8):
+        with FlopCounterMode(display=False) as counter:
+            op.matmat(op.rademacher(count, op.generator(0)))
+        gflop = counter.get_total_flops() / 1e9
         density_t, _ = timed(lambda: _spectral_density(op, steps, count, 0))
         bare_t, _ = timed(lambda: bare(count))
-        print(f"{count:6d} {density_t:10.3f} {density_t / count:8.3f} {bare_t:8.3f} {bare_t / count:12.3f}")
+        print(f"{count:6d} {density_t:10.3f} {density_t / count:8.3f} {bare_t:8.3f} {bare_t / count:12.3f} "
+              f"{gflop:13.2f} {gflop * steps / bare_t:12.1f}")
+    print(f"GEMM peak at the product's shapes: {gemm_gflops(clock):.1f} GFLOP/s; the FLOP of a product grow "
+          f"linearly with the probes (nothing is shared once the graph is retained), so s/probe can fall only "
+          f"by the gap to that peak")
 
 
 def main() -> None:
@@ -111,7 +173,7 @@ def main() -> None:
     if args.density_only:
         print(f"mlpnet (P = {P:,}), {len(batches)} batch(es) of 1,000; {torch.get_num_threads()} threads, "
               f"best {'CPU' if args.cpu_time else 'wall'} time of {args.repeats}")
-        density_tables(model, batches, args.lanczos, timed)
+        density_tables(model, batches, args.lanczos, timed, clock)
         return
 
     def ref(**kw):

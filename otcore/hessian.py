@@ -141,13 +141,17 @@ class _HessianOperator:
 
     def matmat(self, vectors: Tensor) -> Tensor:
         """H V for a stack of vectors: [B, P] -> [B, P], vmapped over B."""
-        out = torch.zeros_like(vectors)
+        out = None
         for i, weight in enumerate(self.batch_weights):
             if self._vjps:
                 hvp = lambda u, f=self._vjps[i]: f(u)[0]  # noqa: E731
             else:  # forward-over-reverse; under vmap the forward/backward is shared by the probes
                 hvp = lambda u, g=self._grads[i]: jvp(g, (self.theta,), (u,))[1]  # noqa: E731
-            out.add_(hvp(vectors[0])[None] if len(vectors) == 1 else vmap(hvp)(vectors), alpha=weight)
+            product = hvp(vectors[0])[None] if len(vectors) == 1 else vmap(hvp)(vectors)
+            if out is None:  # the first product starts the sum: no zeroed [B, P] and no pass adding to it
+                out = product * weight if weight != 1.0 else product
+            else:
+                out.add_(product, alpha=weight)
         return out
 
     def matvec(self, vector: Tensor) -> Tensor:
