@@ -169,14 +169,17 @@ def run_step(step: str, args: argparse.Namespace) -> dict[str, object]:
         _, peak = measured(lambda: products.append(product_seconds(parents[0], batch, args.repeats)), 1)
         seconds = products[-1]
         scale = HESSIAN_BATCH / k
-        note = f"batch of {k:,} measured, time x{scale:.0f}" if k < HESSIAN_BATCH else "warm, best of repeats"
+        note = "streamed (graph recomputed per product); " + (
+            f"batch of {k:,} measured, time x{scale:.0f}, memory at {k:,}" if k < HESSIAN_BATCH
+            else "warm, best of repeats")
     elif step == "exact-trace":
         k = min(args.trace_images, HESSIAN_BATCH)
         exact_trace(tiny[0], [(data["x_train"][:8], data["y_train"][:8])])
         seconds, peak = measured(lambda: exact_trace(parents[0], [(data["x_train"][:k], data["y_train"][:k])]),
                                  args.repeats)
         scale = HESSIAN_BATCH / k
-        note = f"diagonal formula; {k:,} images measured, time x{scale:.0f}" if k < HESSIAN_BATCH else "diagonal formula"
+        note = (f"diagonal formula; {k:,} images measured, time x{scale:.0f}, memory at {k:,}" if k < HESSIAN_BATCH
+                else "diagonal formula")
     else:
         raise ValueError(f"unknown step {step}")
     return {"seconds": seconds * scale, "peak": peak, "note": note, "parameters": count_parameters(parents[0])}
@@ -208,7 +211,10 @@ def describe(seconds: float) -> str:
 
 
 def estimated_rows(hvp: dict[str, object], parameters: int) -> list[tuple[str, float, float, str]]:
-    """Rows derived from one product's time and memory: top-3, density, and the trace by P products."""
+    """Rows derived from one product's time and memory: top-3, density, and the trace by P products.
+
+    Memory: the product's, as measured (at --hessian-images), plus the float32 vectors the method keeps
+    (the Lanczos basis of all its steps, allocated up front: partial reorthogonalisation reads it all)."""
     spec = HessianSpec()
     seconds, peak = float(hvp["seconds"]), float(hvp["peak"])
     vector_mib = parameters * 4 / 2**20

@@ -15,8 +15,6 @@ def cost_matrix(x: torch.Tensor, y: torch.Tensor, metric: str = "euclidean", squ
     count as orthogonal so dead neurons give finite costs. normalize divides M by its max,
     median or mean, as the reference's --ground-metric-normalize.
     """
-    if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
-        raise FusionError("cannot compute transport costs: the neurons' weights or activations contain NaN or Inf")
     if metric == "euclidean":
         cost = ot.dist(x, y, metric="sqeuclidean").clamp_min_(0)
         if not squared:
@@ -29,6 +27,10 @@ def cost_matrix(x: torch.Tensor, y: torch.Tensor, metric: str = "euclidean", squ
             cost = cost.square()
     else:
         raise FusionError(f"unknown ground metric '{metric}'")
+    # NaN or Inf in x or y reaches M, so the (n, m) costs are checked rather than the inputs: activations
+    # are (n, samples * positions), and two isfinite passes over them cost as much as ot.dist itself.
+    if not torch.isfinite(cost).all() and not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+        raise FusionError("cannot compute transport costs: the neurons' weights or activations contain NaN or Inf")
     if normalize != "none":
         scale = {"max": cost.max, "median": cost.median, "mean": cost.mean}[normalize]()
         if scale > 0:
