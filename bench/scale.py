@@ -4,24 +4,31 @@ Data: synthetic images written in the real CIFAR-10 on-disk format (python pickl
 cifar-10-batches-py/data_batch_1..5 of 10,000 images each, test_batch, batches.meta), read back by
 otcore's own reader, so the shapes are the study's: 50,000 + 10,000 images of 3x32x32. Parents are
 two seeded initialisations (the cost of every step depends on shapes, not on trained values).
-Steps that take minutes on a busy CPU run on a measured fraction and are extrapolated linearly
-(retraining epoch: --train-images of 50,000; evaluation: --eval-images of 10,000; Lanczos-based
-Hessian parts: one measured Hessian-vector product on a batch of 1,000 times their product count);
-the table marks those rows 'extrapolated'. Peak memory: the largest rise of the process's resident
-set above its level before the step, sampled every 5 ms.
+
+Each step runs in its own fresh process: imports, data, parents and the networks it needs are made
+first, a warm-up pays one-off set-up, then the kernel's peak-RSS mark is reset (/proc/self/clear_refs)
+and the step runs. seconds: best of --repeats; peak MiB: VmHWM minus VmRSS just before the step,
+i.e. what the step itself adds at its highest. Flags reduce the number of examples, never a shape
+(batch sizes, image size, widths): a retraining epoch runs --train-images of 50,000, evaluation
+--eval-images of 10,000, the Hessian-vector product a batch of --hessian-images and the exact trace
+--trace-images of the study's batch of 1,000; their seconds are scaled linearly to the full count
+(time is linear in examples at fixed shapes) and the note says so, while the memory is the one measured.
+Rows derived from the product's time (top-3, density, trace by P products) are marked 'estimated'.
 Run: python bench/scale.py [--root DIR] [--archs vgg11_nobias,resnet18_nobias_nobn] [--train-images 500]
-     [--eval-images 1000] [--repeats 1] [--threads N]
+     [--eval-images 1000] [--hessian-images 1000] [--trace-images 20] [--repeats 1] [--threads 1]
 """
 from __future__ import annotations
 
 import argparse
+import gc
+import json
 import os
 import pickle
+import subprocess
 import sys
-import threading
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing
 
@@ -34,11 +41,22 @@ from otcore.fusion.baselines import vanilla_average
 from otcore.fusion.fuse import fuse
 from otcore.hessian import WARM_START, exact_trace, product_seconds
 from otcore.models import build_model, count_parameters
-from otcore.prune import prune_model
+from otcore.prune import copy_model, prune_model
+from otcore.threads import THREADS_ENV, apply_policy
 from otcore.train import evaluate, init_model, train
 
-TRAIN_IMAGES, TEST_IMAGES, PIXELS = 50_000, 10_000, 3 * 32 * 32
-PAGE = os.sysconf("SC_PAGE_SIZE")
+TRAIN_IMAGES, TEST_IMAGES, PIXELS, SHAPE = 50_000, 10_000, 3 * 32 * 32, (3, 32, 32)
+ACT_SAMPLES, HESSIAN_BATCH = 200, 1000  # the study's activation sample and Hessian batch
+NETWORKS = ("parent", "OT fusion (weights)", "OT fusion (activations)", "vanilla average",
+            "pruned structured", "pruned unstructured")
+STEPS = ("load", "fuse-weights", "fuse-activations", "prune-structured", "prune-unstructured", "retrain",
+         *(f"evaluate:{n}" for n in NETWORKS), "hvp", "exact-trace")
+LABELS = {"fuse-weights": "fusion, weights (OT, emd)", "fuse-activations": f"fusion, activations ({ACT_SAMPLES} samples)",
+          "prune-structured": "prune structured 50% (ln, filters)", "prune-unstructured": "prune unstructured 50% (l1)",
+          "retrain": "retrain 1 epoch (batch 64)", "hvp": f"1 Hessian-vector product, batch {HESSIAN_BATCH:,}",
+          "exact-trace": f"exact trace, batch {HESSIAN_BATCH:,}",
+          **{f"evaluate:{n}": f"evaluate {n} (10,000 test)" for n in NETWORKS}}
+KIB = 1024
 
 
 def write_cifar10(root: Path, seed: int = 0) -> Path:
@@ -60,109 +78,205 @@ def write_cifar10(root: Path, seed: int = 0) -> Path:
     return root
 
 
-def resident_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * PAGE
+# ---------------------------------------------------------------------------- one step, in a worker process
 
 
-def measured(fn: Callable[[], object], repeats: int) -> tuple[float, float, object]:
-    """(best seconds, peak resident rise in bytes, last result) of fn over repeats, a warm-up excluded by caller."""
-    best, peak_rise, result = float("inf"), 0, None
+def status_kib(field: str) -> int:
+    """A VmRSS / VmHWM line of /proc/self/status, in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def measured(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """(best seconds, peak MiB the step adds to the process) of fn over repeats; set-up is done by the caller."""
+    best, peak = float("inf"), 0.0
     for _ in range(repeats):
-        base, peak, running = resident_bytes(), [resident_bytes()], [True]
-
-        def sample() -> None:
-            while running[0]:
-                peak[0] = max(peak[0], resident_bytes())
-                time.sleep(0.005)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
+        gc.collect()
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS, so the peak below is this run's
+        base = status_kib("VmRSS")
         start = time.perf_counter()
-        result = fn()
+        fn()
         best = min(best, time.perf_counter() - start)
-        running[0] = False
-        sampler.join()
-        peak_rise = max(peak_rise, peak[0] - base)
-    return best, peak_rise, result
+        peak = max(peak, (status_kib("VmHWM") - base) / KIB)
+    return best, peak
 
 
-def bench_arch(arch: str, data, args: argparse.Namespace) -> list[tuple[str, float, float, str]]:
-    """Rows (step, seconds, peak MiB, note) for one architecture."""
-    rows: list[tuple[str, float, float, str]] = []
-    shape = tuple(data.x_train.shape[1:])
-    parents = [init_model(build_model(arch, shape, 10), seed).eval() for seed in (0, 1)]
-    acts = data.x_train[:200]
+def slices_path(args: argparse.Namespace) -> Path:
+    return Path(args.root) / f"slices-{args.train_images}-{args.eval_images}.pt"
 
-    def row(name: str, fn: Callable[[], object], note: str = "", scale: float = 1.0) -> object:
-        seconds, peak, result = measured(fn, args.repeats)
-        rows.append((name, seconds * scale, peak / 2**20, note))
-        return result
 
-    fused_w = row("fusion, weights (OT, emd)", lambda: fuse(parents, FusionSpec()).model)
-    fused_a = row("fusion, activations (200 samples)",
-                  lambda: fuse(parents, FusionSpec(mode="activations"), acts).model)
-    vanilla = vanilla_average(parents)
-    structured = row("prune structured 50% (ln, filters)",
-                     lambda: prune_model(parents[0], PruneSpec(type="structured")))
-    unstructured = row("prune unstructured 50% (l1)", lambda: prune_model(parents[0], PruneSpec()))
+def network(name: str, parents: list, acts: torch.Tensor) -> torch.nn.Module:
+    """One of the study's networks, made outside the clock."""
+    if name == "parent":
+        return parents[0]
+    if name.startswith("OT fusion"):
+        spec = FusionSpec(mode="activations") if "activations" in name else FusionSpec()
+        return fuse(parents, spec, acts).model
+    if name == "vanilla average":
+        return vanilla_average(parents)
+    return prune_model(parents[0], PruneSpec(type="structured") if name == "pruned structured" else PruneSpec())
 
-    n = min(args.train_images, TRAIN_IMAGES)
-    factor = TRAIN_IMAGES / n
-    row("retrain 1 epoch (batch 64)", lambda: train(prune_model(fused_w, PruneSpec(fraction=0.0)),
-                                                     data.x_train[:n], data.y_train[:n], RetrainSpec(), epochs=1),
-        f"extrapolated x{factor:.0f} from {n:,} images" if n < TRAIN_IMAGES else "measured", factor)
 
-    m = min(args.eval_images, TEST_IMAGES)
-    factor = TEST_IMAGES / m
-    networks = {"parent": parents[0], "OT fusion (weights)": fused_w, "OT fusion (activations)": fused_a,
-                "vanilla average": vanilla, "pruned structured": structured, "pruned unstructured": unstructured}
-    evaluate(parents[0], data.x_test[:8], data.y_test[:8])  # warm-up outside the clock
-    for name, net in networks.items():
-        row(f"evaluate {name} (10,000 test)", lambda net=net: evaluate(net, data.x_test[:m], data.y_test[:m]),
-            f"extrapolated x{factor:.0f} from {m:,} images" if m < TEST_IMAGES else "measured", factor)
-
-    batch = (data.x_train[:1000], data.y_train[:1000])
-    hvp = product_seconds(parents[0], batch, repeats=args.repeats)
-    rows.append(("1 Hessian-vector product, batch 1,000", hvp, float("nan"), "best of repeats, warm"))
-    spec = HessianSpec()
-    top3 = WARM_START + 3 * 2  # Lanczos start, then about two power steps per eigenvalue (bench/hessian.py)
-    rows.append(("top-3 eigenvalues", top3 * hvp, float("nan"), f"extrapolated: ~{top3} products"))
-    rows.append((f"density, {spec.lanczos_iters} Lanczos steps", spec.lanczos_iters * hvp, float("nan"),
-                 f"extrapolated: {spec.lanczos_iters} products (+<15% Lanczos, bench/hessian.py)"))
-    if args.exact_trace:
-        row("exact trace, batch 1,000", lambda: exact_trace(parents[0], [batch]))
+def run_step(step: str, args: argparse.Namespace) -> dict[str, object]:
+    """Seconds, peak MiB and a note for one step of one architecture, measured in this process."""
+    if step == "load":
+        seconds, peak = measured(lambda: load_dataset("cifar10", args.root), 1)
+        data = load_dataset("cifar10", args.root)  # memoised: the loaded tensors
+        keep = max(args.train_images, HESSIAN_BATCH, ACT_SAMPLES)
+        torch.save({"x_train": data.x_train[:keep].clone(), "y_train": data.y_train[:keep].clone(),
+                    "x_test": data.x_test[:args.eval_images].clone(), "y_test": data.y_test[:args.eval_images].clone()},
+                   slices_path(args))
+        return {"seconds": seconds, "peak": peak, "note": "measured, 60,000 images"}
+    data = torch.load(slices_path(args), weights_only=True)
+    parents = [init_model(build_model(args.arch, SHAPE, 10), seed).eval() for seed in (0, 1)]
+    acts = data["x_train"][:ACT_SAMPLES]
+    tiny = [init_model(build_model("vgg_tiny_nobias", SHAPE, 10), seed).eval() for seed in (0, 1)]
+    note, scale = "measured", 1.0
+    if step.startswith("fuse-"):
+        spec = FusionSpec(mode="activations") if step == "fuse-activations" else FusionSpec()
+        fuse(tiny, spec, acts[:4])  # warm-up: POT, scipy and first-call set-up
+        seconds_of: dict[str, float] = {}
+        seconds, peak = measured(lambda: seconds_of.update(fuse(parents, spec, acts).seconds), args.repeats)
+        if step == "fuse-activations":
+            note = f"measured; capture {seconds_of['activations']:.2f} s, OT {seconds_of['fusion']:.2f} s"
+    elif step.startswith("prune-"):
+        spec = PruneSpec(type="structured") if step == "prune-structured" else PruneSpec()
+        prune_model(tiny[0], spec)
+        seconds, peak = measured(lambda: prune_model(parents[0], spec), args.repeats)
+    elif step == "retrain":
+        fused = fuse(parents, FusionSpec()).model
+        n = min(args.train_images, TRAIN_IMAGES)
+        train(copy_model(tiny[0]), data["x_train"][:64], data["y_train"][:64], RetrainSpec(), epochs=1)
+        seconds, peak = measured(lambda: train(copy_model(fused), data["x_train"][:n], data["y_train"][:n],
+                                               RetrainSpec(), epochs=1), args.repeats)
+        scale = TRAIN_IMAGES / n
+        note = f"{n:,} images measured, time x{scale:.0f}" if n < TRAIN_IMAGES else note
+    elif step.startswith("evaluate:"):
+        net = network(step.split(":", 1)[1], parents, acts)
+        m = min(args.eval_images, TEST_IMAGES)
+        evaluate(net, data["x_test"][:8], data["y_test"][:8])
+        seconds, peak = measured(lambda: evaluate(net, data["x_test"][:m], data["y_test"][:m]), args.repeats)
+        scale = TEST_IMAGES / m
+        note = f"{m:,} images measured, time x{scale:.0f}" if m < TEST_IMAGES else note
+    elif step == "hvp":
+        k = min(args.hessian_images, HESSIAN_BATCH)
+        batch = (data["x_train"][:k], data["y_train"][:k])
+        product_seconds(tiny[0], (data["x_train"][:8], data["y_train"][:8]), repeats=1)
+        # product_seconds runs a warm-up product, then times the best of `repeats`: the peak covers both.
+        products: list[float] = []
+        _, peak = measured(lambda: products.append(product_seconds(parents[0], batch, args.repeats)), 1)
+        seconds = products[-1]
+        scale = HESSIAN_BATCH / k
+        note = "streamed (graph recomputed per product); " + (
+            f"batch of {k:,} measured, time x{scale:.0f}, memory at {k:,}" if k < HESSIAN_BATCH
+            else "warm, best of repeats")
+    elif step == "exact-trace":
+        k = min(args.trace_images, HESSIAN_BATCH)
+        exact_trace(tiny[0], [(data["x_train"][:8], data["y_train"][:8])])
+        seconds, peak = measured(lambda: exact_trace(parents[0], [(data["x_train"][:k], data["y_train"][:k])]),
+                                 args.repeats)
+        scale = HESSIAN_BATCH / k
+        note = (f"diagonal formula; {k:,} images measured, time x{scale:.0f}, memory at {k:,}" if k < HESSIAN_BATCH
+                else "diagonal formula")
     else:
-        rows.append(("exact trace, batch 1,000", float("nan"), float("nan"), "skipped (--exact-trace)"))
-    print(f"  {arch}: P = {count_parameters(parents[0]):,}", flush=True)
-    return rows
+        raise ValueError(f"unknown step {step}")
+    return {"seconds": seconds * scale, "peak": peak, "note": note, "parameters": count_parameters(parents[0])}
+
+
+# ---------------------------------------------------------------------------- the table, from the parent process
+
+
+def in_subprocess(step: str, arch: str, args: argparse.Namespace) -> dict[str, object]:
+    """run_step in a fresh interpreter; its last stdout line is the JSON result."""
+    command = [sys.executable, __file__, "--worker", step, "--arch", arch, "--root", args.root,
+               "--train-images", str(args.train_images), "--eval-images", str(args.eval_images),
+               "--hessian-images", str(args.hessian_images), "--trace-images", str(args.trace_images),
+               "--repeats", str(args.repeats)]
+    env = {**os.environ, THREADS_ENV: str(args.threads)}
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["?"])[-1]
+        return {"seconds": float("nan"), "peak": float("nan"), "note": f"failed: {last}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def describe(seconds: float) -> str:
+    """A long duration in the unit that reads best."""
+    for unit, size in (("years", 365 * 86400), ("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:,.1f} {unit}"
+    return f"{seconds:.1f} s"
+
+
+def estimated_rows(hvp: dict[str, object], parameters: int) -> list[tuple[str, float, float, str]]:
+    """Rows derived from one product's time and memory: top-3, density, and the trace by P products.
+
+    Memory: the product's, as measured (at --hessian-images), plus the float32 vectors the method keeps
+    (the Lanczos basis of all its steps, allocated up front: partial reorthogonalisation reads it all)."""
+    spec = HessianSpec()
+    seconds, peak = float(hvp["seconds"]), float(hvp["peak"])
+    vector_mib = parameters * 4 / 2**20
+    top3 = WARM_START + 3 * spec.top_k  # Lanczos warm start, then about 3 power steps per eigenvalue
+    density = spec.lanczos_iters
+    return [
+        ("top-3 eigenvalues", top3 * seconds, peak + WARM_START * vector_mib,
+         f"estimated: ~{top3} products; memory + Lanczos basis of {WARM_START} vectors"),
+        (f"density, {density} Lanczos steps", density * seconds, peak + density * vector_mib,
+         f"estimated: {density} products (+<15% Lanczos); memory + basis of {density} vectors"),
+        ("exact trace by P products (not run)", parameters * seconds, peak + vector_mib,
+         f"estimated: P = {parameters:,} products = {describe(parameters * seconds)}"),
+    ]
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="/tmp/otcore-scale-cifar")
     parser.add_argument("--archs", default="vgg11_nobias,resnet18_nobias_nobn")
+    parser.add_argument("--steps", default=",".join(STEPS), help="a subset of: " + ", ".join(STEPS))
     parser.add_argument("--train-images", type=int, default=500, help="images of the timed retraining (of 50,000)")
     parser.add_argument("--eval-images", type=int, default=1000, help="test images evaluated (of 10,000)")
-    parser.add_argument("--exact-trace", action="store_true", help="also time the exact trace on a batch of 1,000")
+    parser.add_argument("--hessian-images", type=int, default=1000, help="batch of the timed product (of 1,000)")
+    parser.add_argument("--trace-images", type=int, default=20, help="images of the timed exact trace (of 1,000)")
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of every step's process")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--arch", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    root = write_cifar10(Path(args.root))
-    seconds, peak, data = measured(lambda: load_dataset("cifar10", str(root)), 1)
-    load_row = ("load CIFAR-10 (60,000 images, pickle batches)", seconds, peak / 2**20, "measured")
-    print(f"uptime: {os.popen('uptime').read().strip()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if args.worker:
+        apply_policy()  # the thread count the parent put in OTCORE_THREADS, set once before any tensor work
+        print(json.dumps(run_step(args.worker, args)))
+        return
+    write_cifar10(Path(args.root))
+    steps = [s for s in args.steps.split(",") if s]
+    print(f"torch {torch.__version__}, {args.threads} thread(s) per step, {os.cpu_count()} CPUs; {uptime()}", flush=True)
+    load = in_subprocess("load", args.archs.split(",")[0], args)
     for arch in args.archs.split(","):
-        rows = [load_row] + bench_arch(arch, data, args)
-        print(f"\n{arch}, synthetic CIFAR-10 (50,000 + 10,000 images, 3x32x32), best of {args.repeats}")
-        header = f"{'step':<46} {'seconds':>9} {'peak MiB':>9}  note"
+        rows = [("load CIFAR-10 (60,000 images, pickle batches)", load["seconds"], load["peak"], load["note"])]
+        parameters, hvp = 0, None
+        for step in steps:
+            if step == "load":
+                continue
+            result = in_subprocess(step, arch, args)
+            parameters = int(result.get("parameters", parameters))
+            rows.append((LABELS.get(step, step), float(result["seconds"]), float(result["peak"]), str(result["note"])))
+            hvp = result if step == "hvp" else hvp
+            print(f"  {arch} {step}: {result['seconds']:.2f} s, {result['peak']:.0f} MiB ({uptime()})", flush=True)
+        if hvp is not None and parameters:
+            rows += estimated_rows(hvp, parameters)
+        print(f"\n{arch} (P = {parameters:,}), synthetic CIFAR-10 (50,000 + 10,000 images, 3x32x32), "
+              f"best of {args.repeats}, {args.threads} thread(s)")
+        header = f"{'step':<46} {'seconds':>12} {'peak MiB':>9}  note"
         print(header)
         print("-" * len(header))
         for name, secs, mib, note in rows:
-            print(f"{name:<46} {secs:9.2f} {mib:9.0f}  {note}")
-    print(f"uptime: {os.popen('uptime').read().strip()}")
+            print(f"{name:<46} {secs:12.2f} {mib:9.0f}  {note}")
+    print(f"\n{uptime()}")
 
 
 if __name__ == "__main__":

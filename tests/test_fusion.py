@@ -113,6 +113,22 @@ def test_ground_metrics_match_their_formulas() -> None:
     assert cost_matrix(a_pts, b_pts, normalize="mean").mean() == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
+def test_non_finite_neurons_are_refused_by_the_cost(metric: str, bad: float) -> None:
+    """The costs, not the (possibly huge) inputs, are checked: a NaN or Inf anywhere in x or y must reach them."""
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(5, 300, generator=g), torch.randn(4, 300, generator=g)
+    y[1] = 0  # a dead neuron: inf * 0 must not hide the fault
+    assert torch.isfinite(cost_matrix(x, y, metric)).all()
+    for which in ("x", "y"):
+        for place in ((0, 0), (4 if which == "x" else 3, 299)):
+            xs, ys = x.clone(), y.clone()
+            (xs if which == "x" else ys)[place] = bad
+            with pytest.raises(ValueError, match="NaN or Inf"):
+                cost_matrix(xs, ys, metric)
+
+
 def test_numerical_faults_are_refused_or_survived(x: torch.Tensor) -> None:
     mass = torch.full((4,), 0.25)
     with pytest.raises(TransportError, match="NaN or Inf"):

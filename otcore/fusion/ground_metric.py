@@ -28,6 +28,7 @@ def cost_matrix(x: torch.Tensor, y: torch.Tensor, metric: str = "euclidean", squ
             cost = cost.square()
     else:
         raise FusionError(f"unknown ground metric '{metric}'")
+    # Only M: activations are (n, samples * positions), and isfinite passes over them cost as much as ot.dist.
     if not bool(torch.isfinite(cost).all()) and not (torch.isfinite(x).all() and torch.isfinite(y).all()):
         raise FusionError("cannot compute transport costs: the neurons' weights or activations contain NaN or Inf")
     if normalize != "none":
