@@ -224,7 +224,8 @@ def estimated_rows(hvp: dict[str, object], parameters: int) -> list[tuple[str, f
         ("top-3 eigenvalues", top3 * seconds, peak + WARM_START * vector_mib,
          f"estimated: ~{top3} products; memory + Lanczos basis of {WARM_START} vectors"),
         (f"density, {density} Lanczos steps", density * seconds, peak + density * vector_mib,
-         f"estimated: {density} products (+<15% Lanczos); memory + basis of {density} vectors"),
+         f"estimated: {density} products (+ reorthogonalisation, memory-bound passes over the basis: "
+         f"seconds here); memory + basis of {density} vectors"),
         ("exact trace by P products (not run)", parameters * seconds, peak + vector_mib,
          f"estimated: P = {parameters:,} products = {describe(parameters * seconds)}"),
     ]
