@@ -151,3 +151,94 @@ def test_an_analysed_sweep_gives_the_study_table_the_cache_holds(server: str, ca
         assert csv[0] == "experiment,OT fusion,OT fusion retrained" and len(csv) == 3
         assert [float(v) for v in csv[1].split(",")[1:]] == pytest.approx(traces["structured 30 %"], rel=1e-12)
         no_exception(page)
+
+
+def load_parents(page, server: str, title: str, ready: str) -> None:
+    """Open a page by its URL and load the sidebar's default parents (from the cache: nothing trains)."""
+    page.goto(f"{server}/{title}")
+    wait_idle(page, "text=No parents yet")
+    click(page, "ws.load")
+    wait_idle(page, ready, timeout_ms=LONG_MS)
+
+
+def cards(page) -> dict[str, list[str]]:
+    """The metric cards: label -> the lines under it (value, delta)."""
+    shown = {}
+    for text in page.locator("[data-testid='stMetric']").all_inner_texts():
+        label, *lines = [line.strip() for line in text.splitlines() if line.strip()]
+        shown[label] = lines
+    return shown
+
+
+def test_prune_fuse_with_retraining_keeps_the_fraction_in_the_fused_nets(server: str):
+    with browser_page() as page:
+        load_parents(page, server, "Pruning", "text=press Prune")
+        slider = page.locator(f"{key('pruning.fraction')} input[type='range']")  # react-aria's hidden range input
+        slider.focus()
+        for _ in range(4):  # 0.50 -> 0.30 in steps of 0.05, as arrow keys move it
+            slider.press("ArrowLeft")
+        wait_idle(page)
+        assert page.locator(f"{key('pruning.fraction')} [data-testid='stSliderThumbValue']").inner_text() == "0.30"
+        select(page, "pruning.order", "prune, then fuse")
+        fill_number(page, "pruning.retrain_epochs", 1)
+        page.get_by_text("More options: retraining recipe").click()
+        fill_number(page, "pruning.retrain_lr", 0.01)
+        select(page, "pruning.fused_masks", "pruned again at the fraction")
+        click(page, "pruning.prune")
+        wait_idle(page, "[data-testid='stMetric']", timeout_ms=LONG_MS)
+        no_exception(page)
+        caption = page.locator("[data-testid='stCaptionContainer']:has-text('ran on')").first.inner_text()
+        assert caption.startswith("30 % unstructured, prune, then fuse"), caption
+
+        # The cards: every single network, its accuracy and '30.0 % zeros' for the fused ones, retrained included.
+        shown = cards(page)
+        fused = ["vanilla average", "OT fusion", "vanilla average retrained", "OT fusion retrained"]
+        assert list(shown) == ["parent 1", "parent 2", *fused[:2], "prediction ensemble", *fused[2:]] or \
+            set(fused) <= set(shown), shown
+        for method in fused:
+            value, zeros = shown[method]
+            assert re.fullmatch(r"\d{1,3}\.\d\d %", value), value
+            assert zeros == "30.0 % zeros", (method, zeros)
+        # The table's sparsity column holds the measured share (2 decimals): the fraction, for every fused net.
+        table = "[data-testid='stTabs']"
+        header = grid_header(page, table)
+        rows = {r[0]: dict(zip(header, r)) for r in grid_rows(page, table)}
+        for method in fused:
+            assert float(rows[method]["sparsity (%)"]) == pytest.approx(30.0, abs=0.05), rows[method]
+        accuracy = float(rows["OT fusion retrained"]["test acc (%)"])
+        assert shown["OT fusion retrained"][0] == f"{accuracy:.2f} %"  # the card and the table agree
+        page.wait_for_selector(f"{key('pruning.chart.bar')} .main-svg")
+        shoot(page, "pruning_prune_fuse")
+
+
+def test_the_ot_aligned_path_has_a_lower_barrier_than_the_naive_one(server: str):
+    with browser_page() as page:
+        load_parents(page, server, "Landscape", "text=press Compute")
+        choose(page, "landscape.methods", ["OT fusion"])
+        fill_number(page, "landscape.points", 7)
+        page.get_by_text("Paths and surface:").click()
+        fill_number(page, "landscape.grid", 5)
+        page.get_by_text("Hessian settings (SLQ)").click()
+        for setting, value in (("hessian.batch_size", 150), ("hessian.lanczos_iters", 12),
+                               ("hessian.power_iters", 20)):
+            fill_number(page, setting, value)
+        page.get_by_text("Parent 1 → parent 2 after aligning").click()
+        choose(page, "landscape.alignments", ["naive", "OT (weights)"])
+        click(page, "landscape.compute")
+        wait_idle(page, "[data-testid='stMetric']", timeout_ms=LONG_MS)
+        page.wait_for_selector(f"{key('landscape.chart.aligned')} .main-svg", timeout=LONG_MS)
+        no_exception(page)
+        shown = {label: float(lines[0]) for label, lines in cards(page).items()}
+        naive, by_ot = shown["Barrier, naive"], shown["Barrier, OT (weights)"]
+        # Digits parents, 150 test examples: naive ~0.9, OT-aligned ~0.02 (tests/app/test_landscape_page.py).
+        assert 0 <= by_ot < 0.2 < 0.5 < naive, shown
+        assert naive == pytest.approx(shown["Barrier A → B"], abs=1e-4)  # the same path, drawn twice
+        # Each barrier is the chart's own curve: the largest excess of the loss over the line between its ends.
+        figure = plotly_figure(page, "landscape.chart.aligned")
+        curves = [t for t in figure["data"] if "barrier" in (t["name"] or "")]
+        assert len(curves) == 2, [t["name"] for t in figure["data"]]
+        for curve, barrier in zip(curves, (naive, by_ot)):
+            t, loss = curve["x"], curve["y"]
+            excess = max(y - ((1 - s) * loss[0] + s * loss[-1]) for s, y in zip(t, loss))
+            assert excess == pytest.approx(barrier, abs=1e-4), curve["name"]
+        shoot(page, "landscape_aligned")
