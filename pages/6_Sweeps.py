@@ -151,7 +151,8 @@ st.plotly_chart(figures.sweep_figure(table, metric, x, shown or methods, side_by
 constant = [c for c in (*result.fields, "seeds") if c in table and table[c].nunique() == 1]
 if constant:  # said once above the table, so that the columns that vary fit the page
     st.caption("On every row: " + " · ".join(f"{c} = {table[c].iloc[0]}" for c in constant))
-widgets.show_table(table.drop(columns=["key", *constant]))
+widgets.show_table(table.drop(columns=["key", *constant]),  # '34.91', not '34.9137' cut to '4.9137'
+                   {**figures.CURVATURE_DECIMALS, **{f"λ{i}": 3 for i in range(1, 6)}})
 st.download_button("Table (CSV)", table.to_csv(index=False), f"sweep-{result.key[:12]}.csv", "text/csv",
                    key="sweeps.download.csv", on_click="ignore", icon=":material/table:")
 
@@ -160,7 +161,8 @@ with st.expander("The study's table: a metric per experiment and network (CSV, L
     state.keep_choice("sweeps.study_metric", offered, "test accuracy")
     study_metric = st.selectbox("Metric", offered, key="sweeps.study_metric")
     study = figures.study_table(result.points, study_metric)
-    widgets.show_table(study.reset_index())
+    places = figures.STUDY_DECIMALS.get(study_metric, 3)  # as the LaTeX table prints it, not '96' beside '96.8889'
+    widgets.show_table(study.reset_index(), {str(c): places for c in study.columns})
     with st.container(horizontal=True):
         for form, mime in (("csv", "text/csv"), ("latex", "application/x-latex")):
             st.download_button(f"Table ({form.upper() if form == 'csv' else 'LaTeX'})", figures.study_text(study, form),
