@@ -136,8 +136,10 @@ if table.empty or not result.fields:
     st.stop()
 
 methods = list(dict.fromkeys(table["method"]))
-if st.session_state.get("sweeps.x") not in result.fields:
-    st.session_state["sweeps.x"] = "prune.fraction" if "prune.fraction" in result.fields else result.fields[0]
+if st.session_state.get("sweeps.x") not in result.fields:  # a field that varies: one fraction is one column of dots
+    varied = [f for f in ("prune.fraction", *result.fields) if f in result.fields and table[f].nunique() > 1]
+    st.session_state["sweeps.x"] = (varied or ["prune.fraction" if "prune.fraction" in result.fields
+                                               else result.fields[0]])[0]
 st.session_state["sweeps.methods"] = [m for m in st.session_state.get("sweeps.methods", methods) if m in methods]
 metric_col, x_col, methods_col = st.columns([1, 1, 3])
 metric = metric_col.selectbox("Metric", figures.sweep_metrics(table), key="sweeps.metric",

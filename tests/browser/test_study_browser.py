@@ -15,6 +15,7 @@ from tests.browser.streamlit_server import (
     browser_page,
     choose,
     click,
+    expect,
     fill_number,
     grid_header,
     grid_rows,
@@ -97,9 +98,9 @@ def test_an_analysed_sweep_gives_the_study_table_the_cache_holds(server: str, ca
         assert set(structured.curvature) == {"OT fusion", "OT fusion retrained"}
 
         # The curvature chart: trace against the pruning type, a line per analysed network, values from the cache.
+        # One fraction, two types: the chart is drawn against the field that varies, not a single column of dots.
+        expect(page.locator(key("sweeps.x")).get_by_role("combobox")).to_have_value("prune.type")
         select(page, "sweeps.metric", "trace")
-        select(page, "sweeps.x", "prune.type")
-        wait_idle(page)
         figure = plotly_figure(page, "sweeps.chart")
         lines = {t["name"]: dict(zip(t["x"], t["y"])) for t in figure["data"]}
         assert set(lines) == {"OT fusion", "OT fusion retrained"}, figure
