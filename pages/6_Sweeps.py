@@ -136,8 +136,10 @@ if table.empty or not result.fields:
     st.stop()
 
 methods = list(dict.fromkeys(table["method"]))
-if st.session_state.get("sweeps.x") not in result.fields:
-    st.session_state["sweeps.x"] = "prune.fraction" if "prune.fraction" in result.fields else result.fields[0]
+if st.session_state.get("sweeps.x") not in result.fields:  # a field that varies: one fraction is one column of dots
+    varied = [f for f in ("prune.fraction", *result.fields) if f in result.fields and table[f].nunique() > 1]
+    st.session_state["sweeps.x"] = (varied or ["prune.fraction" if "prune.fraction" in result.fields
+                                               else result.fields[0]])[0]
 st.session_state["sweeps.methods"] = [m for m in st.session_state.get("sweeps.methods", methods) if m in methods]
 metric_col, x_col, methods_col = st.columns([1, 1, 3])
 metric = metric_col.selectbox("Metric", figures.sweep_metrics(table), key="sweeps.metric",
@@ -151,7 +153,8 @@ st.plotly_chart(figures.sweep_figure(table, metric, x, shown or methods, side_by
 constant = [c for c in (*result.fields, "seeds") if c in table and table[c].nunique() == 1]
 if constant:  # said once above the table, so that the columns that vary fit the page
     st.caption("On every row: " + " · ".join(f"{c} = {table[c].iloc[0]}" for c in constant))
-widgets.show_table(table.drop(columns=["key", *constant]))
+widgets.show_table(table.drop(columns=["key", *constant]),  # '34.91', not '34.9137' cut to '4.9137'
+                   {**figures.CURVATURE_DECIMALS, **{f"λ{i}": 3 for i in range(1, 6)}})
 record = next((r for r in records if r.key == result.key), None)
 with st.container(horizontal=True):
     st.download_button("Table (CSV)", table.to_csv(index=False), f"sweep-{result.key[:12]}.csv", "text/csv",
@@ -164,7 +167,8 @@ with st.expander("The study's table: a metric per experiment and network (CSV, L
     state.keep_choice("sweeps.study_metric", offered, "test accuracy")
     study_metric = st.selectbox("Metric", offered, key="sweeps.study_metric")
     study = figures.study_table(result.points, study_metric)
-    widgets.show_table(study.reset_index())
+    places = figures.STUDY_DECIMALS.get(study_metric, 3)  # as the LaTeX table prints it, not '96' beside '96.8889'
+    widgets.show_table(study.reset_index(), {str(c): places for c in study.columns})
     with st.container(horizontal=True):
         for form, mime in (("csv", "text/csv"), ("latex", "application/x-latex")):
             st.download_button(f"Table ({form.upper() if form == 'csv' else 'LaTeX'})", figures.study_text(study, form),

@@ -82,6 +82,5 @@ __all__ = ["accuracy_range", "best_parent_accuracy", "check_study_metric", "clas
            "retraining_charts", "retraining_networks", "SEEDS", "SHARPNESS",
            "sharpness_scatter", "sharpness_table", "SPARSITY", "sparsity_chart", "spectral_density_chart",
            "STUDY_DECIMALS", "STUDY_METRICS", "study_table", "study_text", "style", "surface_contour", "sweep_figure",
-           "sweep_metrics",
-           "sweep_table", "TABLE_FORMATS", "TEMPLATE", "TEST_ACC", "TEST_LOSS", "tick_label", "TRACE",
+           "sweep_metrics", "sweep_table", "TABLE_FORMATS", "TEMPLATE", "TEST_ACC", "TEST_LOSS", "tick_label", "TRACE",
            "trace_description", "TRAIN_ACC", "TRAIN_LOSS"]

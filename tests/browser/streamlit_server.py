@@ -137,3 +137,105 @@ def screenshot(page: Any, path: Path, full_height: int | None = None) -> None:
     if full_height:
         page.set_viewport_size({"width": 1280, "height": 800})
         page.wait_for_timeout(300)
+
+
+# ---------------------------------------------------------------------------- setting widgets, reading results
+# Streamlit 1.67 draws multiselects and selectboxes as react-aria comboboxes: an input with role 'combobox'
+# whose options appear in a listbox at the end of the document (role 'option').
+
+
+def expect(locator: Any) -> Any:
+    """Playwright's retrying assertions (imported late: the module loads where Playwright is missing)."""
+    from playwright.sync_api import expect as playwright_expect
+
+    return playwright_expect(locator)
+
+
+def _pick(page: Any, entry: Any, label: str) -> None:
+    """Open a combobox's list and click the option shown as `label` (a few tries: the list can close, or draw an
+    empty 'No results' frame, while Streamlit redraws the widget)."""
+    offered: list[str] = []
+    for _ in range(4):
+        if page.get_by_role("option").count() == 0:
+            entry.click()
+            try:
+                page.get_by_role("option").first.wait_for(timeout=3_000)
+            except Exception:  # noqa: BLE001 - an empty frame: close it and open it again
+                pass
+        offered = [t.strip() for t in page.get_by_role("option").all_inner_texts()]
+        if label in offered:
+            page.get_by_role("option").nth(offered.index(label)).click()
+            return
+        entry.press("Escape")
+        page.wait_for_timeout(300)
+    raise AssertionError(f"no option '{label}' among {offered}")
+
+
+def choose(page: Any, widget_key: str, labels: list[str]) -> None:
+    """Set a multiselect to exactly `labels`, in that order: Clear all, then pick each option from the open list.
+
+    Tried up to three times: a click that lands while the page still redraws can be undone by the redraw.
+    """
+    box = page.locator(key(widget_key))
+    tags = box.locator("[data-tag] [title]")
+    entry = box.get_by_role("combobox")
+    for _ in range(3):
+        wait_idle(page)
+        if tags.all_inner_texts() == labels:
+            return
+        if tags.count():
+            box.get_by_role("button", name="Clear all").first.click()
+            wait_idle(page)  # outside a form each change reruns the page and redraws the list
+        for label in labels:
+            if label not in tags.all_inner_texts():
+                _pick(page, entry, label)
+                wait_idle(page)
+        entry.press("Escape")
+    wait_idle(page)
+    chosen = tags.all_inner_texts()
+    assert chosen == labels, f"{widget_key}: asked {labels}, the widget shows {chosen}"
+
+
+def select(page: Any, widget_key: str, label: str) -> None:
+    """Pick one option of a selectbox by its shown text, and wait until the box shows it."""
+    box = page.locator(key(widget_key))
+    _pick(page, box.get_by_role("combobox"), label)
+    expect(box.get_by_role("combobox")).to_have_value(label, timeout=10_000)  # the locator follows redraws
+    wait_idle(page)
+
+
+def fill_number(page: Any, widget_key: str, value: float) -> None:
+    """Type a value into a number input and leave it (Tab commits it, as a user's would)."""
+    entry = page.locator(f"{key(widget_key)} input")
+    entry.fill(str(value))
+    entry.press("Tab")
+
+
+def grid_rows(page: Any, container: str) -> list[list[str]]:
+    """The cells of the first dataframe inside `container` (a CSS selector), row by row, as the grid shows them.
+
+    Glide's canvas grid keeps an accessible table of role 'row'/'gridcell' in the DOM; the header row is left out.
+    """
+    grid = page.locator(f"{container} [data-testid='stDataFrame']").first
+    grid.locator("[role='gridcell']").first.wait_for(state="attached")
+    rows = grid.locator("[role='row']:has([role='gridcell'])")
+    return [row.locator("[role='gridcell']").all_inner_texts() for row in rows.all()]
+
+
+def grid_header(page: Any, container: str) -> list[str]:
+    """The column names of the first dataframe inside `container`."""
+    grid = page.locator(f"{container} [data-testid='stDataFrame']").first
+    return [t.strip() for t in grid.locator("[role='columnheader']").all_inner_texts()]
+
+
+def plotly_figure(page: Any, chart_key: str) -> dict:
+    """The traces (name, x, y, axes) and axis titles Plotly drew for a chart key, read from the plot's own div.
+
+    `_fullData`, not `data`: Plotly keeps a figure's arrays base64-encoded in `data` and decoded in `_fullData`.
+    """
+    page.wait_for_selector(f"{key(chart_key)} .js-plotly-plot .main-svg", timeout=120_000)
+    return page.locator(f"{key(chart_key)} .js-plotly-plot").first.evaluate(
+        "el => JSON.parse(JSON.stringify({data: el._fullData.map(t => ({name: t.name, x: Array.from(t.x || []), "
+        "y: Array.from(t.y || []), xaxis: t.xaxis, yaxis: t.yaxis})), layout: el._fullLayout ? "
+        "Object.fromEntries(Object.entries(el._fullLayout).filter(([k]) => /^(xaxis|yaxis)\\d*$/.test(k))"
+        ".map(([k, v]) => [k, {title: v.title && v.title.text}])) : {}}))")
