@@ -118,11 +118,12 @@ with right:
     st.plotly_chart(figures.interpolation_chart(paths, height=265), theme=None, key="landscape.chart.paths")
 if aligned:
     left, right = st.columns([1, 1.6])
+    left.markdown("**Barrier along A → B, B aligned to A** (A: the anchor)")
     for card, path in zip(left.columns(2) * len(aligned), aligned):
-        card.metric(f"Barrier, {ALIGNMENTS[path.alignment]}" + (" + REPAIR" if path.repair else ""),
+        card.metric(ALIGNMENTS[path.alignment] + (" + REPAIR" if path.repair else ""),
                     f"{path.barrier:.4f}", border=True, help=f"{path.label}; midpoint loss {path.midpoint_loss:.4f}")
-    right.plotly_chart(figures.interpolation_chart(aligned, "A → B, B aligned to A (A: the anchor)", 300),
-                       theme=None, key="landscape.chart.aligned")
+    # The title sits beside the chart, not in it: a legend of several paths would grow over it.
+    right.plotly_chart(figures.interpolation_chart(aligned, height=300), theme=None, key="landscape.chart.aligned")
 if retrained:
     st.plotly_chart(figures.spectral_density_chart(curvatures, "Spectral density before and after retraining", 320),
                     theme=None, key="landscape.chart.density")

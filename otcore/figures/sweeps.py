@@ -145,7 +145,9 @@ _X_TITLES = {"prune.fraction": "prune fraction (share of weights removed)",
              "train.epochs": "training of the parents (epochs)", "train.lr": "learning rate",
              "fusion.finetune_epochs": "fine-tuning of the fused net (epochs)",
              "fusion.act_samples": "activation samples (inputs)", "fusion.reg": "Sinkhorn regularisation",
-             "seed": "parent seed set (offset)", "arch": "architecture", "dataset": "dataset"}
+             "seed": "parent seed set (offset)", "arch": "architecture", "dataset": "dataset",
+             "prune.type": "pruning type", "prune.order": "order of pruning and fusion",
+             "prune.retrain.lr": "retraining learning rate", "fusion.mode": "alignment by", "fusion.alignment": "alignment"}
 _Y_TITLES = {TEST_ACC: "test accuracy (%)", TRAIN_ACC: "train accuracy (%)", TEST_LOSS: "test loss (nats)",
              SPARSITY: "sparsity (share of zero weights)", PARAMETERS: "parameters (count)",
              INFERENCE_MS: "inference on the test split (ms)", HESSIAN_TRACE: "Hessian trace",
@@ -170,7 +172,8 @@ def sweep_figure(table: pd.DataFrame, metric: str = TEST_ACC, x: str = "prune.fr
     if panels:
         from plotly.subplots import make_subplots
 
-        fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.04,
+        # spacing wide enough that the panels' category ticks ('unstructured' | 'structured') do not touch
+        fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.1,
                             subplot_titles=("initial networks", "retrained networks"))
     else:
         fig = go.Figure()
@@ -188,6 +191,8 @@ def sweep_figure(table: pd.DataFrame, metric: str = TEST_ACC, x: str = "prune.fr
     style(fig, title, _X_TITLES.get(x, x), _Y_TITLES.get(metric, metric), height)
     if panels:
         fig.update_yaxes(title_text=None, col=2)
+        # the legend above the panels' titles (style puts it just over the plot, where those titles are)
+        fig.update_layout(legend_y=1.1, margin_t=max(fig.layout.margin.t or 0, 70))
     return fig
 
 

@@ -255,7 +255,7 @@ def test_the_ot_aligned_path_has_a_lower_barrier_than_the_naive_one(server: str)
         page.wait_for_selector(f"{key('landscape.chart.aligned')} .main-svg", timeout=LONG_MS)
         no_exception(page)
         shown = {label: float(lines[0]) for label, lines in cards(page).items()}
-        naive, by_ot = shown["Barrier, naive"], shown["Barrier, OT (weights)"]
+        naive, by_ot = shown["naive"], shown["OT (weights)"]
         # Digits parents, 150 test examples: naive ~0.9, OT-aligned ~0.02 (tests/app/test_landscape_page.py).
         assert 0 <= by_ot < 0.2 < 0.5 < naive, shown
         assert naive == pytest.approx(shown["Barrier A → B"], abs=1e-4)  # the same path, drawn twice
