@@ -1,6 +1,7 @@
 """Helpers the tests share (not fixtures): the repository's root and writers of real-format dataset files."""
 from __future__ import annotations
 
+import shutil
 import struct
 from pathlib import Path
 
@@ -30,3 +31,11 @@ def write_mnist_like(root: Path, folder: str = "MNIST", n_train: int = 20, n_tes
         write_idx(raw / f"{prefix}-images-idx3-ubyte", arrays[f"{split}_x"])
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", arrays[f"{split}_y"])
     return arrays
+
+
+def copy_cache(source: Path, folder: Path) -> Path:
+    """Copy a cache folder's entries into `folder` (the session's parents, in a cache of a test's own); return it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for entry in Path(source).glob("*.safetensors"):
+        shutil.copy2(entry, folder)
+    return folder

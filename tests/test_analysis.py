@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from tests.support import REPO
+from tests.support import copy_cache, REPO
 from otcore.config import DataSpec, HessianSpec
 
 QUICK = ["--lanczos-iters", "12", "--trace-probes", "8", "--power-iters", "30", "--lambda-points", "5"]
@@ -59,8 +58,7 @@ def test_hessian_command_on_paper_checkpoints_and_real_mnist_files(tmp_path, mak
 
 
 def test_without_parents_it_analyses_the_cached_parents_and_their_fusion(digits_cli_train, tmp_path):
-    for entry in digits_cli_train.cache.glob("*.safetensors"):  # a copy: other tests expect that cache untouched
-        shutil.copy2(entry, tmp_path)
+    copy_cache(digits_cli_train.cache, tmp_path)  # a copy: other tests expect that cache untouched
     out = _hessian("--dataset", "digits", "--arch", "mlpnet", "--top-k", "2", "--paths", "naive", "ot-weights",
                    cache=tmp_path)
     assert [m["name"] for m in out["models"]] == ["parent 1", "parent 2", "OT fusion"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.support import REPO, write_idx
+from tests.support import copy_cache, REPO, write_idx
 from otcore.config import DataSpec, FusionSpec, ModelSpec, PruneSpec, RetrainSpec, SpecError, TrainSpec
 from otcore.pipeline import (OT_FINETUNED, OT_FUSION, VANILLA, VANILLA_RETRAINED, fuse_and_compare, fusion_key,
                              prune_key, train_parents)
@@ -144,8 +143,7 @@ def test_fused_only_retraining_leaves_the_vanilla_average_as_it_is(studies) -> N
 
 
 def test_the_cli_takes_the_recipe_and_reports_the_retrained_baseline(digits_cli_train, tmp_path) -> None:
-    for entry in digits_cli_train.cache.glob("*.safetensors"):  # the session's parents, in a cache of our own
-        shutil.copy2(entry, tmp_path)
+    copy_cache(digits_cli_train.cache, tmp_path)  # the session's parents, in a cache of our own
     env = {**os.environ, "OTCORE_CACHE_DIR": str(tmp_path)}
 
     def cli(*args: str) -> subprocess.CompletedProcess:

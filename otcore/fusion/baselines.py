@@ -1,13 +1,13 @@
 """The baselines fusion is judged against: vanilla weight averaging and prediction ensembling."""
 from __future__ import annotations
 
-import copy
 
 import torch
 from torch import nn
 
 from otcore.activations import predict_logits
 from otcore.errors import FusionError
+from otcore.fusion.new_weights import copy_with
 
 
 def vanilla_average(parents: list[nn.Module], weights: list[float] | None = None) -> nn.Module:
@@ -20,9 +20,7 @@ def vanilla_average(parents: list[nn.Module], weights: list[float] | None = None
                 raise FusionError(f"vanilla averaging needs parents of one width: {name} of parent {i} has shape "
                                  f"{tuple(state[name].shape)}, parent 1 has {tuple(tensor.shape)}")
     averaged = {k: sum(w * s[k] for w, s in zip(weights, states)) for k in states[0]}
-    model = copy.deepcopy(parents[0])
-    model.load_state_dict(averaged)
-    return model.eval()
+    return copy_with(parents[0], averaged).eval()
 
 
 @torch.no_grad()

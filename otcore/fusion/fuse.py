@@ -7,7 +7,6 @@ algebra runs on the parents' device; only the exact OT solve (and assignments) v
 """
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from otcore.errors import FusionError
 from otcore.fusion.align import GroupDiagnostics, Plans, apply_plans, check_same_family, ot_plans
 from otcore.fusion.cca import cca_map
 from otcore.fusion.merge_maps import check_mergeable, features, merge_weights, pre_activations, repair_target
-from otcore.fusion.new_weights import with_weights
+from otcore.fusion.new_weights import copy_with
 from otcore.fusion.repair import repair
 from otcore.fusion.weight_matching import weight_matching_plans
 from otcore.fusion.zipit import zipit_maps
@@ -84,12 +83,7 @@ def average_aligned(parents: list[FusableNet], plans: list[Plans], weights: list
         aligned = apply_plans(parent, anchor, plans[i], past_correction and i != anchor_idx)
         for name, tensor in aligned.items():
             summed[name] = summed[name] + weight * tensor if name in summed else weight * tensor
-    try:
-        fused = with_weights(anchor, summed)
-    except ValueError:  # not plain parameters (a masked anchor): load_state_dict says what is wrong
-        fused = copy.deepcopy(anchor)
-        fused.load_state_dict({**anchor.state_dict(), **summed})
-    return fused.eval()
+    return copy_with(anchor, summed).eval()
 
 
 MERGE_METHODS = {"cca": "CCA Merge", "zipit": "ZipIt!"}  # alignments by merge/unmerge maps, by name in messages

@@ -9,13 +9,13 @@ Both methods work on networks whose groups have one writer each (mlpnet, the VGG
 """
 from __future__ import annotations
 
-import copy
 
 import torch
 
 from otcore.activations import capture_activations
 from otcore.errors import FusionError
 from otcore.fusion.align import Plans, check_same_family, transform_bias, transform_weight, weight_of
+from otcore.fusion.new_weights import copy_with
 from otcore.models import OUTPUT, FusableNet
 
 EPS = 1e-12
@@ -75,7 +75,7 @@ def correlation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def merge_weights(parents: list[FusableNet], template: FusableNet, merges: list[Plans], unmerges: list[Plans],
                   weights: list[float]) -> FusableNet:
     """A copy of the template with W_fused = sum_p T_p[out]^T W_p U_p[in]; a missing merge map is w_p I."""
-    state = {k: v.detach().clone() for k, v in template.state_dict().items()}
+    dtypes = {k: v.dtype for k, v in template.state_dict().items()}
     summed: dict[str, torch.Tensor] = {}
     for parent, merge, unmerge, weight in zip(parents, merges, unmerges, weights):
         for layer in template.alignment_layers():
@@ -87,11 +87,8 @@ def merge_weights(parents: list[FusableNet], template: FusableNet, merges: list[
             if getattr(module, "bias", None) is not None:
                 parts[f"{layer.name}.bias"] = transform_bias(module.bias.detach(), t_out)
             for name, tensor in parts.items():
-                summed[name] = summed.get(name, 0) + scale * tensor.to(state[name].dtype)
-    state.update(summed)
-    fused = copy.deepcopy(template)
-    fused.load_state_dict(state)
-    return fused.eval()
+                summed[name] = summed.get(name, 0) + scale * tensor.to(dtypes[name])
+    return copy_with(template, summed).eval()
 
 
 def repair_target(pre: list[dict[str, torch.Tensor]], merges: list[Plans]) -> dict[str, torch.Tensor]:

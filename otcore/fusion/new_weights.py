@@ -74,3 +74,13 @@ def with_weights(template: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Mo
             tensor = torch.empty_like(param, requires_grad=False).copy_(tensor)
         ready[name] = tensor.detach() if tensor.requires_grad else tensor
     return _copy_module(template, "", ready, {})
+
+
+def copy_with(template: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module:
+    """`with_weights`, or deepcopy + load_state_dict where it refuses (buffers among `weights`, a masked template)."""
+    try:
+        return with_weights(template, weights)
+    except ValueError:  # load_state_dict then takes what it can and says what is wrong
+        net = copy.deepcopy(template)
+        net.load_state_dict({**template.state_dict(), **weights})
+        return net

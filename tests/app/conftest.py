@@ -2,12 +2,13 @@
 parents as the sidebar stores them."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from collections.abc import Callable
 
 import pytest
 from streamlit.testing.v1 import AppTest
+
+from tests.support import copy_cache
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 120  # a cold fusion on 2 busy cores; normal runs take a few seconds
@@ -17,8 +18,7 @@ TIMEOUT_S = 120  # a cold fusion on 2 busy cores; normal runs take a few seconds
 def app_cache_dir(tmp_path_factory: pytest.TempPathFactory, digits_cli_train) -> Path:
     """A cache folder of the app tests' own, seeded with the session's one training of the default parents."""
     path = tmp_path_factory.mktemp("app-cache")
-    for entry in Path(digits_cli_train.cache).glob("*.safetensors"):
-        shutil.copy2(entry, path)
+    copy_cache(digits_cli_train.cache, path)
     return path
 
 

@@ -1,10 +1,11 @@
 """The dashboard in a real browser: `streamlit run app.py` on localhost, driven by Debian's Chromium."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
+
+from tests.support import copy_cache
 
 from tests.browser.streamlit_server import (
     BROWSER_MARKS,
@@ -22,8 +23,7 @@ pytestmark = BROWSER_MARKS
 @pytest.fixture
 def browser_cache(tmp_path: Path, digits_cli_train) -> Path:
     """A cache folder for the server, holding the session's default parents (so nothing trains here)."""
-    for entry in Path(digits_cli_train.cache).glob("*.safetensors"):
-        shutil.copy2(entry, tmp_path)
+    copy_cache(digits_cli_train.cache, tmp_path)
     return tmp_path
 
 

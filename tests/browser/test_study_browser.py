@@ -3,12 +3,12 @@ paths. Each test drives `streamlit run app.py` in Debian's Chromium and checks t
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support import copy_cache
 from tests.browser.streamlit_server import (
     BROWSER_MARKS,
     SCREENSHOTS,
@@ -38,8 +38,7 @@ QUICK_HESSIAN = (("hessian.batch_size", 150), ("hessian.lanczos_iters", 12), ("h
 def cache_dir(tmp_path_factory: pytest.TempPathFactory, digits_cli_train) -> Path:
     """One cache folder for this module's server, holding the session's default parents (nothing trains here)."""
     folder = tmp_path_factory.mktemp("study-browser-cache")
-    for entry in Path(digits_cli_train.cache).glob("*.safetensors"):
-        shutil.copy2(entry, folder)
+    copy_cache(digits_cli_train.cache, folder)
     return folder
 
 

@@ -7,10 +7,11 @@ not training. Bounded: every step has a timeout, the whole run one more, and the
 from __future__ import annotations
 
 import asyncio
-import shutil
 from pathlib import Path
 
 import pytest
+
+from tests.support import copy_cache
 
 from otcore.cache import DiskCache
 from otcore.config import DataSpec, FusionSpec, ModelSpec, TrainSpec
@@ -27,8 +28,7 @@ pytestmark = BROWSER_MARKS
 @pytest.fixture
 def fused_cache(tmp_path: Path, digits_cli_train) -> tuple[Path, float]:
     """A cache folder holding the default parents and their default fusion; and OT fusion's test accuracy (%)."""
-    for entry in Path(digits_cli_train.cache).glob("*.safetensors"):
-        shutil.copy2(entry, tmp_path)
+    copy_cache(digits_cli_train.cache, tmp_path)
     cache = DiskCache(tmp_path)
     parents = train_parents(DataSpec(), ModelSpec(), TrainSpec(), [0, 1], "cpu", cache=cache)
     comparison = fuse_and_compare(DataSpec(), ModelSpec(), parents, FusionSpec(), TrainSpec(), "cpu", cache=cache)
