@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from otcore import lanczos as lanczos_module
+from bench.common import table
 from otcore.hessian import (_HessianOperator, _spectral_density, exact_trace, fixed_batches, flat_parameters, hutchinson_trace,
                             spectral_density, top_eigenpairs)
 from otcore.landscape import perturbation_curve
@@ -214,11 +215,9 @@ def main() -> None:
     print(f"mlpnet 784-400-200-100-10 (P = {P:,}), {len(batches)} batch(es), 1,000 random inputs, random labels, "
           f"5 epochs SGD; torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"best {'CPU' if args.cpu_time else 'wall'} time of {args.repeats}")
-    header = f"{'quantity':<52} {'ours s':>8} {'ref s':>8} {'speedup':>8}  values"
-    print(header)
-    print("-" * len(header))
-    for name, ours, reference_t, note in rows:
-        print(f"{name:<52} {ours:8.3f} {reference_t:8.3f} {reference_t / ours:7.2f}x  {note}")
+    print(table(["quantity", "ours s", "ref s", "speedup", "values"],
+                [[name, f"{ours:.3f}", f"{reference_t:.3f}", f"{reference_t / ours:.2f}x", note]
+                 for name, ours, reference_t, note in rows]))
     path = "data= path, graph built once" if len(batches) == 1 else "dataloader= path, graph rebuilt per HVP"
     print(f"ref = PyHessian 0.1 ({path}) or the deep-copy loop; both sides include their setup")
 

@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anyw
 import numpy as np
 import torch
 
+from bench.common import table
 from otcore.config import FusionSpec, HessianSpec, PruneSpec, RetrainSpec
 from otcore.data import load_dataset
 from otcore.fusion.baselines import vanilla_average
@@ -272,11 +273,8 @@ def main() -> None:
             rows += estimated_rows(hvp, parameters)
         print(f"\n{arch} (P = {parameters:,}), synthetic CIFAR-10 (50,000 + 10,000 images, 3x32x32), "
               f"best of {args.repeats}, {args.threads} thread(s)")
-        header = f"{'step':<46} {'seconds':>12} {'peak MiB':>9}  note"
-        print(header)
-        print("-" * len(header))
-        for name, secs, mib, note in rows:
-            print(f"{name:<46} {secs:12.2f} {mib:9.0f}  {note}")
+        print(table(["step", "seconds", "peak MiB", "note"],
+                    [[name, f"{secs:.2f}", f"{mib:.0f}", note] for name, secs, mib, note in rows]))
     print(f"\n{uptime()}")
 
 
