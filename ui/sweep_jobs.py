@@ -37,12 +37,22 @@ class SweepStopped(sweeps.StopRequested):
 
 
 @dataclass
+class _Server:
+    """The server's jobs by id, the queue (ids, first in line first) and the lock over both."""
+
+    jobs: dict[str, SweepJob] = field(default_factory=dict)
+    waiting: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
 class SweepJob:
     """One session's sweep: waiting, running in a server thread, or ended, with its progress and outcome."""
 
     spec: Any  # otcore.sweep.SweepSpec
     runner: Any  # the executor it runs on
     total: int  # points in the grid
+    server: _Server = field(repr=False)  # the registry it is queued in (its thread has no script context to ask)
     id: str = field(default_factory=lambda: uuid.uuid4().hex)  # what the session keeps; never shared
     state: str = QUEUED
     what: str = "waiting for its turn"  # the last progress message
@@ -75,10 +85,9 @@ class SweepJob:
     def stop(self) -> None:
         """Take it out of the queue, or ask it to stop after the point it is computing (done points stay cached)."""
         self.stop_requested.set()
-        server = _server()
-        with server.lock:
+        with self.server.lock:
             if self.state == QUEUED:
-                server.waiting.remove(self.id)
+                self.server.waiting.remove(self.id)
                 self.state = CANCELLED
                 self.ended.set()
 
@@ -104,20 +113,10 @@ class SweepJob:
             log.error("sweep %s stopped", self.key, exc_info=err)
             self.error = err
         finally:
-            server = _server()
-            with server.lock:
+            with self.server.lock:
                 self.state = ENDED
                 self.ended.set()
-            _schedule()
-
-
-@dataclass
-class _Server:
-    """The server's jobs by id, the queue (ids, first in line first) and the lock over both."""
-
-    jobs: dict[str, SweepJob] = field(default_factory=dict)
-    waiting: list[str] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+            _schedule(self.server)
 
 
 @st.cache_resource(show_spinner=False)
@@ -126,9 +125,8 @@ def _server() -> _Server:
     return _Server()
 
 
-def _schedule() -> None:
+def _schedule(server: _Server) -> None:
     """Start waiting jobs, first in line first, while fewer than MAX_RUNNING run."""
-    server = _server()
     with server.lock:
         while server.waiting and sum(j.state == RUNNING for j in server.jobs.values()) < MAX_RUNNING:
             job = server.jobs[server.waiting.pop(0)]
@@ -142,12 +140,12 @@ def _schedule() -> None:
 
 def submit(spec: Any, runner: Any) -> SweepJob:
     """A new job of this sweep for the calling session: it starts now, or waits in the queue for its turn."""
-    job = SweepJob(spec, runner, spec.size)
     server = _server()
+    job = SweepJob(spec, runner, spec.size, server)
     with server.lock:
         server.jobs[job.id] = job
         server.waiting.append(job.id)
-    _schedule()
+    _schedule(server)
     return job
 
 

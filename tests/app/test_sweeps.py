@@ -238,7 +238,12 @@ def test_a_large_grid_shows_its_size_and_starts_only_when_confirmed(page, sweep_
     at.multiselect(key="sweeps.types").set_value(["unstructured", "structured"])
     at.button(key="sweeps.start").click().run()
     release = threading.Event()
-    monkeypatch.setattr(sweep_jobs, "POINT_TASK", lambda *a, **k: (release.wait(TIMEOUT_S), run_point(*a, **k))[1])
+
+    def held_point(*args, **kwargs):
+        assert release.wait(TIMEOUT_S)
+        return run_point(*args, **kwargs)
+
+    monkeypatch.setattr(sweep_jobs, "POINT_TASK", held_point)
     at.button(key="sweeps.confirm").click().run()
     job = job_of(at)
     assert job.total == 112 and (job.running or job.queued) and not at.warning
