@@ -118,6 +118,7 @@ class DiskCache:
     def __init__(self, root: str | Path | None = None) -> None:
         self.root = Path(root) if root is not None else default_root()
         self.writable = True
+        self.write_error: OSError | None = None
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             # os.access lies to root; creating a file does not. A unique name: other processes probe too.
@@ -252,6 +253,7 @@ class DiskCache:
         return self.root / f"{key}{SUFFIX}"
 
     def _degrade(self, error: OSError) -> None:
+        self.write_error = error  # why it stopped storing: a sweep's record says so (otcore.sweep.driver)
         if self.writable:
             log.warning("cannot write to cache folder %s (%s); continuing without caching",
                         self.root, error.strerror or error)

@@ -42,7 +42,8 @@ SCHEMAS: dict[str, tuple[Any, Any]] = {
     "sweep": ({**SPEC_NAMES, "step": str},
               {"status": str, "executor": str, "updated": TIMESTAMP, "total": int, "done": int, "fields": [str],
                "failed": [{"key": str, "error": str, "attempts": int}],
-               "points": [{"values": dict, "seeds": [int], "key": str}]}),
+               "points": [{"values": dict, "seeds": [int], "key": str}],
+               "owner": Optional({"host": str, "pid": int, "process_start": (int, type(None))})}),  # otcore.sweep.owner
 }
 # Any other kind: the fields a headline reads, where present.
 OTHER = (dict, {"test": Optional({"accuracy": float}),

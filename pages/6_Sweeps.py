@@ -12,8 +12,12 @@ from ui import errors, page, sidebar, state, sweep_jobs, widgets
 
 FRACTIONS = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 RESULT = "sweeps.result"  # the SweepResult on show: run by Start, or read back from the cache
-JOB = "sweeps.job"  # the key of the sweep this session started, while it runs in the server
+JOB = "sweeps.job"  # the id of the job this session started, while it waits or runs in the server
+PENDING = "sweeps.pending"  # a large grid's (spec, executor), waiting for the user's confirmation
 FOLLOW_EVERY_S = 1.0  # how often the page redraws a running sweep's progress
+# Above this many points Start asks first: one sweep runs at a time in this shared server, so a large one holds
+# every session's queue (100 digits points take about half a minute; CIFAR-10 points with retraining, hours).
+CONFIRM_ABOVE = 100
 
 page.page_setup("Sweeps")
 ws = sidebar.workspace()
@@ -66,37 +70,64 @@ if pressed:
     except Exception as err:  # noqa: BLE001 - shown, never raised into the page
         errors.show_error(err, "Check the sweep settings")
         st.stop()
-    st.session_state[JOB] = sweep_jobs.start(spec, runner).key  # a server thread: it outlives this script run
-    st.session_state.pop(RESULT, None)
+    st.session_state.pop(PENDING, None)
+    if spec.size > CONFIRM_ABOVE:
+        st.session_state[PENDING] = (spec, runner)
+    else:  # a job of this session's own, in a server thread: it outlives this script run
+        st.session_state[JOB] = sweep_jobs.submit(spec, runner).id
+        st.session_state.pop(RESULT, None)
+
+if (pending := st.session_state.get(PENDING)) is not None:
+    size = pending[0].size
+    st.warning(f"This grid has **{size:,} points** (more than {CONFIRM_ABOVE}). Sweeps run one at a time in this "
+               "server, so it holds every session's sweeps until it ends.", icon=":material/warning:")
+    if st.button(f"Start all {size:,} points", key="sweeps.confirm", type="primary"):
+        st.session_state.pop(PENDING)
+        st.session_state[JOB] = sweep_jobs.submit(*pending).id
+        st.session_state.pop(RESULT, None)
+        st.rerun()  # drawn again without the question, following the sweep
 
 
 @st.fragment(run_every=FOLLOW_EVERY_S)
-def follow(key: str) -> None:
-    """The running sweep's progress and finished points, redrawn from the job every FOLLOW_EVERY_S seconds."""
-    job = sweep_jobs.get(key)
-    if job is None or not job.running:
-        st.rerun()  # finished (or stopped) since the last redraw: the whole page shows the result
+def follow(job_id: str) -> None:
+    """This session's sweep, waiting or running: redrawn from its job every FOLLOW_EVERY_S seconds."""
+    job = sweep_jobs.get(job_id)
+    if job is None or not (job.running or job.queued):
+        st.rerun()  # ended (or left the queue) since the last redraw: the whole page shows the outcome
     bar, stop = st.columns([5, 1], vertical_alignment="bottom")
-    bar.progress(min(max(job.fraction, 0.0), 1.0), text=f"{job.total} points on the {job.executor_name} executor · "
-                                                         f"{job.what}")
+    place = sweep_jobs.position(job)
+    if place is not None:
+        bar.info(f"Waiting in the queue: **{place[0]}** in line, {place[1]} sweep running ahead (this server runs "
+                 f"{sweep_jobs.MAX_RUNNING} at a time). {job.total} points on the {job.executor_name} executor.",
+                 icon=":material/hourglass_top:")
+    else:
+        bar.progress(min(max(job.fraction, 0.0), 1.0),
+                     text=f"{job.total} points on the {job.executor_name} executor · {job.what}")
     stopping = job.stop_requested.is_set()
     if stop.button("Stop", key="sweeps.stop", icon=":material/stop:", width="stretch", disabled=stopping,
-                   help="stop after the point being computed; finished points stay cached, Start resumes"):
+                   help="your sweep only: leave the queue, or stop after the point being computed; finished "
+                        "points stay cached, Start resumes"):
         job.stop()
+        if job.state == sweep_jobs.CANCELLED:
+            st.rerun()  # it left the queue: the page says so at once
         stopping = True
-    st.caption(("Stopping after the point being computed. " if stopping else "Running in the server: open other "
-                "pages meanwhile, this page follows it when you come back. ") + f"{len(job.finished)} points done.")
+    if place is None:
+        st.caption(("Stopping after the point being computed. " if stopping else "Running in the server: open "
+                    "other pages meanwhile, this page follows it when you come back. ") +
+                   f"{len(job.finished)} points done.")
     if job.finished:
         swept = [name for name, _ in job.spec.grid]
         widgets.show_table(figures.sweep_table(list(job.finished), swept).drop(columns="key"))
 
 
 job = sweep_jobs.get(st.session_state.get(JOB))
-if job is not None and job.running:
-    follow(job.key)
+if job is not None and (job.running or job.queued):
+    follow(job.id)
     st.stop()
-if job is not None:  # done since the last run of this page: show its outcome once
+if job is not None:  # ended since the last run of this page: show its outcome once
     st.session_state.pop(JOB, None)
+    if job.state == sweep_jobs.CANCELLED:
+        st.info("Your sweep left the queue before it started.", icon=":material/cancel:")
     if job.error is not None:
         errors.show_error(job.error, "The sweep stopped")
     if job.result is not None:
@@ -106,9 +137,11 @@ listing = sweeps.sweep_records()  # verified: damaged or malformed records are s
 records = listing.rows
 if listing.warning():
     st.warning(listing.warning(), icon=":material/warning:")
-with st.expander(f"Sweeps in the cache ({len(records)}): watch one running elsewhere, or reopen a finished one"):
+with st.expander(f"Sweeps in the cache ({len(records)}): reopen a finished one, or look at one running elsewhere"):
+    st.caption("Show reads a sweep as the cache holds it now. A running one goes on: only the session (or "
+               "command) that started it can stop it.")
     pick, button = st.columns([5, 1], vertical_alignment="bottom")
-    labels = {r.key: f"{r.metrics['status']} · {r.metrics['done']}/{r.metrics['total']} points · "
+    labels = {r.key: f"{sweeps.record_status(r.metrics)} · {r.metrics['done']}/{r.metrics['total']} points · "
                      f"{', '.join(r.metrics['fields']) or 'no grid'} · {r.config['model']['arch']} on "
                      f"{r.config['data']['name']} · {r.metrics['executor']} · "
                      f"{datetime.datetime.fromtimestamp(r.metrics['updated']):%Y-%m-%d %H:%M}" for r in records}

@@ -43,9 +43,14 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
                    help="GPUs Ray reserves per point (0.5: two points share a GPU)")
     p.add_argument("--retries", type=int, default=2, help="tries after a point's first failure before it is reported")
     h = HessianSpec()
-    p.add_argument("--analyse", nargs="+", default=[], metavar="NETWORK",
+    p.add_argument("--analyse", nargs="*", default=None, metavar="NETWORK",
                    help="also run the Hessian analysis at each point on these networks: parents, vanilla, "
-                        "'OT fusion', 'fine-tuned fusion', 'retrained fusion', 'retrained vanilla'")
+                        "'OT fusion', 'fine-tuned fusion', 'retrained fusion', 'retrained vanilla'; with no names, "
+                        "the study's networks: parents, vanilla, 'OT fusion', 'retrained fusion', 'retrained vanilla' "
+                        "(the retrained ones exist where the point retrains: --retrain-epochs)")
+    p.add_argument("--confirm-size", type=int, default=None, metavar="N",
+                   help="start a grid of more than 10,000 points (otcore.sweep.LARGE_GRID): N must be its number of points "
+                        "(the refusal says it), so a grid that grew by mistake is still refused")
     p.add_argument("--hessian-batch-size", type=int, default=h.batch_size, help="examples the analysis uses")
     p.add_argument("--top-k", type=int, default=h.top_k, help="top Hessian eigenvalues per analysed network")
     p.add_argument("--power-iters", type=int, default=h.power_iters)
@@ -64,7 +69,7 @@ def _floats(text: str, what: str) -> list[float]:
 
 def _sweep_spec(args: argparse.Namespace) -> Any:
     """The SweepSpec of the sweep flags: --grid entries, then --seed-sets, then --fractions."""
-    from otcore.sweep import SweepSpec, parse_grid
+    from otcore.sweep import STUDY_NETWORKS, SweepSpec, parse_grid
 
     if getattr(args, "parents", None):
         raise SpecError("sweep trains its parents from --seeds (or --seed-sets, --grid seed=...); "
@@ -84,7 +89,19 @@ def _sweep_spec(args: argparse.Namespace) -> Any:
                           trace_method=args.trace_method, trace_probes=args.trace_probes,
                           lanczos_iters=args.lanczos_iters, lambda_points=args.lambda_points)
     return SweepSpec(tuple(grid), data, model, train_spec(args), prune_spec(args, PruneSpec().fraction),
-                     fusion_spec(args), tuple(args.seeds), args.step, args.device, tuple(args.analyse), hessian)
+                     fusion_spec(args), tuple(args.seeds), args.step, args.device,
+                     STUDY_NETWORKS if args.analyse == [] else tuple(args.analyse or ()), hessian)
+
+
+def _check_size(size: int, confirmed: int | None) -> None:
+    """Refuse a grid over LARGE_GRID points unless --confirm-size gives its size; refuse a size that differs."""
+    from otcore.sweep import LARGE_GRID
+
+    if confirmed is not None and confirmed != size:
+        raise SpecError(f"--confirm-size {confirmed} does not match the grid, which has {size:,} points")
+    if size > LARGE_GRID and confirmed is None:
+        raise SpecError(f"the grid has {size:,} points (more than {LARGE_GRID:,}): to start it, rerun with "
+                        f"--confirm-size {size}")
 
 
 @command("sweep", _sweep_args)
@@ -94,6 +111,7 @@ def run_sweep(args: argparse.Namespace) -> dict:
     from otcore.sweep import run_sweep as sweep
 
     spec = _sweep_spec(args)
+    _check_size(spec.size, args.confirm_size)
     runner = executor(args.executor, args.ray_address, args.retries, args.cpus_per_task,
                       **({"num_cpus": args.ray_cpus, "gpus_per_task": args.gpus_per_task}
                          if args.executor == "ray" else {}))
@@ -102,15 +120,17 @@ def run_sweep(args: argparse.Namespace) -> dict:
         result = sweep(spec, runner, progress=bar)
     finally:
         bar.close()
-    rows, lines = [], []
+    rows, lines, first = [], [], {}  # first: the label of the first point of each key
     for point in result.points:
         row = prune_json(point.comparison) if spec.step == "prune" else comparison_json(point.comparison)
         row.pop("text", None)
         rows.append({**row, "seeds": list(point.seeds), "point": point.values, "key": point.key,
                      "curvature": point.curvature})  # method -> its analysis (with --analyse)
         label = ", ".join(f"{k}={v}" for k, v in point.values.items())
+        same = f"  (the same computation as {first[point.key]})" if point.key in first else ""
+        first.setdefault(point.key, label)
         lines.append(f"{label}: OT {row['ot_fusion']:.2f}%  vanilla {row.get('vanilla_average', float('nan')):.2f}%  "
-                     f"ensemble {row['prediction_ensemble']:.2f}%{'  (cached)' if point.cached else ''}")
+                     f"ensemble {row['prediction_ensemble']:.2f}%{'  (cached)' if point.cached else ''}{same}")
     failed = [{"point": f.values, "seeds": list(f.seeds), "key": f.key, "error": f.error, "attempts": f.attempts}
               for f in result.failed]
     lines += [f"FAILED {', '.join(f'{k}={v}' for k, v in f['point'].items())} after {f['attempts']} tries: "

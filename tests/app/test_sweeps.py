@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 
 import pytest
 
@@ -123,11 +124,11 @@ def test_a_sweep_runs_on_across_reruns_and_stops_when_asked(page, sweep_cache, m
     at.button(key="sweeps.stop").click().run()
     assert any("Stopping after the point being computed" in c.value for c in at.caption)
     release.set()
-    assert finish(at).result.status == "stopped: SweepStopped: the Stop button was pressed"
+    assert finish(at).result.status == "stopped: the Stop button was pressed"
     assert len(job.finished) == 1  # the point under way finished; the other two never started
     at.run()
     assert not at.exception and JOB not in at.session_state
-    summary = "**1** of 3 points · 0 failed · stopped: SweepStopped: the Stop button was pressed"
+    summary = "**1** of 3 points · 0 failed · stopped: the Stop button was pressed"
     assert any(summary in c.value for c in at.main.caption)
     assert len(at.dataframe[0].value) == 5  # the finished point's five methods, cached: Start resumes from here
 
@@ -156,3 +157,96 @@ def test_a_sweep_that_analyses_a_network_plots_its_curvature_and_gives_the_study
     buttons = {b.key: b.proto.label for b in at.get("download_button")}
     assert buttons["sweeps.download.study.latex"] == "Table (LaTeX)"
     assert buttons["sweeps.download.report"] == "Report (HTML)"
+
+
+def wait_for(condition, what: str) -> None:
+    """Poll until `condition()` holds (a sweep thread changes state on its own), failing after TIMEOUT_S."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"still waiting for {what}"
+        time.sleep(0.02)
+
+
+def queue_text(at) -> str:
+    return " ".join(i.value for i in at.info if "Waiting in the queue" in i.value)
+
+
+def test_two_sessions_with_the_same_grid_each_stop_only_their_own_sweep_and_the_second_waits_in_the_queue(
+        page, sweep_cache, monkeypatch):
+    release = threading.Event()
+
+    def held_point(*args, **kwargs):
+        assert release.wait(TIMEOUT_S)
+        return run_point(*args, **kwargs)
+
+    monkeypatch.setattr(sweep_jobs, "POINT_TASK", held_point)
+    assert sweep_jobs.MAX_RUNNING == 1
+    first, second = page(SWEEPS_PAGE).run(), page(SWEEPS_PAGE).run()  # two sessions of one server process
+    for at in (first, second):
+        at.multiselect(key="sweeps.fractions").set_value([0.0, 0.3])
+    first.button(key="sweeps.start").click().run()
+    second.button(key="sweeps.start").click().run()  # the same settings: a job of its own, not the first's
+    a, b = job_of(first), job_of(second)
+    assert a.id != b.id and a.key == b.key
+    wait_for(lambda: a.running, "the first sweep to run")
+    assert b.queued and sweep_jobs.position(b) == (1, 1)
+    assert "**1** in line, 1 sweep running ahead" in queue_text(second)
+    assert not queue_text(first) and len(first.get("progress")) == 1
+
+    # The second session's Stop takes its own job out of the queue; the first sweep runs on.
+    second.button(key="sweeps.stop").click().run()
+    assert b.state == sweep_jobs.CANCELLED and a.running and not a.stop_requested.is_set()
+    assert any("left the queue" in i.value for i in second.info) and JOB not in second.session_state
+    first.run()
+    assert len(first.get("progress")) == 1 and not first.exception
+
+    # Queued again; now the first session stops its sweep: the second's starts, and nobody stops it.
+    second.button(key="sweeps.start").click().run()
+    b = job_of(second)
+    assert "**1** in line" in queue_text(second)
+    first.button(key="sweeps.stop").click().run()
+    assert a.stop_requested.is_set() and not b.stop_requested.is_set()
+    release.set()
+    assert finish(first).result.status == "stopped: the Stop button was pressed"
+    assert b.wait(TIMEOUT_S) and b.result.status == "finished" and b.error is None
+    assert [p.values["prune.fraction"] for p in b.result.points] == [0.0, 0.3]
+    second.run()
+    assert not second.exception and any("**2** of 2 points · 0 failed · finished" in c.value
+                                        for c in second.main.caption)
+
+
+def test_a_large_grid_shows_its_size_and_starts_only_when_confirmed(page, sweep_cache, monkeypatch):
+    monkeypatch.setattr(sweep_jobs, "POINT_TASK", run_point)
+    at = page(SWEEPS_PAGE).run()
+    at.multiselect(key="sweeps.fractions").set_value([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    at.multiselect(key="sweeps.types").set_value(["unstructured", "structured"])
+    at.number_input(key="sweeps.seed_sets").set_value(8)  # 7 x 2 x 8 = 112 points
+    at.button(key="sweeps.start").click().run()
+    assert not at.exception and JOB not in at.session_state  # nothing started yet
+    assert any("This grid has **112 points** (more than 100)" in w.value for w in at.warning)
+    assert at.button(key="sweeps.confirm").proto.label == "Start all 112 points"
+    # Changing the grid and pressing Start again replaces the question; a small grid starts at once.
+    at.number_input(key="sweeps.seed_sets").set_value(1)
+    at.multiselect(key="sweeps.fractions").set_value([0.5])
+    at.multiselect(key="sweeps.types").set_value(["unstructured"])
+    at.button(key="sweeps.start").click().run()
+    assert not at.warning and finish(at).result.status == "finished" and job_of(at).total == 1
+    # A large grid confirmed starts, with every point in the job.
+    at.run()
+    at.number_input(key="sweeps.seed_sets").set_value(8)
+    at.multiselect(key="sweeps.fractions").set_value([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    at.multiselect(key="sweeps.types").set_value(["unstructured", "structured"])
+    at.button(key="sweeps.start").click().run()
+    release = threading.Event()
+
+    def held_point(*args, **kwargs):
+        assert release.wait(TIMEOUT_S)
+        return run_point(*args, **kwargs)
+
+    monkeypatch.setattr(sweep_jobs, "POINT_TASK", held_point)
+    at.button(key="sweeps.confirm").click().run()
+    job = job_of(at)
+    assert job.total == 112 and (job.running or job.queued) and not at.warning
+    job.stop()  # no need to train 16 parents: stop after the first point
+    release.set()
+    assert job.wait(TIMEOUT_S) and job.result.status == "stopped: the Stop button was pressed"

@@ -92,7 +92,7 @@ def test_a_sweep_runs_on_while_other_pages_are_open_and_stops(browser_cache: Pat
         assert page.locator(f"{key('sweeps.stop')} button").count() >= 1, "12 points ended before the page was back"
         assert any("points done" in c for c in page.locator("[data-testid='stCaptionContainer']").all_inner_texts())
         click(page, "sweeps.stop")
-        page.wait_for_selector("text=SweepStopped: the Stop button was pressed", timeout=300_000)
+        page.wait_for_selector("text=stopped: the Stop button was pressed", timeout=300_000)
         summary = page.locator("[data-testid='stCaptionContainer']:has-text('0 failed')").first.inner_text()
         done = int(summary.split(" of ")[0].strip("* "))
         assert done >= 1 and done < 12 and "of 12 points" in summary  # stopped part-way
