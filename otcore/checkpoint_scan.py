@@ -8,7 +8,8 @@ reads only the declarations (a pure-Python unpickler that builds placeholders, n
 runs no code) and bounds everything loading will allocate by the file's own size, so a refusal
 costs milliseconds and kilobytes. The unpickler is `otcore.pickle_bounds`': containers nested over
 64 deep or expanding past MAX_EXPANDED items (shared references counted each time they are reached),
-and dict keys that are not names or numbers, are refused as they are built, before anything hashes them. Refusals raise `Refused`, whose message completes "<file> was refused: ".
+and dict keys that are not names or numbers, are refused as they are built, before anything hashes
+them. Refusals raise `Refused`, whose message completes "<file> was refused: ".
 """
 from __future__ import annotations
 
