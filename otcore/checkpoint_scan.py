@@ -150,7 +150,8 @@ class _Declarations(BoundedUnpickler):
         if full in _PARAMETER_REBUILDS:
             return lambda data, *args: data
         if full not in self.allowed:
-            raise Refused(f"it carries code or objects that are not plain tensors (loading it would call {brief_text(full, 120)})")
+            raise Refused("it carries code or objects that are not plain tensors (loading it would call "
+                          f"{brief_text(full, 120)})")
         if name.endswith("Storage"):
             return _StorageType(name, _STORAGE_DTYPES.get(name))
         value = getattr(torch, name, None) if module == "torch" else None
