@@ -119,15 +119,24 @@ class BoundedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]  # the 
         """(depth, size) of a new container holding `items`; seals the mutable ones, refuses past the bounds.
 
         `copied`: the items this step allocates (default: len(items))."""
-        depth, size = 0, 1
+        depth, size, shapes = 0, 1, self._shapes
         for item in items:
-            if isinstance(item, _MUTABLE):
+            entry = shapes.get(id(item))
+            if entry is None:
+                kind = type(item)
+                if kind is str or kind is bytes or kind is bytearray:
+                    size += 1 + len(item) // TEXT_UNIT
+                    continue
+                if not isinstance(item, _MUTABLE):
+                    item_depth, item_size = self._shape(item)
+                    depth, size = max(depth, item_depth), size + item_size
+                    continue
                 entry = self._entry(item)
+            if entry[3] is False and isinstance(item, _MUTABLE):
                 entry[3] = True  # placed inside another: changing it now would grow this one unseen
-                depth, size = max(depth, entry[1]), size + entry[2]
-            else:
-                item_depth, item_size = self._shape(item)
-                depth, size = max(depth, item_depth), size + item_size
+            if entry[1] > depth:
+                depth = entry[1]
+            size += entry[2]
         return self._bounded(depth + 1, size, len(items) if copied is None else copied)
 
     def _bounded(self, depth: int, size: int, copied: int) -> tuple[int, int]:
