@@ -81,6 +81,8 @@ class BoundedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]  # the 
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if cls.opcodes & _UNBOUNDED:
+            raise TypeError(f"{cls.__name__} lists opcodes whose objects are not bounded: {sorted(cls.opcodes & _UNBOUNDED)}")
         table = {**pickle._Unpickler.dispatch, **_BOUNDED}  # type: ignore[attr-defined]
         cls.dispatch = _Dispatch({op[0]: _counted(table[op[0]]) for op in cls.opcodes})
 
@@ -311,5 +313,6 @@ _BOUNDED = {
     pickle.ADDITEMS[0]: _load_additems, pickle.REDUCE[0]: _load_reduce, pickle.NEWOBJ[0]: _load_newobj,
     pickle.BUILD[0]: _load_build,
 }
-# Opcodes that build objects in ways no file of ours needs (INST/OBJ call classes with any arguments,
-# NEWOBJ_EX takes keyword arguments, EXT* name registry entries): a subclass listing one gets pickle's own.
+# Opcodes that build objects in ways the bookkeeping above does not follow (INST/OBJ call classes with any
+# arguments, NEWOBJ_EX with keyword arguments, EXT* fetch registry entries); no file of ours needs them.
+_UNBOUNDED = frozenset((pickle.INST, pickle.OBJ, pickle.NEWOBJ_EX, pickle.EXT1, pickle.EXT2, pickle.EXT4))
