@@ -1,11 +1,15 @@
 """Hostile checkpoints (tests/faults/hostile_files.py): how fast and in how much memory each is refused.
 
-Two measurements per file: `load_checkpoint(path, model=mlpnet)` in one warm process (seconds of the
+First table, two measurements per file: `load_checkpoint(path, model=mlpnet)` in one warm process (seconds of the
 call; rise of peak RSS above the RSS before it, the peak reset per file through /proc/self/clear_refs),
 and the whole CLI `python -m otcore fuse --parents good FILE` (wall seconds; peak RSS above the same
 command refusing a missing file).
 
-Run: python -m bench.hostile_checkpoints
+Second table: the hostile pickle shapes of tests/faults/hostile_pickles.py (deep keys and values, shared-reference
+DAGs, containers grown after sharing, huge memo indices, colliding keys) at growing sizes, in a torch zip, a legacy
+torch file and a CIFAR batch: milliseconds and peak RSS rise of refusing each in one warm process.
+
+Run: python -m bench.hostile_checkpoints [--shapes-only]
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 from bench.common import machine, table  # noqa: E402
 from otcore.checkpoints import save_checkpoint  # noqa: E402
 from tests.faults.hostile_files import HOSTILE, fuse_measured, model_state  # noqa: E402
+from tests.faults.hostile_pickles import CARRIERS, SHAPES  # noqa: E402
 
 # Runs in a fresh process so that building the files (a 10^6-entry JSON) does not count.
 _LOADER = """
@@ -45,8 +50,65 @@ for path in sys.argv[2:]:
 """
 
 
+# The same per file for pickle shapes: argv[1] is the carrier; a warm-up reads an honest file of that kind first.
+_SHAPE_READER = """
+import io, json, pickle, sys, time
+import numpy as np, torch
+from otcore.checkpoints import CheckpointError, load_checkpoint
+from otcore.cifar_pickle import read_batch
+from otcore.datafiles import DataError
+def status(field):
+    with open("/proc/self/status") as f:
+        return int(next(l for l in f if l.startswith(field + ":")).split()[1]) * 1024
+cifar = sys.argv[1] == "CIFAR batch"
+read = (lambda raw: read_batch(raw, "labels", 10)) if cifar else load_checkpoint
+buffer = io.BytesIO()
+torch.save({"w": torch.ones(3)}, buffer, _use_new_zipfile_serialization=sys.argv[1] == "torch zip")
+read(pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 1]}) if cifar else buffer.getvalue())
+for path in sys.argv[2:]:
+    raw = open(path, "rb").read()
+    open("/proc/self/clear_refs", "w").write("5")
+    rss, start = status("VmRSS"), time.perf_counter()
+    try:
+        read(raw)
+        outcome = "ACCEPTED"
+    except (CheckpointError, DataError) as err:
+        outcome = str(err)
+    print(json.dumps([path, time.perf_counter() - start, status("VmHWM") - rss, outcome]), flush=True)
+"""
+
+
+def shapes_table(folder: Path) -> str:
+    """Refusing each pickle shape at each size in each carrier: ms and peak RSS rise, one warm process a carrier."""
+    rows = []
+    for carrier, wrap in CARRIERS.items():
+        files = {}
+        for shape, (make, sizes, _) in SHAPES.items():
+            for size in sizes:
+                path = folder / f"{carrier}-{shape}-{size}".replace(" ", "-")
+                path.write_bytes(wrap(make(size)))
+                files[str(path)] = (shape, size)
+        done = subprocess.run([sys.executable, "-c", _SHAPE_READER, carrier, *files], cwd=ROOT, capture_output=True,
+                              text=True, timeout=600, env={"PATH": ""})
+        if done.returncode:
+            raise SystemExit(f"{carrier}: the reader exited with {done.returncode}: {done.stderr[-1000:]}")
+        for path, seconds, rise, message in map(json.loads, done.stdout.splitlines()):
+            shape, size = files[path]
+            rows.append([carrier, shape, f"{size:,}", f"{Path(path).stat().st_size:,}", f"{1000 * seconds:.1f}",
+                         f"{rise / 2**20:.1f}", message.split(": ", 1)[-1][:70]])
+    return table(["file", "shape", "size", "bytes", "ms", "peak rise MiB", "message"], rows)
+
+
 def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="bench-hostile-"))
+    if "--shapes-only" not in sys.argv[1:]:
+        checkpoints_table(folder)
+    print(f"\nHostile pickle shapes refused; {machine()}\n")
+    print(shapes_table(folder))
+
+
+def checkpoints_table(folder: Path) -> None:
+    """The first table: every HOSTILE file through load_checkpoint and through the CLI."""
     good = folder / "good.checkpoint"
     save_checkpoint(model_state(), good, format="paper")
     files = {kind: make(folder)[0] for kind, make in HOSTILE.items()}

@@ -26,6 +26,7 @@ import torch
 
 from otcore.checkpoint_scan import WEIGHT_DTYPES, Corrupt, Refused, allowed_globals, scan_safetensors, scan_torch
 from otcore.errors import UserError
+from otcore.pickle_bounds import brief, brief_text
 from otcore.atomic import write_atomic  # noqa: F401  (re-exported: save_checkpoint writes through it)
 
 try:  # numpy >= 2 moved the scalar constructor; files written under numpy 1 name the old path
@@ -131,7 +132,7 @@ def match_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tens
                                   f"the model expects {_shape(tuple(tensor.shape))}")
     for key in state_dict:
         if key not in expected:
-            raise CheckpointError(f"checkpoint does not fit {name}: {key} is not a tensor of the model")
+            raise CheckpointError(f"checkpoint does not fit {name}: {_name(key)} is not a tensor of the model")
 
 
 def load_into(model: torch.nn.Module, checkpoint: Checkpoint | Mapping[str, torch.Tensor],
@@ -218,7 +219,7 @@ def _parse_safetensors(data: bytes, label: str) -> tuple[dict[str, torch.Tensor]
     for key, value in raw_meta.items():
         try:
             meta[key] = json.loads(value)
-        except (TypeError, ValueError):  # metadata written by other tools is often plain text
+        except (TypeError, ValueError, RecursionError):  # metadata written by other tools is often plain text
             meta[key] = value
     return state, meta, "safetensors"
 
@@ -247,6 +248,7 @@ def _interpret(obj: Any, label: str) -> tuple[dict[str, torch.Tensor], dict[str,
         raise CheckpointError(f"{label} holds a {type(obj).__name__}, not a dict of tensors")
     if "model_state_dict" in obj:
         meta = {k: _plain_scalar(obj[k]) for k in ("test_accuracy", "epoch") if k in obj}
+        meta = {k: v for k, v in meta.items() if _is_scalar(v)}  # informational: a structure there is not shown
         return _tensor_dict(obj["model_state_dict"], f"{label} (model_state_dict)"), meta, "paper"
     return _tensor_dict(obj, label), {}, "state_dict"
 
@@ -256,8 +258,16 @@ def _tensor_dict(obj: Any, label: str) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{label} holds no tensors")
     for key, value in obj.items():
         if not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"{label} holds '{key}', a {type(value).__name__}, where a tensor is expected")
+            raise CheckpointError(f"{label} holds '{_name(key)}', a {type(value).__name__}, where a tensor is expected")
     return {str(k): v for k, v in obj.items()}
+
+
+def _name(key: Any) -> str:
+    return brief_text(key) if isinstance(key, str) else brief(key)
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (int, float)) or (isinstance(value, str) and len(value) <= 1024)
 
 
 def _json_default(value: Any) -> Any:
@@ -278,16 +288,16 @@ def _validate(state: dict[str, torch.Tensor], label: str) -> None:
         raise CheckpointError(f"{label} holds no tensors")
     for key, tensor in state.items():
         if tensor.layout != torch.strided or tensor.is_meta or tensor.dtype not in WEIGHT_DTYPES:
-            raise CheckpointError(f"{label}: {key} is not a dense tensor of weights ({tensor.layout}, "
+            raise CheckpointError(f"{label}: {_name(key)} is not a dense tensor of weights ({tensor.layout}, "
                                   f"{str(tensor.dtype).removeprefix('torch.')}, {tensor.device})")
         if key.endswith(_FLOAT_SUFFIXES) and not tensor.is_floating_point():
-            raise CheckpointError(f"{label}: {key} holds {str(tensor.dtype).removeprefix('torch.')} values "
+            raise CheckpointError(f"{label}: {_name(key)} holds {str(tensor.dtype).removeprefix('torch.')} values "
                                   "where floating-point weights are expected")
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             bad = "NaN" if bool(torch.isnan(tensor).any()) else "Inf"
-            raise CheckpointError(f"{label}: tensor {key} contains {bad} values")
+            raise CheckpointError(f"{label}: tensor {_name(key)} contains {bad} values")
         if tensor.dtype == torch.float64 and not bool(torch.isfinite(tensor.to(torch.float32)).all()):
             # finite here, Inf in the float32 model: as useless as an Inf in the file
-            raise CheckpointError(f"{label}: tensor {key} holds values beyond the float32 range "
+            raise CheckpointError(f"{label}: tensor {_name(key)} holds values beyond the float32 range "
                                   f"(largest {tensor.abs().max().item():.3g}), Inf once loaded into the model")
 

@@ -6,13 +6,14 @@ names, and even numpy's own unpickling lets a file BUILD a structured dtype whos
 point gigabytes outside the array (reading it segfaults or copies foreign memory into pixels).
 Here pickle never reaches numpy: the few names a batch uses resolve to small recorders that accept
 one dtype (uint8) and a payload of exactly the declared number of bytes, and the pixels are made
-by np.frombuffer at the end. A scan of the opcodes first bounds the work and the memory by the
-file's size, so shared references cannot make a small file expand.
+by np.frombuffer at the end. The unpickler is `otcore.pickle_bounds`' (pure Python, memo in a dict):
+it runs only a batch's opcodes, no more of them than a batch of the file's size holds, and refuses
+containers nested deeper or expanding larger (shared references counted each time) than a batch's,
+before anything is hashed or printed, so a small file can neither expand nor crash the reader.
 """
 from __future__ import annotations
 
 import io
-import pickle
 import pickletools
 from typing import Any
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from collections.abc import Callable
 import numpy as np
 
 from otcore.datafiles import DataError
+from otcore.pickle_bounds import TEXT_UNIT, BoundedUnpickler, PickleRefused, brief, brief_text
 
 PIXELS = 3 * 32 * 32  # bytes of one image, a row of `data`
 MAX_TEXT = 1024  # longest batch label or file name
@@ -35,6 +37,7 @@ _OPCODES = frozenset({
 })
 _OPS_PER_IMAGE = 16  # a real batch has at most ~6 (label, coarse label, file name as _codecs.encode(...))
 _OPS_FIXED = 4096
+_ITEMS_PER_OP = 4  # expanded items per operation: a batch shares nothing, so it expands to about its op count
 _LABEL_KEYS = ("labels", "fine_labels", "coarse_labels")
 _KNOWN_KEYS = frozenset({"batch_label", "data", "filenames", *_LABEL_KEYS})
 
@@ -63,7 +66,7 @@ class _Dtype:
 
     def __init__(self, typestr: Any, align: Any = False, copy: Any = False) -> None:
         if typestr not in ("u1", "|u1", b"u1"):
-            raise DataError(f"refused dtype {str(typestr)[:40]!r}: CIFAR pixels are uint8")
+            raise DataError(f"refused dtype {brief(typestr, 40)}: CIFAR pixels are uint8")
         self.built = False
 
     def __setstate__(self, state: Any) -> None:
@@ -78,12 +81,18 @@ class _Dtype:
         self.built = True
 
 
+def _shape_text(shape: Any) -> str:
+    if type(shape) is tuple and len(shape) <= 4 and all(type(d) is int and d.bit_length() <= 64 for d in shape):
+        return repr(shape)
+    return brief(shape)
+
+
 def _pixels(shape: Any, dtype: Any, payload: Any) -> np.ndarray:
     """A (N, 3072) uint8 array from a declared shape, dtype and payload, all checked first."""
     if not isinstance(dtype, _Dtype):
         raise DataError("the array's dtype is not uint8")
     if not (type(shape) is tuple and len(shape) == 2 and all(type(d) is int and d >= 0 for d in shape)):
-        raise DataError(f"the array's shape {str(shape)[:60]} is not (images, 3072)")
+        raise DataError(f"the array's shape {_shape_text(shape)} is not (images, 3072)")
     size = shape[0] * shape[1]
     if type(payload) is str:  # Python 2 strings, decoded as latin-1 by the unpickler
         if len(payload) != size:
@@ -146,21 +155,24 @@ _NAMES: dict[tuple[str, str], _Name] = {
 }
 
 
-class _BatchUnpickler(pickle.Unpickler):
+class _BatchUnpickler(BoundedUnpickler):
+    opcodes = frozenset(op.code.encode("latin1") for op in pickletools.opcodes if op.name in _OPCODES)
+
+    def __init__(self, raw: bytes) -> None:
+        self.budget = _OPS_FIXED + _OPS_PER_IMAGE * (len(raw) // PIXELS)
+        super().__init__(io.BytesIO(raw), _ITEMS_PER_OP * self.budget + len(raw) // TEXT_UNIT)
+        self.size = len(raw)
+
+    def count_op(self) -> None:
+        self.ops += 1
+        if self.ops > self.budget:
+            raise DataError(f"more than {self.budget:,} pickle operations, more than a batch of {self.size:,} bytes holds")
+
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in _NAMES:
-            raise DataError(f"refused {module}.{name}: a CIFAR batch holds only arrays, lists and strings")
+            raise DataError(f"refused {brief_text(module, 60)}.{brief_text(name, 60)}: a CIFAR batch holds only "
+                            "arrays, lists and strings")
         return _NAMES[(module, name)]
-
-
-def _scan(raw: bytes) -> None:
-    """Refuse opcodes a batch never holds, and more of them than a batch of this size can hold."""
-    budget = _OPS_FIXED + _OPS_PER_IMAGE * (len(raw) // PIXELS)
-    for count, (opcode, _, position) in enumerate(pickletools.genops(io.BytesIO(raw)), 1):
-        if opcode.name not in _OPCODES:
-            raise DataError(f"pickle opcode {opcode.name} at byte {position} is not in a CIFAR batch")
-        if count > budget:
-            raise DataError(f"more than {budget:,} pickle operations, more than a batch of {len(raw):,} bytes holds")
 
 
 def _text(value: Any, what: str) -> None:
@@ -176,26 +188,27 @@ def _labels(values: Any, key: str, count: int, classes: int) -> np.ndarray:
         raise DataError(f"{key} are not all integers")
     low, high = (min(values), max(values)) if values else (0, 0)
     if low < 0 or high >= classes:
-        raise DataError(f"label {low if low < 0 else high} in {key} is outside 0..{classes - 1}")
+        raise DataError(f"label {brief(low if low < 0 else high)} in {key} is outside 0..{classes - 1}")
     return np.asarray(values, dtype=np.int64)
 
 
 def read_batch(raw: bytes, label_key: str, classes: int) -> tuple[np.ndarray, np.ndarray]:
     """(images (N, 3, 32, 32) uint8, labels (N,) int64) of one CIFAR python batch; DataError if it is anything else."""
     try:
-        _scan(raw)
-        batch = _BatchUnpickler(io.BytesIO(raw), encoding="latin1").load()  # the published files are Python 2 pickles
+        batch = _BatchUnpickler(raw).load()  # latin-1: the published files are Python 2 pickles
     except DataError:
         raise
+    except PickleRefused as err:
+        raise DataError(str(err)) from None
     except Exception as err:  # noqa: BLE001 - whatever a malformed pickle raises, the file is not a batch
-        raise DataError(f"not a CIFAR batch ({type(err).__name__}: {str(err)[:120]})") from None
+        raise DataError(f"not a CIFAR batch ({type(err).__name__}: {brief_text(str(err), 120)})") from None
     if type(batch) is not dict:
         raise DataError("not a CIFAR batch (a dict of data, labels and names)")
     entries = {}
     for key, value in batch.items():
         name = key.decode("latin1") if type(key) is bytes else key
         if type(name) is not str or name not in _KNOWN_KEYS:
-            raise DataError(f"unexpected entry {str(name)[:40]!r} in a CIFAR batch")
+            raise DataError(f"unexpected entry {brief(name, 40)} in a CIFAR batch")
         entries[name] = value
     data = entries.get("data")
     if not isinstance(data, _Array) or data.pixels is None or data.pixels.shape[1] != PIXELS:

@@ -253,6 +253,40 @@ def deep_metadata(folder: Path, depth: int = 200_000) -> tuple[Path, list[str]]:
     return _safetensors(folder, "deep.safetensors", header), [f"{depth + 2:,} levels"]
 
 
+def deep_metadata_value(folder: Path, depth: int = 200_000) -> tuple[Path, list[str]]:
+    """A metadata value (a string, as the format wants) holding JSON nested 200,000 deep: json.loads recursed."""
+    header = json.dumps({"__metadata__": {"config": "[" * depth + "]" * depth}}).encode()
+    return _safetensors(folder, "deep-value.safetensors", header), ["'config'", f"{depth:,} levels"]
+
+
+def _pickle_shape(folder: Path, name: str, carrier: str, shape: str, size: int, *fragments: str) -> tuple[Path, list[str]]:
+    from tests.faults import hostile_pickles  # it builds on this module's zip writer
+
+    path = folder / name
+    make = hostile_pickles.SHAPES[shape][0]
+    path.write_bytes(hostile_pickles.CARRIERS[carrier](make(size)))
+    return path, [name, *fragments]
+
+
+def deep_key(folder: Path) -> tuple[Path, list[str]]:
+    """300 KB: a dict key nested 300,000 deep (hashing it overflowed the C stack: SIGSEGV, exit 139)."""
+    return _pickle_shape(folder, "deep-key.pt", "torch zip", "deep tuple key", 300_000, "64 levels deep")
+
+
+def shared_key_legacy(folder: Path) -> tuple[Path, list[str]]:
+    """Under 1 KB, legacy format: a key whose 60 levels each hold the level below twice (2^60 items to hash)."""
+    return _pickle_shape(folder, "shared-key.pt", "legacy torch", "shared key", 60, "shared references")
+
+
+def shared_lists_zip(folder: Path) -> tuple[Path, list[str]]:
+    return _pickle_shape(folder, "shared-lists.pt", "torch zip", "shared lists", 60, "shared references")
+
+
+def huge_memo_index(folder: Path) -> tuple[Path, list[str]]:
+    """One memo put at index 250,000,000 (the C unpickler sized its memo array to it)."""
+    return _pickle_shape(folder, "memo.pt", "torch zip", "memo index", 250_000_000, "not a dict of tensors")
+
+
 def million_tensors(folder: Path, count: int = 1_000_000) -> tuple[Path, list[str]]:
     """10^6 one-float tensors: a 60 MB header the Rust parser took 44 s and 2.9 GB over."""
     return _safetensors(folder, "million.safetensors", _tiny_tensors(count), bytes(4 * count)), ["header", "limit"]
@@ -286,7 +320,9 @@ HOSTILE: dict[str, Callable[[Path], tuple[Path, list[str]]]] = {
     "meta": meta, "nested": nested, "float8": float8, "float64 1e39": float64_overflow,
     "metadata 200,000 deep": deep_metadata, "10^6 safetensors": million_tensors,
     "20,000 safetensors": many_safetensors, "safetensors float8": safetensors_float8,
-    "FIFO": fifo, "link to /dev/zero": dev_zero_link,
+    "metadata value 200,000 deep": deep_metadata_value, "tuple key 300,000 deep": deep_key,
+    "legacy: shared key, 60 levels": shared_key_legacy, "shared lists, 60 levels": shared_lists_zip,
+    "memo index 250,000,000": huge_memo_index, "FIFO": fifo, "link to /dev/zero": dev_zero_link,
 }
 # `python -m otcore` as runpy runs it, writing the process's peak RSS (VmHWM) to $PEAK_FILE at exit.
 # VmHWM, not ru_maxrss: Linux carries the parent's high-water mark into a child's ru_maxrss through
