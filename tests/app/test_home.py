@@ -119,6 +119,7 @@ def test_tampered_and_malformed_entries_are_skipped_with_one_warning(page, app_c
     import shutil
 
     from otcore.cache import CacheEntry, DiskCache
+    from otcore.config import spec_hash
 
     good, tampered = digits_parents
     for parent in digits_parents:  # the two parents only: other tests add their entries to the app cache
@@ -129,9 +130,9 @@ def test_tampered_and_malformed_entries_are_skipped_with_one_warning(page, app_c
     path.write_bytes(path.read_bytes().replace(value, (b"1" if value[:1] == b"9" else b"9") + value[1:], 1))
     cache = DiskCache(tmp_path)
     text = cache.load(good.key)
-    text.key, text.metrics["test"]["accuracy"] = "textaccuracy", "97.5"  # the crash of issue 14: format code 'f'
+    text.key, text.metrics["test"]["accuracy"] = spec_hash("parent", "text"), "97.5"  # issue 14: format code 'f'
     cache.store(text)
-    cache.store(CacheEntry("nostatus", "sweep", {"data": {"name": "digits"}, "model": {"arch": "mlpnet"},
+    cache.store(CacheEntry(spec_hash("sweep", "nostatus"), "sweep", {"data": {"name": "digits"}, "model": {"arch": "mlpnet"},
                                                  "step": "prune"}, {"done": 0}))  # the KeyError: 'status'
     (tmp_path / "truncated.safetensors").write_bytes(path.read_bytes()[:100])
     at = page(HOME).run()
