@@ -302,7 +302,8 @@ def comparison_from_entry(entry: CacheEntry, in_memory: dict[str, nn.Module], te
             net = copy_model(template)
             net.load_state_dict(state)
             net = net.to(dev).eval()
-        test, train_scores = (Evaluation(r[s]["accuracy"], r[s]["loss"]) for s in ("test", "train"))  # records.METHOD_ROW
+        test, train_scores = (Evaluation(r[s]["accuracy"], r[s]["loss"], r[s].get("per_class"))  # records.EVALUATION
+                              for s in ("test", "train"))
         rows.append(MethodResult(r["method"], test, train_scores, r["parameters"],
                                  r["inference_ms"], net, r["key"], method_id))
     plans = {k[len("plan/"):]: v for k, v in entry.tensors.items() if k.startswith("plan/")}

@@ -28,7 +28,7 @@ class Optional:
 TIMESTAMP = "timestamp"  # seconds since the epoch that time.localtime and datetime can show
 _LATEST_TIMESTAMP = 1e11  # about the year 5100; datetime.fromtimestamp fails beyond year 9999
 
-EVALUATION = {"accuracy": float, "loss": float}
+EVALUATION = {"accuracy": float, "loss": float, "per_class": Optional([(float, type(None))])}  # comparison.Evaluation
 # Rows of a comparison: pipeline.comparison_from_entry and sweep.scores rebuild MethodResults from them.
 METHOD_ROW = {"method": str, "id": str, "test": EVALUATION, "train": EVALUATION, "parameters": int,
               "inference_ms": float, "key": (str, type(None))}
