@@ -445,3 +445,26 @@ def test_verification_in_small_chunks_agrees_with_load(tmp_path, monkeypatch):
     record, entry = cache.load_record(key), cache.load(key)
     assert (record.kind, record.metrics, record.created) == (entry.kind, entry.metrics, entry.created)
     assert_same_entry(entry, stored)  # loading reads in the same small chunks
+
+
+def test_a_key_keeps_its_settings_through_pickle_copy_and_json():
+    import copy
+    import json
+    import pickle
+
+    from otcore.config import CacheKey, DataSpec, ModelSpec, settings_digest
+    from otcore.keys import parent_key
+
+    key = parent_key(DataSpec(), ModelSpec(), TrainSpec(seed=3))
+    assert isinstance(key, CacheKey) and settings_digest(key.settings) == key
+    assert key.settings[1] == "parent" and key.settings[-1]["seed"] == 3
+    for twin in (pickle.loads(pickle.dumps(key)), copy.deepcopy(key), CacheKey(json.loads(json.dumps(key.settings)))):
+        assert twin == key and twin.settings == key.settings  # what a record stores re-derives the same key
+
+
+def test_store_refuses_a_key_that_does_not_carry_its_settings(tmp_path, key):
+    cache = DiskCache(tmp_path)
+    with pytest.raises(ValueError, match="does not carry its settings"):
+        cache.store(make_entry(str(key)))  # a plain string: its entry could not be checked on reading
+    assert cache.keys() == []
+
