@@ -1,38 +1,42 @@
 """Content-addressed disk cache of step results (weights, arrays, metrics) in `cached_models/`.
 
 One safetensors file per entry, `<key>.safetensors`; its string metadata holds the entry's
-kind, config, metrics and creation time as JSON, and a sha256 over that JSON and the tensors,
-so damaged entries are detected, removed and recomputed. Writes are atomic (temp file, fsync,
-rename) and a per-key file lock makes racing processes compute a key once. A cache that cannot
-write (read-only, missing, full disk) logs one warning and works on without caching.
+kind, the settings its key hashes, config, metrics and creation time as JSON, and a sha256 over
+that JSON and the tensors. Every read (a load, a record, a listing) checks the checksum, that the
+stored settings re-derive the key asked for (a file copied or renamed under another key's name is
+refused), and that the record has its kind's shape (otcore.records); an entry that fails is
+skipped with a warning and recomputed. Only regular files are opened, never blocking
+(otcore.regular_files): a FIFO, device or folder under an entry's or a lock's name is skipped
+with a warning, never waited on. Writes are atomic (temp file, fsync, rename) and a per-key file
+lock makes racing processes compute a key once. A cache that cannot write (read-only, missing,
+full disk) logs one warning and works on without caching.
 
 Importing this module does not import torch: `load_record` and `listing` verify an entry from the
-file's bytes alone, so a CLI call answered from the cache skips torch's two-second import. Listings
-show or hand out only entries whose checksum verifies and whose record has its kind's shape
-(otcore.records); the rest are skipped with one warning each. Each file version is hashed once
-per process.
+file's bytes alone, so a CLI call answered from the cache skips torch's two-second import. Each
+file version is verified once per process.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import math
 import os
 import re
-import struct
+import stat as stat_mode
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
-from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
 
 from filelock import FileLock
 
+from otcore import entry_file
 from otcore.atomic import write_atomic
+from otcore.config import CacheKey, settings_digest
 from otcore.records import record_problem
+from otcore.regular_files import kind_of, open_regular
 
 if TYPE_CHECKING:
     import torch
@@ -42,19 +46,13 @@ log = logging.getLogger(__name__)
 SUFFIX = ".safetensors"
 _KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")  # keys name files: no separators, no hidden names
 _STALE_TEMP_S = 3600.0  # temp files older than this are left by killed writers
-_MAX_HEADER = 100_000_000  # bytes of a safetensors header; ours are kilobytes
-_CHUNK = 1 << 22  # bytes hashed per read when an entry is verified from its file
-# safetensors' dtype codes -> (torch's dtype name, which the checksum has always hashed; bytes per element)
-_DTYPES = {"F64": ("torch.float64", 8), "F32": ("torch.float32", 4), "F16": ("torch.float16", 2),
-           "BF16": ("torch.bfloat16", 2), "I64": ("torch.int64", 8), "I32": ("torch.int32", 4),
-           "I16": ("torch.int16", 2), "I8": ("torch.int8", 1), "U8": ("torch.uint8", 1), "BOOL": ("torch.bool", 1)}
 
 
 @dataclass
 class CacheEntry:
     """One cached result: what produced it and what it holds."""
 
-    key: str  # spec_hash(kind, *specs)
+    key: str  # spec_hash(kind, *specs): a CacheKey, whose settings the stored record keeps
     kind: str  # 'parent', 'fusion', 'prune', 'hessian', ...
     config: dict[str, Any]  # JSON-able description of the specs behind the key
     metrics: dict[str, Any]  # JSON-able results, may be nested
@@ -131,28 +129,30 @@ class DiskCache:
             self._remove_stale_temps()
 
     def load(self, key: str) -> CacheEntry | None:
-        """The entry stored under `key`, or None on a miss; a damaged entry is removed and is a miss."""
-        import safetensors  # here, not at the top: reading a record must not import torch
+        """The entry stored under `key`, or None on a miss; a damaged entry is removed and is a miss.
 
+        Damaged: not a regular file, a checksum that fails, settings that give another key, or a record
+        without its kind's shape.
+        """
         path = self._path(key)
         try:
-            with safetensors.safe_open(str(path), framework="pt") as f:
-                header = f.metadata() or {}
-                tensors = {name: f.get_tensor(name) for name in f.keys()}
-            record = json.loads(header["entry"])
-            if _checksum(header["entry"], _tensor_items(tensors)) != header["sha256"]:
-                raise ValueError("checksum mismatch")
+            fd, info = open_regular(path)
+            with os.fdopen(fd, "rb") as f:
+                record, tensors = entry_file.read_entry(f, info.st_size, with_tensors=True)
+            problem = _record_problem(record, key)
+            if problem:
+                raise ValueError(problem)
         except FileNotFoundError:
             return None
-        except Exception as e:  # the Rust parser raises its own types; any failure means damage
-            if not path.exists():
+        except Exception as e:  # the file's content is untrusted: any failure to read or parse it is damage
+            if not os.path.lexists(path):
                 return None
-            log.warning("cache entry %s is corrupt (%s); removing it", path.name, e)
+            log.warning("cache entry %s is corrupt (%s); removing it", path.name, _why(e))
             self.delete(key)
             return None
         order = [n for n in record.get("names", []) if n in tensors]  # the writer's order, not sorted
         tensors = {n: tensors[n] for n in order + sorted(set(tensors) - set(order))}
-        return CacheEntry(key=key, kind=record["kind"], config=record["config"],
+        return CacheEntry(key=CacheKey(record["settings"]), kind=record["kind"], config=record["config"],
                           metrics=record["metrics"], tensors=tensors, created=record["created"])
 
     def load_record(self, key: str) -> ManifestRow | None:
@@ -168,12 +168,18 @@ class DiskCache:
         path = self._path(entry.key)
         if not self.writable:
             return
+        settings = getattr(entry.key, "settings", None)
+        if settings is None or settings_digest(settings) != entry.key:
+            raise ValueError(f"cache key {entry.key!r} does not carry its settings: keys come from config.spec_hash")
         tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in entry.tensors.items()}
-        record = json.dumps({"kind": entry.kind, "config": entry.config, "metrics": entry.metrics,
-                             "created": entry.created, "names": list(tensors)}, default=_json_default)
-        header = {"entry": record, "sha256": _checksum(record, _tensor_items(tensors))}
+        record = json.dumps({"kind": entry.kind, "settings": settings, "config": entry.config,
+                             "metrics": entry.metrics, "created": entry.created, "names": list(tensors)},
+                            default=_json_default)
+        header = {"entry": record, "sha256": entry_file.checksum(record, entry_file.tensor_items(tensors))}
         try:
-            write_atomic(path, _safetensors_bytes(tensors, header))
+            write_atomic(path, entry_file.entry_bytes(tensors, header))
+        except IsADirectoryError:  # a folder stands at the entry's name: this entry only is not kept
+            log.warning("cache entry %s is a folder, not a file; the result is not stored", path.name)
         except OSError as e:
             self._degrade(e)
 
@@ -182,7 +188,7 @@ class DiskCache:
         entry = self.load(key)
         if entry is not None:
             return entry
-        lock = FileLock(str(self.root / f".{key}.lock")) if self.writable else None
+        lock = self._lock(key) if self.writable else None
         if lock is not None:
             try:
                 lock.acquire()
@@ -247,6 +253,26 @@ class DiskCache:
             except OSError as e:
                 log.warning("could not remove %s: %s", path, e)
 
+    def _lock(self, key: str) -> FileLock | None:
+        """The key's lock, or None (with a warning) where something other than a regular file holds its name.
+
+        lstat, not stat: a lock file is the cache's own, so a link there is not followed. Recent filelock
+        opens with O_NOFOLLOW and O_NONBLOCK; this check keeps every version off FIFOs, folders and links.
+        """
+        path = self.root / f".{key}.lock"
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return FileLock(str(path))
+        except OSError as e:
+            log.warning("cache lock %s is unreadable (%s); computing without it", path.name, _why(e))
+            return None
+        if stat_mode.S_ISREG(mode):
+            return FileLock(str(path))
+        what = "a symbolic link" if stat_mode.S_ISLNK(mode) else kind_of(mode)
+        log.warning("cache lock %s is %s, not a regular file; computing without it", path.name, what)
+        return None
+
     def _path(self, key: str) -> Path:
         if not _KEY.fullmatch(key):
             raise ValueError(f"invalid cache key {key!r}")
@@ -269,64 +295,32 @@ class DiskCache:
                 pass
 
 
-TensorItem = tuple[str, str, tuple[int, ...], Any]  # name, torch dtype name, shape, raw bytes (a buffer)
-
-
-def _checksum(record: str, items: Iterable[TensorItem]) -> str:
-    # Covers the entry JSON and every tensor's name, dtype, shape and bytes, in sorted name order.
-    digest = hashlib.sha256(record.encode())
-    for name, dtype, shape, data in sorted(items, key=lambda item: item[0]):
-        digest.update(f"\0{name}\0{dtype}\0{shape}\0".encode())
-        digest.update(data)
-    return digest.hexdigest()
-
-
-def _safetensors_bytes(tensors: dict[str, torch.Tensor], header: dict[str, str]) -> bytes:
-    """The entry's file; one without tensors (a sweep's record) is written without importing torch."""
-    if not tensors:  # the same bytes safetensors.torch writes for no tensors
-        import safetensors.numpy
-
-        return safetensors.numpy.save({}, metadata=header)
-    import safetensors.torch  # here, not at the top: reading a record must not import torch
-
-    return safetensors.torch.save(tensors, metadata=header)
-
-
-def _tensor_items(tensors: dict[str, torch.Tensor]) -> list[TensorItem]:
-    if not tensors:
-        return []
-    import torch
-
-    items = []
-    for name, tensor in tensors.items():
-        tensor = tensor.contiguous()
-        items.append((name, str(tensor.dtype), tuple(tensor.shape), tensor.reshape(-1).view(torch.uint8).numpy()))
-    return items
-
-
 def _verified_row(path: Path) -> ManifestRow | str | None:
     """The entry at path as a manifest row if it verifies, else why not; None if there is no file.
 
     Memoised per file version, so a listing hashes each entry once per change, not once per page run.
+    Nothing but a regular file is opened (a FIFO is stat'ed, never opened).
     """
+    key = path.name[:-len(SUFFIX)]
     try:
         stat = path.stat()
         with _VERIFIED_LOCK:
             memo = _VERIFIED.get(str(path))
         if memo is not None and memo[0] == _signature(stat):
             return memo[1]
-        with open(path, "rb") as f:  # fstat of the open file: the signature of exactly the bytes read
-            stat = os.fstat(f.fileno())
-            try:
-                record = _verified_record(f, stat.st_size)
-                problem = record_problem(record)
-            except Exception as e:  # the file's content is untrusted: any failure to parse it is damage
-                record, problem = None, f"damaged ({str(e) or type(e).__name__})"
+        try:
+            fd, stat = open_regular(path)  # fstat of the open file: the signature of exactly the bytes read
+            with os.fdopen(fd, "rb") as f:
+                record, _ = entry_file.read_entry(f, stat.st_size, with_tensors=False)
+            problem = _record_problem(record, key)
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # the file's content is untrusted: any failure to open or parse it is damage
+            record, problem = None, f"damaged ({_why(e)})"
     except FileNotFoundError:
         return None
     except OSError as e:
-        return f"unreadable ({e.strerror or e})"
-    key = path.name[:-len(SUFFIX)]
+        return f"unreadable ({_why(e)})"
     row: ManifestRow | str = problem or ManifestRow(key=key, kind=record["kind"], config=record["config"],
                                                      metrics=record["metrics"], created=record["created"],
                                                      size=stat.st_size)
@@ -335,6 +329,23 @@ def _verified_row(path: Path) -> ManifestRow | str | None:
     with _VERIFIED_LOCK:
         _VERIFIED[str(path)] = (_signature(stat), row)
     return row
+
+
+def _record_problem(record: Any, key: str) -> str | None:
+    """Why a checksum-verified record cannot answer for `key`: its shape, or settings that give another key."""
+    if isinstance(record, dict) and "settings" not in record:
+        return "no stored settings (written by an older version)"
+    problem = record_problem(record)
+    if problem:
+        return problem
+    derived = settings_digest(record["settings"])
+    if derived != key:
+        return f"its settings give key {derived[:12]}, not its own (copied or renamed from another entry)"
+    return None
+
+
+def _why(error: BaseException) -> str:
+    return (error.strerror if isinstance(error, OSError) else None) or str(error) or type(error).__name__
 
 
 def _forget_all_but(root: Path, paths: list[Path]) -> None:
@@ -348,45 +359,6 @@ def _forget_all_but(root: Path, paths: list[Path]) -> None:
 def _signature(stat: os.stat_result) -> tuple[int, ...]:
     # Any rewrite (even one restoring the size and mtime) gets a new inode or a new ctime.
     return stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
-
-
-def _verified_record(f: BinaryIO, size: int) -> dict[str, Any]:
-    """The entry JSON of an open safetensors file after checking its checksum; raises ValueError if damaged.
-
-    Reads the tensors in chunks, so verifying a large entry never holds it in memory.
-    """
-    # Layout: an 8-byte little-endian header length, the header JSON ({name: {dtype, shape, data_offsets}},
-    # '__metadata__'), then the tensors' bytes, offsets counted from the end of the header.
-    (n,) = struct.unpack("<Q", f.read(8))
-    if n > min(size - 8, _MAX_HEADER):
-        raise ValueError("header length exceeds the file")
-    header = json.loads(f.read(n))
-    metadata = header.pop("__metadata__")
-    spans, end = [], 0
-    for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"]):
-        dtype, itemsize = _DTYPES[info["dtype"]]
-        shape = tuple(int(d) for d in info["shape"])
-        start, stop = info["data_offsets"]
-        # As safetensors itself checks: tensors tile the data exactly, each as long as its shape says.
-        if start != end or stop - start != itemsize * math.prod(shape):
-            raise ValueError(f"tensor {name} has inconsistent offsets")
-        spans.append((name, dtype, shape, start, stop))
-        end = stop
-    if end != size - 8 - n:
-        raise ValueError("data length does not match the header")
-    # _checksum's digest, fed from the file: the entry JSON, then each tensor in sorted name order.
-    digest = hashlib.sha256(metadata["entry"].encode())
-    for name, dtype, shape, start, stop in sorted(spans):
-        digest.update(f"\0{name}\0{dtype}\0{shape}\0".encode())
-        f.seek(8 + n + start)
-        for offset in range(start, stop, _CHUNK):
-            chunk = f.read(min(_CHUNK, stop - offset))
-            if len(chunk) != min(_CHUNK, stop - offset):
-                raise ValueError("the file ended early")
-            digest.update(chunk)
-    if digest.hexdigest() != metadata["sha256"]:
-        raise ValueError("checksum mismatch")
-    return json.loads(metadata["entry"])
 
 
 def _json_default(value: Any) -> Any:

@@ -44,10 +44,33 @@ def spec_dict(spec: Any) -> dict[str, Any]:
 CACHE_FORMAT = 4  # bump when what a step stores changes, so old entries are not misread (4: rows and tensors by method id)
 
 
-def spec_hash(kind: str, *specs: Any) -> str:
-    """Stable hex digest of a step kind and the specs that determine its result."""
+class CacheKey(str):
+    """A cache key: the digest of the settings it was computed from, carried along so an entry can store them.
+
+    An entry keeps its key's settings in its checksummed record and every read re-derives the key from
+    them, so a file copied or renamed under another key's name is refused (otcore.cache).
+    """
+
+    settings: list  # [CACHE_FORMAT, kind, *spec dicts] in JSON form: exactly what the digest hashes
+
+    def __new__(cls, settings: list) -> CacheKey:
+        key = super().__new__(cls, settings_digest(settings))
+        key.settings = settings
+        return key
+
+    def __getnewargs__(self) -> tuple[list]:  # pickle and copy rebuild the key from its settings
+        return (self.settings,)
+
+
+def settings_digest(settings: Any) -> str:
+    """The key of a step's settings: the first 24 hex digits of the sha256 of their canonical JSON."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=list).encode()).hexdigest()[:24]
+
+
+def spec_hash(kind: str, *specs: Any) -> CacheKey:
+    """Stable hex digest of a step kind and the specs that determine its result (a str that keeps its settings)."""
     payload = json.dumps([CACHE_FORMAT, kind] + [spec_dict(s) for s in specs], sort_keys=True, default=list)
-    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+    return CacheKey(json.loads(payload))  # the JSON form, as a record stores and reads it back: the same digest
 
 
 # The registries' names, torch-free so that validating a spec (and the CLI's choices) never

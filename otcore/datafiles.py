@@ -21,6 +21,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from otcore.errors import UserError
+from otcore.regular_files import read_regular
 
 MAX_FILE_BYTES = 1 << 30  # no dataset file is larger (CIFAR-100's train batch, the largest, is 155 MB)
 _CHUNK = 1 << 20
@@ -120,8 +121,8 @@ def _read_store() -> None:
         return
     _store_read = True
     try:
-        with open(_store_path(), "rb") as handle:
-            entries = json.loads(handle.read(_STORE_MAX_BYTES))
+        # A regular file only, opened without blocking: a FIFO there must not hang every call (a miss instead).
+        entries = json.loads(read_regular(_store_path(), _STORE_MAX_BYTES))
         for identity, digest in entries[-_MEMO_SIZE:]:
             if (len(identity) == 6 and isinstance(identity[0], str) and all(type(v) is int for v in identity[1:])
                     and isinstance(digest, str) and len(digest) == 64):

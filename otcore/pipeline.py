@@ -302,7 +302,9 @@ def comparison_from_entry(entry: CacheEntry, in_memory: dict[str, nn.Module], te
             net = copy_model(template)
             net.load_state_dict(state)
             net = net.to(dev).eval()
-        rows.append(MethodResult(r["method"], Evaluation(**r["test"]), Evaluation(**r["train"]), r["parameters"],
+        test, train_scores = (Evaluation(r[s]["accuracy"], r[s]["loss"], r[s].get("per_class"))  # records.EVALUATION
+                              for s in ("test", "train"))
+        rows.append(MethodResult(r["method"], test, train_scores, r["parameters"],
                                  r["inference_ms"], net, r["key"], method_id))
     plans = {k[len("plan/"):]: v for k, v in entry.tensors.items() if k.startswith("plan/")}
     extra = {k: v for k, v in entry.metrics.items() if k not in ("rows", "diagnostics", "seconds")}

@@ -1,10 +1,12 @@
-"""The shape of each kind of cache record that listings show or reuse, checked before anyone reads it.
+"""The shape of each kind of cache record, checked before anyone reads it: one schema per kind, for every reader.
 
 A checksum proves an entry is what its writer stored, not that the writer stored what the readers
-expect (an older format, another tool, a hand-edited file re-signed). Listings (the Home page's
-cache browser, `otcore list`, the Sweeps page, a resumed sweep) check a record against its kind's
-schema here and skip it with a warning rather than fail on a string where a number belongs.
-Torch-free, like otcore.cache.
+expect (an older format, another tool, a hand-edited file re-signed). Every read of the cache
+(otcore.cache: a load, a record, a listing) checks a record against its kind's schema here and
+treats a mismatch as damage (skipped with a warning, recomputed) rather than fail on a missing
+field or a string where a number belongs. So each schema lists every field any reader takes without
+a default: the pipeline's steps rebuilding a result, `train`'s cached path, `list`, the Home page's
+browser, the sweeps' readers and the Sweeps page. Torch-free, like otcore.cache.
 """
 from __future__ import annotations
 
@@ -26,23 +28,44 @@ class Optional:
 TIMESTAMP = "timestamp"  # seconds since the epoch that time.localtime and datetime can show
 _LATEST_TIMESTAMP = 1e11  # about the year 5100; datetime.fromtimestamp fails beyond year 9999
 
-EVALUATION = {"accuracy": float, "loss": float}
-METHOD_ROW = {"method": str, "test": EVALUATION, "train": EVALUATION, "parameters": int,
-              "inference_ms": float, "key": (str, type(None)), "id": Optional(str)}  # id: from cache format 4 on
+EVALUATION = {"accuracy": float, "loss": float, "per_class": Optional([(float, type(None))])}  # comparison.Evaluation
+# Rows of a comparison: pipeline.comparison_from_entry and sweep.scores rebuild MethodResults from them.
+METHOD_ROW = {"method": str, "id": str, "test": EVALUATION, "train": EVALUATION, "parameters": int,
+              "inference_ms": float, "key": (str, type(None))}
 SPEC_NAMES = {"data": {"name": str}, "model": {"arch": str}}
-# What readers take from each kind's config and metrics: figures.manifest_table and headline, the CLI's
-# list, otcore.sweep.scores / load_sweep and the Sweeps page's list of recorded sweeps.
-COMPARISON = {"rows": [METHOD_ROW], "seconds": Optional({str: float}), "diagnostics": Optional([dict])}
+# pipeline.train_parent rebuilds the network from input_shape and num_classes; `train --json` reports
+# seconds and class_counts; parents_table, the Parents page and the sidebar read test and train.
+PARENT = ({**SPEC_NAMES, "train": dict},
+          {"test": EVALUATION, "train": EVALUATION, "seconds": float, "class_counts": [int], "input_shape": [int],
+           "num_classes": int, "device": Optional(str)})
+COMPARISON = {"rows": [METHOD_ROW], "seconds": Optional({str: float}), "diagnostics": Optional([dict]),
+              "device": Optional(str), "alignment": Optional(str)}
+# A stored curve (curves.PerturbationCurve.from_stored reads each field where present).
+CURVE = {name: Optional([float]) for name in ("lambdas", "loss_mean", "loss_std", "accuracy_mean", "accuracy_std")}
 SCHEMAS: dict[str, tuple[Any, Any]] = {
-    "parent": (dict, {"test": EVALUATION, "train": EVALUATION}),
-    "fusion": (dict, COMPARISON),
-    "prune": (dict, {**COMPARISON, "sparsity": Optional({str: float}), "fraction": Optional(float),
-                     "type": Optional(str)}),
-    "hessian": (dict, {"top_eigenvalues": [float], "trace": float, "trace_std_error": float, "loss": float}),
+    "parent": PARENT,
+    "fusion": ({**SPEC_NAMES, "fusion": dict, "parents": [str]}, COMPARISON),
+    # The CLI's prune output and the sweep figures read sparsity, fraction and type without a default.
+    "prune": ({**SPEC_NAMES, "prune": dict, "fusion": dict, "parents": [str]},
+              {**COMPARISON, "sparsity": {str: float}, "fraction": float, "type": str}),
+    # analysis.curvature rebuilds a Curvature; the sweeps read the first five fields.
+    "hessian": ({"data": {"name": str}, "hessian": dict, "network": str},
+                {"top_eigenvalues": [float], "trace": float, "trace_std_error": float, "loss": float,
+                 "trace_method": Optional(str), "density_nodes": [[float]], "density_weights": [[float]],
+                 "perturbation": CURVE, "random_direction": CURVE, "timings": {str: float}, "num_parameters": int}),
+    # curves.InterpolationPath.from_stored (analysis.interpolation and aligned_paths.aligned_path).
+    "interpolation": ({"data": {"name": str}, "networks": [str]},
+                      {"curve": {**CURVE, "lambdas": [float], "loss_mean": [float]}, "barrier": float, "path": [str],
+                       "alignment": Optional(str), "repair": Optional(bool)}),
+    # curves.LossSurface.from_stored (analysis.surface).
+    "surface": ({"data": {"name": str}, "network": str},
+                {"alphas": [float], "betas": [float], "loss": [[float]], "accuracy": [[float]],
+                 "directions": Optional(str)}),
+    # sweep.load_sweep, the Sweeps page's list of recorded sweeps.
     "sweep": ({**SPEC_NAMES, "step": str},
               {"status": str, "executor": str, "updated": TIMESTAMP, "total": int, "done": int, "fields": [str],
                "failed": [{"key": str, "error": str, "attempts": int}],
-               "points": [{"values": dict, "seeds": [int], "key": str}],
+               "points": [{"values": dict, "seeds": [int], "key": str, "analysis": Optional({str: str})}],
                "owner": Optional({"host": str, "pid": int, "process_start": (int, type(None))})}),  # otcore.sweep.owner
 }
 # Any other kind: the fields a headline reads, where present.
@@ -51,10 +74,10 @@ OTHER = (dict, {"test": Optional({"accuracy": float}),
 
 
 def record_problem(record: Any) -> str | None:
-    """Why an entry's record (kind, config, metrics, created) cannot be shown or reused, or None if it can."""
+    """Why an entry's record (kind, settings, config, metrics, created) cannot be read, or None if it can."""
     if not isinstance(record, dict):
         return "the record is not an object"
-    for name, schema in (("kind", str), ("config", dict), ("metrics", dict), ("created", TIMESTAMP)):
+    for name, schema in (("kind", str), ("settings", list), ("config", dict), ("metrics", dict), ("created", TIMESTAMP)):
         problem = mismatch(record.get(name, _MISSING), schema, name)
         if problem:
             return problem

@@ -20,7 +20,12 @@ from otcore.config import TrainSpec, spec_hash
 REPO = Path(__file__).resolve().parent.parent
 
 
-def make_entry(key: str, kind: str = "parent", scale: float = 1.0) -> CacheEntry:
+def named(name: str) -> str:
+    """A key for a test entry called `name` (a real CacheKey: entries store the settings their key hashes)."""
+    return spec_hash("test-entry", name)
+
+
+def make_entry(key: str, kind: str = "result", scale: float = 1.0) -> CacheEntry:
     torch.manual_seed(0)
     tensors = {"layer2.weight": torch.randn(8, 4) * scale, "layer1.weight": torch.randn(4, 3),
                "layer1.bias": torch.zeros(4, dtype=torch.float64), "steps": torch.tensor(12),
@@ -73,9 +78,9 @@ def test_round_trip_keeps_tensors_order_and_metadata(tmp_path, key):
 
 def test_empty_tensor_dict_round_trips(tmp_path):
     cache = DiskCache(tmp_path)
-    entry = CacheEntry(key="hessian1", kind="hessian", config={}, metrics={"top": [3.0, 2.0]})
+    entry = CacheEntry(key=named("curve"), kind="curve", config={}, metrics={"top": [3.0, 2.0]})
     cache.store(entry)
-    assert_same_entry(cache.load("hessian1"), entry)
+    assert_same_entry(cache.load(named("curve")), entry)
 
 
 def test_miss_returns_none(tmp_path, key):
@@ -162,14 +167,14 @@ def test_load_record_agrees_with_load(tmp_path, key, make):
     assert (record.key, record.kind, record.config, record.metrics, record.created) == \
         (entry.key, entry.kind, entry.config, entry.metrics, entry.created)
     assert record.size == entry_path(cache, key).stat().st_size
-    assert cache.load_record("otherkey") is None
+    assert cache.load_record(named("other")) is None
 
 
 def test_load_record_of_an_entry_without_tensors(tmp_path):
     cache = DiskCache(tmp_path)
     # A kind without a record schema (a 'hessian' entry must hold its real fields: otcore/records.py).
-    cache.store(CacheEntry(key="curve1", kind="curve", config={}, metrics={"top": [3.0, 2.0]}))
-    assert cache.load_record("curve1").metrics == {"top": [3.0, 2.0]}
+    cache.store(CacheEntry(key=named("curve1"), kind="curve", config={}, metrics={"top": [3.0, 2.0]}))
+    assert cache.load_record(named("curve1")).metrics == {"top": [3.0, 2.0]}
 
 
 @pytest.mark.parametrize("where", ["last tensor byte", "first tensor byte", "middle of the data",
@@ -202,6 +207,7 @@ def test_garbage_file_reads_as_a_miss(tmp_path, key):
 WRITER = textwrap.dedent("""
     import os, sys, time, torch
     from otcore.cache import CacheEntry, DiskCache
+    from otcore.config import spec_hash
     real_fsync = os.fsync
     def fsync_then_hang(fd):
         real_fsync(fd)
@@ -209,14 +215,14 @@ WRITER = textwrap.dedent("""
         time.sleep(600)
     os.fsync = fsync_then_hang
     cache = DiskCache(sys.argv[1])
-    cache.store(CacheEntry(key=sys.argv[2], kind="parent", config={}, metrics={},
+    cache.store(CacheEntry(key=spec_hash("parent", sys.argv[2]), kind="parent", config={}, metrics={},
                            tensors={"w": torch.randn(4_000_000)}))
 """)
 
 
 def test_writer_killed_mid_write_leaves_no_entry(tmp_path, key):
     root = tmp_path / "cache"
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(root), key], cwd=REPO,
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(root), "written"], cwd=REPO,
                               stdout=subprocess.PIPE, text=True, env={**os.environ})
     try:
         assert writer.stdout.readline().strip() == "written"
@@ -226,6 +232,7 @@ def test_writer_killed_mid_write_leaves_no_entry(tmp_path, key):
     leftovers = list(root.glob(".*.tmp"))
     assert len(leftovers) == 1 and leftovers[0].stat().st_size > 16_000_000  # it was killed mid-write
     cache = DiskCache(root)
+    key = spec_hash("parent", "written")
     assert cache.load(key) is None and cache.entries() == [] and not entry_path(cache, key).exists()
     cache.clear()
     assert list(root.glob(".*.tmp")) == []
@@ -244,13 +251,16 @@ RACER = textwrap.dedent("""
     import hashlib, os, sys, time, torch
     from pathlib import Path
     from otcore.cache import CacheEntry, DiskCache
-    root, key, work, name = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4]
+    from otcore.config import TrainSpec, spec_hash
+    root, work, name = Path(sys.argv[1]), Path(sys.argv[3]), sys.argv[4]
+    key = spec_hash("parent", TrainSpec())  # the test's key fixture, with its settings
+    assert key == sys.argv[2]
     def compute():
         with open(work / "calls.txt", "a") as f:
             f.write(name + "\\n")
         time.sleep(1.0)  # a slow step: the others must wait, not compute
         torch.manual_seed(os.getpid())  # each process would produce different weights
-        return CacheEntry(key=key, kind="fusion", config={}, metrics={"by": name},
+        return CacheEntry(key=key, kind="result", config={}, metrics={"by": name},
                           tensors={"w": torch.randn(64, 64)})
     (work / f"ready-{name}").touch()
     while not (work / "go").exists():
@@ -312,7 +322,7 @@ def test_write_failure_after_open_degrades(tmp_path, key, caplog):
     root.write_text("the folder went away")  # every write now fails with an OSError
     counter = Counter(tmp_path / "calls.txt", key)
     with caplog.at_level(logging.WARNING, logger="otcore.cache"):
-        cache.store(make_entry("other"))
+        cache.store(make_entry(named("other")))
         entry = cache.get_or_compute(key, counter)
     assert not cache.writable and counter.calls == 1
     assert torch.equal(entry.tensors["layer2.weight"], make_entry(key).tensors["layer2.weight"])
@@ -321,21 +331,21 @@ def test_write_failure_after_open_degrades(tmp_path, key, caplog):
 
 def test_manifest_lists_entries_with_config_and_metrics(tmp_path):
     cache = DiskCache(tmp_path)
-    keys = {kind: spec_hash(kind, TrainSpec(seed=1)) for kind in ("parent", "surface", "curve")}
+    keys = {kind: spec_hash(kind, TrainSpec(seed=1)) for kind in ("result", "arrays", "curve")}
     for kind, k in keys.items():
         cache.store(make_entry(k, kind=kind))
         time.sleep(0.01)
     rows = cache.entries()
-    assert [r.key for r in rows] == [keys["curve"], keys["surface"], keys["parent"]]  # newest first
+    assert [r.key for r in rows] == [keys["curve"], keys["arrays"], keys["result"]]  # newest first
     for row in rows:
         assert row.config == {"arch": "mlpnet", "widths": [4, 8], "seed": 0}
         assert row.metrics["history"]["loss"] == [1.5, 0.7]
         assert row.size == entry_path(cache, row.key).stat().st_size
-    assert [r.kind for r in cache.entries(kind="surface")] == ["surface"]
-    cache.delete(keys["surface"])
-    assert {r.kind for r in cache.entries()} == {"parent", "curve"}
+    assert [r.kind for r in cache.entries(kind="arrays")] == ["arrays"]
+    cache.delete(keys["arrays"])
+    assert {r.kind for r in cache.entries()} == {"result", "curve"}
     cache.clear()
-    assert cache.entries() == [] and cache.load(keys["parent"]) is None
+    assert cache.entries() == [] and cache.load(keys["result"]) is None
 
 
 def test_get_or_compute_hits_after_the_first_call(tmp_path, key):
@@ -345,7 +355,7 @@ def test_get_or_compute_hits_after_the_first_call(tmp_path, key):
     assert_same_entry(cache.get_or_compute(key, counter), first)
     assert counter.calls == 1
     with pytest.raises(ValueError, match="expected"):
-        cache.get_or_compute("otherkey", counter)
+        cache.get_or_compute(named("other"), counter)
 
 
 def test_keys_cannot_escape_the_root(tmp_path):
@@ -363,65 +373,98 @@ def test_default_cache_reads_the_environment_at_call_time(tmp_path, monkeypatch)
 
 
 def parent_like(key: str, accuracy=93.5) -> CacheEntry:
-    """make_entry with the metrics a parent's readers use."""
-    entry = make_entry(key)
-    entry.metrics["test"] = {"accuracy": accuracy, "loss": 0.25}
+    """make_entry with a parent's record: every field its readers use (otcore.records.PARENT)."""
+    entry = make_entry(key, kind="parent")
+    entry.config = {"data": {"name": "digits"}, "model": {"arch": "mlpnet"}, "train": {"epochs": 1}}
+    entry.metrics.update(test={"accuracy": accuracy, "loss": 0.25}, seconds=1.5, class_counts=[3, 4],
+                         input_shape=[64], num_classes=10)
     return entry
 
 
 def test_listing_skips_malformed_records_with_one_warning_each_and_keeps_the_good(tmp_path, caplog):
     cache = DiskCache(tmp_path)
-    cache.store(parent_like("good"))
-    cache.store(parent_like("text", accuracy="93.5"))  # a string where a number belongs, checksum valid
-    cache.store(CacheEntry("nostatus", "sweep", {"data": {"name": "digits"}, "model": {"arch": "mlpnet"},
-                                                 "step": "prune"}, {"done": 0, "total": 1}))
-    cache.store(parent_like("future"))
-    cache.store(CacheEntry("when", "parent", {}, parent_like("x").metrics, created=1e300))  # no calendar shows it
-    cache.store(parent_like("cut"))
-    cut = entry_path(cache, "cut")
+    cache.store(parent_like(named("good")))
+    cache.store(parent_like(named("text"), accuracy="93.5"))  # a string where a number belongs, checksum valid
+    cache.store(CacheEntry(named("nostatus"), "sweep", {"data": {"name": "digits"}, "model": {"arch": "mlpnet"},
+                                                        "step": "prune"}, {"done": 0, "total": 1}))
+    cache.store(parent_like(named("future")))
+    cache.store(CacheEntry(named("when"), "parent", {}, parent_like("x").metrics, created=1e300))  # no calendar shows it
+    cache.store(parent_like(named("cut")))
+    cut = entry_path(cache, named("cut"))
     cut.write_bytes(cut.read_bytes()[:50])  # a truncated header
-    entry_path(cache, "empty").write_bytes(b"")
+    entry_path(cache, named("empty")).write_bytes(b"")
     with caplog.at_level(logging.WARNING, logger="otcore.cache"):
         for _ in range(3):
             listing = cache.listing()
-    assert [r.key for r in listing.rows] == ["future", "good"]  # newest first
+    assert [r.key for r in listing.rows] == [named("future"), named("good")]  # newest first
     reasons = dict(listing.skipped)
-    assert list(reasons) == ["cut", "empty", "nostatus", "text", "when"]
-    assert reasons["text"] == "metrics.test.accuracy is the string '93.5', expected a number"
-    assert reasons["nostatus"] == "metrics.status is missing"
-    assert reasons["when"] == "created is 1e+300, expected a time in seconds since 1970"
-    assert reasons["cut"].startswith("damaged (") and reasons["empty"].startswith("damaged (")
+    assert sorted(reasons) == sorted(named(n) for n in ["cut", "empty", "nostatus", "text", "when"])
+    assert reasons[named("text")] == "metrics.test.accuracy is the string '93.5', expected a number"
+    assert reasons[named("nostatus")] == "metrics.status is missing"
+    assert reasons[named("when")] == "created is 1e+300, expected a time in seconds since 1970"
+    assert reasons[named("cut")].startswith("damaged (") and reasons[named("empty")].startswith("damaged (")
     assert len(caplog.records) == 5  # once per bad file, not once per listing
-    assert listing.warning().startswith("5 damaged or unreadable cache entries skipped (cut: damaged")
-    assert cache.load_record("text") is None and cache.load_record("good").metrics["test"]["accuracy"] == 93.5
+    assert listing.warning().startswith("5 damaged or unreadable cache entries skipped (")
+    assert cache.load_record(named("text")) is None
+    assert cache.load_record(named("good")).metrics["test"]["accuracy"] == 93.5
 
 
 def test_each_file_version_is_hashed_once(tmp_path, monkeypatch):
     import otcore.cache as cache_module
+    from otcore import entry_file
 
     hashed: list[int] = []
-    real = cache_module._verified_record
-    monkeypatch.setattr(cache_module, "_verified_record", lambda f, size: hashed.append(size) or real(f, size))
+    real = entry_file.read_entry
+    monkeypatch.setattr(entry_file, "read_entry", lambda f, size, with_tensors: hashed.append(size) or
+                        real(f, size, with_tensors))
     cache = DiskCache(tmp_path)
-    for key in ("a", "b"):
-        cache.store(parent_like(key))
+    a, b = named("a"), named("b")
+    cache.store(parent_like(a))
+    time.sleep(0.01)
+    cache.store(parent_like(b))
     for _ in range(3):
-        assert [r.key for r in cache.listing().rows] == ["b", "a"]
-        assert cache.load_record("a") is not None
+        assert [r.key for r in cache.listing().rows] == [b, a]
+        assert cache.load_record(a) is not None
     assert len(hashed) == 2
-    cache.store(parent_like("a", accuracy=90.0))  # a new version of one entry: hashed again, the other not
-    assert cache.load_record("a").metrics["test"]["accuracy"] == 90.0 and len(cache.entries()) == 2
+    cache.store(parent_like(a, accuracy=90.0))  # a new version of one entry: hashed again, the other not
+    assert cache.load_record(a).metrics["test"]["accuracy"] == 90.0 and len(cache.entries()) == 2
     assert len(hashed) == 3
-    cache.delete("b")  # a removed entry leaves the memo at the next listing: it never outgrows the cache
-    assert [r.key for r in cache.listing().rows] == ["a"]
-    assert [name for name in cache_module._VERIFIED if name.startswith(str(tmp_path))] == [str(entry_path(cache, "a"))]
+    cache.delete(b)  # a removed entry leaves the memo at the next listing: it never outgrows the cache
+    assert [r.key for r in cache.listing().rows] == [a]
+    assert [name for name in cache_module._VERIFIED if name.startswith(str(tmp_path))] == [str(entry_path(cache, a))]
 
 
 def test_verification_in_small_chunks_agrees_with_load(tmp_path, monkeypatch):
-    import otcore.cache as cache_module
+    from otcore import entry_file
 
-    monkeypatch.setattr(cache_module, "_CHUNK", 7)  # every tensor read in many uneven pieces
+    monkeypatch.setattr(entry_file, "CHUNK", 7)  # every tensor read in many uneven pieces
     cache = DiskCache(tmp_path)
-    cache.store(every_dtype_entry("arrays"))
-    record, entry = cache.load_record("arrays"), cache.load("arrays")
+    key = named("arrays")
+    stored = every_dtype_entry(key)
+    cache.store(stored)
+    record, entry = cache.load_record(key), cache.load(key)
     assert (record.kind, record.metrics, record.created) == (entry.kind, entry.metrics, entry.created)
+    assert_same_entry(entry, stored)  # loading reads in the same small chunks
+
+
+def test_a_key_keeps_its_settings_through_pickle_copy_and_json():
+    import copy
+    import json
+    import pickle
+
+    from otcore.config import CacheKey, DataSpec, ModelSpec, settings_digest
+    from otcore.keys import parent_key
+
+    key = parent_key(DataSpec(), ModelSpec(), TrainSpec(seed=3))
+    assert isinstance(key, CacheKey) and settings_digest(key.settings) == key
+    assert key.settings[1] == "parent" and key.settings[-1]["seed"] == 3
+    for twin in (pickle.loads(pickle.dumps(key)), copy.deepcopy(key), CacheKey(json.loads(json.dumps(key.settings)))):
+        assert twin == key and twin.settings == key.settings  # what a record stores re-derives the same key
+
+
+def test_store_refuses_a_key_that_does_not_carry_its_settings(tmp_path, key):
+    cache = DiskCache(tmp_path)
+    with pytest.raises(ValueError, match="does not carry its settings"):
+        cache.store(make_entry(str(key)))  # a plain string: its entry could not be checked on reading
+    assert cache.keys() == []
+

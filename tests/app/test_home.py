@@ -6,6 +6,7 @@ import torch
 
 from otcore.checkpoints import checkpoint_bytes
 from ui import state
+from ui.memo import _slot
 
 HOME = "app.py"
 
@@ -119,6 +120,7 @@ def test_tampered_and_malformed_entries_are_skipped_with_one_warning(page, app_c
     import shutil
 
     from otcore.cache import CacheEntry, DiskCache
+    from otcore.config import spec_hash
 
     good, tampered = digits_parents
     for parent in digits_parents:  # the two parents only: other tests add their entries to the app cache
@@ -129,9 +131,9 @@ def test_tampered_and_malformed_entries_are_skipped_with_one_warning(page, app_c
     path.write_bytes(path.read_bytes().replace(value, (b"1" if value[:1] == b"9" else b"9") + value[1:], 1))
     cache = DiskCache(tmp_path)
     text = cache.load(good.key)
-    text.key, text.metrics["test"]["accuracy"] = "textaccuracy", "97.5"  # the crash of issue 14: format code 'f'
+    text.key, text.metrics["test"]["accuracy"] = spec_hash("parent", "text"), "97.5"  # issue 14: format code 'f'
     cache.store(text)
-    cache.store(CacheEntry("nostatus", "sweep", {"data": {"name": "digits"}, "model": {"arch": "mlpnet"},
+    cache.store(CacheEntry(spec_hash("sweep", "nostatus"), "sweep", {"data": {"name": "digits"}, "model": {"arch": "mlpnet"},
                                                  "step": "prune"}, {"done": 0}))  # the KeyError: 'status'
     (tmp_path / "truncated.safetensors").write_bytes(path.read_bytes()[:100])
     at = page(HOME).run()
@@ -152,3 +154,60 @@ def test_a_bug_shows_its_type_not_its_traceback_or_message():
 
     config = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
     assert config["client"]["showErrorDetails"] in ("type", "none")
+
+
+def _hostile_cache(app_cache_dir, tmp_path, digits_parents):
+    """The two parents' entries, the second replaced by a FIFO, and FIFOs, a link to one and a folder beside them."""
+    import os
+    import shutil
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for parent in digits_parents:
+        shutil.copy2(app_cache_dir / f"{parent.key}.safetensors", cache)
+    (cache / f"{digits_parents[1].key}.safetensors").unlink()
+    os.mkfifo(cache / f"{digits_parents[1].key}.safetensors")
+    os.mkfifo(cache / "fifo.safetensors")
+    os.mkfifo(tmp_path / "outside")
+    (cache / "link.safetensors").symlink_to(tmp_path / "outside")
+    (cache / "folder.safetensors").mkdir()
+    os.mkfifo(cache / ".fingerprints.json")
+    os.mkfifo(cache / f".{digits_parents[1].key}.lock")
+    return cache
+
+
+def test_fifos_links_and_folders_in_the_cache_are_skipped_and_never_waited_on(page, app_cache_dir, tmp_path,
+                                                                             monkeypatch, digits_parents):
+    good, replaced = digits_parents
+    monkeypatch.setenv("OTCORE_CACHE_DIR", str(_hostile_cache(app_cache_dir, tmp_path, digits_parents)))
+    at = page(HOME).run()  # AppTest's timeout is the hang detector: a blocked open never returns
+    assert not at.exception
+    assert len(at.warning) == 1 and at.warning[0].value.startswith("4 damaged or unreadable cache entries skipped (")
+    assert "a FIFO, not a regular file" in at.warning[0].value
+    assert list(at.dataframe[0].value["key"]) == [good.key]
+    _slot.clear()  # the server's memo of earlier tests' parents: these must come from this cache folder
+    at.button(key="ws.load").click().run()  # the FIFO'd parent is a miss: trained again to the same numbers
+    assert not at.exception and not errors(at)
+    loaded = at.session_state[state.PARENTS].parents
+    assert [(p.key, p.metrics["cached"]) for p in loaded] == [(good.key, True), (replaced.key, False)]
+    assert [p.metrics["test"]["accuracy"] for p in loaded] == [p.metrics["test"]["accuracy"] for p in digits_parents]
+
+
+def test_swapped_entries_are_skipped_and_the_parents_trained_again_to_their_own_numbers(page, app_cache_dir, tmp_path,
+                                                                                       monkeypatch, digits_parents):
+    first, second = digits_parents
+    for parent, other in ((first, second), (second, first)):
+        (tmp_path / f"{parent.key}.safetensors").write_bytes((app_cache_dir / f"{other.key}.safetensors").read_bytes())
+    monkeypatch.setenv("OTCORE_CACHE_DIR", str(tmp_path))
+    at = page(HOME).run()
+    assert not at.exception
+    assert len(at.warning) == 1 and at.warning[0].value.startswith("2 damaged or unreadable cache entries skipped (")
+    assert "not its own (copied or renamed from another entry)" in at.warning[0].value
+    assert any("cache is empty" in i.value for i in at.info)
+    _slot.clear()  # the server's memo of earlier tests' parents: these must come from this cache folder
+    at.button(key="ws.load").click().run()
+    assert not at.exception and not errors(at)
+    loaded = at.session_state[state.PARENTS].parents
+    assert [(p.key, p.metrics["test"]["accuracy"]) for p in loaded] == \
+           [(p.key, p.metrics["test"]["accuracy"]) for p in digits_parents]
+    assert not any(p.metrics["cached"] for p in loaded)

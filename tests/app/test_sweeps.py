@@ -83,6 +83,7 @@ def test_an_empty_grid_is_an_error_not_a_traceback(page, sweep_cache):
 
 def test_malformed_sweep_records_are_skipped_with_a_warning(page, sweep_cache):
     from otcore.cache import CacheEntry
+    from otcore.config import spec_hash
     from otcore.sweep import LocalExecutor, SweepSpec, run_sweep
 
     good = run_sweep(SweepSpec((("prune.fraction", (0.5,)),), device="cpu"), LocalExecutor(), sweep_cache)
@@ -92,7 +93,7 @@ def test_malformed_sweep_records_are_skipped_with_a_warning(page, sweep_cache):
     for key, edit in (("nostatus", lambda m: m.pop("status")), ("textdone", lambda m: m.update(done="1"))):
         metrics = dict(record.metrics)
         edit(metrics)
-        sweep_cache.store(CacheEntry(key, "sweep", record.config, metrics))
+        sweep_cache.store(CacheEntry(spec_hash("sweep", key), "sweep", record.config, metrics))
     at = page(SWEEPS_PAGE).run()
     assert not at.exception
     assert len(at.warning) == 1 and at.warning[0].value.startswith("2 damaged or unreadable cache entries skipped")

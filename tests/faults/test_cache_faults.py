@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+from otcore.config import spec_hash
 from tests.faults.conftest import REPO, cli
 
 TRAIN = ["train", "--dataset", "digits", "--arch", "mlpnet", "--epochs", "3", "--json"]
@@ -69,7 +70,7 @@ def test_list_skips_tampered_and_malformed_entries_with_one_warning_each(parents
     _flip_leading_digit(tmp_path / f"{tampered}.safetensors", trained[tampered]["metrics"]["test"]["accuracy"])
     cache = DiskCache(tmp_path)
     text = cache.load(good)
-    text.key, text.metrics["test"]["accuracy"] = "textaccuracy", "97.5"
+    text.key, text.metrics["test"]["accuracy"] = spec_hash("parent", "textaccuracy"), "97.5"
     cache.store(text)  # a checksum that verifies over a string where a number belongs
     (tmp_path / "truncated.safetensors").write_bytes((tmp_path / f"{good}.safetensors").read_bytes()[:300])
     done = cli("list", "--json", cache=tmp_path)
@@ -77,10 +78,10 @@ def test_list_skips_tampered_and_malformed_entries_with_one_warning_each(parents
     assert [e["key"] for e in json.loads(done.stdout)["entries"]] == [good]
     assert json.loads(done.stdout)["entries"][0]["metrics"] == trained[good]["metrics"]
     warnings = sorted(line for line in done.stderr.splitlines() if line.strip())
-    assert warnings == [f"WARNING: cache entry {tampered} skipped: damaged (checksum mismatch)",
-                        "WARNING: cache entry textaccuracy skipped: metrics.test.accuracy is the string '97.5', "
-                        "expected a number",
-                        "WARNING: cache entry truncated skipped: damaged (header length exceeds the file)"]
+    assert warnings == sorted([f"WARNING: cache entry {tampered} skipped: damaged (checksum mismatch)",
+                               f"WARNING: cache entry {text.key} skipped: metrics.test.accuracy is the string '97.5', "
+                               "expected a number",
+                               "WARNING: cache entry truncated skipped: damaged (header length exceeds the file)"])
     text_mode = cli("list", cache=tmp_path)
     assert text_mode.returncode == 0 and text_mode.stdout.count("\n") == 1 and good in text_mode.stdout
     # train takes the tampered parent as a miss: it is trained again, to its true accuracy.
@@ -93,10 +94,12 @@ def test_list_skips_tampered_and_malformed_entries_with_one_warning_each(parents
 def test_list_json_stays_strict_json_over_a_diverged_entry(tmp_path):
     from otcore.cache import CacheEntry, DiskCache
 
-    metrics = {"test": {"accuracy": 10.0, "loss": float("nan")}, "train": {"accuracy": 9.9, "loss": float("inf")}}
-    DiskCache(tmp_path).store(CacheEntry("diverged", "parent", {"data": {"name": "digits"}}, metrics))
+    metrics = {"test": {"accuracy": 10.0, "loss": float("nan")}, "train": {"accuracy": 9.9, "loss": float("inf")},
+               "seconds": 1.0, "class_counts": [5, 5], "input_shape": [64], "num_classes": 10}
+    config = {"data": {"name": "digits"}, "model": {"arch": "mlpnet"}, "train": {}}
+    DiskCache(tmp_path).store(CacheEntry(spec_hash("parent", "diverged"), "parent", config, metrics))
     done = cli("list", "--json", cache=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "NaN" not in done.stdout and "Infinity" not in done.stdout
     [entry] = json.loads(done.stdout)["entries"]
-    assert entry["metrics"] == {"test": {"accuracy": 10.0, "loss": None}, "train": {"accuracy": 9.9, "loss": None}}
+    assert entry["metrics"] == {**metrics, "test": {"accuracy": 10.0, "loss": None}, "train": {"accuracy": 9.9, "loss": None}}
