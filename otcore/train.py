@@ -65,18 +65,23 @@ def lr_schedule(optimizer: torch.optim.Optimizer, spec: TrainSpec | RetrainSpec,
 
 
 def _sgd_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: TrainSpec | RetrainSpec,
-               epochs: int) -> Iterator[TrainProgress]:
-    """SGD + momentum on shuffled mini-batches of (x, y), in place; yields after every step (model in train mode)."""
+               epochs: int, rows: torch.Tensor | None = None) -> Iterator[TrainProgress]:
+    """SGD + momentum on shuffled mini-batches of (x, y), in place; yields after every step (model in train mode).
+
+    rows: the examples to train on (None: all), gathered batch by batch, so a subset never copies the split.
+    """
     device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum,
                                 weight_decay=spec.weight_decay)
     generator = torch.Generator().manual_seed(spec.seed)
-    steps = (len(x) + spec.batch_size - 1) // spec.batch_size
+    steps = (len(x if rows is None else rows) + spec.batch_size - 1) // spec.batch_size
     scheduler = lr_schedule(optimizer, spec, epochs, steps)
     model.train()
     for epoch in range(1, epochs + 1):
-        for step, (xb, yb) in enumerate(iterate_batches(x, y, spec.batch_size, generator), start=1):
+        batches = iterate_batches(x, y, spec.batch_size, generator) if rows is None else _subset_batches(
+            x, y, rows, spec.batch_size, generator)
+        for step, (xb, yb) in enumerate(batches, start=1):
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)
             optimizer.zero_grad(set_to_none=True)
@@ -86,6 +91,15 @@ def _sgd_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: TrainSp
                 scheduler.step()
             acc = 100.0 * (logits.argmax(1) == yb).float().mean().item()
             yield TrainProgress(epoch, epochs, step, steps, loss.item(), acc)
+
+
+def _subset_batches(x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, batch_size: int,
+                    generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Shuffled mini-batches of the examples `rows` of (x, y)."""
+    order = rows[torch.randperm(len(rows), generator=generator)].to(x.device)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        yield x[idx], y[idx]
 
 
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: TrainSpec | RetrainSpec,
@@ -155,24 +169,24 @@ def retrain(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: RetrainSpe
     The validation part (retraining_split) is scored before retraining and after every epoch, or
     CHECKS_IN_ONE_EPOCH times in a one-epoch retraining. The best (accuracy, then loss) is loaded back
     into the model; a checkpoint must beat the best so far strictly, so ties keep the network as it
-    came in and it is never returned worse on validation. Masks stay attached: the state saved and
+    came in (exact ties too) and it is never returned worse on validation. Masks stay attached: the state saved and
     restored holds weight_orig and the unchanged masks, so the returned net is a masked state.
     """
     fit, held = retraining_split(len(x), spec)
-    x_fit, y_fit, x_val, y_val = x[fit], y[fit], x[held], y[held]
+    x_val, y_val = x[held], y[held]  # a tenth of the split by default; the rest is gathered batch by batch
     steps = (len(fit) + spec.batch_size - 1) // spec.batch_size
     checks = CHECKS_IN_ONE_EPOCH if epochs == 1 else 1
     at = {min(steps, math.ceil(k * steps / checks)) for k in range(1, checks + 1)}  # steps ending a checkpoint
 
     def check(epoch: float) -> Checkpoint:
-        model.eval()  # a private network (retrain works on a copy), so its mode may be switched
+        model.eval()  # the caller's private copy (retrain trains in place), so its mode may be switched
         score = evaluate(model, x_val, y_val)
         model.train()
         return Checkpoint(epoch, score.accuracy, score.loss if math.isfinite(score.loss) else None)
 
     curve = [check(0.0)]
     best, best_state = curve[0], _saved(model)
-    for report in _sgd_steps(model, x_fit, y_fit, spec, epochs):
+    for report in _sgd_steps(model, x, y, spec, epochs, fit):
         if progress is not None:
             progress(report)
         if report.step in at:
