@@ -41,7 +41,8 @@ def spec_dict(spec: Any) -> dict[str, Any]:
     return out
 
 
-CACHE_FORMAT = 4  # bump when what a step stores changes, so old entries are not misread (4: rows and tensors by method id)
+CACHE_FORMAT = 5  # bump when what a step stores changes, so old entries are not misread
+#                  (4: rows and tensors by method id; 5: retraining keeps the best on a validation part, stores its curve)
 
 
 class CacheKey(str):
@@ -196,12 +197,14 @@ class RetrainSpec:
     """How an already trained network is retrained: the fused net, pruned parents, the vanilla average.
 
     Not the from-scratch recipe: a trained network sits in a minimum that lr 0.05 throws it out of
-    (the reference divides its lr by --retrain-lr-decay). Defaults measured by bench/retrain_recipe.py.
-    Epochs live with the step that retrains (FusionSpec.finetune_epochs, PruneSpec.retrain_epochs).
+    (the reference divides its lr by --retrain-lr-decay). Defaults chosen by bench/retrain_recipe.py over
+    weak and strong starts (README, Retraining). Every retraining keeps the best state on a held-out
+    validation part (otcore.train.retrain). Epochs live with the step that retrains
+    (FusionSpec.finetune_epochs, PruneSpec.retrain_epochs).
     """
 
-    lr: float = 0.005  # SGD learning rate at the start of retraining (a tenth of TrainSpec's)
-    schedule: str = "step"  # 'step' (x decay_factor every decay_epochs), 'cosine' (to 0 over all steps), 'constant'
+    lr: float = 0.001  # SGD learning rate at the start of retraining (a fiftieth of TrainSpec's)
+    schedule: str = "cosine"  # 'step' (x decay_factor every decay_epochs), 'cosine' (to 0 over all steps), 'constant'
     decay_epochs: int = 1  # epochs between two decays of the 'step' schedule
     decay_factor: float = 0.5  # lr multiplier of each 'step' decay, in (0, 1]
     momentum: float = 0.9  # SGD momentum
@@ -209,6 +212,11 @@ class RetrainSpec:
     batch_size: int = 64  # examples per SGD step
     seed: int = 0  # seeds the batch order
     retrain_vanilla: bool = True  # retrain the vanilla average too, same recipe and epochs (the reference's default)
+    # Keep-best: this share of the train split is held out, scored before retraining and at each checkpoint,
+    # and the best state is returned (never one worse than the network that came in).
+    validation_fraction: float = 0.1  # share of the (used) train split held out for validation, in (0, 0.5]
+    validation_seed: int = 0  # seeds which examples are held out (and which are used, with train_examples)
+    train_examples: int = 0  # examples of the train split retraining uses, validation included (0: all of it)
 
     def __post_init__(self) -> None:
         _check(0 < self.lr <= 10, f"retraining learning rate must be in (0, 10], got {self.lr}")
@@ -221,6 +229,12 @@ class RetrainSpec:
         _check(1 <= self.batch_size <= MAX_BATCH,
                f"retraining batch size must be in [1, {MAX_BATCH}], got {self.batch_size}")
         _check(0 <= self.seed < MAX_SEED, f"retraining seed must be in [0, 2**31), got {self.seed}")
+        _check(0 < self.validation_fraction <= 0.5,
+               f"retraining validation fraction must be in (0, 0.5], got {self.validation_fraction}")
+        _check(0 <= self.validation_seed < MAX_SEED,
+               f"retraining validation seed must be in [0, 2**31), got {self.validation_seed}")
+        _check(self.train_examples == 0 or 2 <= self.train_examples <= 100_000_000,
+               f"retraining examples must be 0 (the whole train split) or in [2, 100000000], got {self.train_examples}")
 
 
 ALIGN_MODES = ("weights", "activations")

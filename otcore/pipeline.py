@@ -27,7 +27,8 @@ from otcore.methods import Method, label, parent_id
 from otcore.models import FusableNet, build_model, count_parameters
 from otcore.partition import class_counts, part_indices
 from otcore.prune import copy_model, finalize, mask_zeros, prunable_layers, prune_model, sparsity_report
-from otcore.train import Evaluation, ProgressFn, TrainProgress, evaluate, init_model, predict_logits, score_logits, train
+from otcore.train import (Evaluation, ProgressFn, TrainProgress, evaluate, init_model, predict_logits, retrain,
+                          score_logits, train)
 
 Progress = Callable[[str, float], None]  # (what is happening, fraction done in [0, 1])
 
@@ -185,8 +186,9 @@ def fusion_inputs(data: DataSpec, spec: FusionSpec, device: torch.device) -> tor
 
 
 def _fine_tuned(net: nn.Module, ds: Dataset, recipe: RetrainSpec, epochs: int, label: str,
-                progress: Progress | None, span: tuple[float, float]) -> tuple[nn.Module, float]:
-    """A copy of net retrained by the recipe for `epochs` (pruning masks stay in force), and its seconds."""
+                progress: Progress | None, span: tuple[float, float]) -> tuple[nn.Module, float, dict]:
+    """A copy of net retrained by the recipe for `epochs`, keeping the best on validation (masks stay in force),
+    its seconds, and its retraining record (best_epoch, validation curve; otcore.train.Retrained.record)."""
     tuned = copy_model(net)
 
     def step(p: TrainProgress) -> None:
@@ -194,8 +196,8 @@ def _fine_tuned(net: nn.Module, ds: Dataset, recipe: RetrainSpec, epochs: int, l
         _report(progress, f"{label}: epoch {p.epoch}/{p.epochs}", span[0] + (span[1] - span[0]) * done)
 
     start = time.perf_counter()
-    train(tuned, ds.x_train, ds.y_train, recipe, step, epochs=epochs)
-    return tuned, time.perf_counter() - start
+    result = retrain(tuned, ds.x_train, ds.y_train, recipe, epochs, step)
+    return result.model, time.perf_counter() - start, result.record()
 
 
 def _ot_fusion(nets: list[FusableNet], spec: FusionSpec, data: DataSpec, dev: torch.device, names: list[str],
@@ -255,12 +257,15 @@ def fuse_and_compare(data: DataSpec, model: ModelSpec, parents: list[Parent], sp
         models: dict[str, nn.Module | list[nn.Module]] = {parent_id(i): n for i, n in enumerate(nets)}
         models.update(_baselines(nets))
         models[Method.OT_FUSION.value] = fused
+        retraining: dict[str, dict] = {}  # method id -> its retraining record
         if spec.finetune_epochs > 0:
             if spec.retrain.retrain_vanilla and Method.VANILLA.value in models:
-                models[Method.VANILLA_RETRAINED.value], seconds["finetune vanilla"] = _fine_tuned(
+                (models[Method.VANILLA_RETRAINED.value], seconds["finetune vanilla"],
+                 retraining[Method.VANILLA_RETRAINED.value]) = _fine_tuned(
                     models[Method.VANILLA.value], ds, spec.retrain, spec.finetune_epochs, "retraining the vanilla average",
                     progress, (0.2, 0.55))
-            models[Method.OT_FINETUNED.value], seconds["finetune"] = _fine_tuned(
+            (models[Method.OT_FINETUNED.value], seconds["finetune"],
+             retraining[Method.OT_FINETUNED.value]) = _fine_tuned(
                 fused, ds, spec.retrain, spec.finetune_epochs, "fine-tuning the fused net", progress, (0.55, 0.9))
         _report(progress, "evaluating every method", 0.9)
         config = {"data": spec_dict(data), "model": spec_dict(model), "fusion": spec_dict(spec),
@@ -268,7 +273,7 @@ def fuse_and_compare(data: DataSpec, model: ModelSpec, parents: list[Parent], sp
         return _scored_entry(key, "fusion", config, models, _labels(parents, spec.alignment), ds,
                              {parent_id(i): p.key for i, p in enumerate(parents)}, tensors,
                              {"seconds": seconds, "diagnostics": diagnostics, "device": str(dev),
-                              "alignment": spec.alignment})
+                              "alignment": spec.alignment, "retraining": retraining})
 
     entry, hit = cached(cache, key, compute)
     comparison = comparison_from_entry(entry, {parent_id(i): n for i, n in enumerate(nets)},
@@ -348,9 +353,11 @@ def prune_and_compare(data: DataSpec, model: ModelSpec, parents: list[Parent], p
         start = time.perf_counter()
         _report(progress, "pruning the parents", 0.05)
         pruned = [prune_model(n, prune) for n in nets]
+        retraining: dict[str, dict] = {}  # method id -> its retraining record
         if prune.retrain_parents_epochs > 0:
-            pruned = [_fine_tuned(n, ds, recipe, prune.retrain_parents_epochs, f"retraining pruned {names[i]}",
-                                  progress, (0.1, 0.4))[0] for i, n in enumerate(pruned)]
+            for i, net in enumerate(pruned):
+                pruned[i], _, retraining[parent_id(i)] = _fine_tuned(
+                    net, ds, recipe, prune.retrain_parents_epochs, f"retraining pruned {names[i]}", progress, (0.1, 0.4))
         pruned = [finalize(n) for n in pruned]
         seconds["prune"] = time.perf_counter() - start
         _report(progress, "fusing", 0.4)
@@ -367,12 +374,11 @@ def prune_and_compare(data: DataSpec, model: ModelSpec, parents: list[Parent], p
         models[Method.OT_FUSION.value] = finalize(fused)
         if prune.retrain_epochs > 0:
             if vanilla is not None and recipe.retrain_vanilla:
-                tuned, seconds["retrain vanilla"] = _fine_tuned(vanilla, ds, recipe, prune.retrain_epochs,
-                                                                "retraining the vanilla average", progress,
-                                                                (0.45, 0.65))
+                tuned, seconds["retrain vanilla"], retraining[Method.VANILLA_RETRAINED.value] = _fine_tuned(
+                    vanilla, ds, recipe, prune.retrain_epochs, "retraining the vanilla average", progress, (0.45, 0.65))
                 models[Method.VANILLA_RETRAINED.value] = finalize(tuned)
-            tuned, seconds["retrain"] = _fine_tuned(fused, ds, recipe, prune.retrain_epochs,
-                                                    "retraining the fused net", progress, (0.65, 0.9))
+            tuned, seconds["retrain"], retraining[Method.OT_RETRAINED.value] = _fine_tuned(
+                fused, ds, recipe, prune.retrain_epochs, "retraining the fused net", progress, (0.65, 0.9))
             models[Method.OT_RETRAINED.value] = finalize(tuned)
         _report(progress, "evaluating every method", 0.9)
         labels = _labels(parents, fusion.alignment)
@@ -383,7 +389,7 @@ def prune_and_compare(data: DataSpec, model: ModelSpec, parents: list[Parent], p
         return _scored_entry(key, "prune", config, models, labels, ds, {}, tensors,
                              {"seconds": seconds, "diagnostics": diagnostics, "sparsity": sparsity,
                               "fraction": prune.fraction, "type": prune.type, "device": str(dev),
-                              "alignment": fusion.alignment})
+                              "alignment": fusion.alignment, "retraining": retraining})
 
     entry, hit = cached(cache, key, compute)
     comparison = comparison_from_entry(entry, {}, nets[fusion.anchor % len(nets)], dev)

@@ -128,9 +128,25 @@ def fusion_figures(comparison: Any, max_plans: int = 6) -> dict[str, go.Figure]:
     out = {"Test accuracy per method": figures.comparison_bar(comparison)}
     if comparison.diagnostics:
         out["Permutation closeness per layer"] = figures.diagnostics_chart(comparison.diagnostics)
+    out.update(retraining_figures(comparison))
     for name in list(comparison.plans)[:max_plans]:
         out[f"Transport plan · {name}"] = figures.plan_heatmap(comparison.plans[name], order_by_match=True)
     return out
+
+
+def retraining_figures(comparison: Any) -> dict[str, go.Figure]:
+    """The validation curve of every retraining (keep-best), when the comparison retrained anything."""
+    if not comparison.extra.get("retraining"):
+        return {}
+    return {"Retraining: validation accuracy at each evaluation (ring: the state kept)":
+            figures.validation_chart(comparison)}
+
+
+def retraining_tables(comparison: Any) -> dict[str, pd.DataFrame]:
+    """The validation curves as a table, when the comparison retrained anything."""
+    frame = figures.validation_frame(comparison)
+    return {"Retraining: validation curve (the state kept is the best, never worse than the start)": frame} \
+        if len(frame) else {}
 
 
 def fusion_report(comparison: Any, data: Any, model: Any, parents: Sequence[Any], spec: Any, device: str,
@@ -139,6 +155,7 @@ def fusion_report(comparison: Any, data: Any, model: Any, parents: Sequence[Any]
     tables = {"Comparison": figures.comparison_table(comparison)}
     if comparison.diagnostics:
         tables["Per-layer diagnostics"] = figures.diagnostics_table(comparison.diagnostics)
+    tables.update(retraining_tables(comparison))
     return write_report(title or f"OT fusion report: {data.name} / {model.arch}",
                         fusion_settings(data, model, parents, spec, device, comparison), tables,
                         fusion_figures(comparison))
@@ -163,8 +180,8 @@ def pruning_report(comparison: Any, points: Sequence[Any], data: Any, model: Any
                 **_spec_settings("prune", prune), **_spec_settings("fusion", fusion)}
     settings.update({f"time · {step} (s)": round(float(s), 3) for step, s in comparison.seconds.items()})
     settings["result key"] = comparison.key
-    tables = {"Comparison": figures.prune_table(comparison)}
-    charts = {"Test accuracy per method": figures.comparison_bar(comparison)}
+    tables = {"Comparison": figures.prune_table(comparison), **retraining_tables(comparison)}
+    charts = {"Test accuracy per method": figures.comparison_bar(comparison), **retraining_figures(comparison)}
     if points:
         tables["Sweep over prune fractions"] = figures.fraction_table(points)
         charts["Test accuracy against prune fraction"] = figures.prune_sweep_chart(points, prune.fraction)

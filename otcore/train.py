@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
+from torch.nn.utils import prune as torch_prune
 from torch import nn
 
 from otcore.comparison import Evaluation  # noqa: F401  (re-exported: what evaluate returns)
-from otcore.config import RetrainSpec, TrainSpec
+from otcore.config import RetrainSpec, SpecError, TrainSpec
 from otcore.data import iterate_batches
 from otcore.activations import EVAL_BATCH, predict_logits  # noqa: F401  (re-exported: train's public API)
 
@@ -63,26 +64,24 @@ def lr_schedule(optimizer: torch.optim.Optimizer, spec: TrainSpec | RetrainSpec,
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=spec.decay_epochs * steps, gamma=spec.decay_factor)
 
 
-def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: TrainSpec | RetrainSpec,
-          progress: ProgressFn | None = None, epochs: int | None = None) -> nn.Module:
-    """Train in place with SGD + momentum on shuffled mini-batches; returns the model.
+def _sgd_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: TrainSpec | RetrainSpec,
+               epochs: int, rows: torch.Tensor | None = None) -> Iterator[TrainProgress]:
+    """SGD + momentum on shuffled mini-batches of (x, y), in place; yields after every step (model in train mode).
 
-    A TrainSpec trains from scratch at a constant lr for spec.epochs; a RetrainSpec retrains for
-    `epochs` (its step's budget) under its schedule. Pruning masks from torch.nn.utils.prune stay
-    in force: the forward pre-hook recomputes weight = weight_orig * mask, so pruned weights stay
-    exactly zero.
+    rows: the examples to train on (None: all), gathered batch by batch, so a subset never copies the split.
     """
-    epochs = spec.epochs if epochs is None else epochs
     device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum,
                                 weight_decay=spec.weight_decay)
     generator = torch.Generator().manual_seed(spec.seed)
-    steps = (len(x) + spec.batch_size - 1) // spec.batch_size
+    steps = (len(x if rows is None else rows) + spec.batch_size - 1) // spec.batch_size
     scheduler = lr_schedule(optimizer, spec, epochs, steps)
     model.train()
     for epoch in range(1, epochs + 1):
-        for step, (xb, yb) in enumerate(iterate_batches(x, y, spec.batch_size, generator), start=1):
+        batches = iterate_batches(x, y, spec.batch_size, generator) if rows is None else _subset_batches(
+            x, y, rows, spec.batch_size, generator)
+        for step, (xb, yb) in enumerate(batches, start=1):
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)
             optimizer.zero_grad(set_to_none=True)
@@ -90,11 +89,134 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: TrainSpec | 
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
-            if progress is not None:
-                acc = 100.0 * (logits.argmax(1) == yb).float().mean().item()
-                progress(TrainProgress(epoch, epochs, step, steps, loss.item(), acc))
+            acc = 100.0 * (logits.argmax(1) == yb).float().mean().item()
+            yield TrainProgress(epoch, epochs, step, steps, loss.item(), acc)
+
+
+def _subset_batches(x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, batch_size: int,
+                    generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Shuffled mini-batches of the examples `rows` of (x, y)."""
+    order = rows[torch.randperm(len(rows), generator=generator)].to(x.device)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        yield x[idx], y[idx]
+
+
+def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: TrainSpec | RetrainSpec,
+          progress: ProgressFn | None = None, epochs: int | None = None) -> nn.Module:
+    """Train in place with SGD + momentum on shuffled mini-batches; returns the model.
+
+    A TrainSpec trains from scratch at a constant lr for spec.epochs; a RetrainSpec trains for
+    `epochs` under its schedule, on all of (x, y) and without keeping the best (that is `retrain`).
+    Pruning masks from torch.nn.utils.prune stay in force: the forward pre-hook recomputes
+    weight = weight_orig * mask, so pruned weights stay exactly zero.
+    """
+    for report in _sgd_steps(model, x, y, spec, spec.epochs if epochs is None else epochs):
+        if progress is not None:
+            progress(report)
     model.eval()
     return model
+
+
+CHECKS_IN_ONE_EPOCH = 4  # validation checkpoints of a one-epoch retraining (longer ones: one per epoch)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One evaluation of a retraining on its validation part."""
+
+    epoch: float  # epochs done when evaluated: 0 is the network as it came in; 0.25 a quarter of the first
+    accuracy: float  # percent correct on the validation part
+    loss: float | None  # mean cross-entropy there; None when not finite (a diverged net)
+
+
+@dataclass
+class Retrained:
+    """What `retrain` returns: the best network seen, when it was seen, and every evaluation."""
+
+    model: nn.Module
+    best_epoch: float  # 0: no checkpoint beat the network as it came in, which is returned unchanged
+    validation: list[Checkpoint]  # in order; the first is epoch 0
+    fit_examples: int  # examples retrained on
+    validation_examples: int  # examples of the validation part
+
+    def record(self) -> dict:
+        """The JSON-able summary a cached result stores: best_epoch, validation curve, split sizes."""
+        return {"best_epoch": self.best_epoch, "validation": [c.__dict__ for c in self.validation],
+                "fit_examples": self.fit_examples, "validation_examples": self.validation_examples}
+
+
+def retraining_split(n: int, spec: RetrainSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """(retraining indices, validation indices) of a train split of n examples, disjoint, drawn with validation_seed.
+
+    The split's first spec.train_examples examples of one seeded permutation (all n when 0) are used;
+    validation_fraction of them (at least one) are held out for validation, the rest are retrained on.
+    """
+    if spec.train_examples > n:
+        raise SpecError(f"retraining examples ({spec.train_examples}) exceed the train split ({n} examples)")
+    used = torch.randperm(n, generator=torch.Generator().manual_seed(spec.validation_seed))[:spec.train_examples or n]
+    held = max(1, round(spec.validation_fraction * len(used)))
+    if held >= len(used):
+        raise SpecError(f"a train split of {len(used)} examples leaves nothing to retrain on after holding out "
+                        f"{spec.validation_fraction:g} of it for validation")
+    return used[held:], used[:held]
+
+
+def retrain(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: RetrainSpec, epochs: int,
+            progress: ProgressFn | None = None) -> Retrained:
+    """Retrain `model` in place on part of (x, y) and return the best state seen on the rest (validation).
+
+    The validation part (retraining_split) is scored before retraining and after every epoch, or
+    CHECKS_IN_ONE_EPOCH times in a one-epoch retraining. The best (accuracy, then loss) is loaded back
+    into the model; a checkpoint must beat the best so far strictly, so ties keep the network as it
+    came in (exact ties too) and it is never returned worse on validation. Masks stay attached: the state saved and
+    restored holds weight_orig and the unchanged masks, so the returned net is a masked state.
+    """
+    fit, held = retraining_split(len(x), spec)
+    x_val, y_val = x[held], y[held]  # a tenth of the split by default; the rest is gathered batch by batch
+    steps = (len(fit) + spec.batch_size - 1) // spec.batch_size
+    checks = CHECKS_IN_ONE_EPOCH if epochs == 1 else 1
+    at = {min(steps, math.ceil(k * steps / checks)) for k in range(1, checks + 1)}  # steps ending a checkpoint
+
+    def check(epoch: float) -> Checkpoint:
+        model.eval()  # the caller's private copy (retrain trains in place), so its mode may be switched
+        score = evaluate(model, x_val, y_val)
+        model.train()
+        return Checkpoint(epoch, score.accuracy, score.loss if math.isfinite(score.loss) else None)
+
+    curve = [check(0.0)]
+    best, best_state = curve[0], _saved(model)
+    for report in _sgd_steps(model, x, y, spec, epochs, fit):
+        if progress is not None:
+            progress(report)
+        if report.step in at:
+            point = check(round(report.epoch - 1 + report.step / steps if checks > 1 else report.epoch, 4))
+            curve.append(point)
+            if _better(point, best):
+                best, best_state = point, _saved(model)
+    model.load_state_dict(best_state)
+    _refresh_masked(model)
+    model.eval()
+    return Retrained(model, best.epoch, curve, len(fit), len(held))
+
+
+def _saved(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _refresh_masked(model: nn.Module) -> None:
+    """Set each masked parameter's attribute to orig * mask of the restored state (else it holds the last step's)."""
+    for module in model.modules():
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, torch_prune.BasePruningMethod):
+                setattr(module, hook._tensor_name, hook.apply_mask(module))
+
+
+def _better(point: Checkpoint, best: Checkpoint) -> bool:
+    """Strictly better on validation: higher accuracy, or the same with a lower (finite) loss."""
+    if point.accuracy != best.accuracy:
+        return point.accuracy > best.accuracy
+    return point.loss is not None and (best.loss is None or point.loss < best.loss)
 
 
 def init_model(model: nn.Module, seed: int) -> nn.Module:

@@ -139,6 +139,7 @@ with tab_compare:
     with left:
         widgets.show_table(table, row_height=32)
     right.plotly_chart(figures.comparison_bar(comparison, height=260), theme=None, key="fusion.chart.bar")
+    widgets.retraining_curves(comparison, "fusion.chart.validation")
     fused = comparison.row(Method.OT_FUSION)  # by id: its label follows the alignment
     stem = f"{parent_set.data.name}-{parent_set.model.arch}-ot-fusion"
     with st.container(horizontal=True):

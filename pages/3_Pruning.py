@@ -119,6 +119,7 @@ with tab_compare:
     with left:
         widgets.show_table(table, row_height=32)
     right.plotly_chart(figures.comparison_bar(comparison, height=260), theme=None, key="pruning.chart.bar")
+    widgets.retraining_curves(comparison, "pruning.chart.validation")
 with tab_sweep:
     controls, accuracy_col, sparsity_col = st.columns([1.2, 2.3, 1.2])
     fractions = controls.multiselect("Prune fractions", FRACTIONS, key="pruning.fractions",

@@ -127,3 +127,17 @@ def retraining_widgets(prefix: str, what: str) -> tuple[float, str, bool]:
                          help="same recipe and epochs, so retrained OT fusion is compared with a retrained baseline")
     return float(lr), schedule, vanilla
 
+
+
+def retraining_curves(comparison: Any, key: str) -> None:
+    """The validation curve of each retraining of a comparison (nothing when it retrained nothing)."""
+    retraining = comparison.extra.get("retraining")
+    if not retraining:
+        return
+    held = sorted({r["validation_examples"] for r in retraining.values()})
+    kept = ", ".join(f"{r.method}: epoch {retraining[r.id]['best_epoch']:g}" for r in comparison.rows
+                     if r.id in retraining)
+    st.caption(f"Retraining keeps the best state on a validation part of the train split ({', '.join(map(str, held))} "
+               f"held-out images, never retrained on), scored before retraining and at each checkpoint; a network "
+               f"is never returned worse than it came in. Kept: {kept}.")
+    st.plotly_chart(figures.validation_chart(comparison, height=260), theme=None, key=key)

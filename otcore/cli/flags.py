@@ -131,12 +131,20 @@ def add_retraining(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retrain-decay-factor", type=float, default=d.decay_factor)
     p.add_argument("--retrain-fused-only", action="store_true",
                    help="retrain the OT-fused net only, not the vanilla average (reference: --retrain-geometric-only)")
+    p.add_argument("--retrain-validation", type=float, default=d.validation_fraction,
+                   help="share of the train split held out to keep the best retraining state (never retrained on)")
+    p.add_argument("--retrain-validation-seed", type=int, default=d.validation_seed,
+                   help="seeds which examples are held out (and used, with --retrain-examples)")
+    p.add_argument("--retrain-examples", type=int, default=d.train_examples,
+                   help="examples of the train split retraining uses, validation included (0: all)")
 
 
 def retrain_spec(args: argparse.Namespace) -> RetrainSpec:
     """The RetrainSpec of the retraining flags."""
     return RetrainSpec(lr=args.retrain_lr, schedule=args.retrain_schedule, decay_epochs=args.retrain_decay_epochs,
-                       decay_factor=args.retrain_decay_factor, retrain_vanilla=not args.retrain_fused_only)
+                       decay_factor=args.retrain_decay_factor, retrain_vanilla=not args.retrain_fused_only,
+                       validation_fraction=args.retrain_validation, validation_seed=args.retrain_validation_seed,
+                       train_examples=args.retrain_examples)
 
 
 def fusion_spec(args: argparse.Namespace) -> FusionSpec:

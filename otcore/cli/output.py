@@ -12,9 +12,22 @@ def comparison_json(comparison: Any) -> dict:
              "train_accuracy": r.train.accuracy, "parameters": r.parameters, "inference_ms": r.inference_ms}
             for r in comparison.rows]
     text = "\n".join(f"{r['method']:24s} {r['test_accuracy']:6.2f}%  loss {r['test_loss']:.4f}" for r in rows)
+    for record in retraining_json(comparison).values():
+        first = record["validation"][0]
+        best = next(c for c in record["validation"] if c["epoch"] == record["best_epoch"])
+        text += (f"\n{record['method']}: best on validation at epoch {record['best_epoch']:g} "
+                 f"({first['accuracy']:.2f} -> {best['accuracy']:.2f} % on {record['validation_examples']} held-out images)")
     # The fused row's id stays `ot_fusion` whatever the alignment; `alignment` says which one made it.
     return {**comparison.accuracies(), "alignment": comparison.extra.get("alignment", "ot"),
-            "seconds": comparison.seconds, "rows": rows, "cached": comparison.cached, "text": text}
+            "seconds": comparison.seconds, "rows": rows, "retraining": retraining_json(comparison),
+            "cached": comparison.cached, "text": text}
+
+
+def retraining_json(comparison: Any) -> dict:
+    """Each retrained network's keep-best record by method id: its label, best_epoch, validation curve, split sizes."""
+    labels = {r.id: r.method for r in comparison.rows}
+    return {method_id: {"method": labels.get(method_id, method_id), **record}
+            for method_id, record in comparison.extra.get("retraining", {}).items()}
 
 
 def prune_json(comparison: Any) -> dict:

@@ -29,7 +29,8 @@ from otcore.figures.curvature import (
 from otcore.figures.landscape import interpolation_chart, perturbation_chart, surface_contour
 from otcore.figures.partition import class_histogram, own_classes_table, per_class_frame, per_class_heatmap
 from otcore.figures.plans import diagnostics_chart, diagnostics_table, plan_array, plan_heatmap
-from otcore.figures.retraining import RETRAINED, retraining_charts, retraining_networks
+from otcore.figures.retraining import (RETRAINED, retraining_charts, retraining_networks, validation_chart,
+                                       validation_frame)
 from otcore.figures.style import (
                                        FONT,
                                        HEATMAP_SCALE,
@@ -83,4 +84,4 @@ __all__ = ["accuracy_range", "best_parent_accuracy", "check_study_metric", "clas
            "sharpness_scatter", "sharpness_table", "SPARSITY", "sparsity_chart", "spectral_density_chart",
            "STUDY_DECIMALS", "STUDY_METRICS", "study_table", "study_text", "style", "surface_contour", "sweep_figure",
            "sweep_metrics", "sweep_table", "TABLE_FORMATS", "TEMPLATE", "TEST_ACC", "TEST_LOSS", "tick_label", "TRACE",
-           "trace_description", "TRAIN_ACC", "TRAIN_LOSS"]
+           "trace_description", "TRAIN_ACC", "TRAIN_LOSS", "validation_chart", "validation_frame"]

@@ -1,6 +1,8 @@
 """Fusion page through AppTest: set widgets by key, press Fuse, check the rendered numbers."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from otcore.config import DataSpec, FusionSpec, ModelSpec, RetrainSpec, TrainSpec
@@ -103,6 +105,12 @@ def test_the_fine_tuning_recipe_reaches_the_pipeline(fusion, digits_parents):
     assert expected.cached  # the page computed exactly this recipe
     for method in (VANILLA_RETRAINED, OT_FINETUNED):
         assert cards(at)[method] == f"{expected.row(method).test.accuracy:.2f} %"
+    # Each retraining's validation curve: the start and 4 checkpoints, the kept state ringed.
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    curve = next(c for c in charts if c["layout"]["yaxis"]["title"]["text"] == "Validation accuracy (%)")
+    lines = {t["name"]: t for t in curve["data"] if t.get("mode") == "lines+markers"}
+    assert set(lines) == {VANILLA_RETRAINED, OT_FINETUNED} and all(len(t["x"]) == 5 for t in lines.values())
+    assert any("Retraining keeps the best state" in c.value for c in at.caption)
     # Unticking the baseline's retraining leaves the vanilla average as it is.
     at = fuse(at, retrain_vanilla=False)
     assert not at.exception and not at.error

@@ -76,6 +76,9 @@ def test_structured_fuse_then_prune_with_retraining(pruning, digits_parents):
     assert expected.cached  # the page computed exactly this recipe
     shown = table.set_index("method")["test acc (%)"]
     assert shown[OT_RETRAINED] == round(expected.row(OT_RETRAINED).test.accuracy, 2)
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    curve = next(c for c in charts if c["layout"]["yaxis"]["title"]["text"] == "Validation accuracy (%)")
+    assert {t["name"] for t in curve["data"] if t.get("mode") == "lines+markers"} == {VANILLA_RETRAINED, OT_RETRAINED}
 
 
 def test_prune_then_fuse_may_keep_the_fused_nets_own_zeros(pruning):
