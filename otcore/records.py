@@ -38,8 +38,11 @@ SPEC_NAMES = {"data": {"name": str}, "model": {"arch": str}}
 PARENT = ({**SPEC_NAMES, "train": dict},
           {"test": EVALUATION, "train": EVALUATION, "seconds": float, "class_counts": [int], "input_shape": [int],
            "num_classes": int, "device": Optional(str)})
+# train.Retrained.record per retrained method id: the retraining figures, report and `--json` read every field.
+RETRAINING = {str: {"best_epoch": float, "validation": [{"epoch": float, "accuracy": float, "loss": (float, type(None))}],
+                    "fit_examples": int, "validation_examples": int}}
 COMPARISON = {"rows": [METHOD_ROW], "seconds": Optional({str: float}), "diagnostics": Optional([dict]),
-              "device": Optional(str), "alignment": Optional(str)}
+              "device": Optional(str), "alignment": Optional(str), "retraining": Optional(RETRAINING)}
 # A stored curve (curves.PerturbationCurve.from_stored reads each field where present).
 CURVE = {name: Optional([float]) for name in ("lambdas", "loss_mean", "loss_std", "accuracy_mean", "accuracy_std")}
 SCHEMAS: dict[str, tuple[Any, Any]] = {
