@@ -34,7 +34,7 @@ from filelock import FileLock
 
 from otcore import entry_file
 from otcore.atomic import write_atomic
-from otcore.config import CacheKey, settings_digest
+from otcore.cache_key import CacheKey, settings_digest
 from otcore.records import record_problem
 from otcore.regular_files import kind_of, open_regular
 

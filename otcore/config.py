@@ -6,11 +6,11 @@ the CLI and the UI show as is.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from otcore.cache_key import CacheKey
 from otcore.datafiles import DataError, dataset_fingerprint
 from otcore.errors import UserError
 
@@ -43,29 +43,6 @@ def spec_dict(spec: Any) -> dict[str, Any]:
 
 CACHE_FORMAT = 5  # bump when what a step stores changes, so old entries are not misread
 #                  (4: rows and tensors by method id; 5: retraining keeps the best on a validation part, stores its curve)
-
-
-class CacheKey(str):
-    """A cache key: the digest of the settings it was computed from, carried along so an entry can store them.
-
-    An entry keeps its key's settings in its checksummed record and every read re-derives the key from
-    them, so a file copied or renamed under another key's name is refused (otcore.cache).
-    """
-
-    settings: list  # [CACHE_FORMAT, kind, *spec dicts] in JSON form: exactly what the digest hashes
-
-    def __new__(cls, settings: list) -> CacheKey:
-        key = super().__new__(cls, settings_digest(settings))
-        key.settings = settings
-        return key
-
-    def __getnewargs__(self) -> tuple[list]:  # pickle and copy rebuild the key from its settings
-        return (self.settings,)
-
-
-def settings_digest(settings: Any) -> str:
-    """The key of a step's settings: the first 24 hex digits of the sha256 of their canonical JSON."""
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=list).encode()).hexdigest()[:24]
 
 
 def spec_hash(kind: str, *specs: Any) -> CacheKey:
