@@ -93,7 +93,8 @@ def test_no_import_cycle():
     assert import_cycles() == []
 
 
-FUSION_MAY_IMPORT = {"torch", "numpy", "scipy", "ot", "otcore.models", "otcore.activations", "otcore.errors"}
+FUSION_MAY_IMPORT = {"torch", "numpy", "scipy", "ot", "otcore.models", "otcore.graph", "otcore.activations", "otcore.device",
+                     "otcore.errors"}
 
 
 def test_fusion_imports_only_numeric_libraries_models_activations_and_errors():

@@ -17,6 +17,7 @@ from otcore.activations import capture_activations
 from otcore.errors import FusionError
 from otcore.fusion.align import GroupDiagnostics, Plans, apply_plans, check_same_family, ot_plans
 from otcore.fusion.cca import cca_map
+from otcore.fusion.group_align import fuse_by_groups
 from otcore.fusion.merge_maps import check_mergeable, features, merge_weights, pre_activations, repair_target
 from otcore.fusion.new_weights import copy_with
 from otcore.fusion.repair import repair
@@ -136,10 +137,15 @@ def fuse(parents: list[FusableNet], options: FusionOptions | MakesOptions, act_i
          progress: Callable[[str, float], None] | None = None) -> FusionResult:
     """Fusion of the parents (any N >= 2) into the anchor's architecture, by the options' alignment.
 
+    The zoo's networks (FusableNet) walk their described layers; any other network is traced into
+    its channel groups (otcore.graph) and fused by OT or weight matching over them.
+
     options: FusionOptions, or a spec that makes them (`FusionSpec.options(n_parents)`)."""
     if len(parents) < 2:
         raise FusionError("fusion needs at least two parents")
     opts = as_options(options, len(parents))
+    if not all(isinstance(p, FusableNet) for p in parents):  # any other network: its traced channel groups
+        return FusionResult(*fuse_by_groups(parents, opts, act_inputs))
     if opts.alignment in MERGE_ALIGNMENTS:
         return merge_by_maps(parents, opts, act_inputs, progress)
     result = align_parents(parents, opts, act_inputs, progress)
