@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from otcore.errors import ModelError
+from otcore.external_models import build_external, is_external
 
 INPUT = "input"  # the group of the network's input channels (never permuted)
 OUTPUT = "output"  # the group of the classes (never permuted unless asked)
@@ -66,8 +67,11 @@ def list_models() -> list[str]:
     return list(_REGISTRY)
 
 
-def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> FusableNet:
-    """A freshly initialised network of a registered architecture."""
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """A freshly initialised network of a registered architecture, or of `torchvision:NAME`, `timm:NAME`,
+    `file:PATH.py:NAME` (otcore.external_models: any network, its alignment groups read by tracing)."""
+    if is_external(name):
+        return build_external(name, tuple(input_shape), num_classes)
     if name not in _REGISTRY:
         raise ModelError(f"unknown architecture '{name}'; choose one of {', '.join(list_models())}")
     return _REGISTRY[name](tuple(input_shape), num_classes)

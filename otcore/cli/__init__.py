@@ -21,6 +21,7 @@ import otcore.cli.train  # noqa: F401
 import otcore.cli.fusion  # noqa: F401
 import otcore.cli.sweep  # noqa: F401
 import otcore.cli.hessian  # noqa: F401
+import otcore.cli.check  # noqa: F401
 from otcore.cli.output import dumps
 from otcore.cli.registry import COMMANDS, command
 from otcore.errors import UserError
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     # Anything else is a bug: it propagates, and Python prints its traceback and exits with 1.
+    code = result.pop("exit_code", 0)  # a command whose answer is 'no' (check) says so in its exit code
     text = result.pop("text", None)
     if args.json or text is None:
         try:
@@ -54,4 +56,4 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 1
     print(text)
-    return 0
+    return code

@@ -148,8 +148,9 @@ def ot_group_plans(parent: nn.Module, anchor: nn.Module, graph_p: ModelGraph, gr
         if g_a.fixed:
             continue
         start = time.perf_counter()
-        pending = {s.tensor for g in graph_a.groups if g.name not in plans and not g.fixed and g.name != g_a.name
-                   for s in g.slots if s.role == "reader"}  # layers reading channels not aligned yet
+        # Layers reading channels not aligned yet (this group's own included: a gate reading what it scales).
+        pending = {s.tensor for g in graph_a.groups if g.name not in plans and not g.fixed
+                   for s in g.slots if s.role == "reader"}
         writers = [(s_p, s_a) for s_p, s_a in zip(g_p.slots, g_a.slots)
                    if s_p.role == "writer" and s_p.tensor not in pending]
         if not writers:

@@ -8,8 +8,11 @@ from __future__ import annotations
 import copy
 
 import torch
+from torch import nn
 
 from otcore.fusion.align import Plans, apply_plans, weight_of
+from otcore.fusion.group_align import input_shape_of
+from otcore.graph import permute_state, trace_groups
 from otcore.models import INPUT, OUTPUT, FusableNet
 
 
@@ -26,9 +29,18 @@ def random_permutations(model: FusableNet, seed: int) -> Plans:
     return plans
 
 
-def permuted_copy(model: FusableNet, seed: int) -> FusableNet:
-    """A copy of the model with every hidden group's neurons randomly reordered (same function)."""
+def permuted_copy(model: nn.Module, seed: int, input_shape: tuple[int, ...] | None = None) -> nn.Module:
+    """A copy of the model with every hidden group's neurons randomly reordered (same function).
+
+    Any network outside the zoo is traced into its channel groups (otcore.graph), for which it needs the
+    shape of one input: `input_shape`, else the model's own `input_shape` attribute."""
     # A plain deepcopy: permutations are for unpruned networks (a masked one has no leaf `weight` to copy).
     twin = copy.deepcopy(model)
-    twin.load_state_dict({**model.state_dict(), **apply_plans(model, model, random_permutations(model, seed))})
+    if isinstance(model, FusableNet):
+        twin.load_state_dict({**model.state_dict(), **apply_plans(model, model, random_permutations(model, seed))})
+        return twin.eval()
+    graph = trace_groups(model, input_shape_of(model, None) if input_shape is None else tuple(input_shape))
+    generator = torch.Generator().manual_seed(seed)
+    twin.load_state_dict(permute_state(model.state_dict(), graph, {
+        g.name: torch.randperm(g.size, generator=generator) for g in graph.free()}))
     return twin.eval()
