@@ -15,7 +15,7 @@ from pathlib import Path
 
 from otcore.errors import UserError
 
-_SHOWN = 120  # characters of a path a message prints; the rest is elided (a 5,300-character path is one line)
+_SHOWN = 240  # characters of a path a message prints; the rest is elided (a 5,300-character path is one line)
 
 
 class PathError(UserError):
@@ -27,7 +27,7 @@ def shown(path: str | os.PathLike) -> str:
     text = os.fspath(path)
     if len(text) <= _SHOWN:
         return text
-    return f"{text[:50]}...{text[-50:]} ({len(text):,} characters)"
+    return f"{text[:100]}...{text[-100:]} ({len(text):,} characters)"
 
 
 def checked(path: str | os.PathLike, what: str,
