@@ -220,6 +220,8 @@ GROUND_METRICS = ("euclidean", "cosine")
 NORMALIZATIONS = ("none", "max", "median", "mean")
 MARGINALS = ("uniform", "importance")
 ALIGNMENTS = ("ot", "weight_matching", "cca", "zipit")
+REPAIR_SAMPLES = ("REPAIR (--renormalize) restores each neuron's standard deviation on the activation sample, "
+                  "which needs at least 2 samples (--act-samples); got {}")
 
 
 @dataclass(frozen=True)
@@ -251,6 +253,7 @@ class FusionSpec:
         _check(1 <= self.act_samples <= MAX_SAMPLES,
                f"activation samples must be in [1, {MAX_SAMPLES}], got {self.act_samples}")
         _check(0 <= self.act_seed < MAX_SEED, f"activation seed must be in [0, 2**31), got {self.act_seed}")
+        _check(not self.renormalize or self.act_samples >= 2, REPAIR_SAMPLES.format(self.act_samples))
         _check(self.solver in SOLVERS, f"solver must be one of {SOLVERS}, got '{self.solver}'")
         _check(0 < self.reg <= 100, f"Sinkhorn reg must be in (0, 100], got {self.reg}")
         _check(self.ground_metric in GROUND_METRICS,

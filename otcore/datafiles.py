@@ -22,6 +22,7 @@ from pathlib import Path
 
 from otcore.errors import UserError
 from otcore.regular_files import read_regular
+from otcore.user_paths import checked, shown
 
 MAX_FILE_BYTES = 1 << 30  # no dataset file is larger (CIFAR-100's train batch, the largest, is 155 MB)
 _CHUNK = 1 << 20
@@ -68,9 +69,9 @@ def digits_file() -> Path:
 def split_files(name: str, root: str | None) -> tuple[list[Path], list[Path]]:
     """(train files, test files) the loader of a real dataset reads, in order."""
     folder, train, test = LAYOUT[name]
-    base = Path(need_root(name, root))
-    if not base.is_dir():
-        raise DataError(f"could not read {name} from {root}: no such folder "
+    base, info = checked(need_root(name, root), f"could not read {name} from the data root", DataError)
+    if info is None or not stat.S_ISDIR(info.st_mode):
+        raise DataError(f"could not read {name} from {shown(base)}: no such folder "
                         "(--data-root names the folder that holds torchvision's layout)")
     return [base / folder / f for f in train], [base / folder / f for f in test]
 
@@ -90,9 +91,9 @@ def _open(path: Path) -> tuple[int, os.stat_result]:
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        raise DataError(f"{path} is missing") from None
+        raise DataError(f"{shown(path)} is missing") from None
     except OSError as err:
-        raise DataError(f"cannot open {path}: {err.strerror or err}") from None
+        raise DataError(f"cannot open {shown(path)}: {err.strerror or err}") from None
     info = os.fstat(fd)  # of what was opened, so a file swapped after a check cannot slip through
     problem = ("is not a regular file" if not stat.S_ISREG(info.st_mode) else
                f"is {info.st_size:,} bytes, over the limit of {MAX_FILE_BYTES:,}" if info.st_size > MAX_FILE_BYTES
@@ -204,12 +205,12 @@ def dataset_fingerprint(name: str, root: str | None, download: bool = False) -> 
     """
     try:
         files = dataset_files(name, root)
-        if download and not all(p.is_file() for p in files):
+        if download and not all(checked(p, "data file", DataError)[1] is not None for p in files):
             return f"download:{name}"
         return combine(name, [(p.name, file_digest(p)) for p in files]) if files else ""
     except DataError as err:
         if name == "digits" or str(err).startswith(("could not read", "dataset '")):
             raise
-        hint = (f" (expected torchvision's layout, {Path(root or '') / LAYOUT[name][0]}/...; --download fetches "
-                "it when online)") if str(err).endswith("is missing") else ""
-        raise DataError(f"could not read {name} from {root}: {err}{hint}") from None
+        hint = (f" (expected torchvision's layout, {shown(Path(root or '') / LAYOUT[name][0])}/...; --download "
+                "fetches it when online)") if str(err).endswith("is missing") else ""
+        raise DataError(f"could not read {name} from {shown(root or '')}: {err}{hint}") from None

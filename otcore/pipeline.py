@@ -6,6 +6,7 @@ so the UI, the CLI and the tests run one code path and a setting seen before ret
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -150,8 +151,11 @@ def load_parent(source: str | Path | bytes, data: DataSpec, model: ModelSpec, na
     net = load_into(net, checkpoint, arch_name=model.arch)
     net = net.to(resolve_device(device)).eval()
     label = Path(source).name if isinstance(source, (str, Path)) else "upload"
-    return Parent(name, "ckpt-" + _state_hash(net), net, {**_scores(net, ds), "checkpoint": checkpoint.meta},
-                  source=label)
+    scores = _scores(net, ds)
+    if not all(math.isfinite(scores[split]["loss"]) for split in ("test", "train")):  # finite weights, overflowing
+        raise FusionError(f"{name} ({label}): its outputs on the data are not finite (test loss "
+                          f"{scores['test']['loss']}); its weights are too large or damaged: check the parents' weights")
+    return Parent(name, "ckpt-" + _state_hash(net), net, {**scores, "checkpoint": checkpoint.meta}, source=label)
 
 
 def _timed_eval(model: nn.Module | list[nn.Module], ds: Dataset) -> tuple[Evaluation, Evaluation, float]:

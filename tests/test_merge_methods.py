@@ -51,21 +51,54 @@ def test_fusing_a_permuted_copy_keeps_the_function(arch: str, alignment: str, re
         assert len(live) > 0.9 * merge.shape[0]
 
 
-def test_three_weighted_parents(x: torch.Tensor) -> None:
-    """CCA Merge of three permuted copies is exact at any weights. ZipIt! (the authors' alpha = 0.3
-    re-merge penalty) first zips pairs, then scores a pair against the third copy at 0.3: it runs, but
-    is not exact on permuted triples; its merge maps still split every fused neuron by the weights."""
-    model = net("vgg_tiny_nobias")
+@pytest.mark.parametrize("arch", ["mlpnet", "vgg_tiny_nobias"])
+@pytest.mark.parametrize("alignment", METHODS)
+def test_three_weighted_permuted_copies_fuse_back_into_the_original(arch: str, alignment: str,
+                                                                   x: torch.Tensor) -> None:
+    """A model and two permuted copies of itself, at any weights and anchor: the original's logits.
+    ZipIt! zips each feature with its two twins (a pair takes the third model's match at full
+    similarity: the re-merge penalty starts beyond N members)."""
+    model = net(arch)
     parents = [model, permuted_copy(model, 1), permuted_copy(model, 2)]
-    for spec in (FusionSpec(alignment="cca"), FusionSpec(alignment="cca", weights=(0.2, 0.3, 0.5), anchor=2)):
+    for spec in (FusionSpec(alignment=alignment), FusionSpec(alignment=alignment, weights=(0.2, 0.3, 0.5), anchor=2),
+                 FusionSpec(alignment=alignment, renormalize=True, anchor=1)):
         result = fuse(parents, spec, act_inputs=x)
         assert len(result.plans) == 3
-        assert (result.model(x) - model(x)).abs().max() < 1e-4
-    result = fuse(parents, FusionSpec(alignment="zipit", weights=(0.2, 0.3, 0.5)), act_inputs=x)
-    for group in result.plans[0]:
-        total = sum(plans[group].sum(0) for plans in result.plans)
-        assert torch.allclose(total, torch.ones_like(total), atol=1e-6)
-    assert torch.isfinite(result.model(x)).all()
+        assert (result.model(x) - model(x)).abs().max() < 1e-4, spec
+        for group in result.plans[0]:  # every fused neuron is split between the parents by their weights
+            total = sum(plans[group].sum(0) for plans in result.plans)
+            assert torch.allclose(total, torch.ones_like(total), atol=1e-6)
+
+
+@pytest.mark.parametrize("n_parents", [3, 4, 5])
+def test_zipit_fuses_n_independent_parents_into_the_anchors_widths(n_parents: int, x: torch.Tensor) -> None:
+    """N differently initialised parents (three used to stop with 'ran out of mergeable features'):
+    the fused network has the anchor's widths, every feature of every parent lands in one fused feature,
+    and the same-model budget holds wherever the greedy run did not need it to yield."""
+    for arch in ("mlpnet", "vgg_tiny_nobias"):
+        parents = [net(arch, seed) for seed in range(n_parents)]
+        result = fuse(parents, FusionSpec(alignment="zipit", anchor=n_parents - 1), act_inputs=x)
+        assert [p.shape for p in result.model.parameters()] == [p.shape for p in parents[-1].parameters()]
+        assert torch.isfinite(result.model(x)).all()
+        for group in result.plans[0]:
+            merges = [plans[group] for plans in result.plans]
+            assert all(torch.equal((m > 0).sum(1), torch.ones(m.shape[0], dtype=torch.long)) for m in merges)
+            total = sum(m.sum(0) for m in merges)
+            assert torch.allclose(total, torch.ones_like(total), atol=1e-6)
+
+
+def test_zipit_reaches_the_width_when_every_remaining_pair_shares_a_spent_model() -> None:
+    """Model 0 holds a duplicated feature and no same-model budget: zipping the duplicate spends it, and
+    once model 1's one feature has joined, every remaining pair shares model 0. The budget yields (the
+    most similar pair merges) instead of stopping above the width."""
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(400, 3, generator=g, dtype=torch.float64)
+    def noisy(cols):
+        return base[:, cols] + 0.05 * torch.randn(400, len(cols), generator=g, dtype=torch.float64)
+    merge, unmerge = zipit_maps([noisy([0, 0, 1]), noisy([2])], [0.5, 0.5], 1, beta=0.0)
+    assert torch.equal(unmerge[0], torch.ones(3, 1, dtype=torch.float64))
+    assert torch.equal(unmerge[1], torch.ones(1, 1, dtype=torch.float64))
+    assert torch.allclose(merge[0], torch.full((3, 1), 0.25, dtype=torch.float64))  # the members' mean
 
 
 def test_cca_map_is_the_inverse_pair_and_the_ridge_pins_unseen_directions() -> None:

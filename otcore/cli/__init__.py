@@ -26,6 +26,7 @@ from otcore.cli.output import dumps
 from otcore.cli.registry import COMMANDS, command
 from otcore.errors import UserError
 from otcore.threads import apply_policy
+from otcore.user_paths import checked
 
 __all__ = ["COMMANDS", "command", "dumps", "main"]
 
@@ -42,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "cache_dir", None):
         os.environ["OTCORE_CACHE_DIR"] = args.cache_dir
     try:
+        if os.environ.get("OTCORE_CACHE_DIR"):  # a name the system refuses is the user's to fix, not a degraded cache
+            checked(os.environ["OTCORE_CACHE_DIR"], "--cache-dir" if getattr(args, "cache_dir", None)
+                    else "the cache folder ($OTCORE_CACHE_DIR)")
         result = COMMANDS[args.command][1](args)
     except (UserError, FileNotFoundError, PermissionError) as err:  # what the user can fix: one line
         print(f"error: {err}", file=sys.stderr)

@@ -87,9 +87,12 @@ def train_spec(args: argparse.Namespace, epochs: int | None = None) -> TrainSpec
 def parents_of(args: argparse.Namespace, bar: Bar) -> list:
     """Parents from --parents files, else the cached (or newly trained) parents of --seeds."""
     from otcore.pipeline import load_parent, train_parents
+    from otcore.user_paths import checked
 
     data, model = specs(args)
     if getattr(args, "parents", None):
+        for i, path in enumerate(args.parents):  # every name checked before the first file is read
+            checked(path, f"--parents: parent {i + 1}")
         return [load_parent(path, data, model, f"parent {i + 1}", args.device) for i, path in enumerate(args.parents)]
     return train_parents(data, model, train_spec(args), args.seeds, args.device, bar)
 

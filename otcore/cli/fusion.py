@@ -39,22 +39,24 @@ def _report_args(p: argparse.ArgumentParser) -> None:
 @command("report", _report_args)
 def run_report(args: argparse.Namespace) -> dict:
     """Fuse as `fuse` does and write the Fusion page's HTML report (tables, interactive charts)."""
-    from pathlib import Path
+    import stat
 
     from otcore.atomic import write_atomic
     from otcore.pipeline import fuse_and_compare
     from otcore.report import fusion_report
+    from otcore.user_paths import checked, shown
 
     spec = checked_fusion_spec(args)
-    out = Path(args.out)
-    # Checked before the work, not found out after it: a folder, a missing folder, a read-only one.
-    if out.is_dir():
-        raise SpecError(f"--out {out} is a folder; give the HTML file to write, e.g. {out / 'report.html'}")
-    folder = out.parent
-    if not folder.is_dir():
-        raise SpecError(f"--out {out}: the folder {folder} does not exist")
-    if not os.access(folder, os.W_OK) or out.exists() and not os.access(out, os.W_OK):
-        raise SpecError(f"--out {out}: cannot write there (permission denied)")
+    # Checked before the work, not found out after it: a name the system refuses, a folder, a missing folder,
+    # a read-only one.
+    out, info = checked(args.out, "--out", SpecError)
+    if info is not None and stat.S_ISDIR(info.st_mode):
+        raise SpecError(f"--out {shown(out)} is a folder; give the HTML file to write, e.g. {shown(out / 'report.html')}")
+    folder, folder_info = checked(out.parent, "--out: the folder", SpecError)
+    if folder_info is None or not stat.S_ISDIR(folder_info.st_mode):
+        raise SpecError(f"--out {shown(out)}: the folder {shown(folder)} does not exist")
+    if not os.access(folder, os.W_OK) or info is not None and not os.access(out, os.W_OK):
+        raise SpecError(f"--out {shown(out)}: cannot write there (permission denied)")
     bar = Bar("report")
     parents = parents_of(args, bar)
     data, model = specs(args)

@@ -26,10 +26,22 @@ from otcore.fusion.merge_maps import MergeMethodError, correlation
 DEFAULT_REG = 1.0  # ridge of the covariances, in units of the layer's mean neuron variance
 
 
+def _finite(what: str, *tensors: torch.Tensor) -> None:
+    """Refuses a non-finite intermediate with one line: features or weights too large for float64 algebra."""
+    if not all(torch.isfinite(t).all() for t in tensors):
+        raise MergeMethodError(f"CCA Merge: the {what} are not finite (a parent's weights or activations are too "
+                               "large); check the parents' weights, or use OT alignment")
+
+
 def _roots(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(matrix^{1/2}, matrix^{-1/2}) of a symmetric positive definite matrix, from one eigendecomposition."""
-    values, vectors = torch.linalg.eigh(matrix)
+    try:
+        values, vectors = torch.linalg.eigh(matrix)
+    except torch.linalg.LinAlgError:
+        raise MergeMethodError("CCA Merge: a covariance's eigendecomposition did not converge (a parent's "
+                               "activations span too many orders of magnitude); use OT alignment") from None
     root = values.clamp_min(1e-12).sqrt()
+    _finite("covariances' eigenvalues", root)
     return (vectors * root) @ vectors.T, (vectors / root) @ vectors.T
 
 
@@ -48,7 +60,10 @@ def cca_map(anchor_feats: torch.Tensor, parent_feats: torch.Tensor, reg: float =
     if d_a != d_p:
         raise MergeMethodError(f"CCA Merge needs parents of the same widths (a group has {d_p} neurons in a parent "
                                f"and {d_a} in the anchor); use OT alignment instead")
-    corr = correlation(anchor_feats, parent_feats).cpu().numpy()
+    _finite("features", anchor_feats, parent_feats)
+    corr = correlation(anchor_feats, parent_feats)
+    _finite("correlations", corr)
+    corr = corr.cpu().numpy()
     _, order = linear_sum_assignment(corr, maximize=True)  # parent neuron order[j] matched to anchor neuron j
     parent_feats = parent_feats[:, torch.as_tensor(order, device=parent_feats.device)]
     za, zp = anchor_feats - anchor_feats.mean(0), parent_feats - parent_feats.mean(0)
@@ -57,9 +72,18 @@ def cca_map(anchor_feats: torch.Tensor, parent_feats: torch.Tensor, reg: float =
     ridge = reg * torch.cat([c_aa.diagonal(), c_pp.diagonal()]).mean().clamp_min(1e-30)
     eye = torch.eye(d_a, dtype=za.dtype, device=za.device)
     c_aa, c_pp, c_ap = c_aa + ridge * eye, c_pp + ridge * eye, c_ap + cross_ridge * ridge * eye
+    _finite("covariances", c_aa, c_pp, c_ap)
     (aa_half, aa_neg), (pp_half, pp_neg) = _roots(c_aa), _roots(c_pp)
-    u, _, vh = torch.linalg.svd(aa_neg @ c_ap @ pp_neg)
+    whitened = aa_neg @ c_ap @ pp_neg
+    _finite("whitened cross-covariances", whitened)
+    try:
+        u, _, vh = torch.linalg.svd(whitened)
+    except torch.linalg.LinAlgError:
+        raise MergeMethodError("CCA Merge: the canonical correlations could not be computed (the SVD did not "
+                               "converge); use OT alignment") from None
     rotation = u @ vh
     select = torch.zeros(d_a, d_p, dtype=za.dtype, device=za.device)
     select[torch.arange(d_a), torch.as_tensor(order, device=za.device)] = 1.0  # (select @ z_p)_j = z_p[order[j]]
-    return aa_half @ rotation @ pp_neg @ select, select.T @ pp_half @ rotation.T @ aa_neg
+    forward, inverse = aa_half @ rotation @ pp_neg @ select, select.T @ pp_half @ rotation.T @ aa_neg
+    _finite("merge maps", forward, inverse)
+    return forward, inverse

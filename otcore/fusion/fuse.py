@@ -18,9 +18,9 @@ from otcore.errors import FusionError
 from otcore.fusion.align import GroupDiagnostics, Plans, apply_plans, check_same_family, ot_plans
 from otcore.fusion.cca import cca_map
 from otcore.fusion.group_align import fuse_by_groups
-from otcore.fusion.merge_maps import check_mergeable, features, merge_weights, pre_activations, repair_target
+from otcore.fusion.merge_maps import MergeMethodError, check_mergeable, features, merge_weights, pre_activations, repair_target
 from otcore.fusion.new_weights import copy_with
-from otcore.fusion.repair import repair
+from otcore.fusion.repair import check_sample, repair
 from otcore.fusion.weight_matching import weight_matching_plans
 from otcore.fusion.zipit import zipit_maps
 from otcore.fusion.options import MERGE_ALIGNMENTS, FusionOptions, MakesOptions, as_options
@@ -90,6 +90,12 @@ def average_aligned(parents: list[FusableNet], plans: list[Plans], weights: list
 MERGE_METHODS = {"cca": "CCA Merge", "zipit": "ZipIt!"}  # alignments by merge/unmerge maps, by name in messages
 
 
+@torch.no_grad()
+def _finite_outputs(model: FusableNet, x: torch.Tensor) -> bool:
+    """Whether the network's outputs on x are finite (float32 overflows where float64 maps did not)."""
+    return bool(torch.isfinite(model(x.to(next(model.parameters()).device))).all())
+
+
 def merge_by_maps(parents: list[FusableNet], opts: FusionOptions, act_inputs: torch.Tensor | None,
                   progress: Callable[[str, float], None] | None = None) -> FusionResult:
     """CCA Merge or ZipIt! of the parents (any N >= 2) into the anchor's widths; plans are the merge maps."""
@@ -99,11 +105,18 @@ def merge_by_maps(parents: list[FusableNet], opts: FusionOptions, act_inputs: to
     groups = check_mergeable(parents, method)
     if act_inputs is None:
         raise FusionError(f"{method} needs a sample of inputs")
+    if opts.renormalize:
+        check_sample(act_inputs)  # before any statistic is taken of it
     anchor_idx = opts.anchor_index(len(parents))
     weights = opts.parent_weights(len(parents))
     start = time.perf_counter()
     pre = pre_activations(parents, act_inputs)
     seconds = {"activations": time.perf_counter() - start, "fusion": 0.0}
+    for i, acts in enumerate(pre):
+        for g, a in acts.items():
+            if not torch.isfinite(a).all():
+                raise MergeMethodError(f"{method}: parent {i + 1}'s activations at {g} on the sample are not finite "
+                                       "(its weights are too large); check the parents' weights")
     start = time.perf_counter()
     merges: list[Plans] = [{} for _ in parents]
     unmerges: list[Plans] = [{} for _ in parents]
@@ -129,6 +142,9 @@ def merge_by_maps(parents: list[FusableNet], opts: FusionOptions, act_inputs: to
     model = merge_weights(parents, parents[anchor_idx], merges, unmerges, weights)
     if opts.renormalize:
         model = repair(model, parents, merges, weights, act_inputs, target=repair_target(pre, merges))
+    if not all(torch.isfinite(p).all() for p in model.parameters()) or not _finite_outputs(model, act_inputs):
+        raise MergeMethodError(f"{method}: the fused network's weights or outputs on the activation sample are not "
+                               "finite (a parent's weights are too large); check the parents' weights")
     seconds["fusion"] = time.perf_counter() - start
     return FusionResult(model, merges, [[] for _ in parents], seconds)
 

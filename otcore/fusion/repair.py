@@ -12,10 +12,18 @@ from __future__ import annotations
 import torch
 
 from otcore.activations import capture_activations
+from otcore.errors import FusionError
 from otcore.fusion.align import Plans
 from otcore.models import FusableNet
 
 EPS = 1e-6
+
+
+def check_sample(x: torch.Tensor) -> None:
+    """Refuses a sample too small for a standard deviation (torch would warn and return NaN)."""
+    if x.shape[0] < 2:
+        raise FusionError("REPAIR restores each neuron's standard deviation on the activation sample, which needs "
+                          f"at least 2 samples; got {x.shape[0]}")
 
 
 def _single_writer_groups(model: FusableNet) -> dict[str, str]:
@@ -49,6 +57,7 @@ def repair(fused: FusableNet, parents: list[FusableNet], plans: list[Plans], wei
 
     target: per group, the std to restore, where the caller knows it better than the plans do
     (merge maps that are not transport plans: CCA Merge, ZipIt!)."""
+    check_sample(x)
     groups = _single_writer_groups(fused)
     if target is None:
         target = _target_std(parents, plans, weights, x, groups)

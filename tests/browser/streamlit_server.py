@@ -14,9 +14,9 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 VIEWPORT = {"width": 1280, "height": 800}
+T = TypeVar("T")
 
 
 def screenshot_run(description: str) -> str:
@@ -119,13 +120,69 @@ def click(page, widget_key: str) -> None:
     page.locator(f"{key(widget_key)} button").first.click()
 
 
-def wait_idle(page, selector: str = "h1", timeout_ms: int = 120_000) -> None:
-    """Wait until `selector` is drawn and the app has finished its script run (no 'Running' status)."""
+IDLE_MS = 240_000  # generous: a page's script run on a loaded 2-core CPU beside other work
+SETTLE_MS = 1_000  # how long the page must stay idle before it counts as done (a rerun may start just after a click)
+
+
+def wait_idle(page, selector: str = "h1", timeout_ms: int = IDLE_MS, settle_ms: int = SETTLE_MS) -> None:
+    """Wait until `selector` is drawn and the app has finished its script run: no 'Running' status and no stale
+    (greyed, about to be redrawn) element, continuously for `settle_ms`."""
     page.wait_for_selector(selector, state="attached", timeout=timeout_ms)
+    page.evaluate("() => { window.__otIdleSince = null; }")  # an earlier wait's quiet spell does not count
     page.wait_for_function(
-        "() => { const w = document.querySelector(\"[data-testid='stStatusWidget']\");"
-        " return !w || !/Running|Stop/.test(w.innerText); }", timeout=timeout_ms)
-    page.wait_for_timeout(500)  # let the last deltas paint
+        "(settle) => { const w = document.querySelector(\"[data-testid='stStatusWidget']\");"
+        " const busy = (w && /Running|Stop/.test(w.innerText)) || document.querySelector(\"[data-stale='true']\");"
+        " const now = performance.now();"
+        " if (busy) { window.__otIdleSince = null; return false; }"
+        " if (window.__otIdleSince == null) { window.__otIdleSince = now; }"
+        " return now - window.__otIdleSince >= settle; }", arg=settle_ms, polling=100, timeout=timeout_ms)
+
+
+def settled(read: Callable[[], T], ready: Callable[[T], bool], what: str, timeout_ms: int = IDLE_MS,
+            page: Any = None) -> T:
+    """Poll `read()` until `ready(value)` holds for two reads in a row that agree (the page is not mid-redraw),
+    with the page idle in between when `page` is given; raises AssertionError with the last value at the deadline.
+
+    A read may fail while Streamlit swaps an element (detached, not yet drawn): that is a read to retry."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    last: Any = None
+    previous: Any = _UNSET
+    while True:
+        if page is not None:
+            wait_idle(page, "body", timeout_ms=max(1_000, int(1000 * (deadline - time.monotonic()))))
+        try:
+            value = read()
+        except Exception as err:  # noqa: BLE001 - an element mid-redraw: read again
+            value, ok = err, False
+        else:
+            ok = ready(value)
+        if ok and previous is not _UNSET and value == previous:
+            return value
+        previous = value if ok else _UNSET
+        last = value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not reached within {timeout_ms / 1000:.0f} s; last read {last!r}")
+        time.sleep(0.2)
+
+
+_UNSET = object()
+
+
+def cards(page: Any, labels: list[str] | None = None, contains: set[str] | None = None,
+          timeout_ms: int = IDLE_MS) -> dict[str, list[str]]:
+    """The metric cards, label -> the lines under it (value, delta), once the labels are exactly `labels` (in
+    order) or include `contains`, and two reads agree."""
+    def read() -> dict[str, list[str]]:
+        shown = {}
+        for text in page.locator("[data-testid='stMetric']").all_inner_texts():
+            label, *lines = [line.strip() for line in text.splitlines() if line.strip()]
+            shown[label] = lines
+        return shown
+
+    def ready(shown: dict[str, list[str]]) -> bool:
+        return bool(shown) and (labels is None or list(shown) == labels) and (contains is None or contains <= set(shown))
+
+    return settled(read, ready, f"the metric cards {labels or contains}", timeout_ms, page)
 
 
 def screenshot(page: Any, path: Path, full_height: int | None = None) -> None:
@@ -191,9 +248,7 @@ def choose(page: Any, widget_key: str, labels: list[str]) -> None:
                 _pick(page, entry, label)
                 wait_idle(page)
         entry.press("Escape")
-    wait_idle(page)
-    chosen = tags.all_inner_texts()
-    assert chosen == labels, f"{widget_key}: asked {labels}, the widget shows {chosen}"
+    settled(tags.all_inner_texts, lambda chosen: chosen == labels, f"{widget_key} showing {labels}", page=page)
 
 
 def select(page: Any, widget_key: str, label: str) -> None:
@@ -205,35 +260,74 @@ def select(page: Any, widget_key: str, label: str) -> None:
 
 
 def fill_number(page: Any, widget_key: str, value: float) -> None:
-    """Type a value into a number input and leave it (Tab commits it, as a user's would)."""
+    """Type a value into a number input, leave it (Tab commits it, as a user's would), wait for the rerun."""
     entry = page.locator(f"{key(widget_key)} input")
     entry.fill(str(value))
     entry.press("Tab")
+    wait_idle(page, "body")  # the rerun the new value starts, finished
+
+
+def _grid(page: Any, container: str) -> Any:
+    return page.locator(f"{container} [data-testid='stDataFrame']").first
 
 
 def grid_rows(page: Any, container: str) -> list[list[str]]:
-    """The cells of the first dataframe inside `container` (a CSS selector), row by row, as the grid shows them.
+    """The cells of the first dataframe inside `container` (a CSS selector), row by row, as the grid shows them,
+    read once: use `read_grid` to wait for a table.
 
     Glide's canvas grid keeps an accessible table of role 'row'/'gridcell' in the DOM; the header row is left out.
     """
-    grid = page.locator(f"{container} [data-testid='stDataFrame']").first
-    grid.locator("[role='gridcell']").first.wait_for(state="attached")
-    rows = grid.locator("[role='row']:has([role='gridcell'])")
+    rows = _grid(page, container).locator("[role='row']:has([role='gridcell'])")
     return [row.locator("[role='gridcell']").all_inner_texts() for row in rows.all()]
 
 
 def grid_header(page: Any, container: str) -> list[str]:
-    """The column names of the first dataframe inside `container`."""
-    grid = page.locator(f"{container} [data-testid='stDataFrame']").first
-    return [t.strip() for t in grid.locator("[role='columnheader']").all_inner_texts()]
+    """The column names of the first dataframe inside `container`, read once (see `read_grid`)."""
+    return [t.strip() for t in _grid(page, container).locator("[role='columnheader']").all_inner_texts()]
 
 
-def plotly_figure(page: Any, chart_key: str) -> dict:
-    """The traces (name, x, y, axes) and axis titles Plotly drew for a chart key, read from the plot's own div.
+def read_grid(page: Any, container: str, columns: list[str] | tuple[str, ...] = (), min_rows: int = 1,
+              first_column: list[str] | None = None, exact: bool = False,
+              timeout_ms: int = IDLE_MS) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the first dataframe inside `container`, once the page is idle, the header holds
+    `columns` (exactly those, in order, with `exact`), there are `min_rows` rows (or exactly the rows named by
+    `first_column`), each as wide as the header, and two reads in a row agree: never a table caught mid-redraw."""
+    def ready(table: tuple[list[str], list[list[str]]]) -> bool:
+        header, rows = table
+        if header != list(columns) if exact else not set(columns) <= set(header):
+            return False
+        if len(rows) < min_rows or any(len(r) != len(header) for r in rows):
+            return False
+        return first_column is None or [r[0] for r in rows] == first_column
+
+    return settled(lambda: (grid_header(page, container), grid_rows(page, container)), ready,
+                   f"the table in {container} with columns {list(columns)}", timeout_ms, page)
+
+
+def texts(page: Any, selector: str, ready: Callable[[list[str]], bool], what: str,
+          timeout_ms: int = IDLE_MS) -> list[str]:
+    """The inner texts of every element matching `selector`, once `ready(texts)` holds and the page is settled."""
+    return settled(lambda: page.locator(selector).all_inner_texts(), ready, what, timeout_ms, page)
+
+
+def plotly_figure(page: Any, chart_key: str, names: set[str] | None = None,
+                  ready_when: Callable[[dict], bool] | None = None, timeout_ms: int = IDLE_MS) -> dict:
+    """The traces (name, x, y, axes) and axis titles Plotly drew for a chart key, read from the plot's own div,
+    once the page is settled, the traces named `names` are all drawn and `ready_when(figure)` holds (a chart
+    that changes in place, e.g. a new metric, is told apart by its axes), with the same data twice.
 
     `_fullData`, not `data`: Plotly keeps a figure's arrays base64-encoded in `data` and decoded in `_fullData`.
     """
-    page.wait_for_selector(f"{key(chart_key)} .js-plotly-plot .main-svg", timeout=120_000)
+    def ready(figure: dict) -> bool:
+        drawn = {t["name"] for t in figure["data"]}
+        return bool(drawn) and (names is None or names <= drawn) and (ready_when is None or ready_when(figure))
+
+    page.wait_for_selector(f"{key(chart_key)} .js-plotly-plot .main-svg", timeout=timeout_ms)
+    return settled(lambda: _figure(page, chart_key), ready, f"the chart {chart_key} with traces {names}",
+                   timeout_ms, page)
+
+
+def _figure(page: Any, chart_key: str) -> dict:
     return page.locator(f"{key(chart_key)} .js-plotly-plot").first.evaluate(
         "el => JSON.parse(JSON.stringify({data: el._fullData.map(t => ({name: t.name, x: Array.from(t.x || []), "
         "y: Array.from(t.y || []), xaxis: t.xaxis, yaxis: t.yaxis})), layout: el._fullLayout ? "

@@ -11,9 +11,14 @@ from tests.browser.streamlit_server import (
     BROWSER_MARKS,
     SCREENSHOTS,
     browser_page,
+    cards,
     click,
+    expect,
     key,
+    read_grid,
+    settled,
     streamlit_server,
+    texts,
     wait_idle,
 )
 
@@ -34,14 +39,15 @@ def test_fuse_with_defaults_in_chromium(browser_cache: Path, tmp_path_factory: p
         wait_idle(page, "text=No parents yet")
         click(page, "ws.load")
         wait_idle(page, "text=Set the options above")
-        assert "2 parents of mlpnet on digits" in page.locator("[data-testid='stSidebar']").inner_text()
+        expect(page.locator("[data-testid='stSidebar']")).to_contain_text("2 parents of mlpnet on digits",
+                                                                          timeout=60_000)
         click(page, "fusion.fuse")
         wait_idle(page, "[data-testid='stDataFrame'] [role='gridcell']")
-        table = page.locator("[data-testid='stDataFrame']").first
-        methods = table.locator("[role='gridcell']").all_text_contents()[::6]
-        assert methods == ["parent 1", "parent 2", "vanilla average", "prediction ensemble", "OT fusion"]
-        cards = page.locator("[data-testid='stMetric']").all_inner_texts()
-        assert any(c.startswith("OT fusion") and "%" in c for c in cards)
+        methods = ["parent 1", "parent 2", "vanilla average", "prediction ensemble", "OT fusion"]
+        header, rows = read_grid(page, "body", first_column=methods)
+        assert len(header) == 6 and [r[0] for r in rows] == methods
+        shown = cards(page, contains={"OT fusion"})
+        assert "%" in shown["OT fusion"][0], shown
         assert page.locator("[data-testid='stException']").count() == 0
         page.wait_for_selector(f"{key('fusion.chart.bar')} .main-svg")
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -63,16 +69,16 @@ def test_every_page_opens_by_deep_link_and_home_is_named(browser_cache: Path):
         for title in PAGES:  # each a first request to its URL, as a bookmark would be
             page.goto(f"{url}/{title}")
             wait_idle(page, "h1")
-            assert page.locator("h1").first.inner_text() == title
+            expect(page.locator("h1").first).to_have_text(title, timeout=60_000)
             assert page.locator("[data-testid='stException']").count() == 0
         # The sidebar's own page links (Streamlit's list is hidden: it would call Home 'app').
-        links = page.locator("[data-testid='stSidebar'] [data-testid='stPageLink-NavLink']")
-        links.first.wait_for(timeout=30_000)
-        assert [text.splitlines()[-1].strip() for text in links.all_inner_texts()] == ["Home", *PAGES]
+        links = "[data-testid='stSidebar'] [data-testid='stPageLink-NavLink']"
+        shown = texts(page, links, lambda t: len(t) == len(PAGES) + 1, "the sidebar's page links")
+        assert [text.splitlines()[-1].strip() for text in shown] == ["Home", *PAGES]
         assert page.locator("[data-testid='stSidebarNav']").count() == 0
         page.goto(url)
         wait_idle(page, "h1")
-        assert page.locator("h1").first.inner_text() == "OT Fusion Studio"
+        expect(page.locator("h1").first).to_have_text("OT Fusion Studio", timeout=60_000)
 
 
 def test_a_sweep_runs_on_while_other_pages_are_open_and_stops(browser_cache: Path):
@@ -90,10 +96,13 @@ def test_a_sweep_runs_on_while_other_pages_are_open_and_stops(browser_cache: Pat
         page.wait_for_selector(f"{key('sweeps.stop')} button, [data-testid='stCaptionContainer']:has-text('0 failed')",
                                timeout=60_000)
         assert page.locator(f"{key('sweeps.stop')} button").count() >= 1, "12 points ended before the page was back"
-        assert any("points done" in c for c in page.locator("[data-testid='stCaptionContainer']").all_inner_texts())
+        # Polled without waiting for an idle page: the page follows the running sweep with reruns of its own.
+        settled(lambda: page.locator("[data-testid='stCaptionContainer']").all_inner_texts(),
+                lambda shown: any("points done" in c for c in shown), "the sweep's 'points done' caption")
         click(page, "sweeps.stop")
         page.wait_for_selector("text=stopped: the Stop button was pressed", timeout=300_000)
-        summary = page.locator("[data-testid='stCaptionContainer']:has-text('0 failed')").first.inner_text()
+        summary = texts(page, "[data-testid='stCaptionContainer']:has-text('0 failed')",
+                        lambda shown: bool(shown) and "stopped" in shown[0], "the stopped sweep's summary")[0]
         done = int(summary.split(" of ")[0].strip("* "))
         assert done >= 1 and done < 12 and "of 12 points" in summary  # stopped part-way
         assert page.locator("[data-testid='stException']").count() == 0

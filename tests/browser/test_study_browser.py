@@ -13,16 +13,18 @@ from tests.browser.streamlit_server import (
     BROWSER_MARKS,
     SCREENSHOTS,
     browser_page,
+    cards,
     choose,
     click,
     expect,
     fill_number,
-    grid_header,
-    grid_rows,
     key,
     plotly_figure,
+    read_grid,
     select,
+    settled,
     streamlit_server,
+    texts,
     wait_idle,
 )
 
@@ -56,6 +58,12 @@ def shoot(page, name: str) -> None:
     page.screenshot(path=str(SCREENSHOTS / f"test_study_{name}.png"))
 
 
+def caption(page, contains: str, ready=lambda text: True) -> str:
+    """The first caption holding `contains`, once `ready(text)` holds and the page is settled."""
+    selector = f"[data-testid='stCaptionContainer']:has-text('{contains}')"
+    return texts(page, selector, lambda shown: bool(shown) and ready(shown[0]), f"a caption '{contains}'")[0]
+
+
 def no_exception(page) -> None:
     assert page.locator("[data-testid='stException']").count() == 0
     assert page.locator("[data-testid='stAlertContentError']").count() == 0
@@ -76,9 +84,8 @@ def test_an_analysed_sweep_gives_the_study_table_the_cache_holds(server: str, ca
         fill_number(page, "sweeps.retrain_lr", 0.01)
         click(page, "sweeps.start")
         page.wait_for_selector(STUDY, timeout=LONG_MS)
-        wait_idle(page)
+        summary = caption(page, "points ·", lambda text: "finished" in text)
         no_exception(page)
-        summary = page.locator("[data-testid='stCaptionContainer']:has-text('points ·')").first.inner_text()
         assert summary.startswith("2 of 2 points · 0 failed · finished · local executor"), summary
 
         # What the cache holds for this sweep, read by the library, not by the page.
@@ -100,7 +107,8 @@ def test_an_analysed_sweep_gives_the_study_table_the_cache_holds(server: str, ca
         # One fraction, two types: the chart is drawn against the field that varies, not a single column of dots.
         expect(page.locator(key("sweeps.x")).get_by_role("combobox")).to_have_value("prune.type")
         select(page, "sweeps.metric", "trace")
-        figure = plotly_figure(page, "sweeps.chart")
+        figure = plotly_figure(page, "sweeps.chart", {"OT fusion", "OT fusion retrained"},
+                               lambda f: f["layout"].get("yaxis", {}).get("title") == "Hessian trace")
         lines = {t["name"]: dict(zip(t["x"], t["y"])) for t in figure["data"]}
         assert set(lines) == {"OT fusion", "OT fusion retrained"}, figure
         for method, line in lines.items():
@@ -109,26 +117,24 @@ def test_an_analysed_sweep_gives_the_study_table_the_cache_holds(server: str, ca
                 assert line[kind] == pytest.approx(points[kind, 0.3].curvature[method]["trace"], rel=1e-9)
         assert figure["layout"]["yaxis"]["title"] == "Hessian trace"
         page.get_by_text("Initial and retrained side by side").click()
-        wait_idle(page)
-        figure = plotly_figure(page, "sweeps.chart")
+        figure = plotly_figure(page, "sweeps.chart", ready_when=lambda f: {t["xaxis"] for t in f["data"]} == {"x", "x2"})
         panels = {t["name"]: t["xaxis"] for t in figure["data"]}
         assert panels == {"OT fusion": "x", "OT fusion retrained": "x2"}  # initial left, retrained right
         shoot(page, "sweeps_curvature")
 
         # The study table: a row per experiment named as the study names it, a column per network.
         page.get_by_text("The study's table").click()
-        wait_idle(page)
-        header = grid_header(page, STUDY)
-        rows = grid_rows(page, STUDY)
+        header, rows = read_grid(page, STUDY, ["experiment", *cached_acc], first_column=["structured 30 %",
+                                                                                         "unstructured 30 %"])
         assert header == ["experiment", *cached_acc]
         assert [r[0] for r in rows] == ["structured 30 %", "unstructured 30 %"]
         # The grid's accessible cells hold the values the canvas formats (2 decimals): the cache's, in full.
         shown = dict(zip(header[1:], map(float, rows[0][1:])))
         assert shown == pytest.approx(cached_acc, rel=1e-9)
         select(page, "sweeps.study_metric", "trace")
-        wait_idle(page)
-        assert grid_header(page, STUDY) == ["experiment", "OT fusion", "OT fusion retrained"]
-        traces = {r[0]: [float(v) for v in r[1:]] for r in grid_rows(page, STUDY)}
+        _, trace_rows = read_grid(page, STUDY, ["experiment", "OT fusion", "OT fusion retrained"], exact=True,
+                                  min_rows=2)
+        traces = {r[0]: [float(v) for v in r[1:]] for r in trace_rows}
         for kind in ("structured", "unstructured"):
             curvature = points[kind, 0.3].curvature
             assert traces[f"{kind} 30 %"] == pytest.approx(
@@ -163,15 +169,6 @@ def load_parents(page, server: str, title: str, ready: str) -> None:
     wait_idle(page, ready, timeout_ms=LONG_MS)
 
 
-def cards(page) -> dict[str, list[str]]:
-    """The metric cards: label -> the lines under it (value, delta)."""
-    shown = {}
-    for text in page.locator("[data-testid='stMetric']").all_inner_texts():
-        label, *lines = [line.strip() for line in text.splitlines() if line.strip()]
-        shown[label] = lines
-    return shown
-
-
 def test_prune_fuse_with_retraining_keeps_the_fraction_and_the_hessian_page_compares_before_and_after(server: str):
     with browser_page() as page:
         load_parents(page, server, "Pruning", "text=press Prune")
@@ -179,8 +176,9 @@ def test_prune_fuse_with_retraining_keeps_the_fraction_and_the_hessian_page_comp
         slider.focus()
         for _ in range(4):  # 0.50 -> 0.30 in steps of 0.05, as arrow keys move it
             slider.press("ArrowLeft")
+        expect(page.locator(f"{key('pruning.fraction')} [data-testid='stSliderThumbValue']")).to_have_text(
+            "0.30", timeout=LONG_MS)
         wait_idle(page)
-        assert page.locator(f"{key('pruning.fraction')} [data-testid='stSliderThumbValue']").inner_text() == "0.30"
         select(page, "pruning.order", "prune, then fuse")
         fill_number(page, "pruning.retrain_epochs", 1)
         page.get_by_text("More options: retraining recipe").click()
@@ -188,23 +186,22 @@ def test_prune_fuse_with_retraining_keeps_the_fraction_and_the_hessian_page_comp
         select(page, "pruning.fused_masks", "pruned again at the fraction")
         click(page, "pruning.prune")
         wait_idle(page, "[data-testid='stMetric']", timeout_ms=LONG_MS)
+        ran = caption(page, "ran on", lambda text: text.startswith("30 %"))
         no_exception(page)
-        caption = page.locator("[data-testid='stCaptionContainer']:has-text('ran on')").first.inner_text()
-        assert caption.startswith("30 % unstructured, prune, then fuse"), caption
+        assert ran.startswith("30 % unstructured, prune, then fuse"), ran
 
         # The cards: every single network, its accuracy and '30.0 % zeros' for the fused ones, retrained included.
-        shown = cards(page)
         fused = ["vanilla average", "OT fusion", "vanilla average retrained", "OT fusion retrained"]
-        assert list(shown) == ["parent 1", "parent 2", "vanilla average", "prediction ensemble", "OT fusion",
-                               "vanilla average retrained", "OT fusion retrained"], shown
+        shown = cards(page, ["parent 1", "parent 2", "vanilla average", "prediction ensemble", "OT fusion",
+                             "vanilla average retrained", "OT fusion retrained"])
         for method in fused:
             value, zeros = shown[method]
             assert re.fullmatch(r"\d{1,3}\.\d\d %", value), value
             assert zeros == "30.0 % zeros", (method, zeros)
         # The table's sparsity column holds the measured share (2 decimals): the fraction, for every fused net.
         table = "[data-testid='stTabs']"
-        header = grid_header(page, table)
-        rows = {r[0]: dict(zip(header, r)) for r in grid_rows(page, table)}
+        header, grid = read_grid(page, table, ["sparsity (%)", "test acc (%)"], min_rows=len(fused))
+        rows = {r[0]: dict(zip(header, r)) for r in grid}
         for method in fused:
             assert float(rows[method]["sparsity (%)"]) == pytest.approx(30.0, abs=0.05), rows[method]
         accuracy = float(rows["OT fusion retrained"]["test acc (%)"])
@@ -224,16 +221,18 @@ def test_prune_fuse_with_retraining_keeps_the_fraction_and_the_hessian_page_comp
         wait_idle(page)
         click(page, "hessian.analyse")
         wait_idle(page, f"{key('hessian.chart.retraining')} .main-svg", timeout_ms=LONG_MS)
+        header, grid = settled(lambda: read_grid(page, "body", ["trace", "λ2", "test acc (%)"], min_rows=4),
+                               lambda table: "OT fusion retrained" in [r[0] for r in table[1]],
+                               "the Hessian table with the retrained fusion", LONG_MS)
         no_exception(page)
-        header = grid_header(page, "body")
-        analysed = {r[0]: dict(zip(header, r)) for r in grid_rows(page, "body")}
+        analysed = {r[0]: dict(zip(header, r)) for r in grid}
         assert list(analysed)[:3] == ["parent 1", "parent 2", "OT fusion"] and "OT fusion retrained" in analysed
         for row in analysed.values():  # a minimum: positive curvature, eigenvalues in descending order
             assert float(row["trace"]) > 0 and float(row[header[1]]) >= float(row["λ2"]) > 0, row
         for method in ("OT fusion", "OT fusion retrained"):  # the networks the Pruning page scored, not others
             assert float(analysed[method]["test acc (%)"]) == pytest.approx(float(rows[method]["test acc (%)"]),
                                                                             abs=0.005)
-        figure = plotly_figure(page, "hessian.chart.retraining")
+        figure = plotly_figure(page, "hessian.chart.retraining", {"OT fusion", "OT fusion retrained"})
         assert {"OT fusion", "OT fusion retrained"} <= {t["name"] for t in figure["data"]}
 
 
@@ -252,14 +251,16 @@ def test_the_ot_aligned_path_has_a_lower_barrier_than_the_naive_one(server: str)
         click(page, "landscape.compute")
         wait_idle(page, "[data-testid='stMetric']", timeout_ms=LONG_MS)
         page.wait_for_selector(f"{key('landscape.chart.aligned')} .main-svg", timeout=LONG_MS)
+        shown = {label: float(lines[0])
+                 for label, lines in cards(page, contains={"naive", "OT (weights)", "Barrier A → B"}).items()}
         no_exception(page)
-        shown = {label: float(lines[0]) for label, lines in cards(page).items()}
         naive, by_ot = shown["naive"], shown["OT (weights)"]
         # Digits parents, 150 test examples: naive ~0.9, OT-aligned ~0.02 (tests/app/test_landscape_page.py).
         assert 0 <= by_ot < 0.2 < 0.5 < naive, shown
         assert naive == pytest.approx(shown["Barrier A → B"], abs=1e-4)  # the same path, drawn twice
         # Each barrier is the chart's own curve: the largest excess of the loss over the line between its ends.
-        figure = plotly_figure(page, "landscape.chart.aligned")
+        figure = plotly_figure(page, "landscape.chart.aligned",
+                               ready_when=lambda f: sum("barrier" in (t["name"] or "") for t in f["data"]) == 2)
         curves = [t for t in figure["data"] if "barrier" in (t["name"] or "")]
         assert len(curves) == 2, [t["name"] for t in figure["data"]]
         for curve, barrier in zip(curves, (naive, by_ot)):
