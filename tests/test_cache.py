@@ -452,7 +452,8 @@ def test_a_key_keeps_its_settings_through_pickle_copy_and_json():
     import json
     import pickle
 
-    from otcore.config import CacheKey, DataSpec, ModelSpec, settings_digest
+    from otcore.cache_key import CacheKey, settings_digest
+    from otcore.config import DataSpec, ModelSpec
     from otcore.keys import parent_key
 
     key = parent_key(DataSpec(), ModelSpec(), TrainSpec(seed=3))

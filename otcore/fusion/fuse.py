@@ -160,7 +160,10 @@ def fuse(parents: list[FusableNet], options: FusionOptions | MakesOptions, act_i
     if len(parents) < 2:
         raise FusionError("fusion needs at least two parents")
     opts = as_options(options, len(parents))
-    if not all(isinstance(p, FusableNet) for p in parents):  # any other network: its traced channel groups
+    zoo = [isinstance(p, FusableNet) for p in parents]
+    if any(zoo) and not all(zoo):
+        raise FusionError("the parents are not of one architecture family: fusion needs parents with the same layers")
+    if not any(zoo):  # any other network: its traced channel groups
         return FusionResult(*fuse_by_groups(parents, opts, act_inputs))
     if opts.alignment in MERGE_ALIGNMENTS:
         return merge_by_maps(parents, opts, act_inputs, progress)

@@ -1,6 +1,7 @@
 """Errors on the page: a user's mistake is one hint; a bug is 'internal error' with its traceback."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 
@@ -27,9 +28,11 @@ def test_a_bad_setting_is_one_message_and_no_traceback(page, parent_set):
 
 
 def test_a_broken_network_is_an_internal_error_with_its_traceback(page, parent_set, caplog):
-    # A parent whose network is not one the pipeline can fuse (a bare Linear layer, under a key
-    # no cache holds): the backend fails deep inside, which no setting of the page can fix.
-    broken = dataclasses.replace(parent_set.parents[1], key="0" * 64, model=torch.nn.Linear(64, 10))
+    # A parent whose layers do not fit together (fc2 reads 7 features where fc1 writes 400), under a key
+    # no cache holds: the backend fails deep inside, which no setting of the page can fix.
+    model = copy.deepcopy(parent_set.parents[1].model)
+    model.fc2 = torch.nn.Linear(7, model.fc2.out_features, bias=False)
+    broken = dataclasses.replace(parent_set.parents[1], key="0" * 64, model=model)
     bad_set = dataclasses.replace(parent_set, parents=[parent_set.parents[0], broken])
     at = page(FUSION_PAGE, **{state.PARENTS: bad_set}).run()
     with caplog.at_level(logging.ERROR, logger="ui.errors"):
