@@ -3,6 +3,7 @@ paths. Each test drives `streamlit run app.py` in Debian's Chromium and checks t
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -173,11 +174,16 @@ def test_prune_fuse_with_retraining_keeps_the_fraction_and_the_hessian_page_comp
     with browser_page() as page:
         load_parents(page, server, "Pruning", "text=press Prune")
         slider = page.locator(f"{key('pruning.fraction')} input[type='range']")  # react-aria's hidden range input
-        slider.focus()
-        for _ in range(4):  # 0.50 -> 0.30 in steps of 0.05, as arrow keys move it
-            slider.press("ArrowLeft")
-        expect(page.locator(f"{key('pruning.fraction')} [data-testid='stSliderThumbValue']")).to_have_text(
-            "0.30", timeout=LONG_MS)
+        thumb = page.locator(f"{key('pruning.fraction')} [data-testid='stSliderThumbValue']")
+        deadline = time.monotonic() + LONG_MS / 1000
+        # 0.50 -> 0.30 in steps of 0.05, one arrow key at a time until the thumb shows it: a key pressed while
+        # the page redraws can be lost, so the value read decides, never the count of presses.
+        while thumb.inner_text() != "0.30" and time.monotonic() < deadline:
+            slider.focus()
+            slider.press("ArrowLeft" if float(thumb.inner_text()) > 0.30 else "ArrowRight")
+            expect(thumb).not_to_have_text("", timeout=LONG_MS)
+            wait_idle(page)
+        expect(thumb).to_have_text("0.30", timeout=LONG_MS)
         wait_idle(page)
         select(page, "pruning.order", "prune, then fuse")
         fill_number(page, "pruning.retrain_epochs", 1)
