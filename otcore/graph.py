@@ -47,8 +47,8 @@ def trace_groups(model: nn.Module, input_shape: tuple[int, ...]) -> ModelGraph:
     tracer = Tracer(module, module.state_dict())
     tracer.run()
     groups = tracer.groups()
-    structure = repr([(g.name, g.size, g.fixed, g.node, [(s.tensor, s.axis, s.offset, s.repeat, s.role) for s in g.slots])
-                      for g in groups])
+    structure = repr([(g.name, g.size, g.fixed, g.node, g.node_dim,
+                       [(s.tensor, s.axis, s.offset, s.repeat, s.role) for s in g.slots]) for g in groups])
     return ModelGraph(groups, hashlib.sha256(structure.encode()).hexdigest()[:16])
 
 

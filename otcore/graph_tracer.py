@@ -419,7 +419,9 @@ class Tracer:
             if not slots:
                 continue
             if root != 0:
-                out.append(ChannelGroup(self.names[root], self.sizes[root], tuple(slots), False, self.nodes[root]))
+                sampled = self.values.get(self.nodes[root])
+                dim = sampled.dim if isinstance(sampled, _Value) else 1
+                out.append(ChannelGroup(self.names[root], self.sizes[root], tuple(slots), False, self.nodes[root], dim))
         fixed_slots = merged.get(0, [])
         if fixed_slots:
             out.append(ChannelGroup(FIXED, 0, tuple(fixed_slots), True))

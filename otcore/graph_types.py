@@ -29,6 +29,7 @@ class ChannelGroup:
     fixed: bool  # never permuted: the input, the logits, and channels whose order matters
     node: str = ""  # the fx node whose output samples these channels: the first sum joining them, else the
     # first writer's output after its normalisation
+    node_dim: int = 1  # the channel dimension of that node's output (1 for maps, the last for token features)
 
     def writers(self) -> list[str]:
         """Module paths whose outputs are these channels (weight axis 0)."""

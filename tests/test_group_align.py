@@ -111,3 +111,39 @@ def test_merge_methods_and_repair_are_refused_on_traced_networks_with_one_messag
         fuse([model, model], FusionOptions(alignment="cca"), x)
     with pytest.raises(FusionError, match="REPAIR"):
         fuse([model, model], FusionOptions(renormalize=True), x)
+
+
+class _ChannelsLastBlock(torch.nn.Module):
+    """A ConvNeXt block at toy size: depthwise conv, then LayerNorm and an MLP on channels-last tokens."""
+
+    def __init__(self, width: int = 12) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, width, 2, stride=2)
+        self.dwconv = torch.nn.Conv2d(width, width, 3, padding=1, groups=width)
+        self.norm = torch.nn.LayerNorm(width)
+        self.up = torch.nn.Linear(width, 4 * width)
+        self.down = torch.nn.Linear(4 * width, width)
+        self.scale = torch.nn.Parameter(torch.full((width,), 0.5))
+        self.head = torch.nn.Linear(width, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        h = self.dwconv(x).permute(0, 2, 3, 1)
+        h = self.down(torch.nn.functional.gelu(self.up(self.norm(h)))).permute(0, 3, 1, 2)
+        x = x + self.scale[:, None, None] * h
+        return self.head(x.mean((2, 3)))
+
+
+def test_channels_last_features_are_sampled_on_their_own_dimension():
+    # The MLP's hidden channels sit on the last dimension: OT on activations must compare them there.
+    torch.manual_seed(0)
+    model = _noisy(_ChannelsLastBlock(), 1)
+    twin, moved = _permuted_twin(model, (3, 16, 16), seed=2)
+    assert moved > 0.8  # all but the input's and the logits' sides
+    x = _inputs(16, (3, 16, 16))
+    with torch.no_grad():
+        logits = model(x)
+    for opts in (FusionOptions(), FusionOptions(mode="activations"), FusionOptions(alignment="weight_matching")):
+        fused = fuse([model, twin], opts, x).model
+        with torch.no_grad():
+            assert (fused(x) - logits).abs().max() <= 1e-5 * logits.abs().max(), (opts.alignment, opts.mode)

@@ -109,20 +109,22 @@ def _segment(tensor: torch.Tensor, slot: Slot, size: int) -> torch.Tensor:
     return part.reshape(size, -1)
 
 
-def capture_nodes(model: nn.Module, x: torch.Tensor, nodes: dict[str, str], batch_size: int = 1000) -> dict[str, torch.Tensor]:
+def capture_nodes(model: nn.Module, x: torch.Tensor, nodes: dict[str, tuple[str, int]],
+                  batch_size: int = 1000) -> dict[str, torch.Tensor]:
     """Outputs of fx nodes on x as (channels, samples): the channels of a group where it is complete.
 
-    Runs a traced private copy (the model may be shared); channels are on dimension 1 for maps and on
-    the last dimension for token features, every other position is one more sample."""
+    nodes: group -> (fx node, its channel dimension). Runs a traced private copy (the model may be
+    shared); every position other than the channel one is one more sample."""
     module = fx.symbolic_trace(private_copy(model))
-    wanted = set(nodes.values())
+    dims = dict(nodes.values())
+    wanted = set(dims)
     found: dict[str, list[torch.Tensor]] = {name: [] for name in wanted}
 
     class _Recorder(fx.Interpreter):
         def run_node(self, n: fx.Node):  # noqa: ANN202 - fx's signature
             result = super().run_node(n)
             if n.name in wanted:
-                channels = result.movedim(1, 0) if result.dim() > 2 else result.T
+                channels = result.movedim(dims[n.name], 0)
                 # A copy now: the next node may be an in-place ReLU writing over this very output.
                 found[n.name].append(channels.reshape(channels.shape[0], -1).clone())
             return result
@@ -131,7 +133,7 @@ def capture_nodes(model: nn.Module, x: torch.Tensor, nodes: dict[str, str], batc
     with torch.inference_mode():
         for start in range(0, len(x), batch_size):
             _Recorder(module).run(x[start:start + batch_size].to(device))
-    return {group: torch.cat(found[node], 1) for group, node in nodes.items()}
+    return {group: torch.cat(found[node], 1) for group, (node, _) in nodes.items()}
 
 
 def ot_group_plans(parent: nn.Module, anchor: nn.Module, graph_p: ModelGraph, graph_a: ModelGraph,
@@ -273,7 +275,7 @@ def fuse_by_groups(parents: list[nn.Module], opts: FusionOptions, act_inputs: to
         if act_inputs is None:
             raise FusionError("activation-based alignment needs a sample of inputs")
         start = time.perf_counter()
-        nodes = {g.name: g.node for g in graphs[anchor_idx].free()}
+        nodes = {g.name: (g.node, g.node_dim) for g in graphs[anchor_idx].free()}
         acts = [capture_nodes(p, act_inputs, nodes) for p in parents]
         seconds["activations"] = time.perf_counter() - start
     start = time.perf_counter()
