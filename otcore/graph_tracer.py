@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import operator
-from dataclasses import dataclass
 
 import torch
 from torch import fx, nn
@@ -16,26 +15,7 @@ from torch import fx, nn
 from otcore.errors import ModelError
 from otcore.graph_ops import (ELEMENTWISE_FUNCTIONS, ELEMENTWISE_METHODS, ELEMENTWISE_MODULES, JOIN_METHODS, JOINS,
                               SHAPE_ONLY_METHODS)
-from otcore.graph_types import FIXED, ChannelGroup, Slot
-
-
-@dataclass
-class _Segment:
-    group: int  # union-find id
-    size: int  # channels
-    repeat: int = 1
-
-
-@dataclass
-class _Value:
-    """What the tracer knows of a tensor: its channel layout along dimension `dim`."""
-
-    segments: list[_Segment]
-    dim: int  # the channel dimension (non-negative)
-    shape: tuple[int, ...]
-
-    def width(self) -> int:
-        return sum(s.size * s.repeat for s in self.segments)
+from otcore.graph_types import FIXED, ChannelGroup, Slot, _Segment, _Value
 
 
 class Tracer:
@@ -140,25 +120,19 @@ class Tracer:
         if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm2d)):
             self.follow(node, path, x, ("weight", "bias", "running_mean", "running_var"))
             return x
-        if isinstance(mod, nn.LayerNorm):
+        if isinstance(mod, nn.LayerNorm):  # over more than the channels: their order is free, the rest not
             if x is None or len(mod.normalized_shape) != 1 or x.dim != len(x.shape) - 1:
-                self.fix(x)  # normalised over more than the channels: their order is free, the rest not
-                return self.fixed_like(x, shape)
+                return self.fix(x) or self.fixed_like(x, shape)
             self.follow(node, path, x, ("weight", "bias"))
             return x
-        if isinstance(mod, nn.GroupNorm):
-            if mod.num_groups not in (1, mod.num_channels):
-                self.fix(x)  # channels normalised in blocks: a permutation across blocks would change them
-                return x
-            self.follow(node, path, x, ("weight", "bias"))
+        if isinstance(mod, nn.GroupNorm):  # in blocks of channels (1 < groups < C): a permutation across them counts
+            self.fix(x) if mod.num_groups not in (1, mod.num_channels) else self.follow(node, path, x, ("weight", "bias"))
             return x
         if isinstance(mod, nn.Flatten):
             return self.flatten(node, x, mod.start_dim, mod.end_dim, shape)
         if isinstance(mod, ELEMENTWISE_MODULES) or type(mod).__name__ in ("StochasticDepth", "DropPath"):
             if isinstance(mod, nn.PReLU) and mod.weight.numel() > 1:
                 self.follow(node, path, x, ("weight",))
-            return self.same(x, shape)
-        if isinstance(mod, nn.Softmax) and x is not None and mod.dim is not None:
             return self.same(x, shape)
         if next(mod.parameters(recurse=False), None) is None and not list(mod.children()):
             raise self.refuse(node, f"{type(mod).__name__} is not a layer the tracer knows")
@@ -281,6 +255,8 @@ class Tracer:
         for arg in args:
             if isinstance(arg, fx.Node) and arg.op == "get_attr":
                 self.follow_attr(node, arg, first, shape)
+            elif (key := self.vector_source(arg)) is not None and self.state[key].numel() == first.width() > 1:
+                self.add_slots(first, key, 0, "follower")  # a layer scale reshaped to broadcast (timm's ConvNeXt)
         out_shape = shape if shape is not None else first.shape
         widest = max(known, key=lambda v: v.width())
         return _Value(widest.segments, widest.dim + len(out_shape) - len(widest.shape), out_shape)
@@ -297,6 +273,36 @@ class Tracer:
         if tensor.shape[axis] != x.width():
             raise self.refuse(node, f"parameter '{key}' does not match the channels it scales")
         self.add_slots(x, key, axis, "follower")
+
+    def vector_source(self, arg: object) -> str | None:
+        """The 1-D parameter or buffer a node only views (reshape, view, unsqueeze, indexing with None), if any."""
+        while isinstance(arg, fx.Node) and arg.op != "get_attr":
+            viewing = arg.op == "call_method" and arg.target in ("reshape", "view", "unsqueeze", "to", "type_as") or \
+                arg.target in (torch.reshape, torch.unsqueeze, operator.getitem)
+            if not viewing or not arg.args:
+                return None
+            arg = arg.args[0]
+        key = arg.target if isinstance(arg, fx.Node) else None
+        return key if key in self.state and self.state[key].dim() == 1 else None
+
+    def functional_layer(self, node: fx.Node, x: _Value | None, shape) -> _Value | None:
+        """F.batch_norm / F.group_norm / F.instance_norm with their parameters, as the modules are read."""
+        target = node.target
+        if target is torch.nn.functional.group_norm:
+            groups = node.args[1] if len(node.args) > 1 else node.kwargs.get("num_groups")
+            params = list(node.args[2:4]) + [node.kwargs.get("weight"), node.kwargs.get("bias")]
+            if x is None or groups not in (1, x.width()):
+                self.fix(x)  # channels normalised in blocks keep their place
+                return x
+        else:  # batch_norm(input, running_mean, running_var, weight, bias, ...), instance_norm alike
+            params = list(node.args[1:5]) + [node.kwargs.get(k) for k in ("running_mean", "running_var", "weight",
+                                                                           "bias")]
+        if x is None or x.dim != 1:
+            raise self.refuse(node, "normalises a tensor without channels on dimension 1")
+        for param in params:
+            if (key := self.vector_source(param)) is not None:
+                self.add_slots(x, key, 0, "follower")
+        return _Value(x.segments, x.dim, shape)
 
     def visit_function(self, node: fx.Node, shape) -> _Value | None:
         target = node.target
@@ -328,6 +334,8 @@ class Tracer:
             return self.permute(node, x, shape)
         if target is torch.nn.functional.layer_norm:
             return self.functional_norm(node, x, shape)
+        if target in (torch.nn.functional.batch_norm, torch.nn.functional.group_norm, torch.nn.functional.instance_norm):
+            return self.functional_layer(node, x, shape)
         if target in (torch.chunk, torch.split, torch.unbind) or (node.op == "call_method" and target in (
                 "chunk", "split", "unbind")):
             return self.split(node, x)

@@ -50,3 +50,23 @@ class ModelGraph:
     def free(self) -> list[ChannelGroup]:
         """The groups alignment may permute."""
         return [g for g in self.groups if not g.fixed]
+
+
+# What the tracer (otcore.graph_tracer) knows of each tensor while it walks the graph.
+@dataclass
+class _Segment:
+    group: int  # union-find id
+    size: int  # channels
+    repeat: int = 1
+
+
+@dataclass
+class _Value:
+    """What the tracer knows of a tensor: its channel layout along dimension `dim`."""
+
+    segments: list[_Segment]
+    dim: int  # the channel dimension (non-negative)
+    shape: tuple[int, ...]
+
+    def width(self) -> int:
+        return sum(s.size * s.repeat for s in self.segments)

@@ -131,3 +131,23 @@ def test_the_digest_names_the_structure():
     b = trace_groups(build_model("mlpnet", (1, 8, 8), 10), (1, 8, 8))
     c = trace_groups(build_model("mlpnet_half", (1, 8, 8), 10), (1, 8, 8))
     assert a.digest == b.digest != c.digest
+
+
+# timm's own blocks: batch norm (resnet18), LayerNorm on channels-last tokens with layer scales
+# (convnext_atto), squeeze-excitation with hardsigmoid or sigmoid (mobilenetv3_small_050,
+# efficientnet_b0), SE beside grouped convolutions (regnety_002), ghost modules' concatenations
+# (ghostnet_100), effective SE over one-shot aggregation (ese_vovnet19b_dw).
+TIMM = {"resnet18": 0.9, "convnext_atto": 0.9, "mobilenetv3_small_050": 0.9, "efficientnet_b0": 0.9,
+        "regnety_002": 0.85, "ghostnet_100": 0.7, "ese_vovnet19b_dw": 0.9}  # share of weight entries moved at least
+
+
+@pytest.mark.parametrize("name", list(TIMM))
+def test_a_permuted_timm_model_keeps_its_logits(name):
+    torch.manual_seed(0)
+    model = _noisy(build_model(f"timm:{name}", (3, 32, 32), 10), 1)
+    twin, moved = _permuted_twin(model, (3, 32, 32), seed=2)
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        logits, twin_logits = model(x), twin(x)
+    assert (logits - twin_logits).abs().max() <= 1e-4 * logits.abs().max()
+    assert moved >= TIMM[name]
