@@ -123,7 +123,7 @@ timing = ", ".join(f"{k} {v:.2f} s" for k, v in comparison.seconds.items())
 device = comparison.extra.get("device", run.device)  # where it was computed, also for a cached result
 st.caption(f"Ran on **{device}** · result **{source}** · {timing} · key `{comparison.key[:12]}`")
 best = figures.best_parent_accuracy(comparison)
-for card, result in zip(st.columns(len(comparison.rows)), comparison.rows):
+for card, result in zip(widgets.card_slots(len(comparison.rows)), comparison.rows):
     gap = result.test.accuracy - best
     is_best = is_parent(result.method) and gap == 0
     card.metric(result.method, f"{result.test.accuracy:.2f} %", "best parent" if is_best else f"{gap:+.2f} pp",

@@ -103,11 +103,7 @@ st.caption(f"{100 * spec.fraction:.0f} % {spec.type}, {ORDERS[spec.order]}, fuse
 best = figures.best_parent_accuracy(comparison)
 table = figures.prune_table(comparison)
 sparsity = dict(zip(table[figures.METHOD], table[figures.percent(figures.SPARSITY)]))
-# At most 5 cards a row: 7 in one row (with retraining) cut '97.56 %' to '97.…' at 1280 px.
-lines = -(-len(comparison.rows) // 5)
-per_line = -(-len(comparison.rows) // lines)
-slots = [card for _ in range(lines) for card in st.columns(per_line)]
-for card, result in zip(slots, comparison.rows):
+for card, result in zip(widgets.card_slots(len(comparison.rows)), comparison.rows):
     zeros = f"{sparsity[result.method]:.1f} % zeros"
     card.metric(result.method, f"{result.test.accuracy:.2f} %", zeros, delta_color="off", delta_arrow="off",
                 border=True, help=f"test accuracy ({result.test.accuracy - best:+.2f} pp against the best pruned "

@@ -141,3 +141,10 @@ def retraining_curves(comparison: Any, key: str) -> None:
                f"held-out images, never retrained on), scored before retraining and at each checkpoint; a network "
                f"is never returned worse than it came in. Kept: {kept}.")
     st.plotly_chart(figures.validation_chart(comparison, height=260), theme=None, key=key)
+
+
+def card_slots(count: int, most: int = 5) -> list:
+    """Columns for `count` metric cards, at most `most` a row (7 in one row cut '97.56 %' to '97.…' at 1280 px)."""
+    lines = -(-count // most)
+    per_line = -(-count // lines)
+    return [card for _ in range(lines) for card in st.columns(per_line)]

@@ -99,10 +99,12 @@ def human_size(n_bytes: int) -> str:
 def comparison_bar(comparison: Any, title: str | None = None, height: int = 340) -> go.Figure:
     """Test accuracy per method, one colour per method; hover shows loss and train accuracy."""
     table = comparison_table(comparison)
+    crowded = len(table) > 5  # fine-tuned or retrained rows: slanted one-line labels, or they run into each other
     fig = go.Figure()
     for _, row in table.iterrows():
         fig.add_trace(go.Bar(
-            x=[tick_label(row[METHOD])], y=[row[TEST_ACC]], name=row[METHOD], marker_color=method_colour(row[METHOD]),
+            x=[row[METHOD] if crowded else tick_label(row[METHOD])], y=[row[TEST_ACC]], name=row[METHOD],
+            marker_color=method_colour(row[METHOD]),
             text=[f"{row[TEST_ACC]:.2f}"], textposition="outside", cliponaxis=False, showlegend=False,
             customdata=[[row[TEST_LOSS], row[TRAIN_ACC]]],
             hovertemplate=f"<b>{row[METHOD]}</b><br>test accuracy %{{y:.2f}} %"
@@ -112,7 +114,7 @@ def comparison_bar(comparison: Any, title: str | None = None, height: int = 340)
     style(fig, title, "method", "Test accuracy (%)", height)
     fig.update_layout(margin=dict(l=55, r=10))
     fig.update_yaxes(range=[bottom, top])
-    fig.update_xaxes(tickangle=0, tickfont=dict(size=10))
+    fig.update_xaxes(tickangle=-40 if crowded else 0, tickfont=dict(size=10))
     if bottom > 0:
         fig.add_annotation(text=f"axis starts at {bottom:g} %", xref="paper", yref="paper", x=1.0, y=1.0,
                            xanchor="right", yanchor="bottom", showarrow=False, font=dict(size=11, color="#808495"))
