@@ -17,7 +17,7 @@ from otcore.activations import capture_activations
 from otcore.errors import FusionError
 from otcore.fusion.align import GroupDiagnostics, Plans, apply_plans, check_same_family, ot_plans
 from otcore.fusion.cca import cca_map
-from otcore.fusion.group_align import fuse_by_groups
+from otcore.fusion.group_align import fuse_by_groups, ot_activations
 from otcore.fusion.merge_maps import MergeMethodError, check_mergeable, features, merge_weights, pre_activations, repair_target
 from otcore.fusion.new_weights import copy_with
 from otcore.fusion.repair import check_sample, repair
@@ -47,14 +47,9 @@ def align_parents(parents: list[FusableNet], options: FusionOptions | MakesOptio
     check_same_family(parents)
     anchor_idx = opts.anchor_index(len(parents))
     anchor = parents[anchor_idx]
-    seconds = {"activations": 0.0, "fusion": 0.0}
-    acts: list[dict[str, torch.Tensor] | None] = [None] * len(parents)
-    if opts.mode == "activations" and opts.alignment == "ot":
-        if act_inputs is None:
-            raise FusionError("activation-based alignment needs a sample of inputs")
-        start = time.perf_counter()
-        acts = [capture_activations(p, act_inputs, p.group_modules()) for p in parents]
-        seconds["activations"] = time.perf_counter() - start
+    acts, sampled = ot_activations(parents, opts, act_inputs, lambda p: capture_activations(p, act_inputs,
+                                                                                          p.group_modules()))
+    seconds = {"activations": sampled, "fusion": 0.0}
     start = time.perf_counter()
     plans: list[Plans] = []
     diagnostics: list[list[GroupDiagnostics]] = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -244,6 +245,18 @@ def load_fused(anchor: nn.Module, state: State) -> nn.Module:
 
 
 
+def ot_activations(parents: list[nn.Module], opts: FusionOptions, act_inputs: torch.Tensor | None,
+                   capture: Callable[[nn.Module], dict[str, torch.Tensor]]) -> tuple[list, float]:
+    """Each parent's group activations where OT aligns by them (else Nones), and the seconds they took."""
+    if not (opts.mode == "activations" and opts.alignment == "ot"):
+        return [None] * len(parents), 0.0
+    if act_inputs is None:
+        raise FusionError("activation-based alignment needs a sample of inputs")
+    start = time.perf_counter()
+    acts = [capture(p) for p in parents]
+    return acts, time.perf_counter() - start
+
+
 def input_shape_of(model: nn.Module, act_inputs: torch.Tensor | None) -> tuple[int, ...]:
     """The shape of one input: the sample's, else what the model says it takes (`input_shape`)."""
     if act_inputs is not None:
@@ -269,15 +282,9 @@ def fuse_by_groups(parents: list[nn.Module], opts: FusionOptions, act_inputs: to
     graphs = graphs or [trace_groups(p, input_shape_of(p, act_inputs)) for p in parents]
     check_same_structure(graphs)
     anchor_idx = opts.anchor_index(len(parents))
-    seconds = {"activations": 0.0, "fusion": 0.0}
-    acts: list[dict[str, torch.Tensor] | None] = [None] * len(parents)
-    if opts.mode == "activations" and opts.alignment == "ot":
-        if act_inputs is None:
-            raise FusionError("activation-based alignment needs a sample of inputs")
-        start = time.perf_counter()
-        nodes = {g.name: (g.node, g.node_dim) for g in graphs[anchor_idx].free()}
-        acts = [capture_nodes(p, act_inputs, nodes) for p in parents]
-        seconds["activations"] = time.perf_counter() - start
+    nodes = {g.name: (g.node, g.node_dim) for g in graphs[anchor_idx].free()}
+    acts, sampled = ot_activations(parents, opts, act_inputs, lambda p: capture_nodes(p, act_inputs, nodes))
+    seconds = {"activations": sampled, "fusion": 0.0}
     start = time.perf_counter()
     anchor, graph_a = parents[anchor_idx], graphs[anchor_idx]
     plans: list[Plans] = []

@@ -189,11 +189,11 @@ def screenshot(page: Any, path: Path, full_height: int | None = None) -> None:
     """The 1280x800 view, or with full_height the whole page (Streamlit scrolls inside the app: a tall window)."""
     if full_height:
         page.set_viewport_size({"width": 1280, "height": full_height})
-        page.wait_for_timeout(800)
+        wait_idle(page, "body")  # laid out again at the new size: no running script, nothing stale
     page.screenshot(path=str(path))
     if full_height:
         page.set_viewport_size({"width": 1280, "height": 800})
-        page.wait_for_timeout(300)
+        wait_idle(page, "body")
 
 
 # ---------------------------------------------------------------------------- setting widgets, reading results
