@@ -2,7 +2,9 @@
 
 Pruned networks keep torch's masks attached (`weight_orig`, `weight_mask` and a forward pre-hook),
 so masked retraining with `otcore.train.train` keeps pruned weights exactly zero; `finalize`
-makes the zeros permanent and `compact` physically removes whole zero filters.
+makes the zeros permanent and `compact` physically removes whole zero filters. The zoo's networks
+(FusableNet) are pruned layer by layer as the seed study did; any other network is pruned and
+compacted structurally through its traced channel groups (otcore.prune_groups).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from torch.nn.utils import prune
 from otcore.config import PruneSpec
 from otcore.errors import PruneError
 from otcore.models import INPUT, OUTPUT, FusableNet, count_parameters
+from otcore.prune_groups import compact_groups, input_shape_of, output_layers, prune_groups, remove_buffer_masks
 
 _KINDS = {"conv": (nn.Conv2d,), "linear": (nn.Linear,), "all": (nn.Conv2d, nn.Linear)}
 
@@ -55,10 +58,13 @@ def copy_model(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def prunable_layers(model: FusableNet, scope: str, keep_last_layer: bool) -> list[str]:
+def prunable_layers(model: nn.Module, scope: str, keep_last_layer: bool) -> list[str]:
     """Module paths of the Conv2d/Linear layers in `scope`, without the output layer if `keep_last_layer`."""
     if scope not in _KINDS:
         raise PruneError(f"prune scope must be one of {tuple(_KINDS)}, got '{scope}'")
+    if not isinstance(model, FusableNet):
+        last = set(output_layers(finalize(model) if is_pruned(model) else model)) if keep_last_layer else set()
+        return [n for n, m in model.named_modules() if isinstance(m, _KINDS[scope]) and n not in last]
     out = []
     for layer in model.alignment_layers():
         if keep_last_layer and layer.out_group == OUTPUT:
@@ -68,7 +74,7 @@ def prunable_layers(model: FusableNet, scope: str, keep_last_layer: bool) -> lis
     return out
 
 
-def prune_model(model: FusableNet, spec: PruneSpec) -> FusableNet:
+def prune_model(model: nn.Module, spec: PruneSpec, input_shape: tuple[int, ...] | None = None) -> nn.Module:
     """A pruned deep copy of `model`, masks attached; `model` itself is left untouched.
 
     Unstructured: the `fraction` of smallest |w| per layer (`prune.l1_unstructured`), or across all
@@ -78,9 +84,17 @@ def prune_model(model: FusableNet, spec: PruneSpec) -> FusableNet:
     filters are masked too, so a removed neuron outputs exactly zero. Counts are rounded as torch
     does (round(fraction * size)). Layers writing a ResNet's residual stream are pruned each on its
     own, as torch does, so they may zero different channels of the same stream.
+
+    Any other network, structured: the `fraction` of each traced channel group (groups whose writers
+    are all in `scope`) with the smallest sum of the writers' Ln row norms is masked in every tensor
+    of the group (otcore.prune_groups); `input_shape` defaults to the network's own `input_shape`.
     """
     pruned = copy_model(model)
     if spec.fraction == 0:
+        return pruned
+    if spec.type == "structured" and not isinstance(model, FusableNet):
+        source = finalize(model) if is_pruned(model) else model
+        prune_groups(source, pruned, spec.fraction, spec.norm, _KINDS[spec.scope], input_shape_of(model, input_shape))
         return pruned
     modules = [pruned.get_submodule(n) for n in prunable_layers(pruned, spec.scope, spec.keep_last_layer)]
     if not modules:
@@ -127,19 +141,24 @@ def finalize(model: nn.Module) -> nn.Module:
     for module in out.modules():
         for name in _masked_names(module):
             prune.remove(module, name)
+        remove_buffer_masks(module)
     return out
 
 
 def strip_masks_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state dict of the finalized model (masks applied, `_orig`/`_mask` keys gone), without copying the model."""
     state = {}
-    for key, value in model.state_dict().items():
+    full = model.state_dict()
+    masks = {k: v for k, v in full.items() if k.endswith("_mask")}
+    for key, value in full.items():
         if key.endswith("_mask"):
             continue
         if key.endswith("_orig"):
             path, _, name = key[: -len("_orig")].rpartition(".")
             key = f"{path}.{name}" if path else name
             value = _effective(model.get_submodule(path), name)
+        elif key + "_mask" in masks:
+            value = value * masks[key + "_mask"]  # a masked buffer (running statistics of a pruned channel)
         state[key] = value.detach().clone()
     return state
 
@@ -205,7 +224,7 @@ def sparsity_report(model: nn.Module, layers: list[str] | None = None) -> Sparsi
 class CompactionReport:
     """A compacted network and the neuron groups that shrank, as group -> (width before, width after)."""
 
-    model: FusableNet
+    model: nn.Module
     shrunk: dict[str, tuple[int, int]]
     params_before: int
     params_after: int
@@ -246,7 +265,7 @@ def _shrink(module: nn.Module, out_index: torch.Tensor | None, in_index: torch.T
         module.out_features, module.in_features = weight.shape[0], weight.shape[1]
 
 
-def compact(model: FusableNet) -> CompactionReport:
+def compact(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> CompactionReport:
     """A smaller dense copy of a (structurally) pruned network with its zero filters removed.
 
     A hidden channel is removed when every layer writing its group outputs exactly zero there
@@ -255,8 +274,16 @@ def compact(model: FusableNet) -> CompactionReport:
     residual-stream group thus shrinks only where all its writers zero the same channel. Outputs
     equal the masked network's because ReLU and pooling map zero to zero, as in every registered
     architecture. `model` is left untouched; the copy has no masks.
+
+    Any other network: a channel of a traced group is removed when it is zero in every tensor of
+    the group (writers, followers, readers), as structured pruning leaves it; the copy's logits are
+    checked against the masked network's (otcore.prune_groups.compact_groups).
     """
     out = finalize(model)
+    if not isinstance(model, FusableNet):
+        shrunk = compact_groups(out, input_shape_of(model, input_shape))
+        return CompactionReport(model=out, shrunk=shrunk, params_before=count_parameters(model),
+                                params_after=count_parameters(out))
     layers = out.alignment_layers()
     modules = {layer.name: out.get_submodule(layer.name) for layer in layers}
     kept: dict[str, torch.Tensor] = {}
