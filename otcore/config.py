@@ -29,14 +29,19 @@ def not_keyed(default: Any) -> Any:
     return field(default=default, metadata={"keyed": False}, compare=False)
 
 
+def keyed_when_set(default: Any) -> Any:
+    """A spec field added later, keyed only where it differs from its default: entries cached before it keep their keys."""
+    return field(default=default, metadata={"keyed": "when set"})
+
+
 def spec_dict(spec: Any) -> dict[str, Any]:
     """The keyed fields of a spec as a JSON-able dict, tagged with the spec's type."""
     if not dataclasses.is_dataclass(spec):
         return spec  # plain JSON-able values (e.g. the keys of a step's inputs)
     out: dict[str, Any] = {"_type": type(spec).__name__}
     for f in dataclasses.fields(spec):
-        if f.metadata.get("keyed", True):
-            value = getattr(spec, f.name)
+        keyed, value = f.metadata.get("keyed", True), getattr(spec, f.name)
+        if keyed is True or (keyed == "when set" and value != f.default):
             out[f.name] = spec_dict(value) if dataclasses.is_dataclass(value) else value
     return out
 
@@ -220,6 +225,8 @@ GROUND_METRICS = ("euclidean", "cosine")
 NORMALIZATIONS = ("none", "max", "median", "mean")
 MARGINALS = ("uniform", "importance")
 ALIGNMENTS = ("ot", "weight_matching", "cca", "zipit")
+REPAIR_BIAS = ("--repair-bias gives the fused network a bias per neuron REPAIR restores, so it is part of REPAIR: "
+               "add --repair (--renormalize)")
 REPAIR_SAMPLES = ("REPAIR (--renormalize) restores each neuron's standard deviation on the activation sample, "
                   "which needs at least 2 samples (--act-samples); got {}")
 
@@ -243,7 +250,8 @@ class FusionSpec:
     weights: tuple[float, ...] | None = None  # per-parent weights (any N); overrides ensemble_step
     anchor: int = 0  # index of the parent whose neuron order and widths the fused net keeps
     skip_last_layer: bool = True  # average the output layer without a new plan (classes are aligned)
-    renormalize: bool = False  # REPAIR-style rescaling of fused neurons on the activation sample
+    renormalize: bool = False  # REPAIR: restore each fused neuron's statistics on the activation sample
+    repair_bias: bool = keyed_when_set(False)  # REPAIR gives bias-free layers a bias per neuron: the mean restored too
     alignment: str = "ot"  # one of ALIGNMENTS: 'ot', 'weight_matching' (Git Re-Basin), 'cca' (CCA Merge), 'zipit'
     finetune_epochs: int = 0  # epochs of fine-tuning of the fused net (0 skips)
     retrain: RetrainSpec = RetrainSpec()  # recipe of that fine-tuning (and of the vanilla average's)
@@ -254,6 +262,7 @@ class FusionSpec:
                f"activation samples must be in [1, {MAX_SAMPLES}], got {self.act_samples}")
         _check(0 <= self.act_seed < MAX_SEED, f"activation seed must be in [0, 2**31), got {self.act_seed}")
         _check(not self.renormalize or self.act_samples >= 2, REPAIR_SAMPLES.format(self.act_samples))
+        _check(not self.repair_bias or self.renormalize, REPAIR_BIAS)
         _check(self.solver in SOLVERS, f"solver must be one of {SOLVERS}, got '{self.solver}'")
         _check(0 < self.reg <= 100, f"Sinkhorn reg must be in (0, 100], got {self.reg}")
         _check(self.ground_metric in GROUND_METRICS,
@@ -297,7 +306,7 @@ class FusionSpec:
                              past_correction=self.past_correction, marginal_correction=self.marginal_correction,
                              marginals=self.marginals, weights=tuple(self.parent_weights(n_parents)),
                              anchor=self.anchor % n_parents, skip_last_layer=self.skip_last_layer,
-                             renormalize=self.renormalize, seed=self.act_seed)
+                             renormalize=self.renormalize, repair_bias=self.repair_bias, seed=self.act_seed)
 
 
 PRUNE_TYPES = ("unstructured", "structured")

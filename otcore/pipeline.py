@@ -23,7 +23,7 @@ from otcore.config import (DataSpec, FusionSpec, ModelSpec, PruneSpec, RetrainSp
 from otcore.data import Dataset, load_dataset, sample_inputs
 from otcore.device import on_device, resolve_device
 from otcore.keys import fusion_key, fusion_only, parent_key, prune_key  # noqa: F401  (re-exported: the steps' keys)
-from otcore.fusion import FusionError, ensemble_log_probs, fuse, vanilla_average
+from otcore.fusion import FusionError, ensemble_log_probs, fuse, gained_biases, vanilla_average, with_biases
 from otcore.methods import Method, label, parent_id
 from otcore.models import FusableNet, build_model, count_parameters
 from otcore.partition import class_counts, part_indices
@@ -308,7 +308,8 @@ def comparison_from_entry(entry: CacheEntry, in_memory: dict[str, nn.Module], te
         if net is None and method_id != Method.ENSEMBLE:
             prefix = method_id + "/"
             state = {k[len(prefix):]: v for k, v in entry.tensors.items() if k.startswith(prefix)}
-            net = copy_model(template)
+            gained = gained_biases(template, state)  # REPAIR's --repair-bias gave the fused net biases the anchor lacks
+            net = with_biases(template, gained) if gained else copy_model(template)
             net.load_state_dict(state)
             net = net.to(dev).eval()
         test, train_scores = (Evaluation(r[s]["accuracy"], r[s]["loss"], r[s].get("per_class"))  # records.EVALUATION

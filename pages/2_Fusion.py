@@ -14,7 +14,7 @@ from otcore.config import (
     RetrainSpec,
     SpecError,
 )
-from otcore.methods import Method, is_parent
+from otcore.methods import Method, is_parent, parent_id
 from ui import errors, page, runs, sidebar, state, widgets
 
 DEFAULT = FusionSpec()
@@ -37,7 +37,8 @@ state.init_state({
     "fusion.marginals": DEFAULT.marginals, "fusion.act_samples": DEFAULT.act_samples,
     "fusion.act_seed": DEFAULT.act_seed, "fusion.squared": DEFAULT.squared,
     "fusion.past_correction": DEFAULT.past_correction, "fusion.marginal_correction": DEFAULT.marginal_correction,
-    "fusion.skip_last_layer": DEFAULT.skip_last_layer, "fusion.renormalize": DEFAULT.renormalize})
+    "fusion.skip_last_layer": DEFAULT.skip_last_layer, "fusion.renormalize": DEFAULT.renormalize,
+    "fusion.repair_bias": DEFAULT.repair_bias})
 if st.session_state["fusion.anchor"] >= n_parents:
     st.session_state["fusion.anchor"] = 0
 
@@ -47,6 +48,13 @@ alignment = align_col.selectbox("Alignment", list(ALIGNMENTS), format_func=ALIGN
                                 help="OT: layer-wise transport plans (the paper); weight matching: Git Re-Basin; "
                                      "CCA Merge and ZipIt!: linear maps from activations (no ResNets)")
 by_activations = alignment in ACTIVATION_ONLY
+# REPAIR outside the form too: its bias option is enabled as soon as REPAIR is ticked.
+repair = align_col.checkbox("REPAIR", key="fusion.renormalize",
+                            help="restore each fused neuron's mean and std (where it has a bias or a norm; its std "
+                                 "alone where it has neither) to the parents' on the activation sample")
+repair_bias = align_col.checkbox("+ a bias per neuron", key="fusion.repair_bias", disabled=not repair,
+                                 help="bias-free layers gain one bias per repaired neuron, so REPAIR restores their "
+                                      "mean too; the fused network then has that many more parameters")
 with form_col.form("fusion", border=False):
     row = st.columns([1.1, 1, 1, 1.1, 1.15, 0.8], vertical_alignment="bottom")
     mode = row[0].selectbox("Align by", ALIGN_MODES, key="fusion.mode", disabled=by_activations,
@@ -61,8 +69,7 @@ with form_col.form("fusion", border=False):
                                    help="epochs of fine-tuning of the fused network (and of the vanilla average, "
                                         "unless unticked below) with the retraining recipe; 0 skips it")
     pressed = row[5].form_submit_button("Fuse", type="primary", key="fusion.fuse", width="stretch")
-    with st.expander("More options: fine-tuning recipe, anchor, weights, cost, marginals, activations, corrections, "
-                     "REPAIR"):
+    with st.expander("More options: fine-tuning recipe, anchor, weights, cost, marginals, activations, corrections"):
         retrain_lr, schedule, retrain_vanilla = widgets.retraining_widgets("fusion", "fine-tuning")
         a, b, c, d = st.columns(4)
         step = a.slider("Ensemble step (anchor's weight)", 0.0, 1.0, step=0.05, key="fusion.ensemble_step",
@@ -84,8 +91,6 @@ with form_col.form("fusion", border=False):
                                 help="rescale each plan so every anchor neuron receives unit mass")
         skip_last = d.checkbox("Skip last layer", key="fusion.skip_last_layer",
                                help="average the output layer without a plan (its classes are aligned)")
-        repair = d.checkbox("REPAIR renormalisation", key="fusion.renormalize",
-                            help="rescale fused neurons to the parents' activation statistics")
 
 if pressed:
     try:
@@ -94,7 +99,8 @@ if pressed:
                           past_correction=past, marginal_correction=correction, marginals=marginals,
                           ensemble_step=float(step),
                           weights=widgets.parse_numbers(weights_text, "per-parent weights"), anchor=int(anchor),
-                          skip_last_layer=skip_last, renormalize=repair, alignment=alignment,
+                          skip_last_layer=skip_last, renormalize=repair, repair_bias=repair and repair_bias,
+                          alignment=alignment,
                           finetune_epochs=int(finetune),
                           retrain=RetrainSpec(lr=retrain_lr, schedule=schedule, retrain_vanilla=retrain_vanilla))
         spec.parent_weights(n_parents)  # checks the weights' count against the parents
@@ -122,6 +128,10 @@ source = f"{run.source} ({run.wall_s:.2f} s)" if fresh else "from memory (seen e
 timing = ", ".join(f"{k} {v:.2f} s" for k, v in comparison.seconds.items())
 device = comparison.extra.get("device", run.device)  # where it was computed, also for a cached result
 st.caption(f"Ran on **{device}** · result **{source}** · {timing} · key `{comparison.key[:12]}`")
+fused_size, anchor_size = (comparison.row(m).parameters for m in (Method.OT_FUSION, parent_id(spec.anchor % n_parents)))
+if fused_size > anchor_size:  # --repair-bias: the fused network gained a bias per repaired neuron
+    st.caption(f"REPAIR gave the fused network **{fused_size - anchor_size:,} biases**, one per repaired neuron: "
+               f"{fused_size:,} parameters against the anchor parent's {anchor_size:,}.")
 best = figures.best_parent_accuracy(comparison)
 for card, result in zip(widgets.card_slots(len(comparison.rows)), comparison.rows):
     gap = result.test.accuracy - best

@@ -106,15 +106,17 @@ def _assert_every_alignment_gives_back_the_logits(model, twin, x: torch.Tensor, 
             assert (fused(x) - logits).abs().max() <= tolerance * logits.abs().max(), (opts.alignment, opts.mode)
 
 
-def test_merge_methods_and_repair_are_refused_on_traced_networks_with_one_message():
+def test_merge_methods_are_refused_on_traced_networks_and_repair_needs_two_samples():
     torch.manual_seed(0)
     model = torchvision.models.get_model("squeezenet1_1", num_classes=10).eval()
     x = _inputs(8, (3, 32, 32))
     from otcore.errors import FusionError
     with pytest.raises(FusionError, match="CCA|cca"):
         fuse([model, model], FusionOptions(alignment="cca"), x)
-    with pytest.raises(FusionError, match="REPAIR"):
-        fuse([model, model], FusionOptions(renormalize=True), x)
+    with pytest.raises(FusionError, match="at least 2 samples"):
+        fuse([model, model], FusionOptions(renormalize=True), x[:1])
+    with pytest.raises(FusionError, match="needs a sample"):
+        fuse([model, model], FusionOptions(renormalize=True), None)
 
 
 class _ChannelsLastBlock(torch.nn.Module):

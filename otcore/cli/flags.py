@@ -117,7 +117,10 @@ def add_fusion(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", type=float, nargs="+", default=None, help="per-parent weights (N parents)")
     p.add_argument("--anchor", type=int, default=d.anchor, help="index of the anchor parent (0-based)")
     p.add_argument("--no-skip-last-layer", action="store_true", help="align the output layer too")
-    p.add_argument("--renormalize", action="store_true", help="REPAIR-style rescaling after fusion")
+    p.add_argument("--renormalize", "--repair", action="store_true",
+                   help="REPAIR: restore each fused neuron's statistics on the activation sample")
+    p.add_argument("--repair-bias", action="store_true",
+                   help="with --repair: bias-free layers gain a bias per neuron, so REPAIR restores the mean too")
     p.add_argument("--alignment", default="ot", choices=["ot", "weight-matching", "cca", "zipit"],
                    help="ot: transport plans; weight-matching: Git Re-Basin; cca: CCA Merge; zipit: ZipIt!")
     p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs)
@@ -158,7 +161,7 @@ def fusion_spec(args: argparse.Namespace) -> FusionSpec:
         squared=args.squared, normalize=args.normalize, past_correction=not args.no_past_correction,
         marginal_correction=not args.no_correction, marginals="importance" if args.importance else "uniform",
         ensemble_step=args.ensemble_step, weights=tuple(args.weights) if args.weights else None, anchor=args.anchor,
-        skip_last_layer=not args.no_skip_last_layer, renormalize=args.renormalize,
+        skip_last_layer=not args.no_skip_last_layer, renormalize=args.renormalize, repair_bias=args.repair_bias,
         alignment=args.alignment.replace("-", "_"), finetune_epochs=args.finetune_epochs, retrain=retrain_spec(args))
 
 

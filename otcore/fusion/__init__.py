@@ -13,7 +13,9 @@ from otcore.fusion.baselines import ensemble_log_probs, vanilla_average
 from otcore.fusion.cca import cca_map
 from otcore.fusion.fuse import MERGE_METHODS, FusionResult, align_parents, average_aligned, fuse
 from otcore.fusion.ground_metric import cost_matrix
+from otcore.fusion.group_repair import repair_groups, repair_targets, reset_batch_norm
 from otcore.fusion.merge_maps import MergeMethodError
+from otcore.fusion.new_weights import gained_biases, with_biases
 from otcore.fusion.options import FusionOptions
 from otcore.fusion.symmetry import permuted_copy, random_permutations
 from otcore.fusion.transport import TransportError, permutation_closeness, transport_plan
@@ -22,6 +24,6 @@ from otcore.fusion.zipit import zipit_maps
 
 __all__ = ["FusionError", "FusionOptions", "FusionResult", "GroupDiagnostics", "MERGE_METHODS", "MergeMethodError",
            "Plans", "TransportError", "align_parents", "apply_plans", "average_aligned", "cca_map",
-           "check_same_family", "cost_matrix", "ensemble_log_probs", "fuse", "ot_plans", "permutation_closeness",
-           "permuted_copy", "random_permutations", "transport_plan", "vanilla_average", "weight_matching_plans",
-           "zipit_maps"]
+           "check_same_family", "cost_matrix", "ensemble_log_probs", "fuse", "gained_biases", "ot_plans",
+           "permutation_closeness", "permuted_copy", "random_permutations", "repair_groups", "repair_targets",
+           "reset_batch_norm", "transport_plan", "vanilla_average", "weight_matching_plans", "with_biases", "zipit_maps"]

@@ -136,7 +136,8 @@ def merge_by_maps(parents: list[FusableNet], opts: FusionOptions, act_inputs: to
     unmerges = [{g: t.to(dtype) for g, t in u.items()} for u in unmerges]
     model = merge_weights(parents, parents[anchor_idx], merges, unmerges, weights)
     if opts.renormalize:
-        model = repair(model, parents, merges, weights, act_inputs, target=repair_target(pre, merges))
+        model = repair(model, parents, merges, weights, act_inputs, target=repair_target(pre, merges),
+                       gain_bias=opts.repair_bias)
     if not all(torch.isfinite(p).all() for p in model.parameters()) or not _finite_outputs(model, act_inputs):
         raise MergeMethodError(f"{method}: the fused network's weights or outputs on the activation sample are not "
                                "finite (a parent's weights are too large); check the parents' weights")
@@ -170,6 +171,7 @@ def fuse(parents: list[FusableNet], options: FusionOptions | MakesOptions, act_i
     if opts.renormalize:
         if act_inputs is None:
             raise FusionError("renormalisation (REPAIR) needs a sample of inputs")
-        result.model = repair(result.model, parents, result.plans, opts.parent_weights(len(parents)), act_inputs)
+        result.model = repair(result.model, parents, result.plans, opts.parent_weights(len(parents)), act_inputs,
+                              gain_bias=opts.repair_bias)
     result.seconds["fusion"] += time.perf_counter() - start
     return result

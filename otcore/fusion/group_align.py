@@ -22,6 +22,8 @@ from otcore.device import private_copy
 from otcore.errors import FusionError
 from otcore.fusion.align import GroupDiagnostics, Plans, _marginal
 from otcore.fusion.ground_metric import cost_matrix
+from otcore.fusion.group_repair import repair_groups
+from otcore.fusion.repair import check_sample
 from otcore.fusion.options import FusionOptions
 from otcore.fusion.transport import closeness_of, transport_plan
 from otcore.graph import ModelGraph, Slot, trace_groups
@@ -276,7 +278,9 @@ def fuse_by_groups(parents: list[nn.Module], opts: FusionOptions, act_inputs: to
         raise FusionError(f"{method} works on the studio's own networks only so far; "
                           "fuse this architecture by OT or weight matching")
     if opts.renormalize:
-        raise FusionError("REPAIR works on the zoo's networks only so far; fuse this architecture without it")
+        if act_inputs is None:
+            raise FusionError("renormalisation (REPAIR) needs a sample of inputs")
+        check_sample(act_inputs)  # before any work
     if not opts.skip_last_layer:
         raise FusionError("the logits of a traced network keep their order; do not ask to align the last layer")
     graphs = graphs or [trace_groups(p, input_shape_of(p, act_inputs)) for p in parents]
@@ -308,6 +312,9 @@ def fuse_by_groups(parents: list[nn.Module], opts: FusionOptions, act_inputs: to
         plans.append(p)
         diagnostics.append(d)
         states.append(align_state(parent.state_dict(), graphs[i], graph_a, p, opts.past_correction))
-    fused = load_fused(anchor, average_states(states, opts.parent_weights(len(parents)), anchor.state_dict()))
+    weights = opts.parent_weights(len(parents))
+    fused = load_fused(anchor, average_states(states, weights, anchor.state_dict()))
+    if opts.renormalize:
+        fused = repair_groups(fused, parents, graphs, plans, weights, act_inputs, anchor_idx, opts.repair_bias)
     seconds["fusion"] = time.perf_counter() - start
     return fused, plans, diagnostics, seconds

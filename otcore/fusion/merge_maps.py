@@ -91,17 +91,19 @@ def merge_weights(parents: list[FusableNet], template: FusableNet, merges: list[
     return copy_with(template, summed).eval()
 
 
-def repair_target(pre: list[dict[str, torch.Tensor]], merges: list[Plans]) -> dict[str, torch.Tensor]:
-    """REPAIR's target std per fused neuron: sum_p std(T_p^T z_p) over the sample.
+def repair_target(pre: list[dict[str, torch.Tensor]], merges: list[Plans]) -> dict[str, tuple[torch.Tensor,
+                                                                                              torch.Tensor]]:
+    """REPAIR's target (mean, std) per fused neuron: sum_p (mean, std)(T_p^T z_p) over the sample.
 
     Each parent's pre-activations z_p moved into the fused basis keep their own spread; their
     sum is what averaging would give without variance collapse. For a permutation this is the
-    parents' neuron std averaged, as the OT path's REPAIR does.
+    parents' neuron statistics averaged, as the OT path's REPAIR does.
     """
-    target: dict[str, torch.Tensor] = {}
+    target: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for acts, merge in zip(pre, merges):
         for g, t in merge.items():
             if t is not None and g in acts:
                 moved = t.T.to(acts[g].dtype) @ acts[g]
-                target[g] = target.get(g, 0) + moved.std(1)
+                mean, std = target.get(g, (0, 0))
+                target[g] = (mean + moved.mean(1), std + moved.std(1))
     return target

@@ -84,3 +84,36 @@ def copy_with(template: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Modul
         net = copy.deepcopy(template)
         net.load_state_dict({**template.state_dict(), **weights})
         return net
+
+
+def _bias_free_layer(model: nn.Module, name: str) -> nn.Module | None:
+    """The conv/linear layer at module path `name` when it has no bias; None otherwise."""
+    try:
+        module = model.get_submodule(name)
+    except AttributeError:
+        return None
+    if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) and module.bias is None:
+        return module
+    return None
+
+
+def with_biases(model: nn.Module, names: list[str]) -> nn.Module:
+    """A copy of `model` in which the bias-free conv/linear layers at the module paths `names` have a zero bias.
+
+    What REPAIR's `--repair-bias` gives a bias-free fused network, and what a cache entry holding one is
+    loaded back into (state_dict names `<name>.bias`). Refuses (ValueError) a name that is not such a layer."""
+    out = copy.deepcopy(model)
+    for name in names:
+        module = _bias_free_layer(out, name)
+        if module is None:
+            raise ValueError(f"'{name}' is not a convolution or linear layer without a bias")
+        module.bias = nn.Parameter(torch.zeros(module.weight.shape[0], dtype=module.weight.dtype,
+                                               device=module.weight.device))
+    return out
+
+
+def gained_biases(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Module paths of the bias-free conv/linear layers of `model` for which `state` holds a bias."""
+    own = model.state_dict()
+    return [key[:-len(".bias")] for key in state if key.endswith(".bias") and key not in own
+            and _bias_free_layer(model, key[:-len(".bias")]) is not None]

@@ -33,13 +33,16 @@ class FusionOptions:
     weights: tuple[float, ...] | None = None  # per-parent averaging weights (normalised here); None: equal
     anchor: int = 0  # index of the parent whose neuron order and widths the fused net keeps (negative from the end)
     skip_last_layer: bool = True  # average the output layer without a new plan (classes are aligned)
-    renormalize: bool = False  # REPAIR-style rescaling of fused neurons on the input sample
+    renormalize: bool = False  # REPAIR: restore each fused neuron's statistics on the input sample
+    repair_bias: bool = False  # REPAIR gives bias-free fused layers a bias, so each neuron's mean is restored too
     seed: int = 0  # order in which weight matching visits the groups
 
     def __post_init__(self) -> None:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise FusionError(f"{name} must be one of {allowed}, got '{getattr(self, name)}'")
+        if self.repair_bias and not self.renormalize:
+            raise FusionError("repair_bias (a bias per repaired neuron) is part of REPAIR: set renormalize too")
         if self.weights is not None and (any(w < 0 for w in self.weights) or sum(self.weights) <= 0):
             raise FusionError(f"per-parent weights must be >= 0 with a positive sum, got {self.weights}")
 

@@ -166,3 +166,15 @@ def test_maps_with_negative_entries_get_a_diverging_scale():
     plan = figures.plan_heatmap(np.array([[0.5, 0.0], [0.0, 0.5]])).data[0]
     assert signed.zmid == 0.0 and signed.zmin is None  # -0.4 shows as a colour of its own, not as 0
     assert plan.zmin == 0.0 and plan.zmid is None
+
+
+def test_repair_bias_is_enabled_by_repair_and_the_gained_biases_are_counted(fusion):
+    assert fusion.checkbox(key="fusion.repair_bias").disabled  # REPAIR is off by default
+    fusion.checkbox(key="fusion.renormalize").check().run()
+    assert not fusion.checkbox(key="fusion.repair_bias").disabled
+    at = fuse(fusion, repair_bias=True)
+    assert not at.exception and not at.error
+    table = at.dataframe[0].value
+    sizes = dict(zip(table["method"], table["parameters"]))
+    assert sizes["OT fusion"] == sizes["parent 1"] + 700  # mlpnet's 400 + 200 + 100 repaired neurons
+    assert any("**700 biases**" in c.value for c in at.caption)
