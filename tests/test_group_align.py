@@ -96,27 +96,33 @@ def test_a_torchvision_network_fused_with_its_permuted_copy_keeps_its_logits(nam
     _assert_every_alignment_gives_back_the_logits(model, twin, _inputs(32, (3, 32, 32)), 1e-4)
 
 
-def _assert_every_alignment_gives_back_the_logits(model, twin, x: torch.Tensor, tolerance: float) -> None:
-    """Fusing the model with its permuted copy by OT (weights, activations) and weight matching gives its logits."""
+PLAN_ALIGNMENTS = (FusionOptions(), FusionOptions(mode="activations"), FusionOptions(alignment="weight_matching"))
+
+
+def _assert_every_alignment_gives_back_the_logits(model, twin, x: torch.Tensor, tolerance: float,
+                                                  alignments=PLAN_ALIGNMENTS, more_twins=()) -> None:
+    """Fusing the model with its permuted copies by each alignment (default: OT by weights and by activations,
+    weight matching) gives its logits."""
     with torch.no_grad():
         logits = model(x)
-    for opts in (FusionOptions(), FusionOptions(mode="activations"), FusionOptions(alignment="weight_matching")):
-        fused = fuse([model, twin], opts, x).model
+    for opts in alignments:
+        fused = fuse([model, twin, *more_twins], opts, x).model
         with torch.no_grad():
             assert (fused(x) - logits).abs().max() <= tolerance * logits.abs().max(), (opts.alignment, opts.mode)
 
 
-def test_merge_methods_are_refused_on_traced_networks_and_repair_needs_two_samples():
+def test_repair_and_merge_methods_without_a_usable_sample_are_refused_on_traced_networks_with_one_message():
     torch.manual_seed(0)
     model = torchvision.models.get_model("squeezenet1_1", num_classes=10).eval()
     x = _inputs(8, (3, 32, 32))
     from otcore.errors import FusionError
-    with pytest.raises(FusionError, match="CCA|cca"):
-        fuse([model, model], FusionOptions(alignment="cca"), x)
-    with pytest.raises(FusionError, match="at least 2 samples"):
-        fuse([model, model], FusionOptions(renormalize=True), x[:1])
+    for alignment in ("ot", "cca", "zipit"):
+        with pytest.raises(FusionError, match="at least 2 samples"):
+            fuse([model, model], FusionOptions(alignment=alignment, renormalize=True), x[:1])
     with pytest.raises(FusionError, match="needs a sample"):
         fuse([model, model], FusionOptions(renormalize=True), None)
+    with pytest.raises(FusionError, match="CCA Merge needs a sample of inputs"):
+        fuse([model, model], FusionOptions(alignment="cca"))
 
 
 class _ChannelsLastBlock(torch.nn.Module):

@@ -119,8 +119,13 @@ def test_cca_map_is_the_inverse_pair_and_the_ridge_pins_unseen_directions() -> N
                                                                                                    dtype=torch.float64)
     forward, inverse = cca_map(anchor, parent, reg=0.01)
     assert torch.allclose(forward @ inverse, torch.eye(80, dtype=torch.float64), atol=1e-8)
-    with pytest.raises(MergeMethodError, match="same widths"):
-        cca_map(anchor, anchor[:, :40])
+    # A narrower parent holding 40 of the anchor's neurons (a sample that sees them all): M sends each to
+    # its own (the other anchor neurons get their share through the anchor's covariance), M^+ M = I.
+    anchor = torch.randn(500, 80, generator=g, dtype=torch.float64).clamp_min(0)
+    forward, inverse = cca_map(anchor, anchor[:, order[:40]])
+    assert forward.shape == (80, 40) and inverse.shape == (40, 80)
+    assert torch.allclose(inverse @ forward, torch.eye(40, dtype=torch.float64), atol=1e-8)
+    assert torch.allclose(forward[order[:40]], torch.eye(40, dtype=torch.float64), atol=1e-8)
 
 
 def test_zipit_pairs_the_correlated_features_and_its_maps_are_consistent() -> None:

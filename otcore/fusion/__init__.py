@@ -13,7 +13,8 @@ from otcore.fusion.baselines import ensemble_log_probs, vanilla_average
 from otcore.fusion.cca import cca_map
 from otcore.fusion.fuse import MERGE_METHODS, FusionResult, align_parents, average_aligned, fuse
 from otcore.fusion.ground_metric import cost_matrix
-from otcore.fusion.group_repair import repair_groups, repair_targets, reset_batch_norm
+from otcore.fusion.batch_norm import reset_batch_norm
+from otcore.fusion.group_repair import repair_groups, repair_targets
 from otcore.fusion.merge_maps import MergeMethodError
 from otcore.fusion.new_weights import gained_biases, with_biases
 from otcore.fusion.options import FusionOptions

@@ -18,6 +18,8 @@ permutation); reg -> 0 is plain CCA. Measured on digits (bench/fusion.py): reg 1
 """
 from __future__ import annotations
 
+import numpy as np
+import scipy.linalg
 import torch
 from scipy.optimize import linear_sum_assignment
 
@@ -45,6 +47,24 @@ def _roots(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (vectors * root) @ vectors.T, (vectors / root) @ vectors.T
 
 
+def _svd(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U, V^T) of the thin SVD; LAPACK's gesvd where torch's gesdd does not converge.
+
+    gesdd fails on some matrices that are nearly permutations (condition number 1: a permuted copy's
+    whitened cross-covariance in timm's convnext_atto), which gesvd handles."""
+    try:
+        u, _, vh = torch.linalg.svd(matrix, full_matrices=False)
+        return u, vh
+    except torch.linalg.LinAlgError:
+        pass
+    try:
+        u, _, vh = scipy.linalg.svd(matrix.cpu().numpy(), full_matrices=False, lapack_driver="gesvd")
+    except (np.linalg.LinAlgError, ValueError):
+        raise MergeMethodError("CCA Merge: the canonical correlations could not be computed (the SVD did not "
+                               "converge); use OT alignment") from None
+    return torch.from_numpy(u).to(matrix.device), torch.from_numpy(vh).to(matrix.device)
+
+
 def cca_map(anchor_feats: torch.Tensor, parent_feats: torch.Tensor, reg: float = DEFAULT_REG,
             cross_ridge: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(M, M^{-1}): M (d_a, d_p) takes the parent's neurons into the anchor's basis.
@@ -57,10 +77,9 @@ def cca_map(anchor_feats: torch.Tensor, parent_feats: torch.Tensor, reg: float =
     """
     n, d_a = anchor_feats.shape
     d_p = parent_feats.shape[1]
-    if d_a != d_p:
-        raise MergeMethodError(f"CCA Merge needs parents of the same widths (a group has {d_p} neurons in a parent "
-                               f"and {d_a} in the anchor); use OT alignment instead")
     _finite("features", anchor_feats, parent_feats)
+    if d_a != d_p:
+        return _rectangular_map(anchor_feats, parent_feats, reg, cross_ridge)
     corr = correlation(anchor_feats, parent_feats)
     _finite("correlations", corr)
     corr = corr.cpu().numpy()
@@ -76,14 +95,39 @@ def cca_map(anchor_feats: torch.Tensor, parent_feats: torch.Tensor, reg: float =
     (aa_half, aa_neg), (pp_half, pp_neg) = _roots(c_aa), _roots(c_pp)
     whitened = aa_neg @ c_ap @ pp_neg
     _finite("whitened cross-covariances", whitened)
-    try:
-        u, _, vh = torch.linalg.svd(whitened)
-    except torch.linalg.LinAlgError:
-        raise MergeMethodError("CCA Merge: the canonical correlations could not be computed (the SVD did not "
-                               "converge); use OT alignment") from None
+    u, vh = _svd(whitened)
     rotation = u @ vh
     select = torch.zeros(d_a, d_p, dtype=za.dtype, device=za.device)
     select[torch.arange(d_a), torch.as_tensor(order, device=za.device)] = 1.0  # (select @ z_p)_j = z_p[order[j]]
     forward, inverse = aa_half @ rotation @ pp_neg @ select, select.T @ pp_half @ rotation.T @ aa_neg
+    _finite("merge maps", forward, inverse)
+    return forward, inverse
+
+
+def _rectangular_map(anchor_feats: torch.Tensor, parent_feats: torch.Tensor, reg: float,
+                     cross_ridge: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """cca_map for d_a != d_p: the min(d_a, d_p) canonical pairs; M (d_a, d_p) and its pseudo-inverse (d_p, d_a).
+
+    The same estimator in the parent's own neuron order: the cross ridge sits on the matched pairs
+    (a partial permutation S), and U V^T of the thin SVD is a partial isometry, so M^+ below is
+    M's pseudo-inverse in the whitened bases (M M^+ = I on the anchor's side when the parent is wider)."""
+    n, d_a = anchor_feats.shape
+    d_p = parent_feats.shape[1]
+    corr = correlation(anchor_feats, parent_feats)
+    _finite("correlations", corr)
+    rows, cols = linear_sum_assignment(corr.cpu().numpy(), maximize=True)
+    za, zp = anchor_feats - anchor_feats.mean(0), parent_feats - parent_feats.mean(0)
+    c_aa, c_pp, c_ap = za.T @ za / n, zp.T @ zp / n, za.T @ zp / n
+    ridge = reg * torch.cat([c_aa.diagonal(), c_pp.diagonal()]).mean().clamp_min(1e-30)
+    matched = torch.zeros(d_a, d_p, dtype=za.dtype, device=za.device)
+    matched[torch.as_tensor(rows, device=za.device), torch.as_tensor(cols, device=za.device)] = 1.0
+    c_aa = c_aa + ridge * torch.eye(d_a, dtype=za.dtype, device=za.device)
+    c_pp = c_pp + ridge * torch.eye(d_p, dtype=za.dtype, device=za.device)
+    c_ap = c_ap + cross_ridge * ridge * matched
+    _finite("covariances", c_aa, c_pp, c_ap)
+    (aa_half, aa_neg), (pp_half, pp_neg) = _roots(c_aa), _roots(c_pp)
+    u, vh = _svd(aa_neg @ c_ap @ pp_neg)
+    rotation = u @ vh
+    forward, inverse = aa_half @ rotation @ pp_neg, pp_half @ rotation.T @ aa_neg
     _finite("merge maps", forward, inverse)
     return forward, inverse

@@ -18,6 +18,7 @@ from otcore.errors import FusionError
 from otcore.fusion.align import GroupDiagnostics, Plans, apply_plans, check_same_family, ot_plans
 from otcore.fusion.cca import cca_map
 from otcore.fusion.group_align import fuse_by_groups, ot_activations
+from otcore.fusion.group_merge import MERGE_NAMES
 from otcore.fusion.merge_maps import MergeMethodError, check_mergeable, features, merge_weights, pre_activations, repair_target
 from otcore.fusion.new_weights import copy_with
 from otcore.fusion.repair import check_sample, repair
@@ -82,7 +83,7 @@ def average_aligned(parents: list[FusableNet], plans: list[Plans], weights: list
     return copy_with(anchor, summed).eval()
 
 
-MERGE_METHODS = {"cca": "CCA Merge", "zipit": "ZipIt!"}  # alignments by merge/unmerge maps, by name in messages
+MERGE_METHODS = MERGE_NAMES  # alignments by merge/unmerge maps, by name in messages
 
 
 @torch.no_grad()
@@ -150,7 +151,7 @@ def fuse(parents: list[FusableNet], options: FusionOptions | MakesOptions, act_i
     """Fusion of the parents (any N >= 2) into the anchor's architecture, by the options' alignment.
 
     The zoo's networks (FusableNet) walk their described layers; any other network is traced into
-    its channel groups (otcore.graph) and fused by OT or weight matching over them.
+    its channel groups (otcore.graph) and fused by any alignment over them (group_align, group_merge).
 
     options: FusionOptions, or a spec that makes them (`FusionSpec.options(n_parents)`)."""
     if len(parents) < 2:

@@ -1,4 +1,4 @@
-"""OT fusion and weight matching over channel groups read from any model (otcore.graph).
+"""OT fusion and weight matching over channel groups read from any model (otcore.graph); the way in for all.
 
 The same algorithms as otcore.fusion.align and .weight_matching (Singh & Jaggi 2020, Alg. 1;
 Ainsworth et al. 2022), with the network described by its traced groups instead of a hand-written
@@ -9,26 +9,26 @@ their own. A plan T (n_parent, n_anchor) maps an axis segment x (n_parent, ...) 
 """
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
-from torch import fx, nn
+from torch import nn
 
-from otcore.device import private_copy
 from otcore.errors import FusionError
 from otcore.fusion.align import GroupDiagnostics, Plans, _marginal
 from otcore.fusion.ground_metric import cost_matrix
-from otcore.fusion.group_repair import repair_groups
+from otcore.fusion.group_repair import repair_groups, repair_points, repair_targets
+from otcore.fusion.options import MERGE_ALIGNMENTS, FusionOptions
 from otcore.fusion.repair import check_sample
-from otcore.fusion.options import FusionOptions
 from otcore.fusion.transport import closeness_of, transport_plan
-from otcore.graph import ModelGraph, Slot, trace_groups
-
-State = dict[str, torch.Tensor]
+from otcore.fusion.batch_norm import NORM_CHOICES, fold_batch_norm, identity_norms, reset_batch_norm
+from otcore.fusion.group_merge import MERGE_NAMES, merge_by_group_maps
+from otcore.fusion.group_state import State, align_state, capture_nodes, is_permutation, load_fused
+from otcore.fusion.group_state import _move_axis, _moves_by_tensor, _segment
+from otcore.graph import ModelGraph, trace_groups
 
 
 def check_same_structure(graphs: list[ModelGraph]) -> None:
@@ -40,103 +40,6 @@ def check_same_structure(graphs: list[ModelGraph]) -> None:
         if shape(graph) != first:
             raise FusionError(f"parent {i} is not of the same architecture family as parent 1; "
                               "fusion needs parents with the same layers")
-
-
-def _permutation_source(plan: torch.Tensor) -> torch.Tensor | None:
-    """For a permutation plan, the parent channel each anchor channel takes; None for any other plan."""
-    if plan.shape[0] != plan.shape[1]:
-        return None
-    binary = (plan == 0) | (plan == 1)
-    if not bool(binary.all()) or not bool((plan.sum(0) == 1).all()) or not bool((plan.sum(1) == 1).all()):
-        return None
-    return plan.argmax(0)
-
-
-Move = tuple[Slot, Slot, torch.Tensor, "torch.Tensor | None"]  # parent slot, anchor slot, plan, permutation source
-
-
-def _move_axis(tensor: torch.Tensor, axis: int, moves: list[Move]) -> torch.Tensor:
-    """`tensor` with each move's segment of `axis` replaced by T^T segment (a gather for a permutation)."""
-    pieces, cursor = [], 0
-    length = tensor.shape[axis]
-    for slot, _anchor_slot, plan, source in sorted(moves, key=lambda m: m[0].offset):
-        if slot.offset > cursor:
-            pieces.append(tensor.narrow(axis, cursor, slot.offset - cursor))  # channels that stay in place
-        n_parent, n_anchor = plan.shape
-        segment = tensor.narrow(axis, slot.offset, n_parent * slot.repeat)
-        if source is not None:  # a permutation: a gather, exact and O(size) instead of a product
-            index = (source[:, None] * slot.repeat + torch.arange(slot.repeat, device=source.device)).reshape(-1)
-            pieces.append(segment.index_select(axis, index.to(tensor.device)))
-        else:
-            segment = segment.movedim(axis, 0)
-            rest = segment.shape[1:]
-            moved = torch.einsum("ir...,ik->kr...", segment.reshape(n_parent, slot.repeat, *rest), plan.to(tensor.dtype))
-            pieces.append(moved.reshape(n_anchor * slot.repeat, *rest).movedim(0, axis))
-        cursor = slot.offset + n_parent * slot.repeat
-    if cursor < length:
-        pieces.append(tensor.narrow(axis, cursor, length - cursor))
-    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, axis)
-
-
-def _moves_by_tensor(graph_p: ModelGraph, graph_a: ModelGraph, plans: Plans, roles: tuple[str, ...],
-                     skip: tuple[str, int, int] | None = None) -> dict[str, dict[int, list[Move]]]:
-    """tensor -> axis -> the segments to move, for groups with a plan."""
-    moves: dict[str, dict[int, list[Move]]] = {}
-    for g_p, g_a in zip(graph_p.groups, graph_a.groups):
-        plan = plans.get(g_a.name)
-        if g_a.fixed or plan is None:
-            continue
-        source = _permutation_source(plan)
-        for s_p, s_a in zip(g_p.slots, g_a.slots):
-            if s_p.role in roles and (s_p.tensor, s_p.axis, s_p.offset) != skip:
-                moves.setdefault(s_p.tensor, {}).setdefault(s_p.axis, []).append((s_p, s_a, plan, source))
-    return moves
-
-
-def align_state(state: State, graph_p: ModelGraph, graph_a: ModelGraph, plans: Plans,
-                past_correction: bool = True) -> State:
-    """The parent's tensors moved into the anchor's channel order and widths (untouched ones shared)."""
-    roles = ("writer", "follower", "reader") if past_correction else ("writer", "follower")
-    out = dict(state)
-    for key, axes in _moves_by_tensor(graph_p, graph_a, plans, roles).items():
-        tensor = state[key].detach()
-        for axis, moves in axes.items():
-            tensor = _move_axis(tensor, axis, moves)
-        out[key] = tensor
-    return out
-
-
-def _segment(tensor: torch.Tensor, slot: Slot, size: int) -> torch.Tensor:
-    """A slot's channels as rows: (size, repeat * everything else)."""
-    part = tensor.narrow(slot.axis, slot.offset, size * slot.repeat).movedim(slot.axis, 0)
-    return part.reshape(size, -1)
-
-
-def capture_nodes(model: nn.Module, x: torch.Tensor, nodes: dict[str, tuple[str, int]],
-                  batch_size: int = 1000) -> dict[str, torch.Tensor]:
-    """Outputs of fx nodes on x as (channels, samples): the channels of a group where it is complete.
-
-    nodes: group -> (fx node, its channel dimension). Runs a traced private copy (the model may be
-    shared); every position other than the channel one is one more sample."""
-    module = fx.symbolic_trace(private_copy(model))
-    dims = dict(nodes.values())
-    wanted = set(dims)
-    found: dict[str, list[torch.Tensor]] = {name: [] for name in wanted}
-
-    class _Recorder(fx.Interpreter):
-        def run_node(self, n: fx.Node):  # noqa: ANN202 - fx's signature
-            result = super().run_node(n)
-            if n.name in wanted:
-                channels = result.movedim(dims[n.name], 0)
-                # A copy now: the next node may be an in-place ReLU writing over this very output.
-                found[n.name].append(channels.reshape(channels.shape[0], -1).clone())
-            return result
-
-    device = next(module.parameters()).device
-    with torch.inference_mode():
-        for start in range(0, len(x), batch_size):
-            _Recorder(module).run(x[start:start + batch_size].to(device))
-    return {group: torch.cat(found[node], 1) for group, (node, _) in nodes.items()}
 
 
 def ot_group_plans(parent: nn.Module, anchor: nn.Module, graph_p: ModelGraph, graph_a: ModelGraph,
@@ -239,14 +142,6 @@ def average_states(states: list[State], weights: list[float], anchor_state: Stat
     return out
 
 
-def load_fused(anchor: nn.Module, state: State) -> nn.Module:
-    """A new network of the anchor's architecture holding `state`."""
-    fused = copy.deepcopy(anchor)
-    fused.load_state_dict(state)
-    return fused.eval()
-
-
-
 def ot_activations(parents: list[nn.Module], opts: FusionOptions, act_inputs: torch.Tensor | None,
                    capture: Callable[[nn.Module], dict[str, torch.Tensor]]) -> tuple[list, float]:
     """Each parent's group activations where OT aligns by them (else Nones), and the seconds they took."""
@@ -270,21 +165,56 @@ def input_shape_of(model: nn.Module, act_inputs: torch.Tensor | None) -> tuple[i
 
 
 def fuse_by_groups(parents: list[nn.Module], opts: FusionOptions, act_inputs: torch.Tensor | None = None,
-                   graphs: list[ModelGraph] | None = None) -> tuple[nn.Module, list[Plans], list[list[GroupDiagnostics]],
-                                                                dict[str, float]]:
-    """OT or weight-matching fusion of any traceable parents: (fused, plans, diagnostics, seconds)."""
-    if opts.alignment not in ("ot", "weight_matching"):
-        method = {"cca": "CCA Merge", "zipit": "ZipIt!"}[opts.alignment]
-        raise FusionError(f"{method} works on the studio's own networks only so far; "
-                          "fuse this architecture by OT or weight matching")
+                   graphs: list[ModelGraph] | None = None, norms: str = "reset"
+                   ) -> tuple[nn.Module, list[Plans], list[list[GroupDiagnostics]], dict[str, float]]:
+    """Fusion of any traceable parents by the options' alignment: (fused, plans, diagnostics, seconds).
+
+    CCA Merge and ZipIt! go through merge and unmerge maps (group_merge; their plans are the merge maps).
+    norms: what a merge that is not a permutation does to batch norms (otcore.fusion.batch_norm):
+    'reset' re-estimates their statistics on the sample where there is one (without one, OT by weights,
+    they stay as the plans moved them), 'fold' folds them into the layers before merging, 'moved' leaves
+    the moved statistics (for comparison)."""
     if opts.renormalize:
         if act_inputs is None:
             raise FusionError("renormalisation (REPAIR) needs a sample of inputs")
         check_sample(act_inputs)  # before any work
     if not opts.skip_last_layer:
         raise FusionError("the logits of a traced network keep their order; do not ask to align the last layer")
+    if opts.alignment in MERGE_ALIGNMENTS and act_inputs is None:
+        raise FusionError(f"{MERGE_NAMES[opts.alignment]} needs a sample of inputs")
+    if norms not in NORM_CHOICES:
+        raise FusionError(f"norms must be one of {NORM_CHOICES}, got '{norms}'")
     graphs = graphs or [trace_groups(p, input_shape_of(p, act_inputs)) for p in parents]
     check_same_structure(graphs)
+    folded: list[str] = []
+    if norms == "fold":
+        parents, folded = [fold_batch_norm(p)[0] for p in parents], fold_batch_norm(parents[0])[1]
+    if opts.alignment in MERGE_ALIGNMENTS:
+        fused, plans, seconds, mixed = merge_by_group_maps(parents, graphs, opts, act_inputs)
+        diagnostics: list[list[GroupDiagnostics]] = [[] for _ in parents]
+    else:
+        fused, plans, diagnostics, seconds = _align_and_average(parents, graphs, opts, act_inputs)
+        mixed = not all(is_permutation(plan) for p in plans for plan in p.values())
+    start = time.perf_counter()
+    if folded:
+        fused = identity_norms(fused, folded)
+    if opts.renormalize:  # re-estimates every batch norm on the sample, then sets each neuron's mean and std
+        anchor_idx, weights = opts.anchor_index(len(parents)), opts.parent_weights(len(parents))
+        merged = opts.alignment in MERGE_ALIGNMENTS
+        points = repair_points(fused, graphs[anchor_idx], opts.repair_bias)
+        targets = repair_targets(fused, parents, graphs, plans, weights, act_inputs, anchor_idx, merge_maps=True,
+                                 points=points) if merged else None
+        fused = repair_groups(fused, parents, graphs, plans, weights, act_inputs, anchor_idx, opts.repair_bias, targets)
+    elif not folded and mixed and norms == "reset" and act_inputs is not None:
+        fused = reset_batch_norm(fused, act_inputs)  # channels were mixed: moved variances are placeholders
+    seconds["fusion"] += time.perf_counter() - start
+    return fused, plans, diagnostics, seconds
+
+
+def _align_and_average(parents: list[nn.Module], graphs: list[ModelGraph], opts: FusionOptions,
+                       act_inputs: torch.Tensor | None) -> tuple[nn.Module, list[Plans], list[list[GroupDiagnostics]],
+                                                                 dict[str, float]]:
+    """OT or weight matching: every parent aligned to the anchor by one plan per group, then averaged."""
     anchor_idx = opts.anchor_index(len(parents))
     nodes = {g.name: (g.node, g.node_dim) for g in graphs[anchor_idx].free()}
     acts, sampled = ot_activations(parents, opts, act_inputs, lambda p: capture_nodes(p, act_inputs, nodes))
@@ -312,9 +242,6 @@ def fuse_by_groups(parents: list[nn.Module], opts: FusionOptions, act_inputs: to
         plans.append(p)
         diagnostics.append(d)
         states.append(align_state(parent.state_dict(), graphs[i], graph_a, p, opts.past_correction))
-    weights = opts.parent_weights(len(parents))
-    fused = load_fused(anchor, average_states(states, weights, anchor.state_dict()))
-    if opts.renormalize:
-        fused = repair_groups(fused, parents, graphs, plans, weights, act_inputs, anchor_idx, opts.repair_bias)
+    fused = load_fused(anchor, average_states(states, opts.parent_weights(len(parents)), anchor.state_dict()))
     seconds["fusion"] = time.perf_counter() - start
     return fused, plans, diagnostics, seconds

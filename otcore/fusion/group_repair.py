@@ -321,11 +321,6 @@ def _run(fused: nn.Module, x: torch.Tensor, points: list[RepairPoint], targets: 
     return model
 
 
-def reset_batch_norm(model: nn.Module, x: torch.Tensor) -> nn.Module:
-    """A new network: `model` with every batch norm's running statistics re-estimated on x, in forward order."""
-    return _run(model, x, [], None)
-
-
 def repair_groups(fused: nn.Module, parents: list[nn.Module], graphs: list[ModelGraph], maps: list[Plans],
                   weights: list[float], x: torch.Tensor, anchor: int, gain_bias: bool = False,
                   targets: Targets | None = None) -> nn.Module:

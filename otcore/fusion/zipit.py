@@ -80,8 +80,13 @@ def zipit_maps(feats: list[torch.Tensor], weights: list[float], width: int, alph
     active = torch.ones(total, dtype=torch.bool, device=device)
     budget = [int((total - width) // n_models * beta + 1e-4)] * n_models
     score = link.clone().fill_diagonal_(-torch.inf)  # singletons: no excess while N >= 2, nothing spent yet
+    # Each row's best column, kept up to date: a merge changes two rows and two columns, so the argmax
+    # over all pairs (the first in row-major order, as score.argmax() gives) costs O(total), not O(total^2).
+    row_best = score.argmax(1)
+    row_max = score.gather(1, row_best[:, None]).squeeze(1)
     for _ in range(total - width):
-        best = int(score.argmax())
+        top = int(row_max.argmax())
+        best = top * total + int(row_best[top])
         if not torch.isfinite(score.view(-1)[best]):  # every pair forbidden: the budget yields
             best = int(_unbudgeted(link, counts, active, n_models, alpha).argmax())
         row, col = sorted(divmod(best, total))  # keep the lower index, as the authors' code
@@ -103,6 +108,17 @@ def zipit_maps(feats: list[torch.Tensor], weights: list[float], width: int, alph
         row_scores[row] = -torch.inf
         score[row] = score[:, row] = row_scores
         score[col] = score[:, col] = -torch.inf
+        if spent:
+            row_best = score.argmax(1)
+        else:
+            stale = (row_best == row) | (row_best == col)  # their best may have dropped: recompute those rows
+            stale[row] = stale[col] = True
+            # Elsewhere only column `row` can have risen; on a tie the lower column is the first in order.
+            rises = (row_scores > row_max) | ((row_scores == row_max) & (row_best > row))
+            row_best = torch.where(rises, row, row_best)
+            rows = stale.nonzero().flatten()
+            row_best[rows] = score[rows].argmax(1)
+        row_max = score.gather(1, row_best[:, None]).squeeze(1)
     unmerge = members[:, active].to(stacked.dtype)  # (total, width), clusters ordered by lowest member
     share = torch.as_tensor(weights, dtype=stacked.dtype, device=stacked.device)[origin][:, None] * unmerge
     total_share = share.sum(0, keepdim=True)

@@ -1,0 +1,137 @@
+"""A parent's tensors moved along its traced channel groups (otcore.graph), and the groups' features.
+
+A plan T (n_parent, n_anchor) maps an axis segment x (n_parent, ...) to T^T x: every tensor axis
+holding a group's channels (writers' outputs, readers' inputs, biases, normalisation parameters and
+statistics, depthwise filters, layer scales) moves with its group's plan, or, for a merge method,
+writers and followers with the merge map and readers with the unmerge map. Shared by OT and weight
+matching (group_align) and CCA Merge / ZipIt! (group_merge).
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import fx, nn
+
+from otcore.device import private_copy
+from otcore.fusion.align import Plans
+from otcore.graph import ModelGraph, Slot
+
+State = dict[str, torch.Tensor]
+
+def _permutation_source(plan: torch.Tensor) -> torch.Tensor | None:
+    """For a permutation plan, the parent channel each anchor channel takes; None for any other plan."""
+    if plan.shape[0] != plan.shape[1]:
+        return None
+    binary = (plan == 0) | (plan == 1)
+    if not bool(binary.all()) or not bool((plan.sum(0) == 1).all()) or not bool((plan.sum(1) == 1).all()):
+        return None
+    return plan.argmax(0)
+
+
+def is_permutation(plan: torch.Tensor) -> bool:
+    """Whether a plan is a permutation matrix (moves channels without mixing them)."""
+    return _permutation_source(plan) is not None
+
+
+Move = tuple[Slot, Slot, torch.Tensor, "torch.Tensor | None"]  # parent slot, anchor slot, plan, permutation source
+
+
+def _move_axis(tensor: torch.Tensor, axis: int, moves: list[Move]) -> torch.Tensor:
+    """`tensor` with each move's segment of `axis` replaced by T^T segment (a gather for a permutation)."""
+    pieces, cursor = [], 0
+    length = tensor.shape[axis]
+    for slot, _anchor_slot, plan, source in sorted(moves, key=lambda m: m[0].offset):
+        if slot.offset > cursor:
+            pieces.append(tensor.narrow(axis, cursor, slot.offset - cursor))  # channels that stay in place
+        n_parent, n_anchor = plan.shape
+        segment = tensor.narrow(axis, slot.offset, n_parent * slot.repeat)
+        if source is not None:  # a permutation: a gather, exact and O(size) instead of a product
+            index = (source[:, None] * slot.repeat + torch.arange(slot.repeat, device=source.device)).reshape(-1)
+            pieces.append(segment.index_select(axis, index.to(tensor.device)))
+        else:
+            segment = segment.movedim(axis, 0)
+            rest = segment.shape[1:]
+            moved = torch.einsum("ir...,ik->kr...", segment.reshape(n_parent, slot.repeat, *rest), plan.to(tensor.dtype))
+            pieces.append(moved.reshape(n_anchor * slot.repeat, *rest).movedim(0, axis))
+        cursor = slot.offset + n_parent * slot.repeat
+    if cursor < length:
+        pieces.append(tensor.narrow(axis, cursor, length - cursor))
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, axis)
+
+
+def _moves_by_tensor(graph_p: ModelGraph, graph_a: ModelGraph, plans: Plans, roles: tuple[str, ...],
+                     skip: tuple[str, int, int] | None = None,
+                     reader_plans: Plans | None = None) -> dict[str, dict[int, list[Move]]]:
+    """tensor -> axis -> the segments to move, for groups with a plan.
+
+    reader_plans: the maps reader slots take (a merge method's unmerge maps); None: `plans` everywhere."""
+    moves: dict[str, dict[int, list[Move]]] = {}
+    for g_p, g_a in zip(graph_p.groups, graph_a.groups):
+        plan = plans.get(g_a.name)
+        if g_a.fixed or plan is None:
+            continue
+        read = plan if reader_plans is None else reader_plans[g_a.name]
+        sources = {id(plan): _permutation_source(plan)}
+        sources.setdefault(id(read), _permutation_source(read))
+        for s_p, s_a in zip(g_p.slots, g_a.slots):
+            if s_p.role in roles and (s_p.tensor, s_p.axis, s_p.offset) != skip:
+                taken = read if s_p.role == "reader" else plan
+                moves.setdefault(s_p.tensor, {}).setdefault(s_p.axis, []).append((s_p, s_a, taken, sources[id(taken)]))
+    return moves
+
+
+def align_state(state: State, graph_p: ModelGraph, graph_a: ModelGraph, plans: Plans,
+                past_correction: bool = True, reader_plans: Plans | None = None) -> State:
+    """The parent's tensors moved into the anchor's channel order and widths (untouched ones shared).
+
+    Writer and follower axes take `plans`, reader axes `reader_plans` (None: `plans` too, as OT and
+    weight matching do; CCA Merge and ZipIt! read through their unmerge maps)."""
+    roles = ("writer", "follower", "reader") if past_correction else ("writer", "follower")
+    out = dict(state)
+    for key, axes in _moves_by_tensor(graph_p, graph_a, plans, roles, reader_plans=reader_plans).items():
+        tensor = state[key].detach()
+        for axis, moves in axes.items():
+            tensor = _move_axis(tensor, axis, moves)
+        out[key] = tensor
+    return out
+
+
+def _segment(tensor: torch.Tensor, slot: Slot, size: int) -> torch.Tensor:
+    """A slot's channels as rows: (size, repeat * everything else)."""
+    part = tensor.narrow(slot.axis, slot.offset, size * slot.repeat).movedim(slot.axis, 0)
+    return part.reshape(size, -1)
+
+
+def capture_nodes(model: nn.Module, x: torch.Tensor, nodes: dict[str, tuple[str, int]],
+                  batch_size: int = 1000) -> dict[str, torch.Tensor]:
+    """Outputs of fx nodes on x as (channels, samples): the channels of a group where it is complete.
+
+    nodes: group -> (fx node, its channel dimension). Runs a traced private copy (the model may be
+    shared); every position other than the channel one is one more sample."""
+    module = fx.symbolic_trace(private_copy(model))
+    dims = dict(nodes.values())
+    wanted = set(dims)
+    found: dict[str, list[torch.Tensor]] = {name: [] for name in wanted}
+
+    class _Recorder(fx.Interpreter):
+        def run_node(self, n: fx.Node):  # noqa: ANN202 - fx's signature
+            result = super().run_node(n)
+            if n.name in wanted:
+                channels = result.movedim(dims[n.name], 0)
+                # A copy now: the next node may be an in-place ReLU writing over this very output.
+                found[n.name].append(channels.reshape(channels.shape[0], -1).clone())
+            return result
+
+    device = next(module.parameters()).device
+    with torch.inference_mode():
+        for start in range(0, len(x), batch_size):
+            _Recorder(module).run(x[start:start + batch_size].to(device))
+    return {group: torch.cat(found[node], 1) for group, (node, _) in nodes.items()}
+
+
+def load_fused(anchor: nn.Module, state: State) -> nn.Module:
+    """A new network of the anchor's architecture holding `state`."""
+    fused = copy.deepcopy(anchor)
+    fused.load_state_dict(state)
+    return fused.eval()
