@@ -46,20 +46,36 @@ def _adapted_class(base: type) -> type:
     return _ADAPTED[base]
 
 
+def library_models(family: str) -> list[str]:
+    """The classification models a library offers: torchvision's builders, or every timm model name."""
+    if family == "torchvision":
+        import torchvision
+        return list(torchvision.models.list_models(module=torchvision.models))
+    try:
+        import timm
+    except ImportError:
+        raise ModelError("timm is not installed: pip install timm") from None
+    return list(timm.list_models())
+
+
+def check_library_name(name: str) -> None:
+    """Refuse a 'torchvision:NAME' or 'timm:NAME' whose library has no such model (ModelError)."""
+    family, _, rest = name.partition(":")
+    if rest not in library_models(family):
+        kind = "classification model" if family == "torchvision" else "model"
+        raise ModelError(f"{family} has no {kind} '{rest}' (python -c \"import {family}; "
+                         f"print({family}.{'models.' if family == 'torchvision' else ''}list_models())\" lists them)")
+
+
 def _builder(name: str):
     family, _, rest = name.partition(":")
     if family == "torchvision":
         import torchvision
-        if rest not in torchvision.models.list_models(module=torchvision.models):
-            raise ModelError(f"torchvision has no classification model '{rest}'")
+        check_library_name(name)
         return lambda classes, channels: torchvision.models.get_model(rest, num_classes=classes)
     if family == "timm":
-        try:
-            import timm
-        except ImportError:
-            raise ModelError("timm is not installed: pip install timm") from None
-        if rest not in timm.list_models():
-            raise ModelError(f"timm has no model '{rest}'")
+        import timm
+        check_library_name(name)
         return lambda classes, channels: timm.create_model(rest, pretrained=False, num_classes=classes, in_chans=channels)
     path, _, attr = rest.rpartition(":")
     if not path or not attr or not Path(path).is_file():

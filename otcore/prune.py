@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from otcore.config import PruneSpec
+from otcore.config import STRUCTURED_OUTSIDE_ZOO, PruneSpec
 from otcore.errors import PruneError
 from otcore.models import INPUT, OUTPUT, FusableNet, count_parameters
 
@@ -59,6 +59,10 @@ def prunable_layers(model: FusableNet, scope: str, keep_last_layer: bool) -> lis
     """Module paths of the Conv2d/Linear layers in `scope`, without the output layer if `keep_last_layer`."""
     if scope not in _KINDS:
         raise PruneError(f"prune scope must be one of {tuple(_KINDS)}, got '{scope}'")
+    if not isinstance(model, FusableNet):  # a network from outside the zoo: its layers in the order they run
+        names = forward_layers(model)
+        return [n for n in (names[:-1] if keep_last_layer else names)
+                if isinstance(model.get_submodule(n), _KINDS[scope])]
     out = []
     for layer in model.alignment_layers():
         if keep_last_layer and layer.out_group == OUTPUT:
@@ -66,6 +70,22 @@ def prunable_layers(model: FusableNet, scope: str, keep_last_layer: bool) -> lis
         if isinstance(model.get_submodule(layer.name), _KINDS[scope]):
             out.append(layer.name)
     return out
+
+
+def forward_layers(model: nn.Module) -> list[str]:
+    """The Conv2d/Linear paths of a network outside the zoo in the order its forward calls them (the last
+    writes the logits), found on a weightless copy run on the meta device with the model's `input_shape`."""
+    shape = getattr(model, "input_shape", None)
+    if shape is None:
+        raise PruneError(f"cannot find the layer order of {type(model).__name__}: it has no input_shape")
+    probe = copy.deepcopy(model).to("meta").eval()  # hooks go on a private copy, never on a shared model
+    order: list[str] = []
+    for name, module in probe.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            module.register_forward_hook(lambda *_, name=name: order.append(name))
+    with torch.no_grad():
+        probe(torch.zeros((1, *shape), device="meta"))
+    return list(dict.fromkeys(order))
 
 
 def prune_model(model: FusableNet, spec: PruneSpec) -> FusableNet:
@@ -91,6 +111,8 @@ def prune_model(model: FusableNet, spec: PruneSpec) -> FusableNet:
     elif spec.type == "unstructured":
         for module in modules:
             prune.l1_unstructured(module, "weight", amount=spec.fraction)
+    elif not isinstance(model, FusableNet):
+        raise PruneError(STRUCTURED_OUTSIDE_ZOO)
     else:
         for module in modules:
             prune.ln_structured(module, "weight", amount=spec.fraction, n=spec.norm, dim=0)
