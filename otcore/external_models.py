@@ -11,6 +11,7 @@ state_dict keys are the library's and its checkpoints load as they are.
 from __future__ import annotations
 
 import importlib.util
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -46,16 +47,18 @@ def _adapted_class(base: type) -> type:
     return _ADAPTED[base]
 
 
-def library_models(family: str) -> list[str]:
-    """The classification models a library offers: torchvision's builders, or every timm model name."""
+@lru_cache(maxsize=4)
+def library_models(family: str) -> tuple[str, ...]:
+    """The classification models a library offers: torchvision's builders, or every timm model name (memoised:
+    the installed library does not change while the process runs)."""
     if family == "torchvision":
         import torchvision
-        return list(torchvision.models.list_models(module=torchvision.models))
+        return tuple(torchvision.models.list_models(module=torchvision.models))
     try:
         import timm
     except ImportError:
         raise ModelError("timm is not installed: pip install timm") from None
-    return list(timm.list_models())
+    return tuple(timm.list_models())
 
 
 def check_library_name(name: str) -> None:

@@ -4,6 +4,10 @@ checkpoints through the same reader."""
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +15,7 @@ import torch
 
 from otcore.config import DATASET_SHAPES, DataSpec, FusionSpec, ModelSpec, PruneSpec, SpecError, TrainSpec, spec_dict
 from otcore.keys import fusion_key, keyed_model, parent_key, prune_key
+from tests.support import REPO
 
 SMALL_NET = '''
 from torch import nn
@@ -158,3 +163,28 @@ def test_a_library_networks_checkpoint_loads_and_a_mismatched_one_is_refused(tmp
         load_parent(tmp_path / "imagenet.pt", DataSpec(), model, "p")
     assert str(refused.value) == ("checkpoint does not fit torchvision:shufflenet_v2_x0_5: fc.weight has shape "
                                   "(1000, 1024), the model expects (10, 1024)")
+
+
+def run_cli(*args: str, cache: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "otcore", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "OTCORE_CACHE_DIR": str(cache)})
+
+
+@pytest.mark.parametrize("command", ["train", "fuse"])
+def test_a_model_the_tracer_refuses_is_one_error_line(command: str, tmp_path: Path):
+    proc = run_cli(command, "--arch", "timm:vit_tiny_patch16_224", "--json", cache=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        "error: cannot read the channel structure at 'blocks.0.attn.qkv': a linear layer must read its 192 channels "
+        "on dimension 2"]
+
+
+def test_a_users_own_model_file_trains_on_the_command_line(net_file: Path, tmp_path: Path):
+    arch = f"file:{net_file}:Net"
+    proc = run_cli("train", "--arch", arch, "--epochs", "1", "--seeds", "0", "--json", cache=tmp_path / "cache")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    (parent,) = out["parents"]
+    assert 0 <= parent["test_accuracy"] <= 100 and parent["cached"] is False
+    assert parent["key"] == parent_key(DataSpec(), ModelSpec(arch), TrainSpec(epochs=1, seed=0))

@@ -19,6 +19,7 @@ from otcore.config import DATASET_SHAPES, DataSpec, ModelSpec, arch_family
 from otcore.errors import ModelError
 
 REPO = Path(__file__).resolve().parent.parent
+CHECKED = "parents.checked"  # session key: the (architecture, dataset) pairs this session asked to check
 CHECK_TIMEOUT_S = 900  # resnet50-sized networks take minutes on a loaded 2-core CPU; beyond this the check gives up
 
 
@@ -60,11 +61,14 @@ def summary(result: dict) -> str:
 
 
 def alignment_table(result: dict) -> pd.DataFrame:
-    """Each alignment: the largest |logit difference| between the network and its fusion with its permuted copy."""
+    """Each alignment: the largest |logit difference| between the network and its fusion with its permuted copy
+    (as text: '—' where the alignment does not apply)."""
     rows = []
     for a in result["alignments"]:
+        refused = a["refused"] is not None
         rows.append({"alignment": f"{a['alignment'].replace('_', ' ')} ({a['mode']})",
-                     "max |logit diff|": a["max_difference"], "relative": a["relative"],
+                     "max |logit diff|": "—" if refused else f"{a['max_difference']:.2e}",
+                     "relative": "—" if refused else f"{a['relative']:.1e}",
                      "result": "refused" if a["refused"] else "pass" if a["passed"] else "FAIL",
                      "note": a["refused"] or ""})
     return pd.DataFrame(rows)
@@ -72,7 +76,20 @@ def alignment_table(result: dict) -> pd.DataFrame:
 
 def show(data: DataSpec, model: ModelSpec) -> None:
     """The check of the workspace's architecture: one line and a table in a section (open for torchvision and
-    timm networks), or one message for a model the check refuses."""
+    timm networks), or one message for a model the check refuses. It runs when asked (a large network takes
+    minutes, and a script run waits for it); once asked in this session, it is shown for that architecture."""
+    asked = st.session_state.setdefault(CHECKED, set())  # this session's own set: (arch, dataset) it asked for
+    if (model.arch, data.name) not in asked:
+        slot = st.empty()  # the button goes once pressed: the result takes its place
+        left, right = slot.container().columns([1, 3], vertical_alignment="center")
+        if not left.button("Check this architecture", key="parents.check", icon=":material/fact_check:",
+                           width="stretch"):
+            right.caption(f"Will {model.arch} fuse? Reads its channel groups and fuses it with a permuted copy of "
+                          "itself by every alignment (`python -m otcore check`: seconds for the zoo, minutes for a "
+                          "resnet50).")
+            return
+        slot.empty()
+        asked.add((model.arch, data.name))
     try:
         with st.spinner(f"checking {model.arch} (once per architecture and dataset; large networks take minutes)"):
             result = architecture_check(data, model)
@@ -89,6 +106,4 @@ def show(data: DataSpec, model: ModelSpec) -> None:
         if result["shared"]:
             st.caption("Groups several layers write (residual streams, gated channels): " +
                        ", ".join(f"{name} ({n} writers)" for name, n in result["shared"].items()))
-        st.dataframe(alignment_table(result), hide_index=True, key="parents.check.table",
-                     column_config={"max |logit diff|": st.column_config.NumberColumn(format="%.2e"),
-                                    "relative": st.column_config.NumberColumn(format="%.1e")})
+        st.dataframe(alignment_table(result), hide_index=True, key="parents.check.table")

@@ -131,14 +131,9 @@ def _architecture(bar: Any, dataset: str) -> str:
     return bar.selectbox("Architecture", archs, key=K_ARCH)
 
 
-@st.cache_data(show_spinner=False)
-def _library_names(family: str) -> list[str]:
-    return library_models(family)
-
-
 def _library_architecture(bar: Any, family: str) -> str:
     """A torchvision (every classification builder, searchable) or timm model (filtered by a search text)."""
-    names = _library_names(family)
+    names = list(library_models(family))
     if family == "timm":
         search = bar.text_input("Search timm's models", key=K_ARCH_SEARCH, placeholder="e.g. resnet, convnext",
                                 help=f"{len(names):,} models; the list below shows the first {MAX_LISTED} whose "
