@@ -143,6 +143,7 @@ def test_unstructured_pruning_keeps_the_classifier_of_a_library_network():
         prune_model(net, PruneSpec(fraction=0.5, type="structured"))
 
 
+@pytest.mark.slow  # scores two loaded networks on digits: 75 s at load 8-10
 def test_a_library_networks_checkpoint_loads_and_a_mismatched_one_is_refused(tmp_path: Path):
     import torchvision
     from safetensors.torch import save_file
@@ -170,6 +171,7 @@ def run_cli(*args: str, cache: Path) -> subprocess.CompletedProcess:
                           timeout=600, env={**os.environ, "OTCORE_CACHE_DIR": str(cache)})
 
 
+@pytest.mark.slow  # a process importing torch and timm: 70-200 s beside four other engineers' work (load 8-10)
 @pytest.mark.parametrize("command", ["train", "fuse"])
 def test_a_model_the_tracer_refuses_is_one_error_line(command: str, tmp_path: Path):
     proc = run_cli(command, "--arch", "timm:vit_tiny_patch16_224", "--json", cache=tmp_path)
@@ -180,6 +182,7 @@ def test_a_model_the_tracer_refuses_is_one_error_line(command: str, tmp_path: Pa
         "on dimension 2"]
 
 
+@pytest.mark.slow  # a process training two parents: 90 s at load 8-10
 def test_a_users_own_model_file_trains_on_the_command_line(net_file: Path, tmp_path: Path):
     arch = f"file:{net_file}:Net"
     proc = run_cli("train", "--arch", arch, "--epochs", "1", "--seeds", "0", "--json", cache=tmp_path / "cache")
