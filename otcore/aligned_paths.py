@@ -21,7 +21,8 @@ from otcore.config import DataSpec, FusionSpec, HessianSpec, SpecError, spec_dic
 from otcore.curves import InterpolationPath
 from otcore.device import on_device, resolve_device
 from otcore.fusion.align import Plans, apply_plans
-from otcore.fusion.fuse import align_parents
+from otcore.fusion import FusionError
+from otcore.fusion.fuse import align_parents, fuse
 from otcore.landscape import barrier, path_curve
 from otcore.models import FusableNet
 from otcore.pipeline import Progress, cached, fusion_inputs
@@ -54,6 +55,11 @@ def aligned_parent(parents: Sequence[FusableNet], spec: FusionSpec | None,
     anchor, other = parents[anchor_idx], parents[1 - anchor_idx]
     if spec is None:
         return copy.deepcopy(other).eval(), {}
+    if not isinstance(anchor, FusableNet):
+        # Traced groups (otcore.graph): fusing with all the weight on B is B moved into A's order, every tensor of
+        # a group (norm statistics too) moved with its channels, so the path ends exactly at B's function.
+        result = fuse([anchor, other], replace(spec, anchor=0, weights=(0.0, 1.0), renormalize=False), act_inputs)
+        return result.model, result.plans[1]
     plans = align_parents(list(parents), spec, act_inputs).plans[1 - anchor_idx]
     state = {k: v.detach().clone() for k, v in anchor.state_dict().items()}
     state.update(apply_plans(other, anchor, plans, spec.past_correction))
@@ -98,6 +104,8 @@ def aligned_path(data: DataSpec, parents: Sequence[Any], fusion: FusionSpec, spe
         raise SpecError("an aligned path needs exactly two parents")
     if points < 2:
         raise SpecError(f"a path needs at least 2 points, got {points}")
+    if repair and not all(isinstance(p.model, FusableNet) for p in parents):
+        raise FusionError("REPAIR along a path works on the zoo's networks only so far; draw this path without it")
     used = alignment_spec(fusion, alignment)
     anchor_idx = fusion.anchor % 2
     ordered = [parents[anchor_idx], parents[1 - anchor_idx]]

@@ -6,7 +6,9 @@ the CLI and the UI show as is.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,9 +31,11 @@ def not_keyed(default: Any) -> Any:
     return field(default=default, metadata={"keyed": False}, compare=False)
 
 
-def keyed_when_set(default: Any) -> Any:
-    """A spec field added later, keyed only where it differs from its default: entries cached before it keep their keys."""
-    return field(default=default, metadata={"keyed": "when set"})
+def keyed_when_set(default: Any, init: bool = True) -> Any:
+    """A spec field keyed only where it differs from its default, so adding it leaves every existing key as it was.
+
+    init=False: a field the spec derives itself (e.g. a file's content hash)."""
+    return field(default=default, init=init, metadata={"keyed": "when set"})
 
 
 def spec_dict(spec: Any) -> dict[str, Any]:
@@ -63,6 +67,21 @@ ARCHITECTURES = ("mlpnet", "mlpnet_half", "mlpnet_doub", "vgg11_nobias", "vgg11_
                  "vgg11_quad_nobias", "vgg_tiny_nobias", "vgg_tiny_doub_nobias", "resnet18_nobias_nobn",
                  "resnet_tiny_nobias_nobn")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")  # resolved by otcore.device.resolve_device
+# Architectures from outside the zoo: 'torchvision:NAME', 'timm:NAME', and on the command line only
+# 'file:PATH.py:NAME' (it runs the user's own code; the web app never offers it). otcore.external_models builds them.
+ARCH_FAMILIES = ("torchvision", "timm", "file")
+WEB_ARCH_FAMILIES = ("torchvision", "timm")
+# Each dataset's image shape and classes as its loader gives them: what an outside architecture's traced
+# structure is keyed by (known without loading the data; tests check them against the loaders).
+DATASET_SHAPES = {"digits": ((1, 8, 8), 10), "mnist": ((1, 28, 28), 10), "fashion-mnist": ((1, 28, 28), 10),
+                  "cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100)}
+MAX_MODEL_FILE = 16 * 2**20  # bytes of a file: architecture's source, hashed into its keys
+
+
+def arch_family(arch: str) -> str:
+    """'zoo' for a registered name, else the family before the first ':' ('torchvision', 'timm', 'file')."""
+    family, colon, _ = arch.partition(":")
+    return family if colon and family in ARCH_FAMILIES else "zoo"
 
 # Ranges a study can use; beyond them a value is a typo (or inf/NaN, which every comparison refuses),
 # and would only produce NaN networks or allocate without bound. The README's CLI section lists them.
@@ -98,13 +117,43 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Which architecture."""
+    """Which architecture: a zoo name, 'torchvision:NAME', 'timm:NAME' or 'file:PATH.py:NAME'."""
 
-    arch: str = "mlpnet"  # registry name, one of ARCHITECTURES
+    arch: str = "mlpnet"  # one of ARCHITECTURES, or family:NAME (ARCH_FAMILIES)
+    # file: only: sha256 of the Python file defining the network, so every key changes when its code does.
+    source: str = keyed_when_set("", init=False)
 
     def __post_init__(self) -> None:
-        _check(self.arch in ARCHITECTURES,
-               f"unknown architecture '{self.arch}'; choose one of {', '.join(ARCHITECTURES)}")
+        _check(isinstance(self.arch, str) and 0 < len(self.arch) <= 1000,
+               "the architecture is a name of at most 1000 characters")
+        family = arch_family(self.arch)
+        if family == "zoo":
+            _check(self.arch in ARCHITECTURES, f"unknown architecture '{self.arch}'; choose one of "
+                   f"{', '.join(ARCHITECTURES)}, or torchvision:NAME, timm:NAME, file:PATH.py:NAME")
+        elif family == "file":
+            object.__setattr__(self, "source", _model_file_digest(self.arch))
+        else:
+            from otcore.external_models import check_library_name  # imports torch: only for these names
+
+            try:
+                check_library_name(self.arch)
+            except UserError as err:
+                raise SpecError(str(err)) from None
+
+
+def _model_file_digest(arch: str) -> str:
+    """The sha256 of the file of a 'file:PATH.py:NAME' architecture, after checking the name's form."""
+    path, _, name = arch[len("file:"):].rpartition(":")
+    _check(bool(path) and path.endswith(".py") and name.isidentifier(),
+           f"'{arch}' must be file:PATH.py:NAME, NAME a class or function of that file")
+    _check(os.path.isfile(path), f"the model file {path} does not exist (or is not a regular file)")
+    try:
+        with open(path, "rb") as handle:  # a regular file: opening it never blocks
+            content = handle.read(MAX_MODEL_FILE + 1)
+    except OSError as err:
+        raise SpecError(f"cannot read the model file {path}: {err.strerror}") from None
+    _check(len(content) <= MAX_MODEL_FILE, f"the model file {path} is over {MAX_MODEL_FILE >> 20} MiB")
+    return hashlib.sha256(content).hexdigest()
 
 
 def parse_classes(text: str) -> tuple[int, ...]:

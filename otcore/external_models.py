@@ -11,6 +11,7 @@ state_dict keys are the library's and its checkpoints load as they are.
 from __future__ import annotations
 
 import importlib.util
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -46,20 +47,38 @@ def _adapted_class(base: type) -> type:
     return _ADAPTED[base]
 
 
+@lru_cache(maxsize=4)
+def library_models(family: str) -> tuple[str, ...]:
+    """The classification models a library offers: torchvision's builders, or every timm model name (memoised:
+    the installed library does not change while the process runs)."""
+    if family == "torchvision":
+        import torchvision
+        return tuple(torchvision.models.list_models(module=torchvision.models))
+    try:
+        import timm
+    except ImportError:
+        raise ModelError("timm is not installed: pip install timm") from None
+    return tuple(timm.list_models())
+
+
+def check_library_name(name: str) -> None:
+    """Refuse a 'torchvision:NAME' or 'timm:NAME' whose library has no such model (ModelError)."""
+    family, _, rest = name.partition(":")
+    if rest not in library_models(family):
+        kind = "classification model" if family == "torchvision" else "model"
+        raise ModelError(f"{family} has no {kind} '{rest}' (python -c \"import {family}; "
+                         f"print({family}.{'models.' if family == 'torchvision' else ''}list_models())\" lists them)")
+
+
 def _builder(name: str):
     family, _, rest = name.partition(":")
     if family == "torchvision":
         import torchvision
-        if rest not in torchvision.models.list_models(module=torchvision.models):
-            raise ModelError(f"torchvision has no classification model '{rest}'")
+        check_library_name(name)
         return lambda classes, channels: torchvision.models.get_model(rest, num_classes=classes)
     if family == "timm":
-        try:
-            import timm
-        except ImportError:
-            raise ModelError("timm is not installed: pip install timm") from None
-        if rest not in timm.list_models():
-            raise ModelError(f"timm has no model '{rest}'")
+        import timm
+        check_library_name(name)
         return lambda classes, channels: timm.create_model(rest, pretrained=False, num_classes=classes, in_chans=channels)
     path, _, attr = rest.rpartition(":")
     if not path or not attr or not Path(path).is_file():

@@ -6,6 +6,7 @@ so the UI, the CLI and the tests run one code path and a setting seen before ret
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import time
 from dataclasses import dataclass, replace
@@ -19,10 +20,10 @@ from otcore.cache import CacheEntry, DiskCache, default_cache
 from otcore.checkpoints import load_checkpoint, load_into
 from otcore.comparison import Comparison, MethodResult  # re-exported: results of the steps
 from otcore.config import (DataSpec, FusionSpec, ModelSpec, PruneSpec, RetrainSpec, SpecError, TrainSpec,
-                           check_partition_parents, spec_dict)
+                           arch_family, check_partition_parents, spec_dict)
 from otcore.data import Dataset, load_dataset, sample_inputs
 from otcore.device import on_device, resolve_device
-from otcore.keys import fusion_key, fusion_only, parent_key, prune_key  # noqa: F401  (re-exported: the steps' keys)
+from otcore.keys import fusion_key, fusion_only, keyed_model, parent_key, prune_key  # noqa: F401  (re-exported: the steps' keys)
 from otcore.fusion import FusionError, ensemble_log_probs, fuse, gained_biases, vanilla_average, with_biases
 from otcore.methods import Method, label, parent_id
 from otcore.models import FusableNet, build_model, count_parameters
@@ -76,8 +77,14 @@ def _build(data: DataSpec, model: ModelSpec, ds: Dataset | None = None) -> Fusab
     return build_model(model.arch, ds.input_shape, ds.num_classes)
 
 
-def _state_hash(model: nn.Module) -> str:
-    digest = hashlib.sha256()
+def _structure(data: DataSpec, model: ModelSpec) -> str:
+    """'' for the zoo (their checkpoints' keys stay as they were); else the architecture as keys hold it, so a
+    checkpoint's key (and every key after it: fusion, Hessian, paths) changes with the network's structure."""
+    return "" if arch_family(model.arch) == "zoo" else json.dumps(keyed_model(data, model), sort_keys=True)
+
+
+def _state_hash(model: nn.Module, structure: str = "") -> str:
+    digest = hashlib.sha256(structure.encode())
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
@@ -155,7 +162,8 @@ def load_parent(source: str | Path | bytes, data: DataSpec, model: ModelSpec, na
     if not all(math.isfinite(scores[split]["loss"]) for split in ("test", "train")):  # finite weights, overflowing
         raise FusionError(f"{name} ({label}): its outputs on the data are not finite (test loss "
                           f"{scores['test']['loss']}); its weights are too large or damaged: check the parents' weights")
-    return Parent(name, "ckpt-" + _state_hash(net), net, {**scores, "checkpoint": checkpoint.meta}, source=label)
+    return Parent(name, "ckpt-" + _state_hash(net, _structure(data, model)), net, {**scores, "checkpoint": checkpoint.meta},
+                  source=label)
 
 
 def _timed_eval(model: nn.Module | list[nn.Module], ds: Dataset) -> tuple[Evaluation, Evaluation, float]:

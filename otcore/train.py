@@ -231,9 +231,25 @@ def init_model(model: nn.Module, seed: int) -> nn.Module:
         for module in model.modules():
             if isinstance(module, (nn.Linear, nn.Conv2d)):
                 _default_init(module, generator)
-            elif any(True for _ in module.parameters(recurse=False)):
-                raise TypeError(f"init_model covers Linear and Conv2d layers, not {type(module).__name__}")
+            elif isinstance(module, _NORMS):
+                module.reset_parameters()  # ones and zeros, statistics reset: no draw
+            else:
+                for param in module.parameters(recurse=False):
+                    _other_init(param, generator)
     return model
+
+
+# Normalisation layers of networks from outside the zoo (torchvision's, timm's): their init draws nothing.
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+def _other_init(param: torch.Tensor, generator: torch.Generator) -> None:
+    """Any other layer's own parameter (timm's layer scales, embeddings, tokens): a constant stays as its
+    library set it (layer scales, zero tokens: no draw), anything drawn is drawn again here, normal(0, 0.02)
+    as timm's and ViT's embeddings, so a network's initial weights depend on the seed alone."""
+    flat = param.detach().flatten()
+    if flat.numel() and not bool((flat == flat[0]).all()):
+        param.normal_(0.0, 0.02, generator=generator)
 
 
 def _default_init(module: nn.Linear | nn.Conv2d, generator: torch.Generator) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from otcore import figures
-from ui import page, sidebar, widgets
+from ui import arch_check, page, sidebar, widgets
 
 page.page_setup("Parents")
 ws = sidebar.workspace()
@@ -12,6 +12,8 @@ page.header("Parents",
             "The networks to fuse: trained on the workspace's dataset, one per seed, or loaded from checkpoint "
             "files. Set them up in the sidebar; training reports its progress there and is cached.")
 
+if ws is not None:
+    arch_check.show(ws.data, ws.model)
 parent_set = sidebar.require_parents(ws)
 st.markdown(f"**{parent_set.describe()}**, on device `{parent_set.device_label}`.")
 

@@ -13,7 +13,8 @@ page.page_setup("Hessian")
 ws = sidebar.workspace()
 page.header("Hessian",
             "Curvature of the loss at each network: top eigenvalues (power iteration), the exact trace and the "
-            "spectral density (SLQ). Do flatter networks generalise better?")
+            "spectral density (SLQ). Do flatter networks generalise better? Curvature is taken in eval mode: "
+            "batch norm uses its running statistics, not the batch's.")
 parent_set = sidebar.require_parents(ws, minimum=2)
 
 row = st.columns([1.5, 3.6, 0.9], vertical_alignment="bottom")

@@ -6,19 +6,23 @@ from collections.abc import Sequence
 
 import streamlit as st
 
-from otcore.config import DEVICE_CHOICES, DataSpec, ModelSpec, SpecError, TrainSpec, parse_classes
+from otcore.config import DEVICE_CHOICES, WEB_ARCH_FAMILIES, DataSpec, ModelSpec, SpecError, TrainSpec, parse_classes
+from otcore.external_models import library_models
 from otcore.data import list_datasets
 from otcore.models import list_models
 from ui import page, runs
 from ui.errors import show_error
 from ui.state import (
     K_ARCH,
+    K_ARCH_SEARCH,
     K_CLASSES,
     K_COUNT,
     K_DATASET,
     K_DEVICE,
     K_EPOCHS,
+    K_FAMILY,
     K_FRACTION,
+    K_LIBRARY_ARCH,
     K_LOAD,
     K_PARTITION,
     K_PARTITION_SEED,
@@ -33,6 +37,8 @@ from ui.state import (
     init_state,
 )
 
+FAMILY_LABELS = {"zoo": "zoo", "torchvision": "torchvision", "timm": "timm"}
+MAX_LISTED = 200  # timm has over a thousand names: a search narrows them, the list shows at most this many
 PARTITION_LABELS = {"iid": "iid: every parent sees the whole split", "labels": "labels: a class subset each",
                     "personalized": "personalized: one class + a share", "small_big": "small / big: a share each"}
 DIGITS_ARCH_PREFIXES = ("mlpnet", "vgg_tiny", "resnet_tiny")  # the models sized for 8x8 inputs
@@ -80,10 +86,7 @@ def workspace() -> Workspace | None:
     if dataset != "digits":
         root = bar.text_input("Data root", key=K_ROOT, placeholder="folder in torchvision's layout",
                               help="e.g. DIR with DIR/MNIST/raw/... or DIR/cifar-10-batches-py/...")
-    archs = architectures_for(dataset)
-    if st.session_state[K_ARCH] not in archs:
-        st.session_state[K_ARCH] = "mlpnet" if "mlpnet" in archs else archs[0]
-    arch = bar.selectbox("Architecture", archs, key=K_ARCH)
+    arch = _architecture(bar, dataset)
     count_col, seed_col, epochs_col = bar.columns(3)
     count = count_col.number_input("Parents", min_value=2, max_value=4, step=1, key=K_COUNT)
     first_seed = seed_col.number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key=K_SEED,
@@ -112,6 +115,40 @@ def workspace() -> Workspace | None:
         _get_parents(ws, uploads or [], bar)
     _parents_status(ws, bar)
     return ws
+
+
+def _architecture(bar: Any, dataset: str) -> str:
+    """The family (the zoo, torchvision, timm) and a searchable name in it; `file:` is never offered (it runs code)."""
+    family = bar.radio("Architecture family", list(FAMILY_LABELS), key=K_FAMILY, format_func=FAMILY_LABELS.get,
+                       horizontal=True,
+                       help="the zoo: the paper's networks; torchvision and timm: any of their "
+                            "classifiers, built for this dataset's classes (images adapted to the stem)")
+    if family in WEB_ARCH_FAMILIES:
+        return _library_architecture(bar, family)
+    archs = architectures_for(dataset)
+    if st.session_state[K_ARCH] not in archs:
+        st.session_state[K_ARCH] = "mlpnet" if "mlpnet" in archs else archs[0]
+    return bar.selectbox("Architecture", archs, key=K_ARCH)
+
+
+def _library_architecture(bar: Any, family: str) -> str:
+    """A torchvision (every classification builder, searchable) or timm model (filtered by a search text)."""
+    names = list(library_models(family))
+    if family == "timm":
+        search = bar.text_input("Search timm's models", key=K_ARCH_SEARCH, placeholder="e.g. resnet, convnext",
+                                help=f"{len(names):,} models; the list below shows the first {MAX_LISTED} whose "
+                                     "name contains this text")
+        matches = [n for n in names if search.strip().lower() in n.lower()]
+        if len(matches) > MAX_LISTED:
+            bar.caption(f"{len(matches):,} match; the first {MAX_LISTED} are listed: refine the search")
+        names = matches[:MAX_LISTED]
+        if not names:
+            bar.warning(f"No timm model's name contains '{search}'.", icon=":material/search_off:")
+            return f"timm:{search}"  # refused by ModelSpec with one message
+    key = K_LIBRARY_ARCH[family]
+    if st.session_state.get(key) not in names:
+        st.session_state[key] = WORKSPACE_DEFAULTS[key] if WORKSPACE_DEFAULTS[key] in names else names[0]
+    return f"{family}:{bar.selectbox('Architecture', names, key=key)}"
 
 
 def _partition_widgets(bar: Any) -> dict[str, Any]:

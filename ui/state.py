@@ -26,10 +26,14 @@ K_COUNT, K_SEED, K_EPOCHS = "ws.n_parents", "ws.first_seed", "ws.epochs"
 K_UPLOADS, K_LOAD = "ws.uploads", "ws.load"
 K_PARTITION, K_CLASSES, K_PERSONAL = "ws.partition", "ws.partition_classes", "ws.personal_class"
 K_FRACTION, K_PARTITION_SEED = "ws.partition_fraction", "ws.partition_seed"
+K_FAMILY, K_ARCH_SEARCH = "ws.arch_family", "ws.arch_search"  # the architecture's family and timm's search text
+K_LIBRARY_ARCH = {"torchvision": "ws.arch.torchvision", "timm": "ws.arch.timm"}  # the name picked in each library
 WORKSPACE_DEFAULTS: dict[str, Any] = {K_DATASET: "digits", K_ROOT: "", K_ARCH: "mlpnet", K_DEVICE: "auto",
                                       K_COUNT: 2, K_SEED: 0, K_EPOCHS: TrainSpec().epochs,
                                       K_PARTITION: "iid", K_CLASSES: "", K_PERSONAL: TrainSpec().personal_class,
-                                      K_FRACTION: TrainSpec().partition_fraction, K_PARTITION_SEED: 0}
+                                      K_FRACTION: TrainSpec().partition_fraction, K_PARTITION_SEED: 0,
+                                      K_FAMILY: "zoo", K_ARCH_SEARCH: "resnet", K_LIBRARY_ARCH["torchvision"]: "resnet18",
+                                      K_LIBRARY_ARCH["timm"]: "resnet10t"}
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,10 @@ class Bar:
 def add_common(p: argparse.ArgumentParser) -> None:
     """Dataset, architecture, device and cache flags shared by every subcommand."""
     p.add_argument("--dataset", default=DataSpec().name, choices=DATASETS)
-    p.add_argument("--arch", default=ModelSpec().arch, choices=ARCHITECTURES)
+    p.add_argument("--arch", default=ModelSpec().arch, metavar="ARCH",
+                   help=f"one of {', '.join(ARCHITECTURES)}; or torchvision:NAME, timm:NAME (any classifier of the "
+                        "library, built for the dataset's classes), or file:PATH.py:NAME (your own nn.Module class or "
+                        "builder taking num_classes: runs that file's code)")
     p.add_argument("--data-root", default=None, help="torchvision root folder of a real dataset")
     p.add_argument("--download", action="store_true", help="let torchvision download the dataset (needs internet)")
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)

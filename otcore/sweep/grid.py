@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 from otcore.config import (DataSpec, FusionSpec, HessianSpec, ModelSpec, PruneSpec, SpecError, TrainSpec,
                            check_partition_parents, not_keyed, spec_hash)
-from otcore.keys import fusion_key, parent_key, prune_key
+from otcore.keys import fusion_key, outside_structures, parent_key, prune_key
 from otcore.methods import Method, label
 
 STEPS = ("prune", "fusion")  # the pipeline step each point runs: prune_and_compare or fuse_and_compare
@@ -246,8 +246,12 @@ class SweepSpec:
 
     @property
     def key(self) -> str:
-        """The cache key of the sweep's record (its grid and base specs)."""
-        return spec_hash("sweep", self)
+        """The cache key of the sweep's record (its grid and base specs, and the traced structure of every
+        architecture from outside the zoo it trains, so a library that changes one is a new sweep)."""
+        values = dict(self.grid)
+        structures = outside_structures([self.data.name, *values.get("dataset", ())],
+                                        [self.model.arch, *values.get("arch", ())])
+        return spec_hash("sweep", self, *([structures] if structures else []))
 
     def points(self) -> list[Point]:
         """Every combination of the grid's values, the last field varying fastest."""
