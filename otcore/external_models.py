@@ -10,6 +10,7 @@ state_dict keys are the library's and its checkpoints load as they are.
 """
 from __future__ import annotations
 
+import copy
 import importlib.util
 from pathlib import Path
 
@@ -87,8 +88,13 @@ def build_external(name: str, input_shape: tuple[int, ...], num_classes: int) ->
     """A freshly initialised network of a `family:NAME` architecture, adapted to the dataset's inputs."""
     make = _builder(name)
     channels = input_shape[0]
-    with torch.device("meta"):  # find the adapter on a weightless copy: fast even for large networks
-        probe = make(num_classes, channels)
+    net = None
+    try:
+        with torch.device("meta"):  # find the adapter on a weightless copy: fast even for large networks
+            probe = make(num_classes, channels)
+    except NotImplementedError:  # a builder that reads tensors' values (torchvision's RegNet widths) needs real ones
+        net = make(num_classes, channels)
+        probe = copy.deepcopy(net).to("meta") if isinstance(net, nn.Module) else net
     if not isinstance(probe, nn.Module):
         raise ModelError(f"'{name}' did not build a torch.nn.Module")
     probe.__class__ = _adapted_class(type(probe))
@@ -100,7 +106,7 @@ def build_external(name: str, input_shape: tuple[int, ...], num_classes: int) ->
         raise ModelError(f"'{name}' accepts none of the inputs tried ({channels} or 3 channels, "
                          f"sides up to {PROBE_SIDES[-1]})")
     stem, side = found
-    net = make(num_classes, channels)
+    net = make(num_classes, channels) if net is None else net
     net.__class__ = _adapted_class(type(net))
     net.stem_channels, net.side, net.input_shape = stem, side, tuple(input_shape)
     return net
