@@ -11,9 +11,9 @@ import operator
 import torch
 from torch import fx
 
-from otcore.graph_ops import (ELEMENTWISE_FUNCTIONS, ELEMENTWISE_METHODS, JOIN_METHODS, JOINS, SHAPE_ONLY_METHODS,
-                              flatten_args)
-from otcore.graph_types import _Segment, _Value
+from otcore.graph_ops import (ELEMENTWISE_FUNCTION_NAMES, ELEMENTWISE_FUNCTIONS, ELEMENTWISE_METHODS, JOIN_METHODS, JOINS,
+                              SHAPE_ONLY_METHODS, flatten_args)
+from otcore.graph_types import Slot, _Segment, _Value
 
 
 class FunctionRules:
@@ -32,7 +32,9 @@ class FunctionRules:
             return None
         if target in JOINS or (node.op == "call_method" and target in JOIN_METHODS):
             return self.join(node, args[:2], shape)
-        if target in ELEMENTWISE_FUNCTIONS or (node.op == "call_method" and target in ELEMENTWISE_METHODS):
+        leaf = getattr(target, "__name__", "") if node.op == "call_function" else ""
+        if target in ELEMENTWISE_FUNCTIONS or leaf in ELEMENTWISE_FUNCTION_NAMES or (
+                node.op == "call_method" and target in ELEMENTWISE_METHODS):
             return self.same(x, shape)
         if target in (torch.flatten,) or (node.op == "call_method" and target == "flatten"):
             start = args[1] if len(args) > 1 else node.kwargs.get("start_dim", 0)
@@ -49,6 +51,11 @@ class FunctionRules:
             return self.permute(node, x, shape)
         if target is torch.nn.functional.layer_norm:
             return self.functional_norm(node, x, shape)
+        if leaf == "shifted_window_attention" and x is not None:
+            return self.window_attention(node, x, shape)
+        if leaf == "_patch_merging_pad" and x is not None and x.dim == len(x.shape) - 1:
+            # Swin's patch merging: the four 2x2 neighbours' channels side by side, each in the input's layout.
+            return _Value([_Segment(s.group, s.size, s.repeat) for _ in range(4) for s in x.segments], x.dim, shape)
         if target in (torch.nn.functional.batch_norm, torch.nn.functional.group_norm, torch.nn.functional.instance_norm):
             return self.functional_layer(node, x, shape)
         if target in (torch.chunk, torch.split, torch.unbind) or (node.op == "call_method" and target in (
@@ -111,8 +118,8 @@ class FunctionRules:
             raise self.refuse(node, f"parameter '{key}' does not match the channels it scales")
         self.add_slots(x, key, axis, "follower")
 
-    def vector_source(self, arg: object) -> str | None:
-        """The 1-D parameter or buffer a node only views (reshape, view, unsqueeze, indexing with None), if any."""
+    def vector_source(self, arg: object, ndim: int = 1) -> str | None:
+        """The `ndim`-D parameter or buffer a node only views (reshape, view, unsqueeze, indexing with None), if any."""
         while isinstance(arg, fx.Node) and arg.op != "get_attr":
             viewing = arg.op == "call_method" and arg.target in ("reshape", "view", "unsqueeze", "to", "type_as") or \
                 arg.target in (torch.reshape, torch.unsqueeze, operator.getitem)
@@ -120,7 +127,7 @@ class FunctionRules:
                 return None
             arg = arg.args[0]
         key = arg.target if isinstance(arg, fx.Node) else None
-        return key if key in self.state and self.state[key].dim() == 1 else None
+        return key if key in self.state and self.state[key].dim() == ndim else None
 
     def functional_layer(self, node: fx.Node, x: _Value | None, shape) -> _Value | None:
         """F.batch_norm / F.group_norm / F.instance_norm with their parameters, as the modules are read."""
@@ -152,3 +159,19 @@ class FunctionRules:
             if isinstance(param, fx.Node) and param.op == "get_attr" and param.target in self.state:
                 self.add_slots(x, param.target, 0, "follower")
         return _Value(x.segments, x.dim, shape)
+
+    def window_attention(self, node: fx.Node, x: _Value, shape) -> _Value | None:
+        """torchvision's Swin attention (one fx leaf): qkv_weight reads the input's channels (last dimension) on
+        its axis 1, proj_weight and proj_bias write new ones; the heads inside stay in place."""
+        names = ("input", "qkv_weight", "proj_weight", "relative_position_bias", "window_size", "num_heads",
+                 "shift_size", "attention_dropout", "dropout", "qkv_bias", "proj_bias")
+        given = {**dict(zip(names, node.args)), **node.kwargs}
+        qkv, proj = self.vector_source(given.get("qkv_weight"), 2), self.vector_source(given.get("proj_weight"), 2)
+        if qkv is None or proj is None or x.dim != len(x.shape) - 1:
+            raise self.refuse(node, "a window attention whose projections are not parameters of its own")
+        self.add_slots(self.read(node, x, x.dim, self.state[qkv].shape[1], "an attention block"), qkv, 1, "reader")
+        out = self.new_group(proj.rsplit(".", 1)[0], self.state[proj].shape[0])
+        self.slots[out].append(Slot(proj, 0, 0, 1, "writer"))
+        if (bias := self.vector_source(given.get("proj_bias"))) is not None:
+            self.slots[out].append(Slot(bias, 0, 0, 1, "follower"))
+        return _Value([_Segment(out, self.state[proj].shape[0])], len(shape) - 1, shape)

@@ -46,10 +46,12 @@ class LayerRules:
         """`x` seen with its channels on `dim`: a layout whose order is fixed anyway may be read on any dim."""
         if x is not None and x.dim == dim and x.width() == width:
             return x
-        if x is not None and all(self.find(s.group) == 0 for s in x.segments):
+        # No layout (a buffer or constant such as Swin v2's coordinate table, or channels already fixed where
+        # the tracer lost them), or one whose order is fixed anyway: the layer reads fixed channels.
+        if x is None or all(self.find(s.group) == 0 for s in x.segments):
             g = self.new_group("fixed", width)
             self.union(0, g)
-            return _Value([_Segment(g, width)], dim, x.shape)
+            return _Value([_Segment(g, width)], dim, x.shape if x is not None else self.shape(node))
         raise self.refuse(node, f"{what} must read its {width} channels on dimension {dim}")
 
     def conv(self, node: fx.Node, mod: nn.Module, path: str, x: _Value | None, shape) -> _Value:
