@@ -5,7 +5,8 @@ its own forward: a 1-channel image is repeated into a 3-channel stem (torchvisio
 built with the dataset's channels), and an image smaller than 32x32 is resized bilinearly to 32x32, or
 to the smallest side the network accepts (found by running it on the meta device: no arithmetic). The
 adapter is a pure function of the architecture and the dataset's shape, both in every key, so it is
-keyed with them. The returned network's class is a subclass of the library's own, made here, so its
+keyed with them. GoogLeNet and Inception v3 are built without their auxiliary classifiers (training-only
+heads). The returned network's class is a subclass of the library's own, made here, so its
 state_dict keys are the library's and its checkpoints load as they are.
 """
 from __future__ import annotations
@@ -25,6 +26,9 @@ MIN_SIDE = 32  # images smaller than this (digits' 8x8, MNIST's 28x28) are resiz
 #              network that downsamples 32x still maps to at least one position
 PROBE_SIDES = (32, 64, 128, 224, 299)  # sides tried, smallest first, when an image is too small for the network
 _ADAPTED: dict[type, type] = {}
+# torchvision builders built without their auxiliary classifiers: those only add loss terms in training, where
+# they make forward return a tuple and need 299x299 inputs (Inception v3), so the adapter would resize to that.
+AUX_HEADS = ("googlenet", "inception_v3")
 
 
 def is_external(name: str) -> bool:
@@ -53,7 +57,8 @@ def _builder(name: str):
         import torchvision
         if rest not in torchvision.models.list_models(module=torchvision.models):
             raise ModelError(f"torchvision has no classification model '{rest}'")
-        return lambda classes, channels: torchvision.models.get_model(rest, num_classes=classes)
+        extra = {"aux_logits": False} if rest in AUX_HEADS else {}
+        return lambda classes, channels: torchvision.models.get_model(rest, num_classes=classes, **extra)
     if family == "timm":
         try:
             import timm

@@ -248,7 +248,9 @@ def average_states(states: list[State], weights: list[float], anchor_state: Stat
 def load_fused(anchor: nn.Module, state: State) -> nn.Module:
     """A new network of the anchor's architecture holding `state`."""
     fused = copy.deepcopy(anchor)
-    fused.load_state_dict(state)
+    full = fused.state_dict()  # filled in: its `_metadata` (module versions MNASNet's loader reads) stays
+    full.update(state)
+    fused.load_state_dict(full)
     return fused.eval()
 
 
