@@ -96,13 +96,20 @@ def test_a_torchvision_network_fused_with_its_permuted_copy_keeps_its_logits(nam
     _assert_every_alignment_gives_back_the_logits(model, twin, _inputs(32, (3, 32, 32)), 1e-4)
 
 
-def _assert_every_alignment_gives_back_the_logits(model, twin, x: torch.Tensor, tolerance: float) -> None:
-    """Fusing the model with its permuted copy by OT (weights, activations) and weight matching gives its logits."""
-    with torch.no_grad():
+# Every alignment a traced network is fused by (also the walk's, tests/test_model_walk.py): one entry each.
+ALIGNMENTS = [FusionOptions(), FusionOptions(mode="activations"), FusionOptions(alignment="weight_matching")]
+
+
+def _assert_every_alignment_gives_back_the_logits(model, twin, x: torch.Tensor, tolerance: float,
+                                                  sample: torch.Tensor | None = None) -> None:
+    """Fusing the model with its permuted copy by every alignment in ALIGNMENTS gives its logits on x.
+
+    sample: the inputs alignments by activations see (x when None)."""
+    with torch.inference_mode():
         logits = model(x)
-    for opts in (FusionOptions(), FusionOptions(mode="activations"), FusionOptions(alignment="weight_matching")):
-        fused = fuse([model, twin], opts, x).model
-        with torch.no_grad():
+    for opts in ALIGNMENTS:
+        fused = fuse([model, twin], opts, x if sample is None else sample).model
+        with torch.inference_mode():
             assert (fused(x) - logits).abs().max() <= tolerance * logits.abs().max(), (opts.alignment, opts.mode)
 
 
