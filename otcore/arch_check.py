@@ -105,8 +105,8 @@ def _perturbed(model: torch.nn.Module, generator: torch.Generator) -> torch.nn.M
 
     Initial values are symmetric (batch norm's weights all 1, biases and means 0): a group left out of a
     follower's permutation would go unnoticed on them. The noise keeps each tensor's scale."""
-    state = {}
-    for key, tensor in model.state_dict().items():
+    state = model.state_dict()  # replaced entry by entry: its `_metadata` (module versions MNASNet's loader reads) stays
+    for key, tensor in list(state.items()):
         if tensor.is_floating_point():
             noise = torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype)
             spread = float(tensor.std()) if tensor.numel() > 1 else 0.0

@@ -5,11 +5,13 @@ its own forward: a 1-channel image is repeated into a 3-channel stem (torchvisio
 built with the dataset's channels), and an image smaller than 32x32 is resized bilinearly to 32x32, or
 to the smallest side the network accepts (found by running it on the meta device: no arithmetic). The
 adapter is a pure function of the architecture and the dataset's shape, both in every key, so it is
-keyed with them. The returned network's class is a subclass of the library's own, made here, so its
+keyed with them. GoogLeNet and Inception v3 are built without their auxiliary classifiers (training-only
+heads). The returned network's class is a subclass of the library's own, made here, so its
 state_dict keys are the library's and its checkpoints load as they are.
 """
 from __future__ import annotations
 
+import copy
 import importlib.util
 from functools import lru_cache
 from pathlib import Path
@@ -25,6 +27,9 @@ MIN_SIDE = 32  # images smaller than this (digits' 8x8, MNIST's 28x28) are resiz
 #              network that downsamples 32x still maps to at least one position
 PROBE_SIDES = (32, 64, 128, 224, 299)  # sides tried, smallest first, when an image is too small for the network
 _ADAPTED: dict[type, type] = {}
+# torchvision builders built without their auxiliary classifiers: those only add loss terms in training, where
+# they make forward return a tuple and need 299x299 inputs (Inception v3), so the adapter would resize to that.
+AUX_HEADS = ("googlenet", "inception_v3")
 
 
 def is_external(name: str) -> bool:
@@ -75,7 +80,8 @@ def _builder(name: str):
     if family == "torchvision":
         import torchvision
         check_library_name(name)
-        return lambda classes, channels: torchvision.models.get_model(rest, num_classes=classes)
+        extra = {"aux_logits": False} if rest in AUX_HEADS else {}
+        return lambda classes, channels: torchvision.models.get_model(rest, num_classes=classes, **extra)
     if family == "timm":
         import timm
         check_library_name(name)
@@ -106,8 +112,13 @@ def build_external(name: str, input_shape: tuple[int, ...], num_classes: int) ->
     """A freshly initialised network of a `family:NAME` architecture, adapted to the dataset's inputs."""
     make = _builder(name)
     channels = input_shape[0]
-    with torch.device("meta"):  # find the adapter on a weightless copy: fast even for large networks
-        probe = make(num_classes, channels)
+    net = None
+    try:
+        with torch.device("meta"):  # find the adapter on a weightless copy: fast even for large networks
+            probe = make(num_classes, channels)
+    except NotImplementedError:  # a builder that reads tensors' values (torchvision's RegNet widths) needs real ones
+        net = make(num_classes, channels)
+        probe = copy.deepcopy(net).to("meta") if isinstance(net, nn.Module) else net
     if not isinstance(probe, nn.Module):
         raise ModelError(f"'{name}' did not build a torch.nn.Module")
     probe.__class__ = _adapted_class(type(probe))
@@ -119,7 +130,7 @@ def build_external(name: str, input_shape: tuple[int, ...], num_classes: int) ->
         raise ModelError(f"'{name}' accepts none of the inputs tried ({channels} or 3 channels, "
                          f"sides up to {PROBE_SIDES[-1]})")
     stem, side = found
-    net = make(num_classes, channels)
+    net = make(num_classes, channels) if net is None else net
     net.__class__ = _adapted_class(type(net))
     net.stem_channels, net.side, net.input_shape = stem, side, tuple(input_shape)
     return net

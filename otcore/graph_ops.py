@@ -31,3 +31,21 @@ JOINS = {operator.add, operator.sub, operator.mul, operator.truediv, operator.ia
           torch.sub, torch.mul, torch.div}
 JOIN_METHODS = {"add", "add_", "sub", "mul", "mul_", "div", "div_", "sub_"}
 SHAPE_ONLY_METHODS = {"size", "dim"}
+# Functions fx keeps as leaves (torch.fx.wrap), known by name: they drop whole examples or spatial blocks
+# (torchvision.ops), never one channel more than another.
+ELEMENTWISE_FUNCTION_NAMES = {"stochastic_depth", "drop_block2d", "drop_block3d"}
+
+
+def flatten_args(args) -> list:
+    """The fx nodes and constants inside nested args (lists, tuples, dicts), flat."""
+    out = []
+    for a in args:
+        if isinstance(a, (list, tuple)):
+            out += flatten_args(a)
+        elif isinstance(a, dict):
+            out += flatten_args(list(a.values()))
+        else:
+            out.append(a)
+    return out
+
+

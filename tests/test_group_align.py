@@ -96,18 +96,24 @@ def test_a_torchvision_network_fused_with_its_permuted_copy_keeps_its_logits(nam
     _assert_every_alignment_gives_back_the_logits(model, twin, _inputs(32, (3, 32, 32)), 1e-4)
 
 
-PLAN_ALIGNMENTS = (FusionOptions(), FusionOptions(mode="activations"), FusionOptions(alignment="weight_matching"))
+# Every alignment a traced network is fused by (also the walk's, tests/test_model_walk.py): one entry each.
+ALIGNMENTS = [FusionOptions(), FusionOptions(mode="activations"), FusionOptions(alignment="weight_matching"),
+              FusionOptions(alignment="cca"), FusionOptions(alignment="zipit")]
+PLAN_ALIGNMENTS = ALIGNMENTS[:3]
 
 
 def _assert_every_alignment_gives_back_the_logits(model, twin, x: torch.Tensor, tolerance: float,
-                                                  alignments=PLAN_ALIGNMENTS, more_twins=()) -> None:
+                                                  alignments=PLAN_ALIGNMENTS, more_twins=(),
+                                                  sample: torch.Tensor | None = None) -> None:
     """Fusing the model with its permuted copies by each alignment (default: OT by weights and by activations,
-    weight matching) gives its logits."""
-    with torch.no_grad():
+    weight matching) gives its logits on x.
+
+    sample: the inputs alignments by activations see (x when None)."""
+    with torch.inference_mode():
         logits = model(x)
     for opts in alignments:
-        fused = fuse([model, twin, *more_twins], opts, x).model
-        with torch.no_grad():
+        fused = fuse([model, twin, *more_twins], opts, x if sample is None else sample).model
+        with torch.inference_mode():
             assert (fused(x) - logits).abs().max() <= tolerance * logits.abs().max(), (opts.alignment, opts.mode)
 
 

@@ -62,22 +62,24 @@ def _move_axis(tensor: torch.Tensor, axis: int, moves: list[Move]) -> torch.Tens
 
 def _moves_by_tensor(graph_p: ModelGraph, graph_a: ModelGraph, plans: Plans, roles: tuple[str, ...],
                      skip: tuple[str, int, int] | None = None,
-                     reader_plans: Plans | None = None) -> dict[str, dict[int, list[Move]]]:
+                     reader_plans: Plans | None = None,
+                     sources: dict[str, torch.Tensor | None] | None = None) -> dict[str, dict[int, list[Move]]]:
     """tensor -> axis -> the segments to move, for groups with a plan.
 
-    reader_plans: the maps reader slots take (a merge method's unmerge maps); None: `plans` everywhere."""
+    reader_plans: the maps reader slots take (a merge method's unmerge maps); None: `plans` everywhere.
+    sources: each plan's permutation source where the caller keeps them (weight matching), else found here."""
     moves: dict[str, dict[int, list[Move]]] = {}
     for g_p, g_a in zip(graph_p.groups, graph_a.groups):
         plan = plans.get(g_a.name)
         if g_a.fixed or plan is None:
             continue
         read = plan if reader_plans is None else reader_plans[g_a.name]
-        sources = {id(plan): _permutation_source(plan)}
-        sources.setdefault(id(read), _permutation_source(read))
+        found = {id(plan): sources[g_a.name] if sources is not None else _permutation_source(plan)}
+        found.setdefault(id(read), _permutation_source(read))
         for s_p, s_a in zip(g_p.slots, g_a.slots):
             if s_p.role in roles and (s_p.tensor, s_p.axis, s_p.offset) != skip:
                 taken = read if s_p.role == "reader" else plan
-                moves.setdefault(s_p.tensor, {}).setdefault(s_p.axis, []).append((s_p, s_a, taken, sources[id(taken)]))
+                moves.setdefault(s_p.tensor, {}).setdefault(s_p.axis, []).append((s_p, s_a, taken, found[id(taken)]))
     return moves
 
 
@@ -133,5 +135,7 @@ def capture_nodes(model: nn.Module, x: torch.Tensor, nodes: dict[str, tuple[str,
 def load_fused(anchor: nn.Module, state: State) -> nn.Module:
     """A new network of the anchor's architecture holding `state`."""
     fused = copy.deepcopy(anchor)
-    fused.load_state_dict(state)
+    full = fused.state_dict()  # filled in: its `_metadata` (module versions MNASNet's loader reads) stays
+    full.update(state)
+    fused.load_state_dict(full)
     return fused.eval()
