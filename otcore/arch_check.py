@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from otcore.errors import FusionError, ModelError
-from otcore.fusion import FusionOptions, fuse, permuted_copy
+from otcore.fusion import FusionOptions, fuse, permuted_copy, reset_batch_norm
 from otcore.graph import trace_groups
 from otcore.models import build_model, count_parameters
 
@@ -69,6 +69,11 @@ def check_architecture(arch: str, input_shape: tuple[int, ...], num_classes: int
     generator = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     model = _perturbed(build_model(arch, tuple(input_shape), num_classes), generator).eval()
+    x = torch.randn(samples, *input_shape, generator=generator)
+    # Batch norms take their statistics on the sample: with random ones, a deep BN network (mobilenet_v3_small)
+    # maps every random input to features equal up to rounding, and correlation (CCA Merge, ZipIt!) cannot
+    # tell its channels apart.
+    model = reset_batch_norm(model, x)
     built = time.perf_counter()
     graph = trace_groups(model, tuple(input_shape))
     traced = time.perf_counter()
@@ -76,7 +81,6 @@ def check_architecture(arch: str, input_shape: tuple[int, ...], num_classes: int
     state, moved_state = model.state_dict(), twin.state_dict()
     floats = [k for k, t in state.items() if t.is_floating_point()]
     moved = sum(int((state[k] != moved_state[k]).sum()) for k in floats) / max(1, sum(state[k].numel() for k in floats))
-    x = torch.randn(samples, *input_shape, generator=generator)
     with torch.no_grad():
         logits = model(x)
     scale = float(logits.abs().max())
