@@ -32,6 +32,13 @@ from otcore.graph_types import FIXED, ChannelGroup, ModelGraph, Slot
 __all__ = ["FIXED", "ChannelGroup", "ModelGraph", "Slot", "permute_state", "permutation_index", "trace_groups"]
 
 
+def declared_input_shape(model: nn.Module, given: tuple[int, ...] | None = None) -> tuple[int, ...] | None:
+    """The shape of one input to trace with: `given`, else the network's own `input_shape` (external models
+    carry it), else None."""
+    shape = given if given is not None else getattr(model, "input_shape", None)
+    return None if shape is None else tuple(shape)
+
+
 def trace_groups(model: nn.Module, input_shape: tuple[int, ...]) -> ModelGraph:
     """The model's channel groups, read by tracing a private eval-mode copy on one zero input."""
     private = copy.deepcopy(model).eval()  # tracing runs forward: never on the caller's (shared) model

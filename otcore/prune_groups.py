@@ -23,7 +23,7 @@ from torch import fx, nn
 from torch.nn.utils import prune
 
 from otcore.errors import ModelError, PruneError
-from otcore.graph import ChannelGroup, ModelGraph, Slot, trace_groups
+from otcore.graph import ChannelGroup, ModelGraph, Slot, declared_input_shape, trace_groups
 
 LOGIT_TOLERANCE = 1e-4  # compaction must give the masked net's logits within this, relative to their scale
 
@@ -63,10 +63,10 @@ def _mask_buffer(module: nn.Module, name: str, mask: torch.Tensor) -> None:
 
 def input_shape_of(model: nn.Module, input_shape: tuple[int, ...] | None) -> tuple[int, ...]:
     """The input shape to trace with: the one given, else the network's own (external models carry it)."""
-    shape = input_shape if input_shape is not None else getattr(model, "input_shape", None)
+    shape = declared_input_shape(model, input_shape)
     if shape is None:
         raise PruneError("pruning this network by its channel groups needs its input shape (input_shape=(C, H, W))")
-    return tuple(shape)
+    return shape
 
 
 def traced(model: nn.Module, input_shape: tuple[int, ...]) -> ModelGraph:

@@ -28,7 +28,7 @@ from otcore.fusion.batch_norm import NORM_CHOICES, fold_batch_norm, identity_nor
 from otcore.fusion.group_merge import MERGE_NAMES, merge_by_group_maps
 from otcore.fusion.group_state import State, align_state, capture_nodes, is_permutation, load_fused
 from otcore.fusion.group_state import _move_axis, _moves_by_tensor, _permutation_source, _segment
-from otcore.graph import ModelGraph, trace_groups
+from otcore.graph import ModelGraph, declared_input_shape, trace_groups
 
 
 def check_same_structure(graphs: list[ModelGraph]) -> None:
@@ -163,12 +163,10 @@ def ot_activations(parents: list[nn.Module], opts: FusionOptions, act_inputs: to
 
 def input_shape_of(model: nn.Module, act_inputs: torch.Tensor | None) -> tuple[int, ...]:
     """The shape of one input: the sample's, else what the model says it takes (`input_shape`)."""
-    if act_inputs is not None:
-        return tuple(act_inputs.shape[1:])
-    shape = getattr(model, "input_shape", None)
+    shape = declared_input_shape(model, None if act_inputs is None else tuple(act_inputs.shape[1:]))
     if shape is None:
         raise FusionError("fusing a traced model needs a sample of inputs or a model with an `input_shape`")
-    return tuple(shape)
+    return shape
 
 
 def fuse_by_groups(parents: list[nn.Module], opts: FusionOptions, act_inputs: torch.Tensor | None = None,
