@@ -21,7 +21,6 @@ from otcore.config import DataSpec, FusionSpec, HessianSpec, SpecError, spec_dic
 from otcore.curves import InterpolationPath
 from otcore.device import on_device, resolve_device
 from otcore.fusion.align import Plans, apply_plans
-from otcore.fusion import FusionError
 from otcore.fusion.fuse import align_parents, fuse
 from otcore.landscape import barrier, path_curve
 from otcore.models import FusableNet
@@ -78,14 +77,24 @@ def _interpolated(a: FusableNet, b: FusableNet, t: float) -> FusableNet:
 
 def repaired_points(a: FusableNet, b: FusableNet, moved: FusableNet, plans: Plans, alphas: Sequence[float],
                     act_inputs: torch.Tensor, progress: Progress | None = None) -> list[FusableNet]:
-    """Each point (1-t)·A + t·(B aligned) renormalised (REPAIR) to the t-weighted neuron statistics of A and B."""
-    from otcore.fusion.repair import repair
+    """Each point (1-t)·A + t·(B aligned) renormalised (REPAIR) to the t-weighted neuron statistics of A and B.
 
+    The zoo's networks by their described layers (fusion.repair); any other network by its traced groups
+    (group_repair: batch norms re-estimated, then every neuron's mean and std set)."""
+    from otcore.fusion.group_align import input_shape_of
+    from otcore.fusion.group_repair import repair_groups
+    from otcore.fusion.repair import repair
+    from otcore.graph import trace_groups
+
+    traced = not isinstance(a, FusableNet)
+    graphs = [trace_groups(n, input_shape_of(n, act_inputs)) for n in (a, b)] if traced else []
     nets = []
     for i, t in enumerate(alphas):
         if progress:
             progress(f"REPAIR at point {i + 1} of {len(alphas)}", i / len(alphas))
-        nets.append(repair(_interpolated(a, moved, t), [a, b], [{}, plans], [1 - t, t], act_inputs))
+        point = _interpolated(a, moved, t)
+        nets.append(repair_groups(point, [a, b], graphs, [{}, plans], [1 - t, t], act_inputs, 0) if traced
+                    else repair(point, [a, b], [{}, plans], [1 - t, t], act_inputs))
     return nets
 
 
@@ -104,8 +113,6 @@ def aligned_path(data: DataSpec, parents: Sequence[Any], fusion: FusionSpec, spe
         raise SpecError("an aligned path needs exactly two parents")
     if points < 2:
         raise SpecError(f"a path needs at least 2 points, got {points}")
-    if repair and not all(isinstance(p.model, FusableNet) for p in parents):
-        raise FusionError("REPAIR along a path works on the zoo's networks only so far; draw this path without it")
     used = alignment_spec(fusion, alignment)
     anchor_idx = fusion.anchor % 2
     ordered = [parents[anchor_idx], parents[1 - anchor_idx]]

@@ -12,6 +12,11 @@ from otcore.config import (DATASET_SHAPES, DATASETS, DataSpec, FusionSpec, Hessi
                            TrainSpec, arch_family, spec_dict, spec_hash)
 
 
+# What training does beyond SGD to networks from outside the zoo (the zoo has no batch norms): part of their keys,
+# so a result computed before it changed is never read as one computed after (otcore.train.settle_batch_norms).
+OUTSIDE_TRAINING = "batch norms settled on the training examples"
+
+
 def keyed_model(data: DataSpec, model: ModelSpec) -> ModelSpec | dict[str, Any]:
     """The model as a key holds it: the zoo's spec as it is (their keys never change); for a network from
     outside the zoo, its spec (with a file:'s source hash) and the digest of its traced structure on the
@@ -20,7 +25,8 @@ def keyed_model(data: DataSpec, model: ModelSpec) -> ModelSpec | dict[str, Any]:
         return model
     from otcore.arch_structure import structure_digest
 
-    return {**spec_dict(model), "structure": structure_digest(model, *DATASET_SHAPES[data.name])}
+    return {**spec_dict(model), "structure": structure_digest(model, *DATASET_SHAPES[data.name]),
+            "training": OUTSIDE_TRAINING}
 
 
 def outside_structures(datasets: list[str], archs: list[str]) -> list[list[str]]:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from otcore.config import DATASET_SHAPES, DataSpec, FusionSpec, ModelSpec, PruneSpec, SpecError, TrainSpec, spec_dict
-from otcore.keys import fusion_key, keyed_model, parent_key, prune_key
+from otcore.keys import OUTSIDE_TRAINING, fusion_key, keyed_model, parent_key, prune_key
 from tests.support import REPO
 
 SMALL_NET = '''
@@ -80,7 +80,8 @@ def test_every_key_holds_the_traced_structure():
             prune_key(data, model, PruneSpec(), FusionSpec(), None, parents)]
     for key in keys:
         held = [s for s in key.settings if isinstance(s, dict) and s.get("_type") == "ModelSpec"]
-        assert held == [{"_type": "ModelSpec", "arch": "torchvision:resnet18", "structure": digest}]
+        assert held == [{"_type": "ModelSpec", "arch": "torchvision:resnet18", "structure": digest,
+                         "training": OUTSIDE_TRAINING}]
     assert parents[0] != parent_key(data, ModelSpec("torchvision:resnet34"), TrainSpec(seed=0))
 
 

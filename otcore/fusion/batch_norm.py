@@ -28,7 +28,7 @@ NORM_CHOICES = ("reset", "fold", "moved")  # after a mixing merge: re-estimate, 
 RESET_BATCH = 1024  # examples per forward pass of the reset; a sample up to this size gives exact statistics
 
 
-def _normalisers(model: nn.Module) -> list[_BatchNorm]:
+def batch_norms(model: nn.Module) -> list[_BatchNorm]:
     """The batch norms that keep running statistics (track_running_stats=False ones always use the batch's)."""
     return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
 
@@ -42,7 +42,7 @@ def reset_batch_norm(model: nn.Module, x: torch.Tensor, batch_size: int = RESET_
     pooled over batches (law of total variance). With x in one batch (len(x) <= batch_size) the eval-mode
     network then standardises each BatchNorm's input exactly on x. The input model is never touched."""
     fused = copy.deepcopy(model).eval()
-    norms = _normalisers(fused)
+    norms = batch_norms(fused)
     if not norms:
         return fused
     if len(x) < 2:

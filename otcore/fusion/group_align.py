@@ -107,6 +107,8 @@ def weight_matching_group_plans(parent: nn.Module, anchor: nn.Module, graph_p: M
     # mobilenet_v3_small. The parents' tensors are read in float64 once, not once per slot.
     sources = {name: _permutation_source(plan) for name, plan in plans.items()}
     state_p = {k: t.detach().double() if t.is_floating_point() else t for k, t in state_p.items()}
+    anchor_rows = {(s.tensor, s.axis, s.offset): _segment(state_a[s.tensor].detach().double(), s, g.size).cpu()
+                   for _, g in groups for s in g.slots}  # fixed for the whole descent: read once
     rng = np.random.default_rng(seed)
     for _ in range(max_sweeps):
         improved = False
@@ -120,8 +122,7 @@ def weight_matching_group_plans(parent: nn.Module, anchor: nn.Module, graph_p: M
                 for axis, moves in _moves_by_tensor(graph_p, graph_a, plans, ("writer", "follower", "reader"),
                                                     skip, sources=sources).get(s_p.tensor, {}).items():
                     tensor = _move_axis(tensor, axis, moves)
-                a = _segment(state_a[s_a.tensor].detach().double(), s_a, g_a.size)
-                similarity += a.cpu() @ _segment(tensor, s_p, g_p.size).cpu().T
+                similarity += anchor_rows[(s_a.tensor, s_a.axis, s_a.offset)] @ _segment(tensor, s_p, g_p.size).cpu().T
             sim = similarity.numpy()  # (anchor channel, parent channel)
             anchor_idx, parent_idx = linear_sum_assignment(sim, maximize=True)
             old = plans[g_a.name].argmax(0).numpy()

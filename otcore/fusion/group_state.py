@@ -75,7 +75,8 @@ def _moves_by_tensor(graph_p: ModelGraph, graph_a: ModelGraph, plans: Plans, rol
             continue
         read = plan if reader_plans is None else reader_plans[g_a.name]
         found = {id(plan): sources[g_a.name] if sources is not None else _permutation_source(plan)}
-        found.setdefault(id(read), _permutation_source(read))
+        if id(read) not in found:  # not setdefault: its argument would be computed for every group and slot
+            found[id(read)] = _permutation_source(read)
         for s_p, s_a in zip(g_p.slots, g_a.slots):
             if s_p.role in roles and (s_p.tensor, s_p.axis, s_p.offset) != skip:
                 taken = read if s_p.role == "reader" else plan
