@@ -46,15 +46,15 @@ align_col, form_col = st.columns([1.25, 6.15], vertical_alignment="top")
 # Outside the form, so that "Align by" is enabled or not as soon as the alignment changes.
 alignment = align_col.selectbox("Alignment", list(ALIGNMENTS), format_func=ALIGNMENTS.get, key="fusion.alignment",
                                 help="OT: layer-wise transport plans (the paper); weight matching: Git Re-Basin; "
-                                     "CCA Merge and ZipIt!: linear maps from activations (no ResNets)")
+                                     "CCA Merge and ZipIt!: linear maps from activations (the zoo's ResNets excepted)")
 by_activations = alignment in ACTIVATION_ONLY
 # REPAIR outside the form too: its bias option is enabled as soon as REPAIR is ticked.
 repair = align_col.checkbox("REPAIR", key="fusion.renormalize",
                             help="restore each fused neuron's mean and std (where it has a bias or a norm; its std "
                                  "alone where it has neither) to the parents' on the activation sample")
-repair_bias = align_col.checkbox("+ a bias per neuron", key="fusion.repair_bias", disabled=not repair,
-                                 help="bias-free layers gain one bias per repaired neuron, so REPAIR restores their "
-                                      "mean too; the fused network then has that many more parameters")
+repair_bias = align_col.checkbox("+ biases", key="fusion.repair_bias", disabled=not repair,
+                                 help="REPAIR with biases: bias-free layers gain one bias per repaired neuron, so "
+                                      "REPAIR restores their mean too; the fused network then has that many more parameters")
 with form_col.form("fusion", border=False):
     row = st.columns([1.1, 1, 1, 1.1, 1.15, 0.8], vertical_alignment="bottom")
     mode = row[0].selectbox("Align by", ALIGN_MODES, key="fusion.mode", disabled=by_activations,

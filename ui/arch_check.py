@@ -17,6 +17,7 @@ import streamlit as st
 
 from otcore.config import DATASET_SHAPES, DataSpec, ModelSpec, arch_family
 from otcore.errors import ModelError
+from otcore.methods import ALIGNMENT_LABELS
 
 REPO = Path(__file__).resolve().parent.parent
 CHECKED = "parents.checked"  # session key: the (architecture, dataset) pairs this session asked to check
@@ -66,7 +67,7 @@ def alignment_table(result: dict) -> pd.DataFrame:
     rows = []
     for a in result["alignments"]:
         refused = a["refused"] is not None
-        rows.append({"alignment": f"{a['alignment'].replace('_', ' ')} ({a['mode']})",
+        rows.append({"alignment": f"{ALIGNMENT_LABELS.get(a['alignment'], a['alignment'])} ({a['mode']})",
                      "max |logit diff|": "—" if refused else f"{a['max_difference']:.2e}",
                      "relative": "—" if refused else f"{a['relative']:.1e}",
                      "result": "refused" if a["refused"] else "pass" if a["passed"] else "FAIL",

@@ -62,8 +62,8 @@ def test_choosing_a_torchvision_network_shows_its_check(page):
     at.button(key="parents.check").click().run()
     assert not at.exception
     table = check_table(at)
-    assert list(table["alignment"]) == ["ot (weights)", "ot (activations)", "weight matching (weights)",
-                                        "cca (activations)", "zipit (activations)"]
+    assert list(table["alignment"]) == ["OT fusion (weights)", "OT fusion (activations)", "weight matching (weights)",
+                                        "CCA Merge (activations)", "ZipIt! (activations)"]
     assert list(table["result"][:3]) == ["pass"] * 3 and all(float(r) <= 1e-4 for r in table["relative"][:3])
     assert "parents.check" not in [b.key for b in at.button]  # the result took the button's place
     assert any("channel groups" in m.value and "% of the weights moved" in m.value for m in at.markdown)

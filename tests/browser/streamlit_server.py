@@ -224,7 +224,10 @@ def _pick(page: Any, entry: Any, label: str) -> None:
             page.get_by_role("option").nth(offered.index(label)).click()
             return
         entry.press("Escape")
-        page.wait_for_timeout(300)
+        try:  # wait for the list to close (not a fixed time), so the next try opens a fresh one
+            page.get_by_role("option").first.wait_for(state="detached", timeout=3_000)
+        except Exception:  # noqa: BLE001 - a list that stays open is opened again by the click above
+            pass
     raise AssertionError(f"no option '{label}' among {offered}")
 
 
