@@ -15,7 +15,9 @@ i.e. what the step itself adds at its highest. Flags reduce the number of exampl
 (time is linear in examples at fixed shapes) and the note says so, while the memory is the one measured.
 Rows derived from the product's time (top-3, density, trace by P products) are marked 'estimated'.
 Run: python bench/scale.py [--root DIR] [--archs vgg11_nobias,resnet18_nobias_nobn] [--train-images 500]
-     [--eval-images 1000] [--hessian-images 1000] [--trace-images 20] [--repeats 1] [--threads 1]
+     [--eval-images 1000] [--hessian-images 1000] [--trace-images 20] [--repeats 1] [--threads 1] [--device cuda]
+With --device cuda every step's networks and data live on the GPU, the clock waits for the GPU's queued work,
+and the peak is the GPU memory torch allocates during the step (torch.cuda.max_memory_allocated).
 """
 from __future__ import annotations
 
@@ -90,17 +92,32 @@ def status_kib(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
+DEVICE = torch.device("cpu")  # the worker's device (--device), set once in main before any step
+
+
 def measured(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """(best seconds, peak MiB the step adds to the process) of fn over repeats; set-up is done by the caller."""
+    """(best seconds, peak MiB the step adds) of fn over repeats; set-up is done by the caller.
+
+    On the CPU the peak is the process's (VmHWM); on CUDA it is the GPU memory torch allocates (the clock
+    waits for the device's queued work before it stops)."""
     best, peak = float("inf"), 0.0
+    cuda = DEVICE.type == "cuda"
     for _ in range(repeats):
         gc.collect()
-        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS, so the peak below is this run's
-        base = status_kib("VmRSS")
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated() / KIB
+        else:
+            Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS, so the peak below is this run's
+            base = status_kib("VmRSS")
         start = time.perf_counter()
         fn()
+        if cuda:
+            torch.cuda.synchronize()
         best = min(best, time.perf_counter() - start)
-        peak = max(peak, (status_kib("VmHWM") - base) / KIB)
+        top = torch.cuda.max_memory_allocated() / KIB if cuda else status_kib("VmHWM")
+        peak = max(peak, (top - base) / KIB)
     return best, peak
 
 
@@ -130,10 +147,10 @@ def run_step(step: str, args: argparse.Namespace) -> dict[str, object]:
                     "x_test": data.x_test[:args.eval_images].clone(), "y_test": data.y_test[:args.eval_images].clone()},
                    slices_path(args))
         return {"seconds": seconds, "peak": peak, "note": "measured, 60,000 images"}
-    data = torch.load(slices_path(args), weights_only=True)
-    parents = [init_model(build_model(args.arch, SHAPE, 10), seed).eval() for seed in (0, 1)]
+    data = {k: v.to(DEVICE) for k, v in torch.load(slices_path(args), weights_only=True).items()}
+    parents = [init_model(build_model(args.arch, SHAPE, 10), seed).to(DEVICE).eval() for seed in (0, 1)]
     acts = data["x_train"][:ACT_SAMPLES]
-    tiny = [init_model(build_model("vgg_tiny_nobias", SHAPE, 10), seed).eval() for seed in (0, 1)]
+    tiny = [init_model(build_model("vgg_tiny_nobias", SHAPE, 10), seed).to(DEVICE).eval() for seed in (0, 1)]
     note, scale = "measured", 1.0
     if step.startswith("fuse-"):
         spec = FusionSpec(mode="activations") if step == "fuse-activations" else FusionSpec()
@@ -194,7 +211,7 @@ def in_subprocess(step: str, arch: str, args: argparse.Namespace) -> dict[str, o
     command = [sys.executable, __file__, "--worker", step, "--arch", arch, "--root", args.root,
                "--train-images", str(args.train_images), "--eval-images", str(args.eval_images),
                "--hessian-images", str(args.hessian_images), "--trace-images", str(args.trace_images),
-               "--repeats", str(args.repeats)]
+               "--repeats", str(args.repeats), "--device", args.device]
     env = {**os.environ, THREADS_ENV: str(args.threads)}
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
@@ -247,16 +264,22 @@ def main() -> None:
     parser.add_argument("--trace-images", type=int, default=20, help="images of the timed exact trace (of 1,000)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every step's process")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: where every step's tensors live")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--arch", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device here")
     if args.worker:
         apply_policy()  # the thread count the parent put in OTCORE_THREADS, set once before any tensor work
+        global DEVICE
+        DEVICE = torch.device(args.device)
         print(json.dumps(run_step(args.worker, args)))
         return
     write_cifar10(Path(args.root))
     steps = [s for s in args.steps.split(",") if s]
-    print(f"torch {torch.__version__}, {args.threads} thread(s) per step, {os.cpu_count()} CPUs; {uptime()}", flush=True)
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"{os.cpu_count()} CPUs"
+    print(f"torch {torch.__version__}, {args.device} ({where}), {args.threads} thread(s) per step; {uptime()}", flush=True)
     load = in_subprocess("load", args.archs.split(",")[0], args)
     for arch in args.archs.split(","):
         rows = [("load CIFAR-10 (60,000 images, pickle batches)", load["seconds"], load["peak"], load["note"])]
@@ -273,7 +296,7 @@ def main() -> None:
             rows += estimated_rows(hvp, parameters)
         print(f"\n{arch} (P = {parameters:,}), synthetic CIFAR-10 (50,000 + 10,000 images, 3x32x32), "
               f"best of {args.repeats}, {args.threads} thread(s)")
-        print(table(["step", "seconds", "peak MiB", "note"],
+        print(table(["step", "seconds", "GPU peak MiB" if args.device == "cuda" else "peak MiB", "note"],
                     [[name, f"{secs:.2f}", f"{mib:.0f}", note] for name, secs, mib, note in rows]))
     print(f"\n{uptime()}")
 
