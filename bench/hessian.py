@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import time
 
@@ -50,6 +51,11 @@ def trained_mlp(examples: int = 1000, epochs: int = 5, seed: int = 0) -> tuple[n
     return model.eval(), x, y
 
 
+def load_average() -> str:
+    """The 1/5/15-minute load averages: the machine may be shared, and its load slows every clock."""
+    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def best_of(repeats: int, fn, clock=time.perf_counter):
     """(minimum time by `clock`, last result) over repeats."""
     best, result = float("inf"), None
@@ -74,7 +80,7 @@ def loop_curve(model: nn.Module, batches: list, direction: torch.Tensor, lambdas
 def density_split(op: _HessianOperator, steps: int, clock) -> tuple[float, float, float, int, float]:
     """One 1-probe Lanczos run: (total s, products s, reorthogonalisation s, passes, GB of basis read by them)."""
     spent, rows = {"products": 0.0, "reorth": 0.0}, []
-    project_out = lanczos_module.project_out
+    reorthogonalise = lanczos_module.reorthogonalise
 
     def timed_matmat(vectors: torch.Tensor) -> torch.Tensor:
         start = clock()
@@ -82,21 +88,21 @@ def density_split(op: _HessianOperator, steps: int, clock) -> tuple[float, float
         spent["products"] += clock() - start
         return out
 
-    def timed_project_out(vectors: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    def timed_reorthogonalise(vectors: torch.Tensor, basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         start = clock()
-        out = project_out(vectors, basis)
+        out = reorthogonalise(vectors, basis)
         spent["reorth"] += clock() - start
         rows.append(basis.shape[0] * basis.shape[1])
         return out
 
-    lanczos_module.project_out = timed_project_out  # the bench's own process: nothing else runs Lanczos here
+    lanczos_module.reorthogonalise = timed_reorthogonalise  # the bench's own process: nothing else runs Lanczos here
     try:
         start = clock()
         lanczos_module.lanczos(timed_matmat, op.rademacher(1, op.generator(0)), steps, op.generator(0))
         total = clock() - start
     finally:
-        lanczos_module.project_out = project_out
-    # each pass reads its rows twice (coefficients, then the update), more if Kahan-Parlett asks a second round
+        lanczos_module.reorthogonalise = reorthogonalise
+    # each pass (w and q_j together) reads its rows twice: coefficients, then the update
     gigabytes = 2 * sum(rows) * op.size * op.theta.element_size() / 1e9
     return total, spent["products"], spent["reorth"], len(rows), gigabytes
 
@@ -111,7 +117,7 @@ def gemm_gflops(clock, repeats: int = 20) -> float:
     return 2 * 1000 * 784 * 400 * repeats / (clock() - start) / 1e9
 
 
-def density_tables(model: nn.Module, batches: list, steps: int, timed, clock) -> None:
+def density_tables(model: nn.Module, batches: list, steps: int, timed, clock, counts: tuple[int, ...] = (1, 2, 4, 8)) -> None:
     """Density of `steps` Lanczos steps against `steps` bare products (same operator, same run), and per-probe cost."""
     op = _HessianOperator(model, batches)
     probe = op.rademacher(1, op.generator(0))
@@ -125,7 +131,7 @@ def density_tables(model: nn.Module, batches: list, steps: int, timed, clock) ->
     bare_t, _ = timed(lambda: bare(1))
     density_t, _ = timed(lambda: _spectral_density(op, steps, 1, 0))
     print(f"density, {steps} Lanczos steps vs {steps} bare Hessian-vector products (1 probe)")
-    print(f"{'products s':>10} {'density s':>10} {'ratio':>6}")
+    print(f"{'products s':>10} {'density s':>10} {'ratio':>6}   load average {load_average()}")
     print(f"{bare_t:10.3f} {density_t:10.3f} {density_t / bare_t:6.2f}")
     total, products, reorth, passes, gigabytes = min((density_split(op, steps, clock) for _ in range(2)),
                                                      key=lambda split: split[0])
@@ -134,7 +140,9 @@ def density_tables(model: nn.Module, batches: list, steps: int, timed, clock) ->
     print(f"probes as one vmapped product: {steps} Lanczos steps each")
     print(f"{'probes':>6} {'density s':>10} {'s/probe':>8} {'bare s':>8} {'bare s/probe':>12} {'GFLOP/product':>13} "
           f"{'bare GFLOP/s':>12}")
-    for count in (1, 2, 4, 8):
+    if not counts:
+        return
+    for count in counts:
         with FlopCounterMode(display=False) as counter:
             op.matmat(op.rademacher(count, op.generator(0)))
         gflop = counter.get_total_flops() / 1e9
@@ -158,6 +166,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=1, help="split the 1,000 examples into this many batches "
                         "(more than one: PyHessian's dataloader= path)")
     parser.add_argument("--density-only", action="store_true", help="only the density-vs-products and probes tables")
+    parser.add_argument("--probe-counts", default="1,2,4,8", help="probes per vmapped run in the probes table "
+                        "(comma-separated; empty: no probes table)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -174,7 +184,8 @@ def main() -> None:
     if args.density_only:
         print(f"mlpnet (P = {P:,}), {len(batches)} batch(es) of 1,000; {torch.get_num_threads()} threads, "
               f"best {'CPU' if args.cpu_time else 'wall'} time of {args.repeats}")
-        density_tables(model, batches, args.lanczos, timed, clock)
+        counts = tuple(int(c) for c in args.probe_counts.split(",") if c.strip())
+        density_tables(model, batches, args.lanczos, timed, clock, counts)
         return
 
     def ref(**kw):

@@ -70,6 +70,11 @@ def fusion_only(fusion: FusionSpec) -> FusionSpec:
     return replace(fusion, finetune_epochs=0, retrain=RetrainSpec())
 
 
+# The Hessian step's own format, past CACHE_FORMAT, so that bumping it leaves every other step's keys alone.
+# 2: Lanczos cleans q_j with w (issue 24): nodes and weights move by rounding, top eigenpairs too.
+HESSIAN_FORMAT = 2
+
+
 def hessian_key(data: DataSpec, spec: HessianSpec, network: str) -> str:
     """The cache key of one network's Hessian analysis (`network`: the network's own key)."""
-    return spec_hash("hessian", data, spec, network)
+    return spec_hash("hessian", data, spec, network, {"hessian_format": HESSIAN_FORMAT})

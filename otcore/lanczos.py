@@ -1,9 +1,10 @@
 """Lanczos tridiagonalisation of a symmetric operator given by its products, for SLQ and eigenpairs.
 
-The basis is kept semi-orthogonal by partial reorthogonalisation (Simon, 1984): a full pass
-against all earlier vectors only where the estimated loss of orthogonality passes √eps, instead
-of PyHessian's pass at every step (each pass reads the whole basis: on small nets it costs more
-than the Hessian-vector product itself).
+The basis is kept semi-orthogonal by partial reorthogonalisation (Simon, 1984): a pass against
+all earlier vectors only where the estimated loss of orthogonality passes √eps, instead of
+PyHessian's pass at every step (each pass reads the whole basis: on small nets it costs more
+than the Hessian-vector product itself). A pass cleans the new vector and q_j together, as
+[2, P] matrix products, which spares the pass PRO makes at the next step.
 """
 from __future__ import annotations
 
@@ -30,6 +31,27 @@ def project_out(vectors: Tensor, basis: Tensor) -> Tensor:
         if bool((vectors.norm(dim=1) > 0.7 * before).all()):  # Kahan-Parlett: no cancellation, one pass is enough
             break
     return vectors
+
+
+def reorthogonalise(w: Tensor, basis: Tensor) -> tuple[Tensor, Tensor]:
+    """Clean w [B, P] of its components on basis [B, j+1, P], and find those of q_j = basis[:, j] on the rows before.
+
+    Returns (w cleaned, v [B, P]: q_j's part in the span of q_0..q_{j-1}). Both vectors go through the
+    basis together, as [B, 2, P] matrix products, so the pair costs two reads of it (coefficients,
+    update) where cleaning w now and the next vector at the next step (PRO's second pass, Simon 1984)
+    costs four: the next step subtracts β_j (q_j - v) instead of β_j q_j, which leaves its vector
+    nothing on q_0..q_{j-1} to clean that the second pass would have removed.
+    """
+    j = basis.shape[1] - 1
+    pair = torch.stack((w, basis[:, j]), 1)  # [B, 2, P]
+    coefficients = torch.bmm(pair, basis.mT)  # [B, 2, j+1]: one read of the basis for both vectors
+    coefficients[:, 1, j] = 0  # q_j's own direction is no loss
+    before = w.norm(dim=1)
+    update = torch.bmm(coefficients, basis)  # [B, 2, P]: one more read
+    w = w - update[:, 0]
+    if bool((w.norm(dim=1) <= 0.7 * before).any()):  # Kahan-Parlett: w was mostly in the span, clean it again
+        w = project_out(w, basis)
+    return w, update[:, 1]
 
 
 def _next_orthogonality(omega: Tensor, omega_prev: Tensor, alphas: Tensor, betas: Tensor, beta: Tensor, j: int,
@@ -80,14 +102,15 @@ def lanczos(matmat: Callable[[Tensor], Tensor], start: Tensor, steps: int, gener
     """Lanczos of the symmetric `matmat` ([B, P] -> [B, P]) from each row of start [B, P]: QᵀHQ = T.
 
     Returns T [B, m, m] and Q [B, m, P]; raises NotFinite when a product is not finite. A full
-    reorthogonalisation runs at the step where the estimated loss of orthogonality passes √eps and
-    at the next one; semi-orthogonality makes T as accurate as reorthogonalising every step would.
+    reorthogonalisation of q_{j+1} and q_j (`reorthogonalise`) runs at the step where the estimated loss
+    of orthogonality passes √eps; semi-orthogonality makes T as accurate as reorthogonalising every step would.
     `stop(alphas [j], betas [j])` (first probe; betas[-1] couples to the next vector) may end it early.
     Outside the products a step reads P-vectors about five times (α, the three-term update, β, the
     normalisation into the basis) and allocates none: on the bench MLP the copies and temporaries of a
     plain `w - α q - β q'` cost a tenth of a product per step. The passes are the estimate's: on the
-    bench MLP (float32) it crosses √eps 2 steps after each reset (it grows by up to ‖T‖/β_j ≈ 50 a step),
-    44 passes in 100 steps, while the measured |QᵀQ - I| stays below 1e-7 (bench/hessian.py shows their cost).
+    bench MLP (float32) it crosses √eps 3 steps after each reset (it grows by up to ‖T‖/β_j ≈ 50 a step),
+    30 paired passes in 100 steps (44 single ones before), where the loss measured without any would
+    reach √eps 5 steps after a reset; bench/hessian.py shows their cost.
     """
     count, size = start.shape
     basis = start.new_empty(count, steps, size)  # only rows < j are ever read: zeroing would cost a pass over it
@@ -97,7 +120,8 @@ def lanczos(matmat: Callable[[Tensor], Tensor], start: Tensor, steps: int, gener
     omega = start.new_zeros(count, steps, dtype=torch.float64)  # ω_{j,k} ≈ q_jᵀq_k for the current j
     omega[:, 0] = 1.0
     omega_prev = torch.zeros_like(omega)
-    again = torch.zeros(count, dtype=torch.bool, device=start.device)
+    cleaned = torch.zeros(count, dtype=torch.bool, device=start.device)  # q_j's part v on earlier rows is known
+    v = None
     torch.div(start, start.norm(dim=1, keepdim=True), out=basis[:, 0])
     for j in range(steps):
         q = basis[:, j]
@@ -111,20 +135,24 @@ def lanczos(matmat: Callable[[Tensor], Tensor], start: Tensor, steps: int, gener
         if j == steps - 1:
             break
         _three_term(w, alpha, betas[:, j - 1] if j else None, basis, j)
+        if bool(cleaned.any()):  # -β_{j-1} (q_{j-1} - v): the three-term update with q_{j-1} cleaned
+            w.addcmul_(v, torch.where(cleaned, betas[:, j - 1], 0)[:, None])  # one pass, stale rows of v times 0
         beta = w.norm(dim=1)
         estimate = _next_orthogonality(omega, omega_prev, alphas, betas, beta, j, eps)
         # per probe: a probe run beside others reorthogonalises exactly when it would alone (a pass reads its basis)
-        need = again | (estimate[:, :j].abs() > threshold).any(1)
+        need = (estimate[:, :j].abs() > threshold).any(1)
+        cleaned = need
         if bool(need.any()):
             rows = need.nonzero().squeeze(1).tolist()
+            v = torch.zeros_like(w) if v is None else v
             if len(rows) == count:
-                w = project_out(w, basis[:, :j + 1])
+                w, v = reorthogonalise(w, basis[:, :j + 1])
             else:  # row by row on views: basis[rows] would copy the rows' whole bases
                 for r in rows:
-                    w[r:r + 1] = project_out(w[r:r + 1], basis[r:r + 1, :j + 1])
+                    w[r:r + 1], v[r:r + 1] = reorthogonalise(w[r:r + 1], basis[r:r + 1, :j + 1])
             beta = w.norm(dim=1)
             estimate[need, :j + 1] = eps
-        again = need & ~again  # the next vector inherits the lost components through q_j: clean it too
+            omega[need, :j] = eps  # q_j as the next step uses it: q_j - v
         scale = torch.maximum(alphas[:, :j + 1].abs().amax(1), beta)
         exhausted = beta <= breakdown * scale
         norm = beta

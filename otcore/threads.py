@@ -6,6 +6,8 @@ dashboard server, Ray worker) calls `apply_policy` once before any tensor work, 
 code changes the count afterwards. The count is the cores this process may run on (CPU affinity,
 bounded by a cgroup's CPU quota) divided among its concurrent workers; small models get one
 thread, as a second OpenMP thread only adds synchronisation to their tiny matrix products.
+A library user (a notebook) gets the same policy at `import otcore` (apply_library_default) unless
+they chose a count themselves.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ DASHBOARD_WORKERS = 2
 
 _lock = threading.Lock()
 _applied: int | None = None
+_library: int | None = None  # the count the library default chose at `import otcore`; None: it left torch alone
 
 
 def _cgroup_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
@@ -86,6 +89,74 @@ def apply_policy(workers: int = 1, small_models: bool = False, cores: int | None
             torch.set_num_threads(threads)
         _applied = threads
         return threads
+
+
+def _physical_cores() -> int | None:
+    """Distinct (package, core) pairs under /sys: what torch's cpuinfo counts as cores; None off Linux."""
+    cores = set()
+    for topology in Path("/sys/devices/system/cpu").glob("cpu[0-9]*/topology"):
+        try:
+            cores.add(((topology / "physical_package_id").read_text(), (topology / "core_id").read_text()))
+        except OSError:
+            return None
+    return len(cores) or None
+
+
+def torch_default_counts() -> set[int]:
+    """The counts torch may start with here when nobody sets one (its build and version pick one of these)."""
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        affinity = None
+    return {n for n in (affinity, os.cpu_count(), _physical_cores()) if n}
+
+
+def user_set_threads() -> bool:
+    """Whether the user chose a thread count: OMP_NUM_THREADS/MKL_NUM_THREADS, or torch.set_num_threads before now.
+
+    torch has no query for "set explicitly", so a loaded torch whose count is none of its defaults here
+    was set by someone; a count equal to a default is taken as the default (setting it changes nothing
+    but where the cores are capped by a cgroup quota).
+    """
+    if any(os.environ.get(name, "").strip() for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")):
+        return True
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.get_num_threads() not in torch_default_counts()
+
+
+def apply_library_default() -> int | None:
+    """At `import otcore`: the CLI's policy for a library user (notebook, script) who set no count; None if they did.
+
+    Runs once per process, never per call (several sessions may share the process). Before torch is
+    imported it sets OMP_WAIT_POLICY=PASSIVE and OMP_NUM_THREADS, which torch starts with; after, only
+    torch.set_num_threads, to one thread unless OMP_WAIT_POLICY=PASSIVE was set before torch loaded
+    (the OpenMP runtime read it then). An entry point's apply_policy still sets its own count later;
+    OTCORE_THREADS=N is a count the user set.
+    """
+    global _library
+    with _lock:
+        if _applied is not None or _library is not None:
+            return _library
+        torch = sys.modules.get("torch")
+        spinning = torch is not None and os.environ.get("OMP_WAIT_POLICY", "").strip().upper() != OMP_WAIT_POLICY
+        set_wait_policy()
+        explicit = os.environ.get(THREADS_ENV, "").strip()
+        if not (explicit.isdigit() and int(explicit) > 0) and user_set_threads():
+            return None
+        # torch loaded first with OpenMP's active wait: its idle threads spin, and beside busy processes a
+        # team of two waits a time slice at every parallel region (20x slower); one thread has no team
+        threads = policy_threads(small_models=spinning)
+        if torch is None:
+            os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+        elif torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        _library = threads
+        return threads
+
+
+def library_threads() -> int | None:
+    """The count apply_library_default chose at `import otcore`, None where the user's count stood."""
+    return _library
 
 
 def applied_threads() -> int | None:

@@ -44,5 +44,18 @@ def test_specs_and_keys_never_import_torch():
     assert proc.stdout.strip() == "[]"
 
 
+def test_the_hessian_step_has_its_own_format_and_the_other_keys_stay():
+    from otcore.config import HessianSpec, spec_hash
+    from otcore.keys import HESSIAN_FORMAT, hessian_key, keyed_model
+
+    data, spec = DataSpec(), HessianSpec()
+    key = hessian_key(data, spec, "network-key")
+    assert key != spec_hash("hessian", data, spec, "network-key")  # the format before issue 24's Lanczos
+    assert key.settings[-1] == {"hessian_format": HESSIAN_FORMAT} and HESSIAN_FORMAT >= 2
+    # a parent's key is still spec_hash over its specs alone: the cached parents stay found
+    assert parent_key(data, ModelSpec(), TrainSpec()) == spec_hash("parent", data, keyed_model(data, ModelSpec()),
+                                                                   TrainSpec())
+
+
 def test_parent_key_is_the_key_train_parents_stores_under(digits_parents):
     assert [p.key for p in digits_parents] == [parent_key(DataSpec(), ModelSpec(), TrainSpec(seed=s)) for s in (0, 1)]

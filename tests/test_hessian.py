@@ -138,12 +138,12 @@ def test_partial_reorthogonalisation_keeps_float32_lanczos_semi_orthogonal():
         model64, layout.unflatten(t), (x.double(),)), y))(flat_parameters(model64)))
     op = hessian._HessianOperator(model, [(x, y)])
     projections = []
-    original = lanczos.project_out
+    original = lanczos.reorthogonalise
     try:
-        lanczos.project_out = lambda v, b: projections.append(1) or original(v, b)
+        lanczos.reorthogonalise = lambda w, b: projections.append(1) or original(w, b)
         tridiagonal, basis = lanczos.lanczos(op.matmat, op.rademacher(1, op.generator(0)), 120, op.generator(0))
     finally:
-        lanczos.project_out = original
+        lanczos.reorthogonalise = original
     gram = basis[0].double() @ basis[0].double().T
     assert float((gram - torch.eye(120, dtype=torch.float64)).abs().max()) <= math.sqrt(torch.finfo(torch.float32).eps)
     ritz = torch.linalg.eigvalsh(tridiagonal[0].double())
@@ -286,3 +286,24 @@ def test_batched_probe_density_equals_the_sequential_one() -> None:
     assert not torch.allclose(batched.nodes[0], batched.nodes[1])  # four different probes, not one repeated
     torch.testing.assert_close(batched.nodes, sequential.nodes, rtol=1e-9, atol=1e-10)
     torch.testing.assert_close(batched.weights, sequential.weights, rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize(("dtype", "seed", "tolerance"), [(torch.float64, 0, 1e-9), (torch.float64, 1, 1e-9),
+                                                          (torch.float32, 0, 1e-5), (torch.float32, 1, 1e-5)])
+def test_density_equals_full_reorthogonalisation_on_the_exact_hessian(dtype, seed, tolerance):
+    """Three probes run together (each reorthogonalised on its own) against Lanczos with two Gram-Schmidt
+    passes at every step on the exact Hessian of a small net: the same nodes and weights."""
+    from tests.test_lanczos import full_reorthogonalisation, quadrature
+
+    model, x, y = small_problem(dtype, seed)
+    layout, steps = trainable_layout(model), 60  # a quarter of P = 240: far past the outliers' convergence
+    exact = torch.func.hessian(lambda t: F.cross_entropy(torch.func.functional_call(
+        model, layout.unflatten(t), (x,)), y))(flat_parameters(model)).detach()
+    op = hessian._HessianOperator(model, [(x, y)])
+    starts = op.rademacher(3, op.generator(5))  # the probes spectral_density draws for seed 5
+    density = spectral_density(model, [(x, y)], steps, probes=3, seed=5)
+    scale = float(torch.linalg.eigvalsh(exact.double()).abs().max())
+    for probe in range(3):
+        reference_nodes, reference_weights = quadrature(full_reorthogonalisation(exact, starts[probe], steps))
+        torch.testing.assert_close(density.nodes[probe].double() / scale, reference_nodes / scale, atol=tolerance, rtol=0)
+        torch.testing.assert_close(density.weights[probe].double(), reference_weights, atol=tolerance, rtol=0)

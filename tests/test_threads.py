@@ -120,3 +120,50 @@ def test_two_sweeps_on_ray_at_once_share_the_connection(parents_cache, tmp_path)
     assert {f: (r.executor, len(r.points), r.failed) for f, r in results.items()} == {
         0.25: ("ray", 1, []), 0.75: ("ray", 1, [])}
     assert not ray.is_initialized()  # the last sweep out shut down the instance the first one started
+
+
+LIBRARY_CHILD = ("import os, sys\n"
+                 "if sys.argv[1] == 'torch-first':\n"
+                 "    import torch\n"
+                 "    if len(sys.argv) > 2:\n"
+                 "        torch.set_num_threads(int(sys.argv[2]))  # the user's own choice, before otcore\n"
+                 "import otcore.fusion\n"
+                 "import torch\n"
+                 "from otcore.threads import library_threads\n"
+                 "print(torch.get_num_threads(), library_threads(), os.environ.get('OMP_WAIT_POLICY'))\n")
+
+
+def library_threads_in_child(cpus: set[int], *argv: str, **env: str) -> tuple[int, str, str]:
+    """(torch's threads, the library default's count, OMP_WAIT_POLICY) after a notebook-like import in a fresh process."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY",
+                                                               "OTCORE_THREADS")}
+    proc = subprocess.run([sys.executable, "-c", LIBRARY_CHILD, *argv], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, preexec_fn=lambda: os.sched_setaffinity(0, cpus), env={**clean, **env})
+    assert proc.returncode == 0, proc.stderr
+    threads, library, wait = proc.stdout.split()
+    return int(threads), library, wait
+
+
+TWO_CORES = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to pin to")
+
+
+@TWO_CORES
+def test_importing_otcore_first_applies_the_policy_with_a_passive_wait() -> None:
+    assert library_threads_in_child({0, 1}, "otcore-first") == (2, "2", "PASSIVE")
+    # OTCORE_THREADS is the policy's own override: torch starts with it rather than its default of 2 here
+    assert library_threads_in_child({0, 1}, "otcore-first", OTCORE_THREADS="1") == (1, "1", "PASSIVE")
+
+
+@TWO_CORES
+def test_the_library_leaves_a_count_the_user_set_alone() -> None:
+    assert library_threads_in_child({0, 1}, "otcore-first", OMP_NUM_THREADS="1") == (1, "None", "PASSIVE")
+    assert library_threads_in_child({0, 1}, "torch-first", "3") == (3, "None", "PASSIVE")
+    assert library_threads_in_child({0, 1}, "torch-first", OMP_NUM_THREADS="1", OMP_WAIT_POLICY="ACTIVE") == (
+        1, "None", "ACTIVE")
+
+
+@TWO_CORES
+def test_torch_imported_first_gets_one_thread_unless_its_openmp_waits_passively() -> None:
+    # loaded without OMP_WAIT_POLICY=PASSIVE, OpenMP's idle threads spin: a team thrashes beside busy processes
+    assert library_threads_in_child({0, 1}, "torch-first") == (1, "1", "PASSIVE")
+    assert library_threads_in_child({0, 1}, "torch-first", OMP_WAIT_POLICY="passive") == (2, "2", "passive")
