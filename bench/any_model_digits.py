@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 from dataclasses import replace
 
 import torch
@@ -30,22 +31,30 @@ from otcore.fusion.baselines import ensemble_log_probs, vanilla_average
 from otcore.fusion.group_align import fuse_by_groups
 from otcore.landscape import barrier, path_curve
 from otcore.models import build_model
-from otcore.train import evaluate, score_logits, train
+from otcore.train import evaluate, init_model, score_logits, train
 
 METHODS = {"OT (weights)": FusionOptions(), "OT (activations)": FusionOptions(mode="activations"),
            "weight matching": FusionOptions(alignment="weight_matching"), "CCA Merge": FusionOptions(alignment="cca"),
            "ZipIt!": FusionOptions(alignment="zipit")}
 
 
-def parents_on_digits(arch: str, epochs: int, lr: float, seeds: tuple[int, ...] = (0, 1)) -> tuple[list, object]:
-    """Two parents of torchvision:<arch> trained on digits (and the dataset)."""
+def parents_on_digits(arch: str, epochs: int, lr: float, seeds: tuple[int, ...] = (0, 1),
+                      keep: str | None = None) -> tuple[list, object]:
+    """Two parents of torchvision:<arch> trained on digits (and the dataset); keep: a folder to store them in."""
     data = load_dataset("digits")
     x, y = data.split("train")
     nets = []
     for seed in seeds:
-        torch.manual_seed(seed)
-        net = build_model(f"torchvision:{arch}", data.input_shape, data.num_classes)
-        nets.append(train(net, x, y, TrainSpec(epochs=epochs, lr=lr, seed=seed)).eval())
+        net = init_model(build_model(f"torchvision:{arch}", data.input_shape, data.num_classes), seed)
+        stored = Path(keep) / f"{arch}-{seed}-{epochs}-{lr}.pt" if keep else None
+        if stored is not None and stored.exists():  # a rerun of the bench reads the parents it trained
+            net.load_state_dict(torch.load(stored, weights_only=True))
+        else:
+            train(net, x, y, TrainSpec(epochs=epochs, lr=lr, seed=seed))
+            if stored is not None:
+                stored.parent.mkdir(parents=True, exist_ok=True)
+                torch.save(net.state_dict(), stored)
+        nets.append(net.eval())
     return nets, data
 
 
@@ -54,7 +63,7 @@ def activation_sample(data, n: int) -> torch.Tensor:
     return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(7))[:n]]
 
 
-def accuracy_table(parents: list, data, sample: torch.Tensor) -> list[list]:
+def accuracy_table(parents: list, data, sample: torch.Tensor, methods: tuple[str, ...] = tuple(METHODS)) -> list[list]:
     x_te, y_te = data.split("test")
     rows = [[f"parent {i + 1}", evaluate(p, x_te, y_te).accuracy, "", "", ""] for i, p in enumerate(parents)]
     with torch.no_grad():
@@ -62,7 +71,8 @@ def accuracy_table(parents: list, data, sample: torch.Tensor) -> list[list]:
     average = vanilla_average(parents)
     rows.append(["vanilla average", evaluate(average, x_te, y_te).accuracy,
                  evaluate(reset_batch_norm(average, sample), x_te, y_te).accuracy, "", ""])
-    for name, opts in METHODS.items():
+    for name in methods:
+        opts = METHODS[name]
         merged = fuse_by_groups(parents, opts, sample, norms="moved")[0]
         start = time.perf_counter()
         repaired = fuse_by_groups(parents, replace(opts, renormalize=True), sample)[0]
@@ -91,15 +101,19 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--sample", type=int, default=300)
+    parser.add_argument("--keep", default=None, help="folder to store the trained parents in (a rerun reads them)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     args = parser.parse_args()
     torch.set_num_threads(1)
     for arch in args.archs:
         start = time.perf_counter()
-        parents, data = parents_on_digits(arch, args.epochs, args.lr)
+        parents, data = parents_on_digits(arch, args.epochs, args.lr, keep=args.keep)
         trained = time.perf_counter() - start
         print(f"{arch}: parents trained in {trained:.0f} s", file=sys.stderr, flush=True)
         sample = activation_sample(data, args.sample)
-        rows = accuracy_table(parents, data, sample)
+        print(f"  parents: {[round(evaluate(p, *data.split('test')).accuracy, 2) for p in parents]} %", file=sys.stderr,
+              flush=True)
+        rows = accuracy_table(parents, data, sample, tuple(args.methods))
         naive, repaired = barriers(parents, data, sample)
         print(f"\n### torchvision {arch} on digits, {args.epochs} epochs at lr {args.lr} per parent ({trained:.0f} s), "
               f"sample {args.sample}; {machine()}\n")
