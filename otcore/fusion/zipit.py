@@ -20,6 +20,8 @@ the fused width is always reached.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -73,7 +75,7 @@ def _greedy_merges(link: np.ndarray, origin: np.ndarray, n_models: int, width: i
     for _ in range(total - width):
         top = int(row_max.argmax())
         best = top * total + int(row_best[top])
-        if not np.isfinite(score.flat[best]):  # every pair forbidden: the budget yields
+        if not math.isfinite(score.item(best)):  # every pair forbidden: the budget yields
             best = int(_unbudgeted(link, size, dead == 0, n_models, alpha).argmax())
         row, col = sorted(divmod(best, total))  # keep the lower index, as the authors' code
         spent = []
@@ -115,7 +117,7 @@ def _greedy_merges(link: np.ndarray, origin: np.ndarray, n_models: int, width: i
             continue
         # Rows whose best was `row` or `col` may have dropped: recompute them. Elsewhere only column `row`
         # can have risen; on a tie the lower column is the first in order.
-        stale = np.flatnonzero((row_best == row) | (row_best == col))
+        stale = ((row_best == row) | (row_best == col)).nonzero()[0]
         rises = (row_scores > row_max) | ((row_scores == row_max) & (row_best > row))
         np.copyto(row_best, row, where=rises)
         np.copyto(row_max, row_scores, where=rises)
