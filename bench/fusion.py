@@ -1,6 +1,6 @@
 """Benchmark of OT fusion (Singh & Jaggi, 2020): speed against a reference-style loop, scaling, accuracy.
 
-Six Markdown tables: (1) fusing two mlpnet parents (784-400-200-100-10) by weights and by
+Seven Markdown tables: (1) fusing two mlpnet parents (784-400-200-100-10) by weights and by
 activations on 200 samples; (2) the same fusions done the way the reference code does them
 (batch-size-1 activation capture, broadcast ground metric, numpy EMD, bmm over repeated plans),
 written here from that description, with the max |difference| of the fused weights as a
@@ -8,12 +8,14 @@ fairness check; (3) width scaling of MLP 784-w-w-w-10, with the time spent insid
 (4) scaling with the number of parents; (5) test accuracy on the embedded digits for mlpnet,
 vgg_tiny_nobias and resnet_tiny_nobias_nobn; (6) every alignment (OT by weights, OT by activations,
 weight matching, CCA Merge, ZipIt!), with and without REPAIR, one-shot on the same digits parents:
-accuracy, time and size of the fused net. Timing parents are randomly initialised (seeds
+accuracy, time and size of the fused net; (7) a warm OT fusion of the table-1 parents on one thread
+against its exact assignment solves. Timing parents are randomly initialised (seeds
 0, 1, ...): speed does not depend on training. Every timing: one warm-up, then the median of
 --repeats runs (time.perf_counter).
 
-Run: python -m bench.fusion [--quick] [--repeats 5] [--threads N] [--methods-only] (or python -m
-bench.fusion); --quick stops the width sweep at 1024; --methods-only prints table 6 alone. Tables 5
+Run: python -m bench.fusion [--quick] [--repeats 5] [--threads N] [--methods-only] [--solves-only];
+--quick stops the width sweep at 1024; --methods-only prints table 6 alone; --solves-only prints
+table 7 alone: a warm OT fusion of the MNIST-shaped mlpnet on one thread against its exact solves. Tables 5
 and 6 train and fuse in a fresh temporary cache, so their numbers always come from the current code.
 """
 from __future__ import annotations
@@ -63,30 +65,30 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> tuple[float, objec
 def solver_clock() -> Iterator[dict]:
     """Time every exact OT solve made inside the block (and count non-optimal stops).
 
-    otcore.fusion.align calls `transport_plan` (linear assignment for uniform square problems,
-    else ot.emd) through its module attribute, so wrapping it sees exactly the solver's time;
-    calls == 0 means the seam moved and the clock saw nothing.
+    otcore.fusion.transport calls `exact_solve` (scipy's linear_sum_assignment for uniform square
+    problems, else ot.emd, on NumPy arrays) through its module attribute, so wrapping it sees the
+    solver's time alone; calls == 0 means the seam moved (or no exact solve ran).
     """
-    import otcore.fusion.align as align
+    import otcore.fusion.transport as transport
 
-    original = align.transport_plan
+    original = transport.exact_solve
     clock = {"seconds": 0.0, "calls": 0, "not_optimal": 0}
 
     def timed(*args, **kwargs):
         start = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            plan = original(*args, **kwargs)
+            result = original(*args, **kwargs)
         clock["seconds"] += time.perf_counter() - start
         clock["calls"] += 1
         clock["not_optimal"] += any("numItermax" in str(w.message) for w in caught)
-        return plan
+        return result
 
-    align.transport_plan = timed
+    transport.exact_solve = timed
     try:
         yield clock
     finally:
-        align.transport_plan = original
+        transport.exact_solve = original
 
 
 def load_average() -> str:
@@ -234,6 +236,34 @@ def headline_and_reference(repeats: int) -> None:
           "(n, m, d) differences; cost to numpy float64 for ot.emd; past correction by torch.bmm over repeated "
           f"plans. For scale, vanilla averaging differs from OT fusion by "
           f"{max_weight_diff(ours, vanilla(parents)):.1e}.")
+
+
+def fusion_against_solves(repeats: int) -> None:
+    """Table 7: a warm OT fusion of the MNIST-shaped mlpnet parents on one thread, against its exact solves."""
+    parents, x = mlp_parents(2), act_sample()
+    rows = []
+    with torch_threads(1):
+        for mode in ("weights", "activations"):
+            spec = FusionSpec(mode=mode, act_samples=ACT_SAMPLES)
+            inputs = x if mode == "activations" else None
+            fuse(parents, spec, inputs)  # warm: imports, first allocations
+            walls, fusions, solves = [], [], []
+            for _ in range(max(repeats, 5) * 4):
+                with solver_clock() as clock:
+                    start = time.perf_counter()
+                    result = fuse(parents, spec, inputs)
+                    walls.append(time.perf_counter() - start)
+                fusions.append(result.seconds["fusion"])
+                solves.append(clock["seconds"])
+            wall, fusion, solved = (statistics.median(v) for v in (walls, fusions, solves))
+            rows.append([mode, ms(wall), ms(fusion), ms(solved), f"{fusion / solved:.2f}x", f"{wall / solved:.2f}x"])
+    print(f"\n## 7. A warm OT fusion against its exact solves, mlpnet 784-400-200-100-10, 1 thread, median of "
+          f"{max(repeats, 5) * 4}\n")
+    print(table(["mode", "fuse() ms", "fusion ms (FusionResult.seconds)", "exact solves ms", "fusion / solves",
+                 "fuse() / solves"], rows))
+    print(f"\nExact solves: the time inside otcore.fusion.transport.exact_solve (scipy's linear_sum_assignment on "
+          f"the three hidden groups' float64 costs); fusion: everything after the activations (costs, solves, plans, "
+          f"averaging, the new network); load average {load_average()}.")
 
 
 def vanilla(parents: list[FusableNet]) -> FusableNet:
@@ -409,6 +439,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs after the warm-up (median reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the machine's cores)")
     parser.add_argument("--methods-only", action="store_true", help="print table 6 (every alignment) alone")
+    parser.add_argument("--solves-only", action="store_true", help="print table 7 (OT fusion against its solves) alone")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     torch.set_num_threads(args.threads or cores)
@@ -425,7 +456,11 @@ def main() -> None:
         run_in_fresh_cache(lambda: method_table(ARCHS, args.repeats))
         print(f"\nTotal bench time {time.perf_counter() - start:.0f} s; load average at the end {load_average()}.")
         return
+    if args.solves_only:
+        fusion_against_solves(args.repeats)
+        return
     headline_and_reference(args.repeats)
+    fusion_against_solves(args.repeats)
     widths = [128, 256, 512, 1024] + ([] if args.quick else [2048, 4096])
     width_scaling(widths, args.repeats)
     parent_scaling([2, 3, 4, 6, 8], args.repeats)

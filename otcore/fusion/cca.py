@@ -30,18 +30,25 @@ DEFAULT_REG = 1.0  # ridge of the covariances, in units of the layer's mean neur
 
 def _finite(what: str, *tensors: torch.Tensor) -> None:
     """Refuses a non-finite intermediate with one line: features or weights too large for float64 algebra."""
-    if not all(torch.isfinite(t).all() for t in tensors):
+    # A sum is finite exactly when every entry is (short of overflowing near 1e308, too large anyway): one pass
+    # per tensor and one read for all, where isfinite().all() made two and a read each.
+    if not bool(torch.stack([t.sum() for t in tensors]).isfinite().all()):
         raise MergeMethodError(f"CCA Merge: the {what} are not finite (a parent's weights or activations are too "
                                "large); check the parents' weights, or use OT alignment")
 
 
-def _roots(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(matrix^{1/2}, matrix^{-1/2}) of a symmetric positive definite matrix, from one eigendecomposition."""
+def _eigh(*matrices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (k, d) and eigenvectors (k, d, d) of k symmetric matrices of one size, in one batched call."""
     try:
-        values, vectors = torch.linalg.eigh(matrix)
+        return torch.linalg.eigh(torch.stack(matrices))
     except torch.linalg.LinAlgError:
         raise MergeMethodError("CCA Merge: a covariance's eigendecomposition did not converge (a parent's "
                                "activations span too many orders of magnitude); use OT alignment") from None
+
+
+def _roots(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(matrix^{1/2}, matrix^{-1/2}) of a symmetric positive definite matrix, from one eigendecomposition."""
+    values, vectors = (t[0] for t in _eigh(matrix))
     root = values.clamp_min(1e-12).sqrt()
     _finite("covariances' eigenvalues", root)
     return (vectors * root) @ vectors.T, (vectors / root) @ vectors.T
@@ -65,6 +72,21 @@ def _svd(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(u).to(matrix.device), torch.from_numpy(vh).to(matrix.device)
 
 
+def _polar(matrix: torch.Tensor) -> torch.Tensor:
+    """U V^T of matrix's SVD (its polar factor), as M (M^T M)^{-1/2} from one eigendecomposition where M is well
+    conditioned (error ~ eps cond(M)^2 <= 1e-8), by the SVD otherwise.
+
+    torch's symmetric eigensolver took a quarter of its SVD's time at width 400 (10 against 42 ms, one thread)."""
+    try:
+        values, vectors = torch.linalg.eigh(matrix.T @ matrix)
+    except torch.linalg.LinAlgError:
+        values = None
+    if values is not None and bool(values[0] > 1e-8 * values[-1]):
+        return (matrix @ (vectors / values.sqrt())) @ vectors.T
+    u, vh = _svd(matrix)
+    return u @ vh
+
+
 def cca_map(anchor_feats: torch.Tensor, parent_feats: torch.Tensor, reg: float = DEFAULT_REG,
             cross_ridge: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(M, M^{-1}): M (d_a, d_p) takes the parent's neurons into the anchor's basis.
@@ -82,9 +104,9 @@ def cca_map(anchor_feats: torch.Tensor, parent_feats: torch.Tensor, reg: float =
         return _rectangular_map(anchor_feats, parent_feats, reg, cross_ridge)
     corr = correlation(anchor_feats, parent_feats)
     _finite("correlations", corr)
-    corr = corr.cpu().numpy()
-    _, order = linear_sum_assignment(corr, maximize=True)  # parent neuron order[j] matched to anchor neuron j
-    parent_feats = parent_feats[:, torch.as_tensor(order, device=parent_feats.device)]
+    _, order = linear_sum_assignment(corr.cpu().numpy(), maximize=True)  # parent neuron order[j] matched to anchor's j
+    order = torch.as_tensor(order, device=parent_feats.device)
+    parent_feats = parent_feats[:, order]
     za, zp = anchor_feats - anchor_feats.mean(0), parent_feats - parent_feats.mean(0)
     c_aa, c_pp, c_ap = za.T @ za / n, zp.T @ zp / n, za.T @ zp / n
     # reg is relative to the mean neuron variance, so one value fits every layer and scale.
@@ -92,14 +114,23 @@ def cca_map(anchor_feats: torch.Tensor, parent_feats: torch.Tensor, reg: float =
     eye = torch.eye(d_a, dtype=za.dtype, device=za.device)
     c_aa, c_pp, c_ap = c_aa + ridge * eye, c_pp + ridge * eye, c_ap + cross_ridge * ridge * eye
     _finite("covariances", c_aa, c_pp, c_ap)
-    (aa_half, aa_neg), (pp_half, pp_neg) = _roots(c_aa), _roots(c_pp)
-    whitened = aa_neg @ c_ap @ pp_neg
-    _finite("whitened cross-covariances", whitened)
-    u, vh = _svd(whitened)
-    rotation = u @ vh
-    select = torch.zeros(d_a, d_p, dtype=za.dtype, device=za.device)
-    select[torch.arange(d_a), torch.as_tensor(order, device=za.device)] = 1.0  # (select @ z_p)_j = z_p[order[j]]
-    forward, inverse = aa_half @ rotation @ pp_neg @ select, select.T @ pp_half @ rotation.T @ aa_neg
+    # In the covariances' eigenbases (C = V diag(r^2) V^T): C_aa^{-1/2} C_ap C_pp^{-1/2} = V_a K V_p^T with
+    # K = diag(1/r_a) V_a^T C_ap V_p diag(1/r_p), and U V^T = V_a (U_K V_K^T) V_p^T (the polar factor moves
+    # with the orthogonal bases), so M = V_a diag(r_a) R diag(1/r_p) V_p^T and M^{-1} = V_p diag(r_p) R^T
+    # diag(1/r_a) V_a^T with R = U_K V_K^T: eight matrix products where the roots took thirteen.
+    values, vectors = _eigh(c_aa, c_pp)
+    roots = values.clamp_min(1e-12).sqrt()
+    _finite("covariances' eigenvalues", roots)
+    (v_a, v_p), (r_a, r_p) = vectors, roots
+    k = (v_a.T @ c_ap @ v_p) / r_a[:, None] / r_p[None, :]
+    _finite("whitened cross-covariances", k)
+    rotation = _polar(k)
+    forward = v_a @ (r_a[:, None] * rotation / r_p[None, :]) @ v_p.T
+    inverse = v_p @ (r_p[:, None] * rotation.T / r_a[None, :]) @ v_a.T
+    # Back into the parent's own order: (M S)[:, order[j]] = M[:, j] and (S^T M^{-1})[order[j]] = M^{-1}[j]
+    # for the selection S (S z_p)_j = z_p[order[j]], by index rather than by product.
+    back = torch.empty_like(order).scatter_(0, order, torch.arange(d_a, device=order.device))
+    forward, inverse = forward.index_select(1, back), inverse.index_select(0, back)
     _finite("merge maps", forward, inverse)
     return forward, inverse
 

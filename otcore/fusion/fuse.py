@@ -15,7 +15,7 @@ import torch
 
 from otcore.activations import capture_activations
 from otcore.errors import FusionError
-from otcore.fusion.align import GroupDiagnostics, Plans, apply_plans, check_same_family, ot_plans
+from otcore.fusion.align import GroupDiagnostics, Plans, apply_plans, check_same_family, ot_moves
 from otcore.fusion.cca import cca_map
 from otcore.fusion.group_align import fuse_by_groups, ot_activations
 from otcore.fusion.group_merge import MERGE_NAMES
@@ -36,6 +36,8 @@ class FusionResult:
     plans: list[Plans]  # per parent: group -> plan (n_parent, n_anchor); the anchor's is empty
     diagnostics: list[list[GroupDiagnostics]]  # per parent; empty for the anchor
     seconds: dict[str, float] = field(default_factory=dict)  # 'activations', 'fusion'
+    # Per parent, the plans as averaging applies them (Gathers for permutations, read without a new scan).
+    moves: list[dict] = field(default_factory=list, repr=False)
 
 
 def align_parents(parents: list[FusableNet], options: FusionOptions | MakesOptions,
@@ -53,6 +55,7 @@ def align_parents(parents: list[FusableNet], options: FusionOptions | MakesOptio
     seconds = {"activations": sampled, "fusion": 0.0}
     start = time.perf_counter()
     plans: list[Plans] = []
+    moves: list[dict] = []
     diagnostics: list[list[GroupDiagnostics]] = []
     for i, parent in enumerate(parents):
         if progress is not None:
@@ -64,16 +67,19 @@ def align_parents(parents: list[FusableNet], options: FusionOptions | MakesOptio
             plans.append(weight_matching_plans(parent, anchor, seed=opts.seed))
             diagnostics.append([])
         else:
-            p, d = ot_plans(parent, anchor, opts, acts[i], acts[anchor_idx])
+            p, d, m = ot_moves(parent, anchor, opts, acts[i], acts[anchor_idx])
             plans.append(p)
             diagnostics.append(d)
+            moves.append(m)
+            continue
+        moves.append(plans[-1])
     seconds["fusion"] = time.perf_counter() - start
-    return FusionResult(anchor, plans, diagnostics, seconds)
+    return FusionResult(anchor, plans, diagnostics, seconds, moves)
 
 
 def average_aligned(parents: list[FusableNet], plans: list[Plans], weights: list[float], anchor_idx: int,
                     past_correction: bool = True) -> FusableNet:
-    """sum_p w_p * (parent p moved into the anchor's neuron order), as a new network."""
+    """sum_p w_p * (parent p moved into the anchor's neuron order), as a new network (plans may be Gathers)."""
     anchor = parents[anchor_idx]
     summed: dict[str, torch.Tensor] = {}
     for i, (parent, weight) in enumerate(zip(parents, weights)):
@@ -110,7 +116,8 @@ def merge_by_maps(parents: list[FusableNet], opts: FusionOptions, act_inputs: to
     seconds = {"activations": time.perf_counter() - start, "fusion": 0.0}
     for i, acts in enumerate(pre):
         for g, a in acts.items():
-            if not torch.isfinite(a).all():
+            # A float64 sum of float32 entries is finite exactly when they all are: one pass, no mask.
+            if not torch.isfinite(a.sum(dtype=torch.float64)):
                 raise MergeMethodError(f"{method}: parent {i + 1}'s activations at {g} on the sample are not finite "
                                        "(its weights are too large); check the parents' weights")
     start = time.perf_counter()
@@ -167,7 +174,7 @@ def fuse(parents: list[FusableNet], options: FusionOptions | MakesOptions, act_i
     result = align_parents(parents, opts, act_inputs, progress)
     start = time.perf_counter()
     anchor_idx = opts.anchor_index(len(parents))
-    result.model = average_aligned(parents, result.plans, opts.parent_weights(len(parents)), anchor_idx,
+    result.model = average_aligned(parents, result.moves or result.plans, opts.parent_weights(len(parents)), anchor_idx,
                                    opts.past_correction)
     if opts.renormalize:
         if act_inputs is None:

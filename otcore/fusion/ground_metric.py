@@ -1,7 +1,6 @@
 """Ground metric: the cost of moving one neuron onto another (rows are neurons)."""
 from __future__ import annotations
 
-import ot  # imported with the module so the first fusion's clock does not time POT's import
 import torch
 
 from otcore.errors import FusionError
@@ -10,16 +9,16 @@ def cost_matrix(x: torch.Tensor, y: torch.Tensor, metric: str = "euclidean", squ
                 normalize: str = "none") -> torch.Tensor:
     """Cost M (n, m) between rows of x (n, d) and y (m, d), on their device.
 
-    euclidean: M_ij = ||x_i - y_j|| (squared if asked), via POT's backend-agnostic `ot.dist`;
+    euclidean: M_ij = ||x_i - y_j|| (squared if asked), see squared_distances;
     cosine: M_ij = 1 - <x_i, y_j> / (||x_i|| ||y_j||) (ot.dist has no torch cosine), zero rows
     count as orthogonal so dead neurons give finite costs. normalize divides M by its max,
     median or mean, as the reference's --ground-metric-normalize. A NaN or Inf in x or y makes M
     non-finite (both metrics propagate it), so only M is checked, and x and y when it fails.
     """
     if metric == "euclidean":
-        cost = ot.dist(x, y, metric="sqeuclidean").clamp_min_(0)
+        cost = squared_distances(x, y)
         if not squared:
-            cost = cost.sqrt()
+            cost = cost.sqrt_()
     elif metric == "cosine":
         xn = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
         yn = y / y.norm(dim=1, keepdim=True).clamp_min(1e-12)
@@ -36,3 +35,15 @@ def cost_matrix(x: torch.Tensor, y: torch.Tensor, metric: str = "euclidean", squ
         if scale > 0:
             cost = cost / scale
     return cost
+
+
+def squared_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """||x_i - y_j||^2 (n, m) = |x_i|^2 + |y_j|^2 - 2 <x_i, y_j>, floored at 0, on the inputs' device.
+
+    `ot.dist(x, y, 'sqeuclidean')`'s formula in one matrix product and three passes over M; POT's
+    torch backend takes the row norms by einsum('ij,ij->i'), a batched product that cost 1.2 ms per
+    400 x 784 matrix against 0.1 ms for vecdot, and makes five passes (measured on the paper's MNIST
+    parents: 6 ms of a 34 ms fusion by weights, one thread). Equal to ot.dist within float rounding.
+    """
+    norms = torch.linalg.vecdot(x, x)[:, None] + torch.linalg.vecdot(y, y)[None, :]
+    return torch.addmm(norms, x, y.T, alpha=-2).clamp_min_(0)

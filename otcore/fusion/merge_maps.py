@@ -64,8 +64,12 @@ def correlation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     Two constant columns (dead neurons) count as perfectly correlated, a constant and a varying
     one as uncorrelated: constant features are interchangeable on the sample.
     """
-    xc, yc = x - x.mean(0), y - y.mean(0)
-    sx, sy = xc.norm(dim=0), yc.norm(dim=0)
+    xc = x - x.mean(0)
+    sx = xc.norm(dim=0)
+    # ZipIt! correlates a layer's features with themselves: centre and take norms once (a conv layer's
+    # features are (samples x positions, channels), and the strided column norms were a third of its time).
+    yc, sy = (xc, sx) if y is x else (y - y.mean(0), None)
+    sy = (yc.norm(dim=0) if sy is None else sy)
     corr = (xc.T @ yc) / (sx[:, None] * sy[None, :]).clamp_min(EPS)
     dead_x, dead_y = sx <= 1e-9 * sx.max().clamp_min(EPS), sy <= 1e-9 * sy.max().clamp_min(EPS)
     corr[dead_x[:, None] & dead_y[None, :]] = 1.0

@@ -5,6 +5,8 @@ pulls in scikit-learn) would otherwise land in the first fusion's reported time.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import ot
 import torch
@@ -20,6 +22,55 @@ class TransportError(FusionError):
 NOT_FINITE = "the transport cost matrix contains NaN or Inf; check the parents' weights"
 
 
+@dataclass(frozen=True)
+class Solved:
+    """A transport plan, and the assignment behind it where the exact problem was one."""
+
+    plan: torch.Tensor  # (n, m) on the cost's device and dtype
+    assignment: torch.Tensor | None  # (n,) long, for uniform square exact problems: plan[i, assignment[i]] = 1/n
+
+
+def exact_solve(a: np.ndarray, b: np.ndarray, cost: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The exact OT solve on float64 NumPy arrays: (None, columns) of the optimal assignment for uniform
+    marginals of equal size (plan[i, columns[i]] = 1/n), else (the plan by POT's network simplex, None).
+
+    The solver alone, so that a benchmark can time it apart from everything around it."""
+    n, m = cost.shape
+    if n == m and (a == a[0]).all() and (b == b[0]).all():
+        return None, linear_sum_assignment(cost)[1]
+    return ot.emd(a, b, cost, numItermax=max(100_000, 10 * n * m)), None
+
+
+def solve(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, solver: str = "emd", reg: float = 0.01) -> Solved:
+    """transport_plan's plan, with the assignment it came from where there was one (read as an index by fusion)."""
+    if solver == "emd":
+        # Moved to NumPy once: the checks and the solve stay there (small NumPy operations are cheaper than
+        # torch's, which hand the GIL back and forth between concurrent fusions).
+        cost_np, a_np, b_np = (_detached(t).to("cpu", torch.float64).numpy() for t in (cost, a, b))
+        if not np.isfinite(cost_np).all():
+            raise TransportError(NOT_FINITE)
+        plan_np, columns = exact_solve(a_np, b_np, cost_np)
+        if columns is None:
+            return Solved(torch.from_numpy(plan_np).to(device=cost.device, dtype=cost.dtype), None)
+        n = cost.shape[0]
+        assignment = torch.from_numpy(columns).to(cost.device)
+        plan = torch.zeros(cost.shape, dtype=cost.dtype, device=cost.device)
+        plan[torch.arange(n, device=cost.device), assignment] = 1.0 / n  # rounded to the cost's dtype once
+        return Solved(plan, assignment)
+    if solver == "sinkhorn":
+        if not torch.isfinite(cost).all():
+            raise TransportError(NOT_FINITE)
+        # reg is relative to the typical cost, so one value works across layers and metrics.
+        scale = cost.max().clamp_min(1e-12)
+        plan = ot.sinkhorn(a.to(cost), b.to(cost), cost / scale, reg, method="sinkhorn_log",
+                           numItermax=2000, stopThr=1e-7, warn=False)
+        if not torch.isfinite(plan).all() or plan.sum() <= 0:
+            raise TransportError(f"Sinkhorn with reg={reg} did not converge to a finite plan; "
+                                 "try a larger reg (e.g. 0.05) or the exact solver")
+        return Solved(plan.to(device=cost.device, dtype=cost.dtype), None)
+    raise TransportError(f"unknown OT solver '{solver}'")
+
+
 def transport_plan(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, solver: str = "emd",
                    reg: float = 0.01) -> torch.Tensor:
     """Plan T (n, m) with marginals a (n,), b (m,) minimising <T, M> (minus reg * H(T) for Sinkhorn).
@@ -32,33 +83,7 @@ def transport_plan(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, solver:
     device through POT's torch backend, in the log domain so small reg does not underflow. The plan
     comes back on the cost's device and dtype.
     """
-    if solver == "emd":
-        # Moved to NumPy once: the checks, the solve and the plan stay there (small NumPy operations
-        # are cheaper than torch's, which hand the GIL back and forth between concurrent fusions).
-        cost_np, a_np, b_np = (_detached(t).to("cpu", torch.float64).numpy() for t in (cost, a, b))
-        if not np.isfinite(cost_np).all():
-            raise TransportError(NOT_FINITE)
-        n, m = cost_np.shape
-        if n == m and (a_np == a_np[0]).all() and (b_np == b_np[0]).all():
-            rows, cols = linear_sum_assignment(cost_np)
-            plan_np = np.zeros((n, m))
-            plan_np[rows, cols] = 1.0 / n
-        else:
-            plan_np = ot.emd(a_np, b_np, cost_np, numItermax=max(100_000, 10 * n * m))
-        plan = torch.from_numpy(plan_np)
-    elif solver == "sinkhorn":
-        if not torch.isfinite(cost).all():
-            raise TransportError(NOT_FINITE)
-        # reg is relative to the typical cost, so one value works across layers and metrics.
-        scale = cost.max().clamp_min(1e-12)
-        plan = ot.sinkhorn(a.to(cost), b.to(cost), cost / scale, reg, method="sinkhorn_log",
-                           numItermax=2000, stopThr=1e-7, warn=False)
-        if not torch.isfinite(plan).all() or plan.sum() <= 0:
-            raise TransportError(f"Sinkhorn with reg={reg} did not converge to a finite plan; "
-                                 "try a larger reg (e.g. 0.05) or the exact solver")
-    else:
-        raise TransportError(f"unknown OT solver '{solver}'")
-    return plan.to(device=cost.device, dtype=cost.dtype)
+    return solve(a, b, cost, solver, reg).plan
 
 
 def _detached(t: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,9 @@ the fused width is always reached.
 """
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 
 from otcore.errors import FusionError
@@ -29,30 +32,105 @@ ALPHA = 0.3  # a merge beyond N members scores its similarity times alpha per ex
 BETA = 0.125  # per model, the share of its (to_remove / N) merges that may pair two of its own features
 
 
-def _scores(link: torch.Tensor, counts: torch.Tensor, k: int, exhausted: torch.Tensor, n_models: int,
-            alpha: float) -> torch.Tensor:
-    """Scores of cluster k against every cluster (total,): linkage, penalised beyond N members, -inf where
-    both hold a model whose same-model budget is spent."""
-    size = counts.sum(1)
-    excess = (size + size[k] - n_models).clamp_min(0).to(link.dtype)
-    if alpha > 0:
-        score = link[k] * alpha ** excess
-    else:
-        score = torch.where(excess > 0, -torch.inf, link[k])
-    shared_spent = ((counts > 0) & (counts[k] > 0) & exhausted).any(1)
-    return score.masked_fill(shared_spent, -torch.inf)
+def _unbudgeted(link: np.ndarray, size: np.ndarray, active: np.ndarray, n_models: int, alpha: float) -> np.ndarray:
+    """Scores of every pair of active clusters (total, total) as the greedy loop scores them, budgets ignored."""
+    excess = np.maximum(size[:, None] + size[None, :] - n_models, 0)
+    score = link * alpha ** excess if alpha > 0 else np.where(excess > 0, -np.inf, link)
+    if alpha <= 0 and not np.isfinite(score[np.ix_(active, active)]).any():
+        score = link.copy()  # alpha 0 forbids re-merging; reaching the width needs one
+    score[~(active[:, None] & active[None, :])] = -np.inf
+    np.fill_diagonal(score, -np.inf)
+    return score
 
 
-def _unbudgeted(link: torch.Tensor, counts: torch.Tensor, active: torch.Tensor, n_models: int,
-                alpha: float) -> torch.Tensor:
-    """Scores of every pair of active clusters (total, total) as _scores gives them, budgets ignored."""
-    size = counts.sum(1)
-    excess = (size[:, None] + size[None, :] - n_models).clamp_min(0).to(link.dtype)
-    score = link * alpha ** excess if alpha > 0 else link.masked_fill(excess > 0, -torch.inf)
-    if alpha <= 0 and not torch.isfinite(score[active][:, active]).any():
-        score = link.clone()  # alpha 0 forbids re-merging; reaching the width needs one
-    score = score.masked_fill(~(active[:, None] & active[None, :]), -torch.inf)
-    return score.fill_diagonal_(-torch.inf)
+def _greedy_merges(link: np.ndarray, origin: np.ndarray, n_models: int, width: int, alpha: float,
+                   beta: float) -> np.ndarray:
+    """The cluster (0..width-1, ordered by lowest member) of every feature after the greedy merges; `link` is
+    overwritten.
+
+    One merge per step, in NumPy on the CPU: a step reads and writes a few rows of (total, total)
+    arrays, where torch's per-call overhead (some 25 calls of ~10 us per step; on a GPU, a sync per
+    step) was most of the time. The pairing is sequential, like the OT solve, and runs where it does."""
+    total = link.shape[0]
+    holds = np.zeros((total, n_models), dtype=bool)  # whether cluster j has members of each model
+    holds[np.arange(total), origin] = True
+    models = [{int(m)} for m in origin]  # the same as Python sets: the budget's check without array calls
+    size = np.ones(total, dtype=np.int64)
+    exhausted = [False] * n_models
+    any_exhausted = False
+    parent = np.arange(total)  # the cluster a merged-away cluster went into (a lower index)
+    dead = np.zeros(total)  # -inf on merged-away clusters: added to a row of scores, it forbids them
+    budget = [int((total - width) // n_models * beta + 1e-4)] * n_models
+    # The penalty of a merge into `members` members, alpha^max(members - N, 0), read from a table (one rounding
+    # per excess, whatever the row); with alpha 0 a merge beyond N members is forbidden.
+    excess = np.maximum(np.arange(2 * total + 1) - n_models, 0)
+    penalty = alpha ** excess.astype(np.float64) if alpha > 0 else np.where(excess > 0, -np.inf, 1.0)
+    score = link.copy()
+    np.fill_diagonal(score, -np.inf)  # singletons: no excess while N >= 2, nothing spent yet
+    # Each row's best column, kept up to date: a merge changes two rows and two columns, so the argmax
+    # over all pairs (the first in row-major order, as score.argmax() gives) costs O(total), not O(total^2).
+    rows_all = np.arange(total)
+    row_best = score.argmax(1)
+    row_max = score[rows_all, row_best]
+    for _ in range(total - width):
+        top = int(row_max.argmax())
+        best = top * total + int(row_best[top])
+        if not math.isfinite(score.item(best)):  # every pair forbidden: the budget yields
+            best = int(_unbudgeted(link, size, dead == 0, n_models, alpha).argmax())
+        row, col = sorted(divmod(best, total))  # keep the lower index, as the authors' code
+        spent = []
+        for model in sorted(models[row] & models[col]):
+            budget[model] -= 1
+            if budget[model] <= 0 and not exhausted[model]:
+                exhausted[model] = any_exhausted = True
+                spent.append(model)
+        parent[col] = row
+        models[row] |= models[col]
+        holds[row] |= holds[col]
+        holds[col] = False
+        size[row] += size[col]
+        size[col] = 0
+        dead[col] = -np.inf
+        merged = np.minimum(link[row], link[col])
+        link[row] = merged
+        link[:, row] = merged
+        for model in spent:  # no two clusters that both hold this model merge from now on
+            idx = np.flatnonzero(holds[:, model])
+            score[np.ix_(idx, idx)] = -np.inf
+        # Cluster `row` against every cluster: linkage, penalised beyond N members, -inf where both hold a
+        # model whose same-model budget is spent.
+        factor = penalty.take(size + size[row])
+        row_scores = merged * factor if alpha > 0 else np.where(factor < 0, -np.inf, merged)
+        if any_exhausted:
+            shared = [m for m in models[row] if exhausted[m]]
+            if shared:
+                row_scores[holds[:, shared[0]] if len(shared) == 1 else holds[:, shared].any(1)] = -np.inf
+        row_scores += dead
+        row_scores[row] = -np.inf
+        score[row] = row_scores
+        score[:, row] = row_scores
+        score[col] = -np.inf
+        score[:, col] = -np.inf
+        if spent:
+            row_best = score.argmax(1)
+            row_max = score[rows_all, row_best]
+            continue
+        # Rows whose best was `row` or `col` may have dropped: recompute them. Elsewhere only column `row`
+        # can have risen; on a tie the lower column is the first in order.
+        stale = ((row_best == row) | (row_best == col)).nonzero()[0]
+        rises = (row_scores > row_max) | ((row_scores == row_max) & (row_best > row))
+        np.copyto(row_best, row, where=rises)
+        np.copyto(row_max, row_scores, where=rises)
+        if len(stale):
+            row_best[stale] = score[stale].argmax(1)
+            row_max[stale] = score[stale, row_best[stale]]
+        row_best[col], row_max[col] = 0, -np.inf  # its row is all -inf now
+        row_best[row] = best_of_row = int(row_scores.argmax())
+        row_max[row] = row_scores[best_of_row]
+    cluster = parent
+    for f in range(total):  # parent[f] < f or f itself: the lower one's cluster is final when f is reached
+        cluster[f] = cluster[cluster[f]]
+    return np.searchsorted(np.flatnonzero(dead == 0), cluster)
 
 
 def zipit_maps(feats: list[torch.Tensor], weights: list[float], width: int, alpha: float = ALPHA,
@@ -63,6 +141,7 @@ def zipit_maps(feats: list[torch.Tensor], weights: list[float], width: int, alph
     members, normalised to sum 1 (equal weights: the members' mean, as the paper); U_p[:, k] is 1
     on p's members of k. Fused features come ordered by their first member (the first parent's
     first). Linkage between clusters is the minimum correlation of their members (the authors').
+    The greedy pairing runs in NumPy on the CPU; the maps come back on the features' device.
     """
     sizes = [f.shape[1] for f in feats]
     total, n_models = sum(sizes), len(feats)
@@ -72,55 +151,12 @@ def zipit_maps(feats: list[torch.Tensor], weights: list[float], width: int, alph
     link = correlation(stacked, stacked)
     if not torch.isfinite(link).all():
         raise FusionError("ZipIt!: the parents' features on the sample are not finite; check the parents' weights")
-    device = link.device
-    origin = torch.cat([torch.full((s,), i, dtype=torch.long) for i, s in enumerate(sizes)]).to(device)
-    counts = torch.nn.functional.one_hot(origin, n_models)  # (total, N): cluster j's members per model
-    exhausted = torch.zeros(n_models, dtype=torch.bool, device=device)
-    members = torch.eye(total, dtype=torch.bool, device=device)  # column j: the features in cluster j
-    active = torch.ones(total, dtype=torch.bool, device=device)
-    budget = [int((total - width) // n_models * beta + 1e-4)] * n_models
-    score = link.clone().fill_diagonal_(-torch.inf)  # singletons: no excess while N >= 2, nothing spent yet
-    # Each row's best column, kept up to date: a merge changes two rows and two columns, so the argmax
-    # over all pairs (the first in row-major order, as score.argmax() gives) costs O(total), not O(total^2).
-    row_best = score.argmax(1)
-    row_max = score.gather(1, row_best[:, None]).squeeze(1)
-    for _ in range(total - width):
-        top = int(row_max.argmax())
-        best = top * total + int(row_best[top])
-        if not torch.isfinite(score.view(-1)[best]):  # every pair forbidden: the budget yields
-            best = int(_unbudgeted(link, counts, active, n_models, alpha).argmax())
-        row, col = sorted(divmod(best, total))  # keep the lower index, as the authors' code
-        spent = []
-        for model in ((counts[row] > 0) & (counts[col] > 0)).nonzero().flatten().tolist():
-            budget[model] -= 1
-            if budget[model] <= 0 and not exhausted[model]:
-                exhausted[model] = True
-                spent.append(model)
-        members[:, row] |= members[:, col]
-        counts[row] += counts[col]
-        counts[col] = 0
-        active[col] = False
-        link[row] = link[:, row] = torch.minimum(link[row], link[col])
-        for model in spent:  # no two clusters that both hold this model merge from now on
-            holds = counts[:, model] > 0
-            score.masked_fill_(holds[:, None] & holds[None, :], -torch.inf)
-        row_scores = _scores(link, counts, row, exhausted, n_models, alpha).masked_fill(~active, -torch.inf)
-        row_scores[row] = -torch.inf
-        score[row] = score[:, row] = row_scores
-        score[col] = score[:, col] = -torch.inf
-        if spent:
-            row_best = score.argmax(1)
-        else:
-            stale = (row_best == row) | (row_best == col)  # their best may have dropped: recompute those rows
-            stale[row] = stale[col] = True
-            # Elsewhere only column `row` can have risen; on a tie the lower column is the first in order.
-            rises = (row_scores > row_max) | ((row_scores == row_max) & (row_best > row))
-            row_best = torch.where(rises, row, row_best)
-            rows = stale.nonzero().flatten()
-            row_best[rows] = score[rows].argmax(1)
-        row_max = score.gather(1, row_best[:, None]).squeeze(1)
-    unmerge = members[:, active].to(stacked.dtype)  # (total, width), clusters ordered by lowest member
-    share = torch.as_tensor(weights, dtype=stacked.dtype, device=stacked.device)[origin][:, None] * unmerge
+    origin = np.repeat(np.arange(n_models), sizes)
+    cluster = _greedy_merges(link.cpu().numpy().copy(), origin, n_models, width, alpha, beta)
+    unmerge_np = np.zeros((total, width))
+    unmerge_np[np.arange(total), cluster] = 1.0  # (total, width), clusters ordered by lowest member
+    unmerge = torch.from_numpy(unmerge_np).to(device=stacked.device, dtype=stacked.dtype)
+    share = torch.as_tensor(np.repeat(weights, sizes), dtype=stacked.dtype, device=stacked.device)[:, None] * unmerge
     total_share = share.sum(0, keepdim=True)
     # A cluster whose members all have weight 0 still needs a value: their plain mean.
     merge = torch.where(total_share > 0, share / total_share.clamp_min(1e-30), unmerge / unmerge.sum(0, keepdim=True))
