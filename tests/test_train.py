@@ -115,3 +115,17 @@ def test_evaluate_of_a_constant_network_is_chance(digits):
     score = evaluate(model, digits.x_test, digits.y_test)
     assert math.isclose(score.loss, math.log(10), rel_tol=1e-6)
     assert math.isclose(score.accuracy, 100.0 * (digits.y_test == 0).float().mean().item(), abs_tol=1e-4)
+
+
+def test_training_settles_batch_norms_on_the_examples_it_trained_on():
+    """After training, a batch norm's running statistics are those of its input on the training examples (the
+    momentum averages of a short run lag its weights), and the network is left in eval mode."""
+    generator = torch.Generator().manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    x, y = torch.randn(100, 4, generator=generator), torch.randint(0, 3, (100,), generator=generator)
+    train(net, x, y, TrainSpec(epochs=2, batch_size=16))
+    with torch.no_grad():
+        inputs = net[0](x)
+    assert torch.allclose(net[1].running_mean, inputs.mean(0), atol=1e-6)
+    assert torch.allclose(net[1].running_var, inputs.var(0, unbiased=False), rtol=1e-5)
+    assert not net.training and not net[1].training

@@ -33,7 +33,6 @@ def batch_norms(model: nn.Module) -> list[_BatchNorm]:
     return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
 
 
-@torch.no_grad()
 def reset_batch_norm(model: nn.Module, x: torch.Tensor, batch_size: int = RESET_BATCH) -> nn.Module:
     """A new model (eval mode) whose BatchNorm running statistics are those of its own inputs on x.
 
@@ -42,9 +41,17 @@ def reset_batch_norm(model: nn.Module, x: torch.Tensor, batch_size: int = RESET_
     pooled over batches (law of total variance). With x in one batch (len(x) <= batch_size) the eval-mode
     network then standardises each BatchNorm's input exactly on x. The input model is never touched."""
     fused = copy.deepcopy(model).eval()
-    norms = batch_norms(fused)
+    reestimate_batch_norms(fused, x, batch_size)
+    return fused
+
+
+@torch.no_grad()
+def reestimate_batch_norms(model: nn.Module, x: torch.Tensor, batch_size: int = RESET_BATCH) -> None:
+    """reset_batch_norm's statistics written into `model` itself, for a model the caller owns (one in training,
+    whose pruned weights are not graph leaves and cannot be deep-copied); every module's mode is restored."""
+    norms = batch_norms(model)
     if not norms:
-        return fused
+        return
     if len(x) < 2:
         raise FusionError(f"re-estimating batch-norm statistics needs at least 2 examples in the sample; got {len(x)}")
     seen: dict[int, list[tuple[int, torch.Tensor, torch.Tensor]]] = {id(m): [] for m in norms}
@@ -53,16 +60,20 @@ def reset_batch_norm(model: nn.Module, x: torch.Tensor, batch_size: int = RESET_
         channels = inputs[0].transpose(0, 1).reshape(module.num_features, -1).double()
         seen[id(module)].append((channels.shape[1], channels.mean(1), channels.var(1, unbiased=False)))
 
+    modes = [(m, m.training) for m in model.modules()]
     handles = [m.register_forward_pre_hook(record) for m in norms]
+    model.eval()
     for m in norms:
         m.train()
-    device = next(fused.parameters()).device
+    device = next(model.parameters()).device
     try:
         for batch in torch.tensor_split(x, -(-len(x) // batch_size)):  # even sizes: never a batch of one
-            fused(batch.to(device))
+            model(batch.to(device))
     finally:
         for h in handles:
             h.remove()
+        for m, training in modes:
+            m.train(training)
     for m in norms:
         counts = torch.tensor([n for n, _, _ in seen[id(m)]], dtype=torch.float64, device=device)
         means, variances = torch.stack([s[1] for s in seen[id(m)]]), torch.stack([s[2] for s in seen[id(m)]])
@@ -71,8 +82,6 @@ def reset_batch_norm(model: nn.Module, x: torch.Tensor, batch_size: int = RESET_
         m.running_mean.copy_(mean)
         m.running_var.copy_((share * (variances + (means - mean) ** 2)).sum(0))
         m.num_batches_tracked.fill_(len(counts))
-        m.eval()
-    return fused
 
 
 def foldable_pairs(model: nn.Module) -> list[tuple[str, str]]:
