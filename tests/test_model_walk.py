@@ -51,6 +51,11 @@ TIMM = ["resnet10t", "convnext_atto", "efficientnet_b0", "regnetx_002", "mobilen
 FAST = {"torchvision:squeezenet1_0", "torchvision:shufflenet_v2_x0_5", "timm:resnet10t", "timm:mobilenetv3_small_050",
         "timm:convnext_atto"}
 
+# Checked in float64: with the walk's noisy weights their float32 logits move by more than 1e-4 of their scale when
+# only the order of a sum changes (efficientnet_b1: 2.3e-4, efficientnet_v2_s: 0.44 for a permuted copy, against
+# 4.3e-13 and 6.3e-10 in float64), so float32 cannot tell a wrong group from rounding there.
+FLOAT64 = {"torchvision:efficientnet_b1", "torchvision:efficientnet_v2_s"}
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -80,6 +85,8 @@ def test_a_permuted_copy_and_every_fusion_with_it_keep_the_logits(arch):
     # Batch-norm statistics of the sample: with random ones a deep BN network maps random inputs to features
     # equal up to rounding, and CCA Merge and ZipIt! (correlations) cannot tell its channels apart.
     model = reset_batch_norm(_noisy(build_external(arch, SHAPE, 10), 1), sample)
+    if arch in FLOAT64:  # float32 rounding, amplified by the noisy weights, exceeds the tolerance on its own
+        model, x, sample = model.double(), x.double(), sample.double()
     twin = permuted_copy(model, 2, SHAPE)
     with torch.inference_mode():
         logits, twin_logits = model(x), twin(x)
