@@ -42,7 +42,9 @@ def main() -> None:
         click(page, "ws.load")
         try:  # on a cold cache the parents train: catch the sidebar's progress bar
             page.wait_for_selector("[data-testid='stProgress']", timeout=5_000)
-            page.wait_for_timeout(2_000)
+            # a state, not a time: the bar has moved past its start, so the shot shows training under way
+            page.wait_for_function("() => [...document.querySelectorAll(\"[data-testid='stProgress'] [role='progressbar']\")]"
+                                   ".some(bar => Number(bar.getAttribute('aria-valuenow')) > 0)", timeout=30_000)
             shot(page, "home_training")
         except PlaywrightTimeout:
             pass  # the parents came from the cache at once
