@@ -18,7 +18,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from otcore.errors import FusionError
-from otcore.fusion.align import GroupDiagnostics, Plans, _marginal
+from otcore.fusion.align import Gather, GroupDiagnostics, Plans, _marginal, as_gather
 from otcore.fusion.ground_metric import cost_matrix
 from otcore.fusion.group_repair import repair_groups, repair_points, repair_targets
 from otcore.fusion.options import MERGE_ALIGNMENTS, FusionOptions
@@ -27,7 +27,7 @@ from otcore.fusion.transport import closeness_of, transport_plan
 from otcore.fusion.batch_norm import NORM_CHOICES, fold_batch_norm, identity_norms, reset_batch_norm
 from otcore.fusion.group_merge import MERGE_NAMES, merge_by_group_maps
 from otcore.fusion.group_state import State, align_state, capture_nodes, is_permutation, load_fused
-from otcore.fusion.group_state import _move_axis, _moves_by_tensor, _permutation_source, _segment
+from otcore.fusion.group_state import _move_axis, _moves_by_tensor, _segment
 from otcore.graph import ModelGraph, declared_input_shape, trace_groups
 
 
@@ -105,7 +105,7 @@ def weight_matching_group_plans(parent: nn.Module, anchor: nn.Module, graph_p: M
                     for _, g in groups}
     # Each plan's permutation source, kept with it: checking a plan per slot and sweep cost 30 s of 31 on
     # mobilenet_v3_small. The parents' tensors are read in float64 once, not once per slot.
-    sources = {name: _permutation_source(plan) for name, plan in plans.items()}
+    sources = {name: as_gather(plan) for name, plan in plans.items()}
     state_p = {k: t.detach().double() if t.is_floating_point() else t for k, t in state_p.items()}
     anchor_rows = {(s.tensor, s.axis, s.offset): _segment(state_a[s.tensor].detach().double(), s, g.size).cpu()
                    for _, g in groups for s in g.slots}  # fixed for the whole descent: read once
@@ -147,7 +147,8 @@ def weight_matching_group_plans(parent: nn.Module, anchor: nn.Module, graph_p: M
                 plan = torch.zeros(g_a.size, g_a.size, dtype=torch.float64)
                 plan[torch.as_tensor(parent_idx), torch.as_tensor(anchor_idx)] = 1.0
                 plans[g_a.name] = plan
-                sources[g_a.name] = torch.as_tensor(parent_idx)[torch.as_tensor(anchor_idx).argsort()]
+                sources[g_a.name] = Gather(torch.as_tensor(parent_idx)[torch.as_tensor(anchor_idx).argsort()], None,
+                                           g_a.size)
                 versions[g_a.name] += 1
         if not improved:
             break
