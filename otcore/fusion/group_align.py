@@ -12,13 +12,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from otcore.errors import FusionError
-from otcore.fusion.align import Gather, GroupDiagnostics, Plans, _marginal, as_gather
+from otcore.fusion.align import GroupDiagnostics, Plans, _marginal
 from otcore.fusion.ground_metric import cost_matrix
 from otcore.fusion.group_repair import repair_groups, repair_points, repair_targets
 from otcore.fusion.options import MERGE_ALIGNMENTS, FusionOptions
@@ -27,6 +25,7 @@ from otcore.fusion.transport import closeness_of, transport_plan
 from otcore.fusion.batch_norm import NORM_CHOICES, fold_batch_norm, identity_norms, reset_batch_norm
 from otcore.fusion.group_merge import MERGE_NAMES, merge_by_group_maps
 from otcore.fusion.group_state import State, align_state, capture_nodes, is_permutation, load_fused
+from otcore.fusion.group_matching import weight_matching_group_plans
 from otcore.fusion.group_state import _move_axis, _moves_by_tensor, _segment
 from otcore.graph import ModelGraph, declared_input_shape, trace_groups
 
@@ -88,71 +87,6 @@ def ot_group_plans(parent: nn.Module, anchor: nn.Module, graph_p: ModelGraph, gr
         diagnostics.append(GroupDiagnostics(g_a.name, plan.shape[0], plan.shape[1], *stats.tolist(),
                                             time.perf_counter() - start))
     return plans, diagnostics
-
-
-def weight_matching_group_plans(parent: nn.Module, anchor: nn.Module, graph_p: ModelGraph, graph_a: ModelGraph,
-                                max_sweeps: int = 100, seed: int = 0, start: Plans | None = None) -> Plans:
-    """Git Re-Basin's weight matching over every tensor axis of every group: permutations (n, n).
-
-    start: permutations to begin the coordinate descent from (identities when None)."""
-    groups = [(g_p, g_a) for g_p, g_a in zip(graph_p.groups, graph_a.groups) if not g_a.fixed]
-    for g_p, g_a in groups:
-        if g_p.size != g_a.size:
-            raise FusionError("weight matching needs parents of the same widths; use OT alignment instead")
-    state_p, state_a = parent.state_dict(), anchor.state_dict()
-    ref = next(iter(state_a.values()))
-    plans: Plans = {g.name: torch.eye(g.size, dtype=torch.float64) if start is None else start[g.name].double().cpu()
-                    for _, g in groups}
-    # Each plan's permutation source, kept with it: checking a plan per slot and sweep cost 30 s of 31 on
-    # mobilenet_v3_small. The parents' tensors are read in float64 once, not once per slot.
-    sources = {name: as_gather(plan) for name, plan in plans.items()}
-    state_p = {k: t.detach().double() if t.is_floating_point() else t for k, t in state_p.items()}
-    anchor_rows = {(s.tensor, s.axis, s.offset): _segment(state_a[s.tensor].detach().double(), s, g.size).cpu()
-                   for _, g in groups for s in g.slots}  # fixed for the whole descent: read once
-    # A slot's similarity term depends only on the plans of the other groups on its tensor: it is kept with
-    # their versions and recomputed when one changed (vgg11_bn's classifier.0, 4096 x 25088 in float64, took
-    # a 4e11-flop product per sweep).
-    versions = {g.name: 0 for _, g in groups}
-    touching: dict[str, list[tuple[tuple[str, int, int], str]]] = {}
-    for g_p, g_a in groups:
-        for s in g_p.slots:
-            touching.setdefault(s.tensor, []).append(((s.tensor, s.axis, s.offset), g_a.name))
-    terms: dict[tuple[str, int, int], tuple[tuple, torch.Tensor]] = {}
-    rng = np.random.default_rng(seed)
-    for _ in range(max_sweeps):
-        improved = False
-        for k in rng.permutation(len(groups)):
-            g_p, g_a = groups[k]
-            similarity = torch.zeros(g_a.size, g_a.size, dtype=torch.float64)
-            for s_p, s_a in zip(g_p.slots, g_a.slots):
-                skip = (s_p.tensor, s_p.axis, s_p.offset)
-                signature = tuple(versions[name] for key, name in touching[s_p.tensor] if key != skip)
-                kept = terms.get(skip)
-                if kept is None or kept[0] != signature:
-                    # The parent's tensor with every other slot's current plan applied, this slot's axis left free.
-                    tensor = state_p[s_p.tensor]
-                    for axis, moves in _moves_by_tensor(graph_p, graph_a, plans, ("writer", "follower", "reader"),
-                                                        skip, sources=sources).get(s_p.tensor, {}).items():
-                        tensor = _move_axis(tensor, axis, moves)
-                    kept = terms[skip] = (signature, anchor_rows[(s_a.tensor, s_a.axis, s_a.offset)]
-                                          @ _segment(tensor, s_p, g_p.size).cpu().T)
-                similarity += kept[1]
-            sim = similarity.numpy()  # (anchor channel, parent channel)
-            anchor_idx, parent_idx = linear_sum_assignment(sim, maximize=True)
-            old = plans[g_a.name].argmax(0).numpy()
-            current = sim[np.arange(g_a.size), old].sum()
-            # Relative: float64 sums of large similarities differ by rounding alone, and that sweeps again.
-            if sim[anchor_idx, parent_idx].sum() > current + 1e-12 * max(1.0, abs(current)):
-                improved = True
-                plan = torch.zeros(g_a.size, g_a.size, dtype=torch.float64)
-                plan[torch.as_tensor(parent_idx), torch.as_tensor(anchor_idx)] = 1.0
-                plans[g_a.name] = plan
-                sources[g_a.name] = Gather(torch.as_tensor(parent_idx)[torch.as_tensor(anchor_idx).argsort()], None,
-                                           g_a.size)
-                versions[g_a.name] += 1
-        if not improved:
-            break
-    return {name: plan.to(ref.dtype if ref.is_floating_point() else torch.float32) for name, plan in plans.items()}
 
 
 def average_states(states: list[State], weights: list[float], anchor_state: State) -> State:
