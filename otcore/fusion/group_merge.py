@@ -27,7 +27,7 @@ from otcore.fusion.options import FusionOptions
 from otcore.fusion.zipit import zipit_maps
 from otcore.graph import ModelGraph
 
-MERGE_NAMES = {"cca": "CCA Merge", "zipit": "ZipIt!"}  # alignments by merge/unmerge maps, as messages name them
+MERGE_NAMES = {"cca": "CCA Merge", "zipit": "ZipIt!", "pleas": "PLeaS"}  # alignments by merge/unmerge maps, as messages name them
 SNAP = 1e-6  # a map within this (max entry) of a scaled permutation is taken as that permutation
 
 # Nonlinearities a group's features are sampled after (what the next layer reads).
