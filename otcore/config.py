@@ -333,7 +333,8 @@ class FusionSpec:
         _check(isinstance(self.width, (int, float)) and not isinstance(self.width, bool)
                and 1 <= self.width <= MAX_PARENTS, f"the fused width is a multiple of the anchor's width in "
                f"[1, number of parents], got {self.width}")
-        _check(self.width == 1 or self.alignment in ("zipit", "pleas"), WIDTH_REFUSAL.format(self.width, self.alignment))
+        _check(self.width == 1 or self.alignment in ("zipit", "pleas"), WIDTH_REFUSAL.format(
+            self.width, {"ot": "OT", "weight_matching": "weight matching", "cca": "CCA Merge"}.get(self.alignment)))
         _check(0 <= self.finetune_epochs <= MAX_EPOCHS,
                f"fine-tuning epochs must be in [0, {MAX_EPOCHS}], got {self.finetune_epochs}")
         _check(isinstance(self.retrain, RetrainSpec), "the fine-tuning recipe must be a RetrainSpec (its fields are "

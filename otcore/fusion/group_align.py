@@ -26,6 +26,7 @@ from otcore.fusion.repair import check_sample
 from otcore.fusion.transport import closeness_of, transport_plan
 from otcore.fusion.batch_norm import NORM_CHOICES, fold_batch_norm, identity_norms, reset_batch_norm
 from otcore.fusion.group_merge import MERGE_NAMES, merge_by_group_maps
+from otcore.fusion.merge_maps import MergeMethodError
 from otcore.fusion.group_state import State, align_state, capture_nodes, is_permutation, load_fused
 from otcore.fusion.group_state import _move_axis, _moves_by_tensor, _permutation_source, _segment
 from otcore.graph import ModelGraph, declared_input_shape, trace_groups
@@ -201,6 +202,9 @@ def fuse_by_groups(parents: list[nn.Module], opts: FusionOptions, act_inputs: to
         check_sample(act_inputs)  # before any work
     if not opts.skip_last_layer:
         raise FusionError("the logits of a traced network keep their order; do not ask to align the last layer")
+    if opts.alignment == "pleas":
+        raise MergeMethodError("PLeaS fits its least squares layer by layer along a chain: it fuses the zoo's mlpnet and "
+                               "VGG family; for other networks partial merging is ZipIt!'s (--alignment zipit --width W)")
     if opts.alignment in MERGE_ALIGNMENTS and act_inputs is None:
         raise FusionError(f"{MERGE_NAMES[opts.alignment]} needs a sample of inputs")
     if norms not in NORM_CHOICES:
@@ -222,10 +226,13 @@ def fuse_by_groups(parents: list[nn.Module], opts: FusionOptions, act_inputs: to
     if opts.renormalize:  # re-estimates every batch norm on the sample, then sets each neuron's mean and std
         anchor_idx, weights = opts.anchor_index(len(parents)), opts.parent_weights(len(parents))
         merged = opts.alignment in MERGE_ALIGNMENTS
-        points = repair_points(fused, graphs[anchor_idx], opts.repair_bias)
+        # Partial merging: the fused network's own groups, at its widths, say where each neuron sits.
+        fused_graph = graphs[anchor_idx] if opts.width == 1 else trace_groups(fused, input_shape_of(fused, act_inputs))
+        points = repair_points(fused, fused_graph, opts.repair_bias)
         targets = repair_targets(fused, parents, graphs, plans, weights, act_inputs, anchor_idx, merge_maps=True,
-                                 points=points) if merged else None
-        fused = repair_groups(fused, parents, graphs, plans, weights, act_inputs, anchor_idx, opts.repair_bias, targets)
+                                 points=points, fused_graph=fused_graph) if merged else None
+        fused = repair_groups(fused, parents, graphs, plans, weights, act_inputs, anchor_idx, opts.repair_bias, targets,
+                              fused_graph)
     elif not folded and mixed and norms == "reset" and act_inputs is not None:
         fused = reset_batch_norm(fused, act_inputs)  # channels were mixed: moved variances are placeholders
     seconds["fusion"] += time.perf_counter() - start
