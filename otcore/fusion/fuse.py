@@ -1,8 +1,8 @@
 """One-shot fusion of N parents into the anchor's architecture (Singh & Jaggi, 2020).
 
 Each non-anchor parent is aligned to the anchor group by group (OT plans, or Git Re-Basin
-weight matching); the aligned weights are then averaged with per-parent weights. CCA Merge and
-ZipIt! go through merge and unmerge maps instead (otcore.fusion.merge_maps). All weight
+weight matching); the aligned weights are then averaged with per-parent weights. CCA Merge,
+ZipIt! and PLeaS go through merge and unmerge maps instead (otcore.fusion.merge_maps, .pleas). All weight
 algebra runs on the parents' device; only the exact OT solve (and assignments) visit the CPU.
 """
 from __future__ import annotations

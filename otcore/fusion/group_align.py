@@ -26,7 +26,7 @@ from otcore.fusion.repair import check_sample
 from otcore.fusion.transport import closeness_of, transport_plan
 from otcore.fusion.batch_norm import NORM_CHOICES, fold_batch_norm, identity_norms, reset_batch_norm
 from otcore.fusion.group_merge import MERGE_NAMES, merge_by_group_maps
-from otcore.fusion.merge_maps import MergeMethodError
+from otcore.fusion.group_pleas import least_squares_groups
 from otcore.fusion.group_state import State, align_state, capture_nodes, is_permutation, load_fused
 from otcore.fusion.group_state import _move_axis, _moves_by_tensor, _permutation_source, _segment
 from otcore.graph import ModelGraph, declared_input_shape, trace_groups
@@ -191,7 +191,8 @@ def fuse_by_groups(parents: list[nn.Module], opts: FusionOptions, act_inputs: to
                    ) -> tuple[nn.Module, list[Plans], list[list[GroupDiagnostics]], dict[str, float]]:
     """Fusion of any traceable parents by the options' alignment: (fused, plans, diagnostics, seconds).
 
-    CCA Merge and ZipIt! go through merge and unmerge maps (group_merge; their plans are the merge maps).
+    CCA Merge, ZipIt! and PLeaS go through merge and unmerge maps (group_merge; their plans are the merge maps);
+    PLeaS then refits every layer by least squares (group_pleas), its batch norms folded first.
     norms: what a merge that is not a permutation does to batch norms (otcore.fusion.batch_norm):
     'reset' re-estimates their statistics on the sample where there is one (without one, OT by weights,
     they stay as the plans moved them), 'fold' folds them into the layers before merging, 'moved' leaves
@@ -202,9 +203,6 @@ def fuse_by_groups(parents: list[nn.Module], opts: FusionOptions, act_inputs: to
         check_sample(act_inputs)  # before any work
     if not opts.skip_last_layer:
         raise FusionError("the logits of a traced network keep their order; do not ask to align the last layer")
-    if opts.alignment == "pleas":
-        raise MergeMethodError("PLeaS fits its least squares layer by layer along a chain: it fuses the zoo's mlpnet and "
-                               "VGG family; for other networks partial merging is ZipIt!'s (--alignment zipit --width W)")
     if opts.alignment in MERGE_ALIGNMENTS and act_inputs is None:
         raise FusionError(f"{MERGE_NAMES[opts.alignment]} needs a sample of inputs")
     if norms not in NORM_CHOICES:
@@ -212,6 +210,8 @@ def fuse_by_groups(parents: list[nn.Module], opts: FusionOptions, act_inputs: to
     graphs = graphs or [trace_groups(p, input_shape_of(p, act_inputs)) for p in parents]
     check_same_structure(graphs)
     folded: list[str] = []
+    if opts.alignment == "pleas":
+        norms = "fold"  # the least squares refit the layers: their norms' statistics would no longer hold
     if norms == "fold":
         parents, folded = [fold_batch_norm(p)[0] for p in parents], fold_batch_norm(parents[0])[1]
     if opts.alignment in MERGE_ALIGNMENTS:
@@ -223,6 +223,9 @@ def fuse_by_groups(parents: list[nn.Module], opts: FusionOptions, act_inputs: to
     start = time.perf_counter()
     if folded:
         fused = identity_norms(fused, folded)
+    if opts.alignment == "pleas":
+        fused = least_squares_groups(fused, parents, graphs, plans, opts.parent_weights(len(parents)), act_inputs,
+                                     opts.anchor_index(len(parents)))
     if opts.renormalize:  # re-estimates every batch norm on the sample, then sets each neuron's mean and std
         anchor_idx, weights = opts.anchor_index(len(parents)), opts.parent_weights(len(parents))
         merged = opts.alignment in MERGE_ALIGNMENTS

@@ -25,6 +25,7 @@ from otcore.fusion.group_state import State, align_state, capture_nodes, load_fu
 from otcore.fusion.merge_maps import MergeMethodError
 from otcore.fusion.options import FusionOptions
 from otcore.fusion.resize import resized_copy
+from otcore.fusion.pleas import matched_maps
 from otcore.fusion.zipit import zipit_maps
 from otcore.graph import ModelGraph
 
@@ -132,7 +133,8 @@ def merge_and_unmerge_maps(feats: list[dict[str, torch.Tensor]], graphs: list[Mo
                 maps[i] = (weights[i] * forward.T, inverse)
         else:
             width = opts.group_width(group.size, sum(part.shape[1] for part in f))
-            merge, unmerge = zipit_maps([f[i] for i in order], [weights[i] for i in order], width)
+            fit = zipit_maps if opts.alignment == "zipit" else matched_maps  # PLeaS's partial matching
+            merge, unmerge = fit([f[i] for i in order], [weights[i] for i in order], width)
             maps = {i: (merge[k], unmerge[k]) for k, i in enumerate(order)}
         for i, (merge, unmerge) in maps.items():
             snapped = _snapped(merge, unmerge, weights[i])
@@ -170,7 +172,8 @@ def _weighted(state: State, graph: ModelGraph, weight: float) -> State:
 
 def merge_by_group_maps(parents: list[nn.Module], graphs: list[ModelGraph], opts: FusionOptions,
                         act_inputs: torch.Tensor) -> tuple[nn.Module, list[Plans], dict[str, float], bool]:
-    """CCA Merge or ZipIt! of traced parents into the anchor's widths (times opts.width for ZipIt!): (fused network,
+    """CCA Merge, ZipIt! or PLeaS's maps of traced parents into the anchor's widths (times opts.width for ZipIt! and
+    PLeaS; PLeaS's least squares follow in group_pleas): (fused network,
     merge maps, seconds, whether a map mixed channels). Batch norms keep the moved statistics: the caller
     renormalises where a map mixed channels (at full width every map is a selection: the statistics are exact)."""
     anchor_idx = opts.anchor_index(len(parents))

@@ -25,9 +25,12 @@
    widths 1 and 1.5: 0.001-0.01 equal on mlpnet; on vgg_tiny at width 1, 98.2 % at 0.01 against 97.3
    at 0.1 and 95.8 at 1, where the pull towards W_0 undoes the fit). At full width W_0 already reproduces Y exactly (the
    network is the parents side by side), the residual is rounding, and the solve leaves W_0.
-Networks: the zoo's chains (mlpnet, the VGG family), where every hidden group has one writer.
+Networks: here the zoo's chains (mlpnet, the VGG family), where every hidden group has one writer;
+any traced network in otcore.fusion.group_pleas (the same matching and refit over channel groups).
 """
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -130,39 +133,52 @@ def _flat_weight(module: nn.Module) -> torch.Tensor:
 
 
 @torch.no_grad()
+def refit_layer(fused: nn.Module, name: str, x: torch.Tensor, target: Callable[[torch.Tensor], torch.Tensor],
+                ridge: float | None = None) -> None:
+    """Refit the conv/linear layer `name` of `fused` in place: W = W_0 + (Y - X W_0^T)^T X (X^T X + lambda I)^-1.
+
+    X: the layer's inputs in `fused` on x (batch by batch, through the layers before it as they are now);
+    target(batch): what its outputs should be there, in the layer's output layout. lambda = ridge (default
+    RIDGE) times the mean eigenvalue of X^T X (module docstring)."""
+    ridge = RIDGE if ridge is None else ridge
+    module = fused.get_submodule(name)
+    device = module.weight.device
+    w0 = _flat_weight(module)
+    gram = torch.zeros(w0.shape[1], w0.shape[1], dtype=torch.float64, device=device)
+    cross = torch.zeros(w0.shape[1], w0.shape[0], dtype=torch.float64, device=device)
+    for start in range(0, len(x), BATCH):
+        batch = x[start:start + BATCH].to(device)
+        rows = _input_rows(module, _layer_io(fused, name, batch, "in"))
+        target_rows = _output_rows(module, target(batch).to(device).double())
+        gram += rows.T @ rows
+        cross += rows.T @ (target_rows - rows @ w0.T)
+    lam = ridge * float(gram.diagonal().mean()) + 1e-12
+    gram.diagonal().add_(lam)
+    solved = w0 + torch.linalg.solve(gram, cross).T
+    if not torch.isfinite(solved).all():
+        raise FusionError(f"PLeaS: the least-squares weights of {name} are not finite; check the parents' weights")
+    if module.bias is not None:
+        module.bias.copy_(solved[:, -1].to(module.bias.dtype))
+        solved = solved[:, :-1]
+    module.weight.copy_(solved.reshape(module.weight.shape).to(module.weight.dtype))
+
+
+@torch.no_grad()
 def least_squares_layers(fused: FusableNet, parents: list[FusableNet], merges: list[dict[str, torch.Tensor]],
                          weights: list[float], x: torch.Tensor, ridge: float | None = None) -> FusableNet:
     """The fused network (changed in place and returned) with each layer refitted, in forward order, so its
     outputs on x reproduce the parents' merged outputs (module docstring: the ridge towards W_0)."""
-    ridge = RIDGE if ridge is None else ridge
-    device = next(fused.parameters()).device
     fused.eval()
     parents = [private_copy(p) for p in parents]  # hooks go on copies: the parents may be shared
     for layer in fused.alignment_layers():
-        module = fused.get_submodule(layer.name)
-        w0 = _flat_weight(module)
-        gram = torch.zeros(w0.shape[1], w0.shape[1], dtype=torch.float64, device=device)
-        cross = torch.zeros(w0.shape[1], w0.shape[0], dtype=torch.float64, device=device)
-        for start in range(0, len(x), BATCH):
-            batch = x[start:start + BATCH].to(device)
-            rows = _input_rows(module, _layer_io(fused, layer.name, batch, "in"))
-            target = 0
+        def target(batch: torch.Tensor, layer=layer) -> torch.Tensor:
+            out = 0
             for parent, merge, weight in zip(parents, merges, weights):
-                out = _layer_io(parent, layer.name, batch, "out").double()
+                z = _layer_io(parent, layer.name, batch, "out").double()
                 t = merge.get(layer.out_group) if layer.out_group != OUTPUT else None
-                # (n, c, ...) -> moved into the fused basis along the channel axis: sum_i T[i, k] out[:, i]
-                target = target + (torch.einsum("nc...,ck->nk...", out, t.double()) if t is not None else weight * out)
-            target_rows = _output_rows(module, target)
-            gram += rows.T @ rows
-            cross += rows.T @ (target_rows - rows @ w0.T)
-        lam = ridge * float(gram.diagonal().mean()) + 1e-12
-        gram.diagonal().add_(lam)
-        solved = w0 + torch.linalg.solve(gram, cross).T
-        if not torch.isfinite(solved).all():
-            raise FusionError(f"PLeaS: the least-squares weights of {layer.name} are not finite; check the parents' "
-                              "weights")
-        if module.bias is not None:
-            module.bias.copy_(solved[:, -1].to(module.bias.dtype))
-            solved = solved[:, :-1]
-        module.weight.copy_(solved.reshape(module.weight.shape).to(module.weight.dtype))
+                # (n, c, ...) moved into the fused basis along the channel axis: sum_i T[i, k] z[:, i]
+                out = out + (torch.einsum("nc...,ck->nk...", z, t.double()) if t is not None else weight * z)
+            return out
+
+        refit_layer(fused, layer.name, x, target, ridge)
     return fused

@@ -5,7 +5,10 @@ correlated pair of current features merges into one (two of the same model allow
 budget), until the fused width remains. The result is a merge map (fused feature = weighted
 mean of its members) and an unmerge map (each member reads its fused feature), so the fused
 layer is sum_p Merge_p W_p Unmerge_p. Full zip: every layer is merged, and the fused network
-has the anchor's widths. Follows the authors' match_tensors_zipit (alpha, beta as there), with
+has the anchor's widths; partial zipping (FusionOptions.width > 1) stops the greedy pairing at a
+larger width, so the least correlated features stay unmerged, side by side (at N times the
+anchor's width none merge, and the network is the parents' ensemble of logits). Follows the
+authors' match_tensors_zipit (alpha, beta as there), with
 two changes for N > 2 parents, where their code stalls or splits what belongs together:
 - a cluster counts its members per model, not by its first member's model: a merge spends the
   budget of every model the two sides share, and once a model's budget is spent no two clusters
