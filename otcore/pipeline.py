@@ -407,7 +407,7 @@ def prune_and_compare(data: DataSpec, model: ModelSpec, parents: list[Parent], p
         return _scored_entry(key, "prune", config, models, labels, ds, {}, tensors,
                              {"seconds": seconds, "diagnostics": diagnostics, "sparsity": sparsity,
                               "fraction": prune.fraction, "type": prune.type, "device": str(dev),
-                              "alignment": fusion.alignment, "retraining": retraining})
+                              "alignment": fusion.alignment, "width": fusion.width, "retraining": retraining})
 
     entry, hit = cached(cache, key, compute)
     comparison = comparison_from_entry(entry, {}, nets[fusion.anchor % len(nets)], dev)
