@@ -24,6 +24,7 @@ from otcore.fusion.repair import check_sample
 from otcore.fusion.transport import closeness_of, transport_plan
 from otcore.fusion.batch_norm import NORM_CHOICES, fold_batch_norm, identity_norms, reset_batch_norm
 from otcore.fusion.group_merge import MERGE_NAMES, merge_by_group_maps
+from otcore.fusion.group_pleas import least_squares_groups
 from otcore.fusion.group_state import State, align_state, capture_nodes, is_permutation, load_fused
 from otcore.fusion.group_matching import weight_matching_group_plans
 from otcore.fusion.group_state import _move_axis, _moves_by_tensor, _segment
@@ -125,7 +126,8 @@ def fuse_by_groups(parents: list[nn.Module], opts: FusionOptions, act_inputs: to
                    ) -> tuple[nn.Module, list[Plans], list[list[GroupDiagnostics]], dict[str, float]]:
     """Fusion of any traceable parents by the options' alignment: (fused, plans, diagnostics, seconds).
 
-    CCA Merge and ZipIt! go through merge and unmerge maps (group_merge; their plans are the merge maps).
+    CCA Merge, ZipIt! and PLeaS go through merge and unmerge maps (group_merge; their plans are the merge maps);
+    PLeaS then refits every layer by least squares (group_pleas), its batch norms folded first.
     norms: what a merge that is not a permutation does to batch norms (otcore.fusion.batch_norm):
     'reset' re-estimates their statistics on the sample where there is one (without one, OT by weights,
     they stay as the plans moved them), 'fold' folds them into the layers before merging, 'moved' leaves
@@ -143,6 +145,8 @@ def fuse_by_groups(parents: list[nn.Module], opts: FusionOptions, act_inputs: to
     graphs = graphs or [trace_groups(p, input_shape_of(p, act_inputs)) for p in parents]
     check_same_structure(graphs)
     folded: list[str] = []
+    if opts.alignment == "pleas":
+        norms = "fold"  # the least squares refit the layers: their norms' statistics would no longer hold
     if norms == "fold":
         parents, folded = [fold_batch_norm(p)[0] for p in parents], fold_batch_norm(parents[0])[1]
     if opts.alignment in MERGE_ALIGNMENTS:
@@ -154,13 +158,19 @@ def fuse_by_groups(parents: list[nn.Module], opts: FusionOptions, act_inputs: to
     start = time.perf_counter()
     if folded:
         fused = identity_norms(fused, folded)
+    if opts.alignment == "pleas":
+        fused = least_squares_groups(fused, parents, graphs, plans, opts.parent_weights(len(parents)), act_inputs,
+                                     opts.anchor_index(len(parents)))
     if opts.renormalize:  # re-estimates every batch norm on the sample, then sets each neuron's mean and std
         anchor_idx, weights = opts.anchor_index(len(parents)), opts.parent_weights(len(parents))
         merged = opts.alignment in MERGE_ALIGNMENTS
-        points = repair_points(fused, graphs[anchor_idx], opts.repair_bias)
+        # Partial merging: the fused network's own groups, at its widths, say where each neuron sits.
+        fused_graph = graphs[anchor_idx] if opts.width == 1 else trace_groups(fused, input_shape_of(fused, act_inputs))
+        points = repair_points(fused, fused_graph, opts.repair_bias)
         targets = repair_targets(fused, parents, graphs, plans, weights, act_inputs, anchor_idx, merge_maps=True,
-                                 points=points) if merged else None
-        fused = repair_groups(fused, parents, graphs, plans, weights, act_inputs, anchor_idx, opts.repair_bias, targets)
+                                 points=points, fused_graph=fused_graph) if merged else None
+        fused = repair_groups(fused, parents, graphs, plans, weights, act_inputs, anchor_idx, opts.repair_bias, targets,
+                              fused_graph)
     elif not folded and mixed and norms == "reset" and act_inputs is not None:
         fused = reset_batch_norm(fused, act_inputs)  # channels were mixed: moved variances are placeholders
     seconds["fusion"] += time.perf_counter() - start
