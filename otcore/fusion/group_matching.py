@@ -97,19 +97,26 @@ def weight_matching_group_plans(parent: nn.Module, anchor: nn.Module, graph_p: M
     terms = {(s_p.tensor, s_p.axis, s_p.offset): _SlotTerm(state_a[s_a.tensor], state_p[s_p.tensor], s_a, s_p,
                                                            g_p.size)
              for g_p, g_a in groups for s_p, s_a in zip(g_p.slots, g_a.slots)}
+    solved: dict[str, list[torch.Tensor]] = {}  # each group's terms at its last solve
     rng = np.random.default_rng(seed)
     for _ in range(max_sweeps):
         improved = False
         for k in rng.permutation(len(groups)):
             g_p, g_a = groups[k]
-            similarity = torch.zeros(g_a.size, g_a.size, dtype=torch.float64)
+            parts = []
             for s_p in g_p.slots:
                 skip = (s_p.tensor, s_p.axis, s_p.offset)
                 # The parent's tensor with every other slot's current plan applied, this slot's axis left free.
                 moves = _moves_by_tensor(graph_p, graph_a, plans, ("writer", "follower", "reader"), skip,
                                          sources=sources).get(s_p.tensor, {})
                 # Moves of other segments on this slot's own axis leave its segment as it is.
-                similarity += terms[skip].update({axis: m for axis, m in moves.items() if axis != s_p.axis})
+                parts.append(terms[skip].update({axis: m for axis, m in moves.items() if axis != s_p.axis}))
+            if g_a.name in solved and all(a is b for a, b in zip(parts, solved[g_a.name])):
+                continue  # the same similarity as at its last solve: the same assignment, which improves nothing
+            solved[g_a.name] = parts
+            similarity = torch.zeros(g_a.size, g_a.size, dtype=torch.float64)
+            for part in parts:
+                similarity += part
             sim = similarity.numpy()  # (anchor channel, parent channel)
             anchor_idx, parent_idx = linear_sum_assignment(sim, maximize=True)
             old = plans[g_a.name].argmax(0).numpy()
