@@ -32,7 +32,7 @@ def _described_groups(model) -> set[tuple[frozenset, frozenset]]:
             for g in groups}
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", [n for n in list_models() if not n.startswith("vit_")])  # ViTs: test_vit.py
 def test_traced_groups_equal_the_zoos_descriptions(name):
     model = build_model(name, _zoo_shape(name), 10)
     graph = trace_groups(model, _zoo_shape(name))

@@ -66,7 +66,7 @@ def feature_nodes(model: nn.Module, graph: ModelGraph) -> dict[str, tuple[str, i
     nodes = {}
     for group in graph.free():
         node = by_name[group.node]
-        nodes[group.name] = (node.name, group.node_dim)
+        nodes[group.name] = (node.name, group.node_dim, group.node_offset, group.size)
         while len(node.users) == 1:
             node = next(iter(node.users))
             if activation(node):

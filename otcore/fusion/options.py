@@ -12,7 +12,8 @@ from otcore.errors import FusionError
 
 CHOICES = {"mode": ("weights", "activations"), "alignment": ("ot", "weight_matching", "cca", "zipit"),
            "solver": ("emd", "sinkhorn"), "ground_metric": ("euclidean", "cosine"),
-           "normalize": ("none", "max", "median", "mean"), "marginals": ("uniform", "importance")}
+           "normalize": ("none", "max", "median", "mean"), "marginals": ("uniform", "importance"),
+           "heads": ("units", "within", "flat")}
 MERGE_ALIGNMENTS = ("cca", "zipit")  # alignments by merge/unmerge maps rather than one plan per parent
 
 
@@ -36,6 +37,8 @@ class FusionOptions:
     renormalize: bool = False  # REPAIR: restore each fused neuron's statistics on the input sample
     repair_bias: bool = False  # REPAIR gives bias-free fused layers a bias, so each neuron's mean is restored too
     seed: int = 0  # order in which weight matching visits the groups
+    heads: str = "units"  # attention heads (traced networks): aligned as 'units' and within, only 'within' their
+    #                       place, or 'flat' (the group as one layer, heads ignored); otcore.fusion.heads
 
     def __post_init__(self) -> None:
         for name, allowed in CHOICES.items():
