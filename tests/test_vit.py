@@ -13,13 +13,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from otcore.config import HessianSpec, RetrainSpec, TrainSpec
+from otcore.config import HessianSpec, PruneSpec, RetrainSpec, TrainSpec
 from otcore.data import load_dataset
 from otcore.errors import ModelError
 from otcore.fusion import FusionOptions, fuse, permuted_copy
 from otcore.graph import trace_groups
 from otcore.hessian import _HessianOperator, analyse, fixed_batches, trainable_layout
 from otcore.models import build_model, list_models
+from otcore.prune import compact, prune_model
 from otcore.train import evaluate, init_model, retrain, train
 
 SHAPE = (1, 8, 8)
@@ -219,3 +220,13 @@ def test_trained_vits_of_two_widths_fuse_into_better_than_chance_networks():
         one_shot = evaluate(fused, x_te, y_te).accuracy
         tuned = retrain(fused, x, y, RetrainSpec(lr=0.01), 1).model
         assert one_shot > 20.0 and evaluate(tuned, x_te, y_te).accuracy > max(35.0, one_shot)
+
+
+def test_structured_pruning_masks_heads_and_compaction_shrinks_only_the_mlps():
+    model = _vit()
+    pruned = prune_model(model, PruneSpec(type="structured", fraction=0.25))
+    report = compact(pruned)
+    assert report.shrunk == {"blocks.0.mlp.fc1": (128, 96), "blocks.1.mlp.fc1": (128, 96)}
+    x = _inputs()
+    with torch.no_grad():
+        assert _relative(report.model(x), pruned(x)) < 1e-5
