@@ -255,6 +255,30 @@ class AttentionRules:
         self.head_links.append((q.group, v.group))
         return _Heads(v.group, v.factors, tuple(shape))
 
+    def multihead_attention(self, node: fx.Node, mod: nn.MultiheadAttention, x: _Value | None) -> tuple:
+        """nn.MultiheadAttention (torchvision's ViTs), one fx leaf: in_proj reads the input's channels and out_proj
+        writes new ones; q, k, v and the heads inside stay in place (their outputs are not nodes to sample)."""
+        path = node.target
+        given = {**dict(zip(("query", "key", "value"), node.args)), **node.kwargs}
+        if mod.in_proj_weight is None or not (given.get("query") is given.get("key") is given.get("value")):
+            raise self.refuse(node, "MultiheadAttention is read only as self-attention with one in_proj_weight "
+                                    "(query, key and value the same tensor)")
+        shape = self.shape(given["query"]) if isinstance(given.get("query"), fx.Node) else None
+        if shape is None:
+            raise self.refuse(node, "MultiheadAttention on an input of unknown shape")
+        x = self.read(node, x, len(shape) - 1, mod.embed_dim, "MultiheadAttention")
+        self.add_slots(x, f"{path}.in_proj_weight", 1, "reader")
+        inner = self.new_group(f"{path}.in_proj", 3 * mod.embed_dim)
+        self.union(0, inner)  # q, k, v channels in place
+        self.slots[inner] += [Slot(f"{path}.in_proj_weight", 0, 0, 1, "writer"),
+                              Slot(f"{path}.out_proj.weight", 1, 0, 1, "reader")]
+        out = self.new_group(f"{path}.out_proj", mod.embed_dim)
+        self.slots[out].append(Slot(f"{path}.out_proj.weight", 0, 0, 1, "writer"))
+        for name, group in (("in_proj_bias", inner), ("out_proj.bias", out)):
+            if self.module_tensor(path, name) is not None:
+                self.slots[group].append(Slot(f"{path}.{name}", 0, 0, 1, "follower"))
+        return _Value([_Segment(out, mod.embed_dim)], len(shape) - 1, shape), None
+
     # ----------------------------------------------------------------- result
     def resolve_heads(self) -> dict[int, tuple[int, int]]:
         """Per root: (head count, the first root whose heads it shares); fixes what cannot be kept apart."""

@@ -51,6 +51,8 @@ class ShapeRules:
                 return _Value([_Segment(s.group, s.size, s.repeat * inner) for s in x.segments], x.dim, shape)
             if len(shape) == len(x.shape) and tuple(shape) == tuple(x.shape):
                 return _Value(x.segments, x.dim, shape)
+            if len(shape) > x.dim + 1 and shape[x.dim] == x.shape[x.dim]:
+                return _Value(x.segments, x.dim, shape)  # only the dims after the channels regrouped (H, W -> H*W)
             if (heads := self.split_view(x, shape)) is not None:  # (B, N, C) -> (B, N, [3,] heads, head_dim)
                 return heads
         self.fix(x)

@@ -107,7 +107,7 @@ class _Attention(nn.Module):
         self.head = nn.Linear(8, 2)
 
     def forward(self, x):
-        return self.head(self.attn(x, x, x)[0].mean(1))
+        return self.head(self.attn(x, 2 * x, 2 * x)[0].mean(1))  # cross-attention: refused
 
 
 def test_a_model_the_tracer_cannot_follow_is_refused_with_one_message():

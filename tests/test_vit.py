@@ -12,6 +12,7 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 
 from otcore.config import HessianSpec, PruneSpec, RetrainSpec, TrainSpec
 from otcore.data import load_dataset
@@ -230,3 +231,39 @@ def test_structured_pruning_masks_heads_and_compaction_shrinks_only_the_mlps():
     x = _inputs()
     with torch.no_grad():
         assert _relative(report.model(x), pruned(x)) < 1e-5
+
+
+def test_torchvisions_vit_with_multihead_attention_modules_is_read_with_its_heads_in_place():
+    """nn.MultiheadAttention is one fx leaf: its in_proj reads the stream and out_proj writes into it, its
+    q, k, v channels stay in place; the stream (class token, position embedding, norms) and MLPs are aligned."""
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16,
+                                                 mlp_dim=32, num_classes=10)
+    model = init_model(model, 0).double().eval()
+    graph = trace_groups(model, (3, 32, 32))
+    stream = next(g for g in graph.free() if "conv_proj" in g.writers())
+    followers = {s.tensor for s in stream.slots if s.role == "follower"}
+    assert {"class_token", "encoder.pos_embedding", "encoder.ln.weight"} <= followers
+    assert "encoder.layers.encoder_layer_1.self_attention.out_proj" in stream.writers()
+    assert len(graph.free()) == 1 + 2  # the stream and two MLP hidden layers
+    twin = permuted_copy(model, seed=1, input_shape=(3, 32, 32))
+    x = _inputs(4, (3, 32, 32), torch.float64)
+    with torch.no_grad():
+        reference = model(x)
+        assert _relative(twin(x), reference) < 1e-12
+        for opts in (FusionOptions(), FusionOptions(mode="activations")):
+            assert _relative(fuse([model, twin], opts, x).model(x), reference) < 1e-10
+
+
+def test_cross_attention_by_a_multihead_attention_module_is_refused_by_name():
+    class Cross(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(4, 8), torch.nn.Linear(4, 8)
+            self.attn = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.attn(self.a(x), self.b(x), self.b(x))[0]
+
+    with pytest.raises(ModelError, match="'attn': MultiheadAttention is read only as self-attention"):
+        trace_groups(Cross(), (3, 4))
