@@ -273,7 +273,9 @@ SOLVERS = ("emd", "sinkhorn")
 GROUND_METRICS = ("euclidean", "cosine")
 NORMALIZATIONS = ("none", "max", "median", "mean")
 MARGINALS = ("uniform", "importance")
-ALIGNMENTS = ("ot", "weight_matching", "cca", "zipit")
+ALIGNMENTS = ("ot", "weight_matching", "cca", "zipit", "pleas")
+WIDTH_REFUSAL = ("a fused width above 1 (--width {:g}) keeps unmatched features side by side, which only ZipIt! (--alignment "
+                 "zipit) and PLeaS (--alignment pleas) do; {} fuses into the anchor's width: use --width 1 or one of those")
 REPAIR_BIAS = ("--repair-bias gives the fused network a bias per neuron REPAIR restores, so it is part of REPAIR: "
                "add --repair (--renormalize)")
 REPAIR_SAMPLES = ("REPAIR (--renormalize) restores each neuron's standard deviation on the activation sample, "
@@ -301,7 +303,8 @@ class FusionSpec:
     skip_last_layer: bool = True  # average the output layer without a new plan (classes are aligned)
     renormalize: bool = False  # REPAIR: restore each fused neuron's statistics on the activation sample
     repair_bias: bool = keyed_when_set(False)  # REPAIR gives bias-free layers a bias per neuron: the mean restored too
-    alignment: str = "ot"  # one of ALIGNMENTS: 'ot', 'weight_matching' (Git Re-Basin), 'cca' (CCA Merge), 'zipit'
+    alignment: str = "ot"  # one of ALIGNMENTS: 'ot', 'weight_matching' (Git Re-Basin), 'cca' (CCA Merge), 'zipit', 'pleas'
+    width: float = keyed_when_set(1.0)  # fused width per group, a multiple of the anchor's: 1 (all merged) to N (none)
     finetune_epochs: int = 0  # epochs of fine-tuning of the fused net (0 skips)
     retrain: RetrainSpec = RetrainSpec()  # recipe of that fine-tuning (and of the vanilla average's)
 
@@ -327,6 +330,11 @@ class FusionSpec:
                    f"(0, {MAX_WEIGHT:g}]; got {', '.join(map(str, self.weights))}")
         _check(-MAX_PARENTS <= self.anchor < MAX_PARENTS, f"anchor {self.anchor} out of range")
         _check(self.alignment in ALIGNMENTS, f"alignment must be one of {ALIGNMENTS}, got '{self.alignment}'")
+        _check(isinstance(self.width, (int, float)) and not isinstance(self.width, bool)
+               and 1 <= self.width <= MAX_PARENTS, f"the fused width is a multiple of the anchor's width in "
+               f"[1, number of parents], got {self.width}")
+        _check(self.width == 1 or self.alignment in ("zipit", "pleas"), WIDTH_REFUSAL.format(
+            self.width, {"ot": "OT", "weight_matching": "weight matching", "cca": "CCA Merge"}.get(self.alignment)))
         _check(0 <= self.finetune_epochs <= MAX_EPOCHS,
                f"fine-tuning epochs must be in [0, {MAX_EPOCHS}], got {self.finetune_epochs}")
         _check(isinstance(self.retrain, RetrainSpec), "the fine-tuning recipe must be a RetrainSpec (its fields are "
@@ -335,6 +343,8 @@ class FusionSpec:
     def parent_weights(self, n_parents: int) -> list[float]:
         """Normalised averaging weight of each parent."""
         _check(-n_parents <= self.anchor < n_parents, f"anchor {self.anchor} out of range for {n_parents} parents")
+        _check(self.width <= n_parents, f"the fused width {self.width:g} is above the number of parents ({n_parents}): "
+               f"at width {n_parents} nothing is merged already; choose a width in [1, {n_parents}]")
         if self.weights is not None:
             _check(len(self.weights) == n_parents,
                    f"{len(self.weights)} per-parent weights given for {n_parents} parents")
@@ -355,7 +365,8 @@ class FusionSpec:
                              past_correction=self.past_correction, marginal_correction=self.marginal_correction,
                              marginals=self.marginals, weights=tuple(self.parent_weights(n_parents)),
                              anchor=self.anchor % n_parents, skip_last_layer=self.skip_last_layer,
-                             renormalize=self.renormalize, repair_bias=self.repair_bias, seed=self.act_seed)
+                             renormalize=self.renormalize, repair_bias=self.repair_bias, seed=self.act_seed,
+                             width=float(self.width))
 
 
 PRUNE_TYPES = ("unstructured", "structured")

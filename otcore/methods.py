@@ -26,7 +26,8 @@ class Method(str, Enum):
 
 
 # What each alignment's fused network is called in tables and cards.
-ALIGNMENT_LABELS = {"ot": "OT fusion", "weight_matching": "weight matching", "cca": "CCA Merge", "zipit": "ZipIt!"}
+ALIGNMENT_LABELS = {"ot": "OT fusion", "weight_matching": "weight matching", "cca": "CCA Merge", "zipit": "ZipIt!",
+                    "pleas": "PLeaS"}
 LABELS = {Method.VANILLA: "vanilla average", Method.ENSEMBLE: "prediction ensemble",
           Method.VANILLA_RETRAINED: "vanilla average retrained"}
 _FUSED_SUFFIX = {Method.OT_FUSION: "", Method.OT_FINETUNED: " fine-tuned", Method.OT_RETRAINED: " retrained"}

@@ -24,7 +24,8 @@ from otcore.config import (DataSpec, FusionSpec, ModelSpec, PruneSpec, RetrainSp
 from otcore.data import Dataset, load_dataset, sample_inputs
 from otcore.device import on_device, resolve_device
 from otcore.keys import fusion_key, fusion_only, keyed_model, parent_key, prune_key  # noqa: F401  (re-exported: the steps' keys)
-from otcore.fusion import FusionError, ensemble_log_probs, fuse, gained_biases, vanilla_average, with_biases
+from otcore.fusion import (FusionError, ensemble_log_probs, fuse, gained_biases, resized_copy, vanilla_average,
+                           with_biases)
 from otcore.methods import Method, label, parent_id
 from otcore.models import FusableNet, build_model, count_parameters
 from otcore.partition import class_counts, part_indices
@@ -285,7 +286,7 @@ def fuse_and_compare(data: DataSpec, model: ModelSpec, parents: list[Parent], sp
         return _scored_entry(key, "fusion", config, models, _labels(parents, spec.alignment), ds,
                              {parent_id(i): p.key for i, p in enumerate(parents)}, tensors,
                              {"seconds": seconds, "diagnostics": diagnostics, "device": str(dev),
-                              "alignment": spec.alignment, "retraining": retraining})
+                              "alignment": spec.alignment, "width": spec.width, "retraining": retraining})
 
     entry, hit = cached(cache, key, compute)
     comparison = comparison_from_entry(entry, {parent_id(i): n for i, n in enumerate(nets)},
@@ -318,7 +319,11 @@ def comparison_from_entry(entry: CacheEntry, in_memory: dict[str, nn.Module], te
             state = {k[len(prefix):]: v for k, v in entry.tensors.items() if k.startswith(prefix)}
             gained = gained_biases(template, state)  # REPAIR's --repair-bias gave the fused net biases the anchor lacks
             net = with_biases(template, gained) if gained else copy_model(template)
-            net.load_state_dict(state)
+            own = net.state_dict()
+            if all(k in own and own[k].shape == v.shape for k, v in state.items()):
+                net.load_state_dict(state)
+            else:  # partial merging (fusion.width > 1): the fused net is wider than the anchor
+                net = resized_copy(net, state)
             net = net.to(dev).eval()
         test, train_scores = (Evaluation(r[s]["accuracy"], r[s]["loss"], r[s].get("per_class"))  # records.EVALUATION
                               for s in ("test", "train"))
@@ -402,7 +407,7 @@ def prune_and_compare(data: DataSpec, model: ModelSpec, parents: list[Parent], p
         return _scored_entry(key, "prune", config, models, labels, ds, {}, tensors,
                              {"seconds": seconds, "diagnostics": diagnostics, "sparsity": sparsity,
                               "fraction": prune.fraction, "type": prune.type, "device": str(dev),
-                              "alignment": fusion.alignment, "retraining": retraining})
+                              "alignment": fusion.alignment, "width": fusion.width, "retraining": retraining})
 
     entry, hit = cached(cache, key, compute)
     comparison = comparison_from_entry(entry, {}, nets[fusion.anchor % len(nets)], dev)

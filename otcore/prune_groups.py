@@ -196,24 +196,10 @@ def zero_channels(state: dict[str, torch.Tensor], group: ChannelGroup,
 
 def _set_attributes(module: nn.Module, before: dict[str, tuple[int, ...]]) -> None:
     """Update a resized module's size attributes from its new tensors (`before`: the old shapes)."""
-    weight = module._parameters.get("weight")
-    if isinstance(module, nn.modules.conv._ConvNd):
-        old_out, old_in = module.out_channels, module.in_channels
-        module.out_channels = weight.shape[0]
-        if module.groups == 1:
-            module.in_channels = weight.shape[1]
-        elif module.groups == old_in and weight.shape[0] != before["weight"][0]:
-            module.in_channels = module.groups = weight.shape[0] // (old_out // old_in)  # depthwise, k filters each
-        elif weight.shape != before["weight"]:
-            raise PruneError(f"cannot compact the grouped convolution with {module.groups} groups")
-    elif isinstance(module, nn.Linear):
-        module.out_features, module.in_features = weight.shape
-    elif isinstance(module, nn.modules.batchnorm._NormBase):
-        module.num_features = next(t for t in (weight, module._buffers.get("running_mean")) if t is not None).shape[0]
-    elif isinstance(module, nn.GroupNorm):
-        module.num_channels = module.num_groups = weight.shape[0]  # only per-channel GroupNorms shrink
-    elif isinstance(module, nn.PReLU):
-        module.num_parameters = weight.shape[0]
+    # Imported here: otcore.fusion's package imports otcore.device, which imports this module's importer (prune).
+    from otcore.fusion.resize import set_size_attributes
+
+    set_size_attributes(module, before, PruneError)
 
 
 def compact_groups(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, tuple[int, int]]:

@@ -52,7 +52,7 @@ class Attention(nn.Module):
         q, k, v = qkv.unbind(0)
         attn = (q * self.scale) @ k.transpose(-2, -1)
         attn = attn.softmax(dim=-1)
-        x = (attn @ v).transpose(1, 2).reshape(B, N, C)
+        x = (attn @ v).transpose(1, 2).reshape(B, N, -1)  # the heads merged (not the stream's width C: it may differ)
         return self.proj(x)
 
 

@@ -152,3 +152,18 @@ def test_cca_merge_equals_the_reference_within_1e_9() -> None:
             new, old = cca_map(anchor, parent, reg, cross), old_cca_map(anchor, parent, reg, cross)
             for a, b in zip(new, old):
                 assert (a - b).abs().max() <= 1e-9 * b.abs().max(), (case, reg, cross)
+
+
+def test_cca_merge_with_fewer_samples_than_neurons_equals_the_reference_within_1e_9() -> None:
+    """cca_map works in the span of the two layers' features when 4 n <= d: the maps of the full-size algebra."""
+    g = torch.Generator().manual_seed(9)
+    for case in range(12):
+        d, n = int(torch.randint(40, 160, (1,), generator=g)), int(torch.randint(3, 10, (1,), generator=g))
+        anchor = torch.randn(n, d, generator=g, dtype=torch.float64).clamp_min(0)
+        parent = anchor[:, torch.randperm(d, generator=g)] + (0 if case % 3 == 0 else 0.3) * torch.randn(
+            n, d, generator=g, dtype=torch.float64)
+        anchor[:, :3] = 0 if case % 2 else anchor[:, :3]  # dead neurons
+        for reg in (1.0, 0.1):
+            new, old = cca_map(anchor, parent, reg), old_cca_map(anchor, parent, reg)
+            for a, b in zip(new, old):
+                assert (a - b).abs().max() <= 1e-9 * b.abs().max(), (case, reg)

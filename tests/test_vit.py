@@ -17,7 +17,7 @@ import torchvision
 from otcore.config import HessianSpec, PruneSpec, RetrainSpec, TrainSpec
 from otcore.data import load_dataset
 from otcore.errors import ModelError
-from otcore.fusion import FusionOptions, fuse, permuted_copy
+from otcore.fusion import FusionOptions, MergeMethodError, fuse, permuted_copy
 from otcore.graph import trace_groups
 from otcore.hessian import _HessianOperator, analyse, fixed_batches, trainable_layout
 from otcore.models import build_model, list_models
@@ -267,3 +267,28 @@ def test_cross_attention_by_a_multihead_attention_module_is_refused_by_name():
 
     with pytest.raises(ModelError, match="'attn': MultiheadAttention is read only as self-attention"):
         trace_groups(Cross(), (3, 4))
+
+
+def test_partial_merging_widens_the_stream_and_mlps_but_not_the_heads():
+    parents = [_vit(seed=0), _vit(seed=1)]
+    x = _inputs(100)
+    fused = fuse(parents, FusionOptions(alignment="zipit", width=2.0), x).model
+    state = fused.state_dict()
+    assert state["norm.weight"].shape == (128,) and state["blocks.0.mlp.fc1.weight"].shape == (256, 128)
+    assert state["blocks.0.attn.qkv.weight"].shape == (192, 128)  # q, k, v at the anchor's 4 heads of 16
+    with torch.no_grad():
+        assert torch.isfinite(fused(x)).all()
+
+
+def test_partial_merging_of_a_network_whose_code_fixes_a_width_is_one_error():
+    class FixedWidth(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2 = torch.nn.Linear(8, 16), torch.nn.Linear(16, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc2(torch.relu(self.fc1(x)).reshape(-1, 4, 4).reshape(-1, 16))  # 16 written in the code
+
+    parents = [FixedWidth(), FixedWidth()]
+    with pytest.raises(MergeMethodError, match="width 2: the widened network does not run"):
+        fuse(parents, FusionOptions(alignment="zipit", width=2.0), torch.randn(50, 8))

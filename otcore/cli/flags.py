@@ -124,8 +124,12 @@ def add_fusion(p: argparse.ArgumentParser) -> None:
                    help="REPAIR: restore each fused neuron's statistics on the activation sample")
     p.add_argument("--repair-bias", action="store_true",
                    help="with --repair: bias-free layers gain a bias per neuron, so REPAIR restores the mean too")
-    p.add_argument("--alignment", default="ot", choices=["ot", "weight-matching", "cca", "zipit"],
-                   help="ot: transport plans; weight-matching: Git Re-Basin; cca: CCA Merge; zipit: ZipIt!")
+    p.add_argument("--alignment", default="ot", choices=["ot", "weight-matching", "cca", "zipit", "pleas"],
+                   help="ot: transport plans; weight-matching: Git Re-Basin; cca: CCA Merge; zipit: ZipIt!; "
+                        "pleas: PLeaS (partial matching, then least-squares weights)")
+    p.add_argument("--width", type=float, default=d.width,
+                   help="fused width per layer as a multiple of the anchor's: 1 merges every feature, N (the number of "
+                        "parents) none, so the fused net is the ensemble; above 1 only with zipit or pleas")
     p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs)
     add_retraining(p)
 
@@ -165,7 +169,8 @@ def fusion_spec(args: argparse.Namespace) -> FusionSpec:
         marginal_correction=not args.no_correction, marginals="importance" if args.importance else "uniform",
         ensemble_step=args.ensemble_step, weights=tuple(args.weights) if args.weights else None, anchor=args.anchor,
         skip_last_layer=not args.no_skip_last_layer, renormalize=args.renormalize, repair_bias=args.repair_bias,
-        alignment=args.alignment.replace("-", "_"), finetune_epochs=args.finetune_epochs, retrain=retrain_spec(args))
+        alignment=args.alignment.replace("-", "_"), width=args.width, finetune_epochs=args.finetune_epochs,
+        retrain=retrain_spec(args))
 
 
 def checked_fusion_spec(args: argparse.Namespace) -> FusionSpec:

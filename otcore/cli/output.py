@@ -11,7 +11,8 @@ def comparison_json(comparison: Any) -> dict:
     rows = [{"method": r.method, "id": r.id, "test_accuracy": r.test.accuracy, "test_loss": r.test.loss,
              "train_accuracy": r.train.accuracy, "parameters": r.parameters, "inference_ms": r.inference_ms}
             for r in comparison.rows]
-    text = "\n".join(f"{r['method']:24s} {r['test_accuracy']:6.2f}%  loss {r['test_loss']:.4f}" for r in rows)
+    text = "\n".join(f"{r['method']:24s} {r['test_accuracy']:6.2f}%  loss {r['test_loss']:.4f}  "
+                     f"{r['parameters']:,} parameters" for r in rows)
     for record in retraining_json(comparison).values():
         first = record["validation"][0]
         best = next(c for c in record["validation"] if c["epoch"] == record["best_epoch"])
@@ -19,7 +20,8 @@ def comparison_json(comparison: Any) -> dict:
                  f"({first['accuracy']:.2f} -> {best['accuracy']:.2f} % on {record['validation_examples']} held-out images)")
     # The fused row's id stays `ot_fusion` whatever the alignment; `alignment` says which one made it.
     return {**comparison.accuracies(), "alignment": comparison.extra.get("alignment", "ot"),
-            "seconds": comparison.seconds, "rows": rows, "retraining": retraining_json(comparison),
+            "width": comparison.extra.get("width", 1.0), "seconds": comparison.seconds, "rows": rows,
+            "retraining": retraining_json(comparison),
             "cached": comparison.cached, "text": text}
 
 

@@ -18,6 +18,8 @@ from otcore.fusion.group_repair import repair_groups, repair_targets
 from otcore.fusion.merge_maps import MergeMethodError
 from otcore.fusion.new_weights import gained_biases, with_biases
 from otcore.fusion.options import FusionOptions
+from otcore.fusion.pleas import least_squares_layers, matched_maps
+from otcore.fusion.resize import resized_copy
 from otcore.fusion.symmetry import permuted_copy, random_permutations
 from otcore.fusion.transport import TransportError, permutation_closeness, transport_plan
 from otcore.fusion.weight_matching import weight_matching_plans
@@ -25,6 +27,8 @@ from otcore.fusion.zipit import zipit_maps
 
 __all__ = ["FusionError", "FusionOptions", "FusionResult", "GroupDiagnostics", "MERGE_METHODS", "MergeMethodError",
            "Plans", "TransportError", "align_parents", "apply_plans", "average_aligned", "cca_map",
-           "check_same_family", "cost_matrix", "ensemble_log_probs", "fuse", "gained_biases", "ot_plans",
+           "check_same_family", "cost_matrix", "ensemble_log_probs", "fuse", "gained_biases", "least_squares_layers",
+           "matched_maps", "ot_plans",
            "permutation_closeness", "permuted_copy", "random_permutations", "repair_groups", "repair_targets",
-           "reset_batch_norm", "transport_plan", "vanilla_average", "weight_matching_plans", "with_biases", "zipit_maps"]
+           "reset_batch_norm", "resized_copy", "transport_plan", "vanilla_average", "weight_matching_plans", "with_biases",
+           "zipit_maps"]

@@ -1,8 +1,8 @@
 """One-shot fusion of N parents into the anchor's architecture (Singh & Jaggi, 2020).
 
 Each non-anchor parent is aligned to the anchor group by group (OT plans, or Git Re-Basin
-weight matching); the aligned weights are then averaged with per-parent weights. CCA Merge and
-ZipIt! go through merge and unmerge maps instead (otcore.fusion.merge_maps). All weight
+weight matching); the aligned weights are then averaged with per-parent weights. CCA Merge,
+ZipIt! and PLeaS go through merge and unmerge maps instead (otcore.fusion.merge_maps, .pleas). All weight
 algebra runs on the parents' device; only the exact OT solve (and assignments) visit the CPU.
 """
 from __future__ import annotations
@@ -23,6 +23,7 @@ from otcore.fusion.merge_maps import MergeMethodError, check_mergeable, features
 from otcore.fusion.new_weights import copy_with
 from otcore.fusion.repair import check_sample, repair
 from otcore.fusion.weight_matching import weight_matching_plans
+from otcore.fusion.pleas import least_squares_layers, matched_maps
 from otcore.fusion.zipit import zipit_maps
 from otcore.fusion.options import MERGE_ALIGNMENTS, FusionOptions, MakesOptions, as_options
 from otcore.models import FusableNet
@@ -100,7 +101,9 @@ def _finite_outputs(model: FusableNet, x: torch.Tensor) -> bool:
 
 def merge_by_maps(parents: list[FusableNet], opts: FusionOptions, act_inputs: torch.Tensor | None,
                   progress: Callable[[str, float], None] | None = None) -> FusionResult:
-    """CCA Merge or ZipIt! of the parents (any N >= 2) into the anchor's widths; plans are the merge maps."""
+    """CCA Merge, ZipIt! or PLeaS of the parents (any N >= 2); plans are the merge maps.
+
+    The fused network has the anchor's widths times opts.width per group (ZipIt!, PLeaS: partial merging)."""
     if len(parents) < 2:
         raise FusionError("fusion needs at least two parents")
     method = MERGE_METHODS[opts.alignment]
@@ -135,14 +138,17 @@ def merge_by_maps(parents: list[FusableNet], opts: FusionOptions, act_inputs: to
             eye = torch.eye(feats[anchor_idx].shape[1], dtype=torch.float64, device=feats[anchor_idx].device)
             merges[anchor_idx][g], unmerges[anchor_idx][g] = weights[anchor_idx] * eye, eye
         else:
-            width = feats[anchor_idx].shape[1]
-            merge, unmerge = zipit_maps([feats[i] for i in order], [weights[i] for i in order], width)
+            width = opts.group_width(feats[anchor_idx].shape[1], sum(f.shape[1] for f in feats))
+            fit = zipit_maps if opts.alignment == "zipit" else matched_maps
+            merge, unmerge = fit([feats[i] for i in order], [weights[i] for i in order], width)
             for k, i in enumerate(order):
                 merges[i][g], unmerges[i][g] = merge[k], unmerge[k]
     dtype = next(parents[anchor_idx].parameters()).dtype
     merges = [{g: t.to(dtype) for g, t in m.items()} for m in merges]
     unmerges = [{g: t.to(dtype) for g, t in u.items()} for u in unmerges]
     model = merge_weights(parents, parents[anchor_idx], merges, unmerges, weights)
+    if opts.alignment == "pleas":
+        model = least_squares_layers(model, parents, merges, weights, act_inputs)
     if opts.renormalize:
         model = repair(model, parents, merges, weights, act_inputs, target=repair_target(pre, merges),
                        gain_bias=opts.repair_bias)
@@ -164,6 +170,7 @@ def fuse(parents: list[FusableNet], options: FusionOptions | MakesOptions, act_i
     if len(parents) < 2:
         raise FusionError("fusion needs at least two parents")
     opts = as_options(options, len(parents))
+    opts.check_width(len(parents))
     zoo = [isinstance(p, FusableNet) for p in parents]
     if any(zoo) and not all(zoo):
         raise FusionError("the parents are not of one architecture family: fusion needs parents with the same layers")

@@ -12,9 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from otcore.errors import FusionError
@@ -26,9 +24,11 @@ from otcore.fusion.repair import check_sample
 from otcore.fusion.transport import closeness_of, transport_plan
 from otcore.fusion.batch_norm import NORM_CHOICES, fold_batch_norm, identity_norms, reset_batch_norm
 from otcore.fusion.group_merge import MERGE_NAMES, merge_by_group_maps
+from otcore.fusion.group_pleas import least_squares_groups
 from otcore.fusion.group_state import State, align_state, capture_nodes, is_permutation, load_fused
+from otcore.fusion.group_matching import weight_matching_group_plans
+from otcore.fusion.group_state import _move_axis, _moves_by_tensor, _segment
 from otcore.fusion.heads import block_plans, head_count, solve_units
-from otcore.fusion.group_state import _move_axis, _moves_by_tensor, _permutation_source, _segment
 from otcore.graph import ChannelGroup, ModelGraph, declared_input_shape, trace_groups
 
 
@@ -115,91 +115,6 @@ def _ot_problem(state_p: State, state_a: State, g_p: ChannelGroup, g_a: ChannelG
     return cost, _marginal(torch.cat(raw_p, 1), opts.marginals), _marginal(weights_a, opts.marginals)
 
 
-def weight_matching_group_plans(parent: nn.Module, anchor: nn.Module, graph_p: ModelGraph, graph_a: ModelGraph,
-                                max_sweeps: int = 100, seed: int = 0, start: Plans | None = None,
-                                head_mode: str = "units") -> Plans:
-    """Git Re-Basin's weight matching over every tensor axis of every group: permutations (n, n).
-
-    start: permutations to begin the coordinate descent from (identities when None). Groups sharing
-    attention heads are matched together, heads as blocks (otcore.fusion.heads; head_mode as FusionOptions.heads)."""
-    groups = [(g_p, g_a) for g_p, g_a in zip(graph_p.groups, graph_a.groups) if not g_a.fixed]
-    for g_p, g_a in groups:
-        if g_p.size != g_a.size:
-            raise FusionError("weight matching needs parents of the same widths; use OT alignment instead")
-    state_p, state_a = parent.state_dict(), anchor.state_dict()
-    ref = next(iter(state_a.values()))
-    plans: Plans = {g.name: torch.eye(g.size, dtype=torch.float64) if start is None else start[g.name].double().cpu()
-                    for _, g in groups}
-    # Each plan's permutation source, kept with it: checking a plan per slot and sweep cost 30 s of 31 on
-    # mobilenet_v3_small. The parents' tensors are read in float64 once, not once per slot.
-    sources = {name: _permutation_source(plan) for name, plan in plans.items()}
-    state_p = {k: t.detach().double() if t.is_floating_point() else t for k, t in state_p.items()}
-    anchor_rows = {(s.tensor, s.axis, s.offset): _segment(state_a[s.tensor].detach().double(), s, g.size).cpu()
-                   for _, g in groups for s in g.slots}  # fixed for the whole descent: read once
-    # A slot's similarity term depends only on the plans of the other groups on its tensor: it is kept with
-    # their versions and recomputed when one changed (vgg11_bn's classifier.0, 4096 x 25088 in float64, took
-    # a 4e11-flop product per sweep).
-    versions = {g.name: 0 for _, g in groups}
-    touching: dict[str, list[tuple[tuple[str, int, int], str]]] = {}
-    for g_p, g_a in groups:
-        for s in g_p.slots:
-            touching.setdefault(s.tensor, []).append(((s.tensor, s.axis, s.offset), g_a.name))
-    terms: dict[tuple[str, int, int], tuple[tuple, torch.Tensor]] = {}
-    rng = np.random.default_rng(seed)
-
-    def similarity_of(g_p: ChannelGroup, g_a: ChannelGroup) -> torch.Tensor:
-        """sum over the group's slots of anchor rows @ moved parent rows^T: (anchor channel, parent channel)."""
-        similarity = torch.zeros(g_a.size, g_a.size, dtype=torch.float64)
-        for s_p, s_a in zip(g_p.slots, g_a.slots):
-            skip = (s_p.tensor, s_p.axis, s_p.offset)
-            signature = tuple(versions[name] for key, name in touching[s_p.tensor] if key != skip)
-            kept = terms.get(skip)
-            if kept is None or kept[0] != signature:
-                # The parent's tensor with every other slot's current plan applied, this slot's axis left free.
-                tensor = state_p[s_p.tensor]
-                for axis, moves in _moves_by_tensor(graph_p, graph_a, plans, ("writer", "follower", "reader"),
-                                                    skip, sources=sources).get(s_p.tensor, {}).items():
-                    tensor = _move_axis(tensor, axis, moves)
-                kept = terms[skip] = (signature, anchor_rows[(s_a.tensor, s_a.axis, s_a.offset)]
-                                      @ _segment(tensor, s_p, g_p.size).cpu().T)
-            similarity += kept[1]
-        return similarity
-
-    def assignment(cost: torch.Tensor) -> torch.Tensor:
-        """The 0/1 plan (parent, anchor) of the cheapest assignment."""
-        rows, cols = linear_sum_assignment(cost.numpy())
-        plan = torch.zeros(cost.shape, dtype=torch.float64)
-        plan[torch.as_tensor(rows), torch.as_tensor(cols)] = 1.0
-        return plan
-
-    units = solve_units(groups)
-    for _ in range(max_sweeps):
-        improved = False
-        for u in rng.permutation(len(units)):
-            members = [groups[k] for k in units[u]]
-            # A unit is the groups sharing attention heads (solved together, heads as blocks), else one group.
-            sims = [similarity_of(g_p, g_a).T for g_p, g_a in members]  # (parent channel, anchor channel)
-            heads = min(head_count(g_p, g_a) for g_p, g_a in members)
-            if heads > 1 and head_mode != "flat":
-                new = block_plans([-sim for sim in sims], heads, lambda c, m, hp, ha: assignment(c), assignment,
-                                  head_mode)
-                new = [(plan > 0).double() for plan in new]
-            else:
-                new = [assignment(-sim) for sim in sims]
-            current = sum(float((sim * plans[g_a.name]).sum()) for sim, (_, g_a) in zip(sims, members))
-            found = sum(float((sim * plan).sum()) for sim, plan in zip(sims, new))
-            # Relative: float64 sums of large similarities differ by rounding alone, and that sweeps again.
-            if found > current + 1e-12 * max(1.0, abs(current)):
-                improved = True
-                for plan, (_, g_a) in zip(new, members):
-                    plans[g_a.name] = plan
-                    sources[g_a.name] = plan.argmax(0)
-                    versions[g_a.name] += 1
-        if not improved:
-            break
-    return {name: plan.to(ref.dtype if ref.is_floating_point() else torch.float32) for name, plan in plans.items()}
-
-
 def sampled_nodes(graph: ModelGraph) -> dict[str, tuple[str, int, int, int]]:
     """Each free group's sampled fx node, channel dimension, first channel and width there (capture_nodes)."""
     return {g.name: (g.node, g.node_dim, g.node_offset, g.size) for g in graph.free()}
@@ -241,7 +156,8 @@ def fuse_by_groups(parents: list[nn.Module], opts: FusionOptions, act_inputs: to
                    ) -> tuple[nn.Module, list[Plans], list[list[GroupDiagnostics]], dict[str, float]]:
     """Fusion of any traceable parents by the options' alignment: (fused, plans, diagnostics, seconds).
 
-    CCA Merge and ZipIt! go through merge and unmerge maps (group_merge; their plans are the merge maps).
+    CCA Merge, ZipIt! and PLeaS go through merge and unmerge maps (group_merge; their plans are the merge maps);
+    PLeaS then refits every layer by least squares (group_pleas), its batch norms folded first.
     norms: what a merge that is not a permutation does to batch norms (otcore.fusion.batch_norm):
     'reset' re-estimates their statistics on the sample where there is one (without one, OT by weights,
     they stay as the plans moved them), 'fold' folds them into the layers before merging, 'moved' leaves
@@ -259,6 +175,8 @@ def fuse_by_groups(parents: list[nn.Module], opts: FusionOptions, act_inputs: to
     graphs = graphs or [trace_groups(p, input_shape_of(p, act_inputs)) for p in parents]
     check_same_structure(graphs)
     folded: list[str] = []
+    if opts.alignment == "pleas":
+        norms = "fold"  # the least squares refit the layers: their norms' statistics would no longer hold
     if norms == "fold":
         parents, folded = [fold_batch_norm(p)[0] for p in parents], fold_batch_norm(parents[0])[1]
     if opts.alignment in MERGE_ALIGNMENTS:
@@ -270,13 +188,19 @@ def fuse_by_groups(parents: list[nn.Module], opts: FusionOptions, act_inputs: to
     start = time.perf_counter()
     if folded:
         fused = identity_norms(fused, folded)
+    if opts.alignment == "pleas":
+        fused = least_squares_groups(fused, parents, graphs, plans, opts.parent_weights(len(parents)), act_inputs,
+                                     opts.anchor_index(len(parents)))
     if opts.renormalize:  # re-estimates every batch norm on the sample, then sets each neuron's mean and std
         anchor_idx, weights = opts.anchor_index(len(parents)), opts.parent_weights(len(parents))
         merged = opts.alignment in MERGE_ALIGNMENTS
-        points = repair_points(fused, graphs[anchor_idx], opts.repair_bias)
+        # Partial merging: the fused network's own groups, at its widths, say where each neuron sits.
+        fused_graph = graphs[anchor_idx] if opts.width == 1 else trace_groups(fused, input_shape_of(fused, act_inputs))
+        points = repair_points(fused, fused_graph, opts.repair_bias)
         targets = repair_targets(fused, parents, graphs, plans, weights, act_inputs, anchor_idx, merge_maps=True,
-                                 points=points) if merged else None
-        fused = repair_groups(fused, parents, graphs, plans, weights, act_inputs, anchor_idx, opts.repair_bias, targets)
+                                 points=points, fused_graph=fused_graph) if merged else None
+        fused = repair_groups(fused, parents, graphs, plans, weights, act_inputs, anchor_idx, opts.repair_bias, targets,
+                              fused_graph)
     elif not folded and mixed and norms == "reset" and act_inputs is not None:
         fused = reset_batch_norm(fused, act_inputs)  # channels were mixed: moved variances are placeholders
     seconds["fusion"] += time.perf_counter() - start

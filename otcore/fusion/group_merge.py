@@ -24,10 +24,12 @@ from otcore.fusion.cca import cca_map
 from otcore.fusion.group_state import State, align_state, capture_nodes, load_fused
 from otcore.fusion.merge_maps import MergeMethodError
 from otcore.fusion.options import FusionOptions
+from otcore.fusion.resize import resized_copy
+from otcore.fusion.pleas import matched_maps
 from otcore.fusion.zipit import zipit_maps
 from otcore.graph import ModelGraph
 
-MERGE_NAMES = {"cca": "CCA Merge", "zipit": "ZipIt!"}  # alignments by merge/unmerge maps, as messages name them
+MERGE_NAMES = {"cca": "CCA Merge", "zipit": "ZipIt!", "pleas": "PLeaS"}  # alignments by merge/unmerge maps, as messages name them
 SNAP = 1e-6  # a map within this (max entry) of a scaled permutation is taken as that permutation
 
 # Nonlinearities a group's features are sampled after (what the next layer reads).
@@ -87,6 +89,13 @@ def group_features(captured: dict[str, torch.Tensor], group: str) -> torch.Tenso
     return torch.cat(parts + [captured[group]], 1).T.double()
 
 
+def _selection(merge: torch.Tensor, unmerge: torch.Tensor) -> bool:
+    """Whether each fused channel the maps give is one channel of this parent alone, copied (merge = unmerge, 0/1,
+    at most one per column): partial merging's unmerged channels, which keep the parent's statistics exactly."""
+    binary = bool(((unmerge == 0) | (unmerge == 1)).all())
+    return binary and bool(torch.equal(merge, unmerge)) and bool((unmerge.sum(0) <= 1).all())
+
+
 def _snapped(merge: torch.Tensor, unmerge: torch.Tensor, weight: float) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(w P, P) when unmerge is within SNAP of a permutation P and merge of w P; else None."""
     if unmerge.shape[0] != unmerge.shape[1]:
@@ -103,7 +112,9 @@ def _snapped(merge: torch.Tensor, unmerge: torch.Tensor, weight: float) -> tuple
 def merge_and_unmerge_maps(feats: list[dict[str, torch.Tensor]], graphs: list[ModelGraph], opts: FusionOptions,
                            weights: list[float], anchor_idx: int) -> tuple[list[Plans], list[Plans], bool]:
     """Per parent, (merge maps, unmerge maps) per free group, float64, from the captured features (feature_nodes);
-    and whether every map is a permutation (the anchor's included)."""
+    and whether every map moves channels without mixing them (a permutation, or at full width a selection).
+
+    ZipIt!'s fused width per group is opts.group_width of the anchor's (partial merging when opts.width > 1)."""
     merges: list[Plans] = [{} for _ in graphs]
     unmerges: list[Plans] = [{} for _ in graphs]
     permutations = True
@@ -121,11 +132,14 @@ def merge_and_unmerge_maps(feats: list[dict[str, torch.Tensor]], graphs: list[Mo
                 forward, inverse = cca_map(f[anchor_idx], f[i])
                 maps[i] = (weights[i] * forward.T, inverse)
         else:
-            merge, unmerge = zipit_maps([f[i] for i in order], [weights[i] for i in order], group.size)
+            # Attention heads keep the anchor's width: the attention views them by its fixed head size.
+            width = group.size if group.heads > 1 else opts.group_width(group.size, sum(part.shape[1] for part in f))
+            fit = zipit_maps if opts.alignment == "zipit" else matched_maps  # PLeaS's partial matching
+            merge, unmerge = fit([f[i] for i in order], [weights[i] for i in order], width)
             maps = {i: (merge[k], unmerge[k]) for k, i in enumerate(order)}
         for i, (merge, unmerge) in maps.items():
             snapped = _snapped(merge, unmerge, weights[i])
-            permutations &= snapped is not None
+            permutations &= snapped is not None or _selection(merge, unmerge)
             merges[i][group.name], unmerges[i][group.name] = snapped or (merge, unmerge)
     return merges, unmerges, permutations
 
@@ -159,8 +173,10 @@ def _weighted(state: State, graph: ModelGraph, weight: float) -> State:
 
 def merge_by_group_maps(parents: list[nn.Module], graphs: list[ModelGraph], opts: FusionOptions,
                         act_inputs: torch.Tensor) -> tuple[nn.Module, list[Plans], dict[str, float], bool]:
-    """CCA Merge or ZipIt! of traced parents into the anchor's widths: (fused network, merge maps, seconds,
-    whether a map mixed channels). Batch norms keep the moved statistics: the caller renormalises."""
+    """CCA Merge, ZipIt! or PLeaS's maps of traced parents into the anchor's widths (times opts.width for ZipIt! and
+    PLeaS; PLeaS's least squares follow in group_pleas): (fused network,
+    merge maps, seconds, whether a map mixed channels). Batch norms keep the moved statistics: the caller
+    renormalises where a map mixed channels (at full width every map is a selection: the statistics are exact)."""
     anchor_idx = opts.anchor_index(len(parents))
     weights = opts.parent_weights(len(parents))
     start = time.perf_counter()
@@ -181,6 +197,16 @@ def merge_by_group_maps(parents: list[nn.Module], graphs: list[ModelGraph], opts
     if not all(torch.isfinite(t).all() for t in summed.values() if t.is_floating_point()):
         raise MergeMethodError(f"{MERGE_NAMES[opts.alignment]}: the fused network's weights are not finite (a "
                                "parent's weights are too large); check the parents' weights")
-    fused = load_fused(parents[anchor_idx], summed)
+    if all(summed[k].shape == t.shape for k, t in anchor_state.items()):
+        fused = load_fused(parents[anchor_idx], summed)
+    else:  # partial merging: wider than the anchor
+        fused = resized_copy(parents[anchor_idx], summed).eval()
+        try:
+            with torch.no_grad():
+                fused(act_inputs[:2])
+        except RuntimeError as exc:  # the network's own code fixes a width (an attention's reshape to its heads)
+            raise MergeMethodError(f"{MERGE_NAMES[opts.alignment]} at width {opts.width:g}: the widened network does not run "
+                              f"({str(exc).splitlines()[0][:120]}); its code fixes a width the tracer cannot see: "
+                              "use width 1") from None
     seconds["fusion"] = time.perf_counter() - start
     return fused, merges, seconds, not permutations

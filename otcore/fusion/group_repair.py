@@ -221,20 +221,22 @@ def _moved(moments: _Moments, plan: torch.Tensor, offset: int, size: int, repeat
 
 def repair_targets(fused: nn.Module, parents: list[nn.Module], graphs: list[ModelGraph], maps: list[Plans],
                    weights: list[float], x: torch.Tensor, anchor: int, merge_maps: bool = False,
-                   points: list[RepairPoint] | None = None) -> Targets:
+                   points: list[RepairPoint] | None = None, fused_graph: ModelGraph | None = None) -> Targets:
     """Per point, the parents' statistics moved into the fused order by each parent's plans and averaged.
 
     maps: per parent, group -> transport plan (n_parent, n_fused), missing: identity (the anchor's).
     merge_maps=True: maps are CCA Merge / ZipIt! merge maps with the parent's weight folded in
-    (otcore.fusion.merge_maps); the target is then sum_p stats(T_p^T z_p), as repair_target there."""
-    points = repair_points(fused, graphs[anchor]) if points is None else points
+    (otcore.fusion.merge_maps); the target is then sum_p stats(T_p^T z_p), as repair_target there.
+    fused_graph: the fused network's groups where its widths are not the anchor's (partial merging)."""
+    fused_graph = graphs[anchor] if fused_graph is None else fused_graph
+    points = repair_points(fused, fused_graph) if points is None else points
     state = fused.state_dict()
     widths = {p.scale: state[p.scale].shape[0] for p in points}
     targets: Targets = {}
     for parent, graph_p, plans, weight in zip(parents, graphs, maps, weights):
         stats = _moments(parent, x, points, merge_maps)
         for point in points:
-            part = _parent_target(stats[point.node], point, _segments(graphs[anchor], graph_p, point.scale),
+            part = _parent_target(stats[point.node], point, _segments(fused_graph, graph_p, point.scale),
                                   widths[point.scale], plans, 1.0 if merge_maps else weight, weight, merge_maps)
             seen = targets.get(point.node)
             targets[point.node] = part if seen is None else NeuronTarget(
@@ -323,15 +325,17 @@ def _run(fused: nn.Module, x: torch.Tensor, points: list[RepairPoint], targets: 
 
 def repair_groups(fused: nn.Module, parents: list[nn.Module], graphs: list[ModelGraph], maps: list[Plans],
                   weights: list[float], x: torch.Tensor, anchor: int, gain_bias: bool = False,
-                  targets: Targets | None = None) -> nn.Module:
+                  targets: Targets | None = None, fused_graph: ModelGraph | None = None) -> nn.Module:
     """REPAIR of a network fused over traced groups: a new network, each point at its target mean and std on x.
 
     maps, weights, anchor: as repair_targets (plans, the parents' averaging weights, the anchor's index);
     targets: computed by the caller where it knows them better (repair_targets(..., merge_maps=True)).
     gain_bias: a bias-free layer without norm gets a bias, so its mean is restored too.
+    fused_graph: the fused network's groups where its widths are not the anchor's (partial merging).
     The parents are read, never changed."""
     check_sample(x)
-    points = repair_points(fused, graphs[anchor], gain_bias)
+    points = repair_points(fused, graphs[anchor] if fused_graph is None else fused_graph, gain_bias)
     if targets is None:
-        targets = repair_targets(fused, parents, graphs, maps, weights, x, anchor, points=points)
+        targets = repair_targets(fused, parents, graphs, maps, weights, x, anchor, points=points,
+                                 fused_graph=fused_graph)
     return _run(fused, x, points, targets)

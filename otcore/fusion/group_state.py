@@ -14,27 +14,20 @@ import torch
 from torch import fx, nn
 
 from otcore.device import private_copy
-from otcore.fusion.align import Plans
+from otcore.fusion.align import Gather, Plans, as_gather
 from otcore.graph import ModelGraph, Slot
 
 State = dict[str, torch.Tensor]
 
-def _permutation_source(plan: torch.Tensor) -> torch.Tensor | None:
-    """For a permutation plan, the parent channel each anchor channel takes; None for any other plan."""
-    if plan.shape[0] != plan.shape[1]:
-        return None
-    binary = (plan == 0) | (plan == 1)
-    if not bool(binary.all()) or not bool((plan.sum(0) == 1).all()) or not bool((plan.sum(1) == 1).all()):
-        return None
-    return plan.argmax(0)
-
-
 def is_permutation(plan: torch.Tensor) -> bool:
     """Whether a plan is a permutation matrix (moves channels without mixing them)."""
-    return _permutation_source(plan) is not None
+    if plan.shape[0] != plan.shape[1]:
+        return False
+    binary = (plan == 0) | (plan == 1)
+    return bool(binary.all()) and bool((plan.sum(0) == 1).all()) and bool((plan.sum(1) == 1).all())
 
 
-Move = tuple[Slot, Slot, torch.Tensor, "torch.Tensor | None"]  # parent slot, anchor slot, plan, permutation source
+Move = tuple[Slot, Slot, torch.Tensor, "Gather | torch.Tensor"]  # parent slot, anchor slot, plan, as_gather(plan)
 
 
 def _move_axis(tensor: torch.Tensor, axis: int, moves: list[Move]) -> torch.Tensor:
@@ -46,9 +39,13 @@ def _move_axis(tensor: torch.Tensor, axis: int, moves: list[Move]) -> torch.Tens
             pieces.append(tensor.narrow(axis, cursor, slot.offset - cursor))  # channels that stay in place
         n_parent, n_anchor = plan.shape
         segment = tensor.narrow(axis, slot.offset, n_parent * slot.repeat)
-        if source is not None:  # a permutation: a gather, exact and O(size) instead of a product
-            index = (source[:, None] * slot.repeat + torch.arange(slot.repeat, device=source.device)).reshape(-1)
-            pieces.append(segment.index_select(axis, index.to(tensor.device)))
+        if isinstance(source, Gather):  # one entry per column: a gather (and scale), exact and O(size)
+            index = source.index[:, None] * slot.repeat + torch.arange(slot.repeat, device=source.index.device)
+            moved = segment.index_select(axis, index.reshape(-1).to(tensor.device))
+            if source.scale is not None:
+                scale = source.scale.to(tensor.device, tensor.dtype).repeat_interleave(slot.repeat)
+                moved = moved * scale.reshape((-1,) + (1,) * (tensor.dim() - axis - 1))
+            pieces.append(moved)
         else:
             segment = segment.movedim(axis, 0)
             rest = segment.shape[1:]
@@ -67,16 +64,16 @@ def _moves_by_tensor(graph_p: ModelGraph, graph_a: ModelGraph, plans: Plans, rol
     """tensor -> axis -> the segments to move, for groups with a plan.
 
     reader_plans: the maps reader slots take (a merge method's unmerge maps); None: `plans` everywhere.
-    sources: each plan's permutation source where the caller keeps them (weight matching), else found here."""
+    sources: each plan as_gather'd where the caller keeps them (weight matching), else found here."""
     moves: dict[str, dict[int, list[Move]]] = {}
     for g_p, g_a in zip(graph_p.groups, graph_a.groups):
         plan = plans.get(g_a.name)
         if g_a.fixed or plan is None:
             continue
         read = plan if reader_plans is None else reader_plans[g_a.name]
-        found = {id(plan): sources[g_a.name] if sources is not None else _permutation_source(plan)}
+        found = {id(plan): sources[g_a.name] if sources is not None else as_gather(plan)}
         if id(read) not in found:  # not setdefault: its argument would be computed for every group and slot
-            found[id(read)] = _permutation_source(read)
+            found[id(read)] = as_gather(read)
         for s_p, s_a in zip(g_p.slots, g_a.slots):
             if s_p.role in roles and (s_p.tensor, s_p.axis, s_p.offset) != skip:
                 taken = read if s_p.role == "reader" else plan

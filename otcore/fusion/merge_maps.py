@@ -16,6 +16,7 @@ from otcore.activations import capture_activations
 from otcore.errors import FusionError
 from otcore.fusion.align import Plans, check_same_family, transform_bias, transform_weight, weight_of
 from otcore.fusion.new_weights import copy_with
+from otcore.fusion.resize import resized_copy
 from otcore.models import OUTPUT, FusableNet
 
 EPS = 1e-12
@@ -78,7 +79,9 @@ def correlation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def merge_weights(parents: list[FusableNet], template: FusableNet, merges: list[Plans], unmerges: list[Plans],
                   weights: list[float]) -> FusableNet:
-    """A copy of the template with W_fused = sum_p T_p[out]^T W_p U_p[in]; a missing merge map is w_p I."""
+    """A copy of the template with W_fused = sum_p T_p[out]^T W_p U_p[in]; a missing merge map is w_p I.
+
+    Maps wider than the template's groups (partial merging) give a copy resized to them."""
     dtypes = {k: v.dtype for k, v in template.state_dict().items()}
     summed: dict[str, torch.Tensor] = {}
     for parent, merge, unmerge, weight in zip(parents, merges, unmerges, weights):
@@ -92,7 +95,10 @@ def merge_weights(parents: list[FusableNet], template: FusableNet, merges: list[
                 parts[f"{layer.name}.bias"] = transform_bias(module.bias.detach(), t_out)
             for name, tensor in parts.items():
                 summed[name] = summed.get(name, 0) + scale * tensor.to(dtypes[name])
-    return copy_with(template, summed).eval()
+    own = template.state_dict()
+    if all(own[name].shape == tensor.shape for name, tensor in summed.items()):
+        return copy_with(template, summed).eval()
+    return resized_copy(template, summed).eval()  # partial merging: wider than the anchor
 
 
 def repair_target(pre: list[dict[str, torch.Tensor]], merges: list[Plans]) -> dict[str, tuple[torch.Tensor,

@@ -5,7 +5,10 @@ correlated pair of current features merges into one (two of the same model allow
 budget), until the fused width remains. The result is a merge map (fused feature = weighted
 mean of its members) and an unmerge map (each member reads its fused feature), so the fused
 layer is sum_p Merge_p W_p Unmerge_p. Full zip: every layer is merged, and the fused network
-has the anchor's widths. Follows the authors' match_tensors_zipit (alpha, beta as there), with
+has the anchor's widths; partial zipping (FusionOptions.width > 1) stops the greedy pairing at a
+larger width, so the least correlated features stay unmerged, side by side (at N times the
+anchor's width none merge, and the network is the parents' ensemble of logits). Follows the
+authors' match_tensors_zipit (alpha, beta as there), with
 two changes for N > 2 parents, where their code stalls or splits what belongs together:
 - a cluster counts its members per model, not by its first member's model: a merge spends the
   budget of every model the two sides share, and once a model's budget is spent no two clusters
@@ -153,10 +156,21 @@ def zipit_maps(feats: list[torch.Tensor], weights: list[float], width: int, alph
         raise FusionError("ZipIt!: the parents' features on the sample are not finite; check the parents' weights")
     origin = np.repeat(np.arange(n_models), sizes)
     cluster = _greedy_merges(link.cpu().numpy().copy(), origin, n_models, width, alpha, beta)
+    return cluster_maps(cluster, sizes, weights, width, stacked)
+
+
+def cluster_maps(cluster: np.ndarray, sizes: list[int], weights: list[float], width: int,
+                 like: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per parent, (merge T_p, unmerge U_p), both (d_p, width), of a clustering of the stacked features.
+
+    cluster: (sum d_p,) the fused feature (0..width-1) each parent feature joins. U_p[:, k] is 1 on p's
+    members of k; T_p[:, k] holds the members' parent weights normalised to sum 1 (the plain mean where
+    they are all 0). Dtype and device are `like`'s."""
+    total = len(cluster)
     unmerge_np = np.zeros((total, width))
-    unmerge_np[np.arange(total), cluster] = 1.0  # (total, width), clusters ordered by lowest member
-    unmerge = torch.from_numpy(unmerge_np).to(device=stacked.device, dtype=stacked.dtype)
-    share = torch.as_tensor(np.repeat(weights, sizes), dtype=stacked.dtype, device=stacked.device)[:, None] * unmerge
+    unmerge_np[np.arange(total), cluster] = 1.0  # (total, width)
+    unmerge = torch.from_numpy(unmerge_np).to(device=like.device, dtype=like.dtype)
+    share = torch.as_tensor(np.repeat(weights, sizes), dtype=like.dtype, device=like.device)[:, None] * unmerge
     total_share = share.sum(0, keepdim=True)
     # A cluster whose members all have weight 0 still needs a value: their plain mean.
     merge = torch.where(total_share > 0, share / total_share.clamp_min(1e-30), unmerge / unmerge.sum(0, keepdim=True))
