@@ -33,6 +33,12 @@ def batch_norms(model: nn.Module) -> list[_BatchNorm]:
     return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
 
 
+def channel_statistics(channels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, biased variance) in float64 of each row of (channels, values): what a batch norm normalises by."""
+    rows = channels.double()
+    return rows.mean(1), rows.var(1, unbiased=False)
+
+
 def reset_batch_norm(model: nn.Module, x: torch.Tensor, batch_size: int = RESET_BATCH) -> nn.Module:
     """A new model (eval mode) whose BatchNorm running statistics are those of its own inputs on x.
 
@@ -57,8 +63,8 @@ def reestimate_batch_norms(model: nn.Module, x: torch.Tensor, batch_size: int = 
     seen: dict[int, list[tuple[int, torch.Tensor, torch.Tensor]]] = {id(m): [] for m in norms}
 
     def record(module: _BatchNorm, inputs: tuple) -> None:
-        channels = inputs[0].transpose(0, 1).reshape(module.num_features, -1).double()
-        seen[id(module)].append((channels.shape[1], channels.mean(1), channels.var(1, unbiased=False)))
+        channels = inputs[0].transpose(0, 1).reshape(module.num_features, -1)
+        seen[id(module)].append((channels.shape[1], *channel_statistics(channels)))
 
     modes = [(m, m.training) for m in model.modules()]
     handles = [m.register_forward_pre_hook(record) for m in norms]

@@ -100,19 +100,20 @@ def weight_matching_group_plans(parent: nn.Module, anchor: nn.Module, graph_p: M
     terms = {(s_p.tensor, s_p.axis, s_p.offset): _SlotTerm(state_a[s_a.tensor], state_p[s_p.tensor], s_a, s_p,
                                                            g_p.size)
              for g_p, g_a in groups for s_p, s_a in zip(g_p.slots, g_a.slots)}
+    solved: dict[str, list[torch.Tensor]] = {}  # each group's terms at its last solve
     rng = np.random.default_rng(seed)
 
-    def similarity_of(g_p: ChannelGroup, g_a: ChannelGroup) -> torch.Tensor:
-        """sum over the group's slots of anchor rows @ moved parent rows^T: (anchor channel, parent channel)."""
-        similarity = torch.zeros(g_a.size, g_a.size, dtype=torch.float64)
+    def parts_of(g_p: ChannelGroup) -> list[torch.Tensor]:
+        """The group's similarity terms, one per slot: anchor rows @ moved parent rows^T (anchor, parent channel)."""
+        parts = []
         for s_p in g_p.slots:
             skip = (s_p.tensor, s_p.axis, s_p.offset)
             # The parent's tensor with every other slot's current plan applied, this slot's axis left free.
             moves = _moves_by_tensor(graph_p, graph_a, plans, ("writer", "follower", "reader"), skip,
                                      sources=sources).get(s_p.tensor, {})
             # Moves of other segments on this slot's own axis leave its segment as it is.
-            similarity += terms[skip].update({axis: m for axis, m in moves.items() if axis != s_p.axis})
-        return similarity
+            parts.append(terms[skip].update({axis: m for axis, m in moves.items() if axis != s_p.axis}))
+        return parts
 
     def assignment(cost: torch.Tensor) -> torch.Tensor:
         """The 0/1 plan (parent, anchor) of the cheapest assignment."""
@@ -127,7 +128,17 @@ def weight_matching_group_plans(parent: nn.Module, anchor: nn.Module, graph_p: M
         for u in rng.permutation(len(units)):
             members = [groups[k] for k in units[u]]
             # A unit is the groups sharing attention heads (matched together, heads as blocks), else one group.
-            sims = [similarity_of(g_p, g_a).T for g_p, g_a in members]  # (parent channel, anchor channel)
+            parts = [parts_of(g_p) for g_p, _ in members]
+            if all(g_a.name in solved and all(a is b for a, b in zip(p, solved[g_a.name]))
+                   for p, (_, g_a) in zip(parts, members)):
+                continue  # the same similarity as at its last solve: the same assignment, which improves nothing
+            sims = []
+            for p, (_, g_a) in zip(parts, members):
+                solved[g_a.name] = p
+                similarity = torch.zeros(g_a.size, g_a.size, dtype=torch.float64)
+                for part in p:
+                    similarity += part
+                sims.append(similarity.T)  # (parent channel, anchor channel)
             heads = min(head_count(g_p, g_a) for g_p, g_a in members)
             if heads > 1 and head_mode != "flat":
                 new = [(plan > 0).double() for plan in block_plans([-sim for sim in sims], heads,

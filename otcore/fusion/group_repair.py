@@ -33,6 +33,7 @@ from torch import fx, nn
 from otcore.device import private_copy
 from otcore.errors import FusionError
 from otcore.fusion.align import Plans
+from otcore.fusion.batch_norm import channel_statistics
 from otcore.fusion.new_weights import with_biases
 from otcore.fusion.repair import check_sample
 from otcore.graph import ModelGraph
@@ -284,9 +285,11 @@ class _Repairer(fx.Interpreter):
         point = self.points.get(n.name)
         if n.name in self.reset:  # batch norm's statistics on the sample, in place of the stale ones
             _, _, running, _ = _norm_tensors(self.module, n)
-            z = _channels(self.env[n.args[0]], 1)
-            self.tensors[running[0]].copy_(z.mean(1))
-            self.tensors[running[1]].copy_(z.var(1) if z.shape[1] > 1 else torch.zeros_like(z[:, 0]))
+            # Here, not by batch_norm.reestimate_batch_norms: each norm must see its input with the points
+            # before it already corrected, in this one pass; the statistics are the same.
+            mean, variance = channel_statistics(_channels(self.env[n.args[0]], 1))
+            self.tensors[running[0]].copy_(mean)
+            self.tensors[running[1]].copy_(variance)
         result = super().run_node(n)
         if point is None or self.targets is None or point.node not in self.targets:
             return result
