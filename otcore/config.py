@@ -65,7 +65,7 @@ def spec_hash(kind: str, *specs: Any) -> CacheKey:
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100")
 ARCHITECTURES = ("mlpnet", "mlpnet_half", "mlpnet_doub", "vgg11_nobias", "vgg11_half_nobias", "vgg11_doub_nobias",
                  "vgg11_quad_nobias", "vgg_tiny_nobias", "vgg_tiny_doub_nobias", "resnet18_nobias_nobn",
-                 "resnet_tiny_nobias_nobn")
+                 "resnet_tiny_nobias_nobn", "vit_tiny", "vit_tiny_doub")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")  # resolved by otcore.device.resolve_device
 # Architectures from outside the zoo: 'torchvision:NAME', 'timm:NAME', and on the command line only
 # 'file:PATH.py:NAME' (it runs the user's own code; the web app never offers it). otcore.external_models builds them.

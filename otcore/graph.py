@@ -54,8 +54,10 @@ def trace_groups(model: nn.Module, input_shape: tuple[int, ...]) -> ModelGraph:
     tracer = Tracer(module, module.state_dict())
     tracer.run()
     groups = tracer.groups()
+    # Attention's fields only where set: every other network's digest (in its cache keys) stays as it was.
     structure = repr([(g.name, g.size, g.fixed, g.node, g.node_dim,
-                       [(s.tensor, s.axis, s.offset, s.repeat, s.role) for s in g.slots]) for g in groups])
+                       [(s.tensor, s.axis, s.offset, s.repeat, s.role) for s in g.slots])
+                      + ((g.node_offset, g.heads, g.heads_with) if g.node_offset or g.heads else ()) for g in groups])
     return ModelGraph(groups, hashlib.sha256(structure.encode()).hexdigest()[:16])
 
 

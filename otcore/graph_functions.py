@@ -30,6 +30,8 @@ class FunctionRules:
             return None
         if target is getattr or (node.op == "call_function" and target is operator.getitem and x is None):
             return None
+        if node.op == "call_function" and target is operator.getitem and (kept := self.index(x, args[1], shape)):
+            return kept  # indexing tokens or positions, not channels
         if target in JOINS or (node.op == "call_method" and target in JOIN_METHODS):
             return self.join(node, args[:2], shape)
         leaf = getattr(target, "__name__", "") if node.op == "call_function" else ""

@@ -38,6 +38,8 @@ class LayerRules:
             if isinstance(mod, nn.PReLU) and mod.weight.numel() > 1:
                 self.follow(node, path, x, ("weight",))
             return self.same(x, shape)
+        if isinstance(mod, nn.MultiheadAttention):
+            return self.multihead_attention(node, mod, x)
         if next(mod.parameters(recurse=False), None) is None and not list(mod.children()):
             raise self.refuse(node, f"{type(mod).__name__} is not a layer the tracer knows")
         raise self.refuse(node, f"{type(mod).__name__} has weights the tracer does not know how to align")

@@ -11,6 +11,7 @@ import torch
 from torch import fx
 
 from otcore.errors import ModelError
+from otcore.graph_attention import AttentionRules
 from otcore.graph_functions import FunctionRules
 from otcore.graph_layers import LayerRules
 from otcore.graph_ops import flatten_args
@@ -18,7 +19,7 @@ from otcore.graph_shapes import ShapeRules
 from otcore.graph_types import FIXED, ChannelGroup, Slot, _Segment, _Value
 
 
-class Tracer(LayerRules, FunctionRules, ShapeRules):
+class Tracer(LayerRules, FunctionRules, ShapeRules, AttentionRules):
     """Propagates channel layouts through an fx graph and unions what must move together."""
 
     def __init__(self, module: fx.GraphModule, state: dict[str, torch.Tensor]) -> None:
@@ -32,6 +33,7 @@ class Tracer(LayerRules, FunctionRules, ShapeRules):
         self.joined: set[int] = set()  # roots whose node is a sum's
         self.values: dict[str, _Value | tuple | None] = {}
         self.current = ""  # the node being visited
+        self.init_attention()
 
     # ----------------------------------------------------------------- union-find
     def new_group(self, name: str, size: int) -> int:
@@ -40,6 +42,7 @@ class Tracer(LayerRules, FunctionRules, ShapeRules):
         self.sizes.append(size)
         self.slots.append([])
         self.nodes.append(self.current)
+        self.offsets.append(0)
         return len(self.parent) - 1
 
     def find(self, g: int) -> int:
@@ -100,6 +103,8 @@ class Tracer(LayerRules, FunctionRules, ShapeRules):
             return _Value([_Segment(group, shape[1])], 1, shape)
         if node.op == "get_attr":
             return None
+        if self.touches_heads(node):  # attention's views of channels over several dimensions
+            return self.visit_heads(node, shape)
         if node.op == "output":
             for arg in flatten_args(node.args):
                 self.fix(self.value(arg))
@@ -112,6 +117,8 @@ class Tracer(LayerRules, FunctionRules, ShapeRules):
 
     # ----------------------------------------------------------------- result
     def groups(self) -> tuple[ChannelGroup, ...]:
+        heads = self.resolve_heads()
+        shared = {first for root, (_, first) in heads.items() if first != root}  # groups others share heads with
         merged: dict[int, list[Slot]] = {}
         for g in range(1, len(self.parent)):
             merged.setdefault(self.find(g), []).extend(self.slots[g])
@@ -122,7 +129,10 @@ class Tracer(LayerRules, FunctionRules, ShapeRules):
             if root != 0:
                 sampled = self.values.get(self.nodes[root])
                 dim = sampled.dim if isinstance(sampled, _Value) else 1
-                out.append(ChannelGroup(self.names[root], self.sizes[root], tuple(slots), False, self.nodes[root], dim))
+                count, first = heads.get(root, (0, root))
+                tied = first != root or first in shared
+                out.append(ChannelGroup(self.names[root], self.sizes[root], tuple(slots), False, self.nodes[root], dim,
+                                        self.offsets[root], count, self.names[first] if tied else ""))
         fixed_slots = merged.get(0, [])
         if fixed_slots:
             out.append(ChannelGroup(FIXED, 0, tuple(fixed_slots), True))

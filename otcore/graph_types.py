@@ -30,6 +30,9 @@ class ChannelGroup:
     node: str = ""  # the fx node whose output samples these channels: the first sum joining them, else the
     # first writer's output after its normalisation
     node_dim: int = 1  # the channel dimension of that node's output (1 for maps, the last for token features)
+    node_offset: int = 0  # where the group's channels start along node_dim (a part of a fused q/k/v projection)
+    heads: int = 0  # > 1: channels are `heads` contiguous blocks (attention heads) that move as whole blocks
+    heads_with: str = ""  # groups naming the same group here share one permutation of their heads (q/k and v)
 
     def writers(self) -> list[str]:
         """Module paths whose outputs are these channels (weight axis 0)."""
@@ -70,3 +73,14 @@ class _Value:
 
     def width(self) -> int:
         return sum(s.size * s.repeat for s in self.segments)
+
+
+@dataclass
+class _Heads:
+    """What the tracer knows of a tensor whose channels of one group are spread over several dimensions
+    (attention's (batch, heads, tokens, head_dim) views): channel = sum_k index_k * prod(sizes after k)."""
+
+    group: int  # union-find id
+    factors: list[tuple[int, int]]  # (dimension, size) in the channels' row-major order
+    shape: tuple[int, ...]
+    partial: bool = False  # only the head index is left (attention scores: the within-head channels were summed)

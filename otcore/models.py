@@ -18,6 +18,7 @@ from torch import nn
 
 from otcore.errors import ModelError
 from otcore.external_models import build_external, is_external
+from otcore.vit import VIT_TINY, VIT_TINY_DOUB, vit_builder
 
 INPUT = "input"  # the group of the network's input channels (never permuted)
 OUTPUT = "output"  # the group of the classes (never permuted unless asked)
@@ -53,7 +54,8 @@ _REGISTRY: dict[str, Callable[[tuple[int, int, int], int], FusableNet]] = {}
 
 
 def register_model(name: str) -> Callable:
-    """Decorator: register a builder `(input_shape, num_classes) -> FusableNet` under a name."""
+    """Decorator: register a builder `(input_shape, num_classes) -> nn.Module` under a name (a FusableNet, or a
+    network whose groups are traced, as the Vision Transformers)."""
 
     def wrap(fn: Callable) -> Callable:
         _REGISTRY[name] = fn
@@ -249,3 +251,8 @@ register_model("resnet18_nobias_nobn")(
     lambda shape, classes: ResNet((64, 128, 256, 512), (2, 2, 2, 2), shape, classes))
 register_model("resnet_tiny_nobias_nobn")(
     lambda shape, classes: ResNet((8, 16, 32), (1, 2, 1), shape, classes))
+
+# ---------------------------------------------------------------------------- Vision Transformers
+# Not FusableNets: their alignment groups (residual stream, heads, q/k pairs) are read by tracing (otcore.graph).
+register_model("vit_tiny")(vit_builder(VIT_TINY))
+register_model("vit_tiny_doub")(vit_builder(VIT_TINY_DOUB))

@@ -10,7 +10,8 @@ whatever value it carries, so removing it (compaction) leaves the function uncha
 
 Groups never pruned: the fixed ones (input, logits, channels whose order matters) and groups
 normalised across their channels (LayerNorm over the channels, GroupNorm with fewer groups than
-channels), whose statistics would change when a channel goes. Groups are ranked as Torch-Pruning's
+channels), whose statistics would change when a channel goes. Attention heads' groups are pruned (masked)
+but never compacted: the attention's view reshapes them by a head size set in the module. Groups are ranked as Torch-Pruning's
 group importance does: a channel's score is the sum over the group's writers of the Ln norm of its
 output row.
 """
@@ -214,7 +215,7 @@ def compact_groups(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, 
     nonzero: dict[tuple[str, int], torch.Tensor] = {}
     shrunk: dict[str, tuple[int, int]] = {}
     for group in graph.free():
-        if normalised_across(model, group):
+        if normalised_across(model, group) or group.heads > 1:  # attention views heads by a fixed head size
             continue
         zero = zero_channels(state, group, nonzero)
         if not zero.any():

@@ -76,7 +76,7 @@ def test_a_model_the_tracer_cannot_follow_is_one_error_line_and_exit_2(tmp_path)
 
             def forward(self, x):
                 tokens = self.embed(x.flatten(2).transpose(1, 2))
-                return self.head(self.attn(tokens, tokens, tokens)[0].mean(1))
+                return self.head(self.attn(tokens, 2 * tokens, 2 * tokens)[0].mean(1))  # cross-attention
     """))
     for arch in (f"file:{source}:Attn", "torchvision:no_such_net", "mlp_no_such"):
         done = _check("--arch", arch)

@@ -32,7 +32,7 @@ def _described_groups(model) -> set[tuple[frozenset, frozenset]]:
             for g in groups}
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", [n for n in list_models() if not n.startswith("vit_")])  # ViTs: test_vit.py
 def test_traced_groups_equal_the_zoos_descriptions(name):
     model = build_model(name, _zoo_shape(name), 10)
     graph = trace_groups(model, _zoo_shape(name))
@@ -107,7 +107,7 @@ class _Attention(nn.Module):
         self.head = nn.Linear(8, 2)
 
     def forward(self, x):
-        return self.head(self.attn(x, x, x)[0].mean(1))
+        return self.head(self.attn(x, 2 * x, 2 * x)[0].mean(1))  # cross-attention: refused
 
 
 def test_a_model_the_tracer_cannot_follow_is_refused_with_one_message():

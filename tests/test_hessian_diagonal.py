@@ -90,7 +90,7 @@ def test_registry_nets_diagonal_matches_hessian_vector_products(arch):
 
 
 def test_every_registry_family_declares_itself_piecewise_linear():
-    for arch in list_models():
+    for arch in (a for a in list_models() if not a.startswith("vit_")):  # ViTs: softmax, GELU (tests/test_vit.py)
         assert build_model(arch, (1, 32, 32) if "tiny" not in arch else (1, 8, 8), 10).piecewise_linear, arch
 
 

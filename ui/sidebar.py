@@ -41,7 +41,7 @@ FAMILY_LABELS = {"zoo": "zoo", "torchvision": "torchvision", "timm": "timm"}
 MAX_LISTED = 200  # timm has over a thousand names: a search narrows them, the list shows at most this many
 PARTITION_LABELS = {"iid": "iid: every parent sees the whole split", "labels": "labels: a class subset each",
                     "personalized": "personalized: one class + a share", "small_big": "small / big: a share each"}
-DIGITS_ARCH_PREFIXES = ("mlpnet", "vgg_tiny", "resnet_tiny")  # the models sized for 8x8 inputs
+DIGITS_ARCH_PREFIXES = ("mlpnet", "vgg_tiny", "resnet_tiny", "vit_tiny")  # the models sized for 8x8 inputs
 INPUT_SHAPES = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}
 
 

@@ -28,7 +28,8 @@ from otcore.fusion.group_pleas import least_squares_groups
 from otcore.fusion.group_state import State, align_state, capture_nodes, is_permutation, load_fused
 from otcore.fusion.group_matching import weight_matching_group_plans
 from otcore.fusion.group_state import _move_axis, _moves_by_tensor, _segment
-from otcore.graph import ModelGraph, declared_input_shape, trace_groups
+from otcore.fusion.heads import block_plans, head_count, solve_units
+from otcore.graph import ChannelGroup, ModelGraph, declared_input_shape, trace_groups
 
 
 def check_same_structure(graphs: list[ModelGraph]) -> None:
@@ -48,47 +49,76 @@ def ot_group_plans(parent: nn.Module, anchor: nn.Module, graph_p: ModelGraph, gr
     """OT plans for every free group, in forward order, from the writers' weights or the groups' activations.
 
     A group's cost joins the rows of its writers whose inputs are already aligned (past correction),
-    as the hand-written walk does for a residual stream's writers."""
+    as the hand-written walk does for a residual stream's writers. Groups of attention heads sharing
+    their heads' order are solved together, heads as blocks (otcore.fusion.heads, opts.heads)."""
     state_p, state_a = parent.state_dict(), anchor.state_dict()
     plans: Plans = {}
     gathers: dict = {}  # each plan as_gather'd once: per group and plan, it took 3/4 of convnext_large's OT fusion
     diagnostics: list[GroupDiagnostics] = []
-    for g_p, g_a in zip(graph_p.groups, graph_a.groups):
-        if g_a.fixed:
-            continue
+    pairs = [(g_p, g_a) for g_p, g_a in zip(graph_p.groups, graph_a.groups) if not g_a.fixed]
+    for unit in solve_units(pairs):
         start = time.perf_counter()
         # Layers reading channels not aligned yet (this group's own included: a gate reading what it scales).
         pending = {s.tensor for g in graph_a.groups if g.name not in plans and not g.fixed
                    for s in g.slots if s.role == "reader"}
-        writers = [(s_p, s_a) for s_p, s_a in zip(g_p.slots, g_a.slots)
-                   if s_p.role == "writer" and s_p.tensor not in pending]
-        if not writers:
-            raise FusionError(f"group '{g_a.name}' has no layer writing it whose inputs are aligned")
         moves = _moves_by_tensor(graph_p, graph_a, plans, ("reader",), sources=gathers) if opts.past_correction else {}
-        rows_p, rows_a, raw_p = [], [], []
-        for s_p, s_a in writers:
-            tensor = state_p[s_p.tensor].detach()
-            raw_p.append(_segment(tensor, s_p, g_p.size))
-            for axis, axis_moves in moves.get(s_p.tensor, {}).items():
-                tensor = _move_axis(tensor, axis, axis_moves)
-            rows_p.append(_segment(tensor, s_p, g_p.size))
-            rows_a.append(_segment(state_a[s_a.tensor].detach(), s_a, g_a.size))
-        weights_p, weights_a = torch.cat(rows_p, 1), torch.cat(rows_a, 1)
-        if opts.mode == "activations":
-            # float64: cost = |x|^2 + |y|^2 - 2<x, y> loses the small distances between near-equal channels
-            # (an untrained net's pooled features) in float32, and the exact plan then swaps them.
-            feats_p, feats_a = acts_p[g_a.name].double(), acts_a[g_a.name].double()
+        problems = [_ot_problem(state_p, state_a, *pairs[i], pending, moves, opts, acts_p, acts_a) for i in unit]
+        heads = min(head_count(*pairs[i]) for i in unit)
+        if heads > 1 and opts.heads != "flat":
+            def within(cost: torch.Tensor, m: int, hp: int, ha: int) -> torch.Tensor:
+                (_, mu, nu), (dp, da) = problems[m], (cost.shape[0], cost.shape[1])
+                a, b = mu[hp * dp:(hp + 1) * dp], nu[ha * da:(ha + 1) * da]
+                return transport_plan(a / a.sum(), b / b.sum(), cost, opts.solver, opts.reg)
+
+            def between(cost: torch.Tensor) -> torch.Tensor:
+                masses = [(mu.reshape(heads, -1).sum(1), nu.reshape(heads, -1).sum(1)) for _, mu, nu in problems]
+                a = sum(m[0] for m in masses) / len(masses)
+                b = sum(m[1] for m in masses) / len(masses)
+                return transport_plan(a.double(), b.double(), cost, opts.solver, opts.reg)
+
+            solved_all = block_plans([cost for cost, _, _ in problems], heads, within, between, opts.heads)
         else:
-            feats_p, feats_a = weights_p, weights_a
-        cost = cost_matrix(feats_p, feats_a, opts.ground_metric, opts.squared, opts.normalize)
-        solved = transport_plan(_marginal(torch.cat(raw_p, 1), opts.marginals), _marginal(weights_a, opts.marginals),
-                                cost, opts.solver, opts.reg)
-        plan = solved / solved.sum(0, keepdim=True).clamp_min(1e-12) if opts.marginal_correction else solved
-        plans[g_a.name], gathers[g_a.name] = plan, as_gather(plan)
-        stats = torch.stack([cost.mean(), cost.min(), cost.max(), (solved * cost).sum(), closeness_of(solved)])
-        diagnostics.append(GroupDiagnostics(g_a.name, plan.shape[0], plan.shape[1], *stats.tolist(),
-                                            time.perf_counter() - start))
+            solved_all = [transport_plan(mu, nu, cost, opts.solver, opts.reg) for cost, mu, nu in problems]
+        seconds = (time.perf_counter() - start) / len(unit)
+        for i, (cost, _, _), solved in zip(unit, problems, solved_all):
+            g_a = pairs[i][1]
+            plan = solved / solved.sum(0, keepdim=True).clamp_min(1e-12) if opts.marginal_correction else solved
+            plans[g_a.name], gathers[g_a.name] = plan, as_gather(plan)
+            stats = torch.stack([cost.mean(), cost.min(), cost.max(), (solved * cost).sum(), closeness_of(solved)])
+            diagnostics.append(GroupDiagnostics(g_a.name, plan.shape[0], plan.shape[1], *stats.tolist(), seconds))
     return plans, diagnostics
+
+
+def _ot_problem(state_p: State, state_a: State, g_p: ChannelGroup, g_a: ChannelGroup, pending: set[str], moves: dict,
+                opts: FusionOptions, acts_p: dict[str, torch.Tensor] | None, acts_a: dict[str, torch.Tensor] | None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One group's transport problem: (cost (n_parent, n_anchor), parent masses, anchor masses)."""
+    writers = [(s_p, s_a) for s_p, s_a in zip(g_p.slots, g_a.slots)
+               if s_p.role == "writer" and s_p.tensor not in pending]
+    if not writers:
+        raise FusionError(f"group '{g_a.name}' has no layer writing it whose inputs are aligned")
+    rows_p, rows_a, raw_p = [], [], []
+    for s_p, s_a in writers:
+        tensor = state_p[s_p.tensor].detach()
+        raw_p.append(_segment(tensor, s_p, g_p.size))
+        for axis, axis_moves in moves.get(s_p.tensor, {}).items():
+            tensor = _move_axis(tensor, axis, axis_moves)
+        rows_p.append(_segment(tensor, s_p, g_p.size))
+        rows_a.append(_segment(state_a[s_a.tensor].detach(), s_a, g_a.size))
+    weights_p, weights_a = torch.cat(rows_p, 1), torch.cat(rows_a, 1)
+    if opts.mode == "activations":
+        # float64: cost = |x|^2 + |y|^2 - 2<x, y> loses the small distances between near-equal channels
+        # (an untrained net's pooled features) in float32, and the exact plan then swaps them.
+        feats_p, feats_a = acts_p[g_a.name].double(), acts_a[g_a.name].double()
+    else:
+        feats_p, feats_a = weights_p, weights_a
+    cost = cost_matrix(feats_p, feats_a, opts.ground_metric, opts.squared, opts.normalize)
+    return cost, _marginal(torch.cat(raw_p, 1), opts.marginals), _marginal(weights_a, opts.marginals)
+
+
+def sampled_nodes(graph: ModelGraph) -> dict[str, tuple[str, int, int, int]]:
+    """Each free group's sampled fx node, channel dimension, first channel and width there (capture_nodes)."""
+    return {g.name: (g.node, g.node_dim, g.node_offset, g.size) for g in graph.free()}
 
 
 def average_states(states: list[State], weights: list[float], anchor_state: State) -> State:
@@ -183,8 +213,9 @@ def _align_and_average(parents: list[nn.Module], graphs: list[ModelGraph], opts:
                                                                  dict[str, float]]:
     """OT or weight matching: every parent aligned to the anchor by one plan per group, then averaged."""
     anchor_idx = opts.anchor_index(len(parents))
-    nodes = {g.name: (g.node, g.node_dim) for g in graphs[anchor_idx].free()}
-    acts, sampled = ot_activations(parents, opts, act_inputs, lambda p: capture_nodes(p, act_inputs, nodes))
+    graph_of = {id(p): g for p, g in zip(parents, graphs)}  # each parent's own offsets (widths may differ)
+    acts, sampled = ot_activations(parents, opts, act_inputs, lambda p: capture_nodes(p, act_inputs, sampled_nodes(
+        graph_of[id(p)])))
     seconds = {"activations": sampled, "fusion": 0.0}
     start = time.perf_counter()
     anchor, graph_a = parents[anchor_idx], graphs[anchor_idx]
@@ -201,8 +232,9 @@ def _align_and_average(parents: list[nn.Module], graphs: list[ModelGraph], opts:
             # Started from exact OT on weights (past correction gives each group's assignment given the ones
             # before it): from identities the coordinate descent stalls on networks with many coupled axes
             # (mobilenet_v3_small's permuted copy: 0 of 27 groups found, all 27 from this start).
-            start_plans, _ = ot_group_plans(parent, anchor, graphs[i], graph_a, FusionOptions())
-            p = weight_matching_group_plans(parent, anchor, graphs[i], graph_a, seed=opts.seed, start=start_plans)
+            start_plans, _ = ot_group_plans(parent, anchor, graphs[i], graph_a, FusionOptions(heads=opts.heads))
+            p = weight_matching_group_plans(parent, anchor, graphs[i], graph_a, seed=opts.seed, start=start_plans,
+                                            head_mode=opts.heads)
             d = []
         else:
             p, d = ot_group_plans(parent, anchor, graphs[i], graph_a, opts, acts[i], acts[anchor_idx])

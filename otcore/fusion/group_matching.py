@@ -19,7 +19,8 @@ from torch import nn
 from otcore.errors import FusionError
 from otcore.fusion.align import Gather, Plans, as_gather
 from otcore.fusion.group_state import _move_axis, _moves_by_tensor, _segment
-from otcore.graph import ModelGraph, Slot
+from otcore.fusion.heads import block_plans, head_count, solve_units
+from otcore.graph import ChannelGroup, ModelGraph, Slot
 
 PARTIAL_UPDATE_SHARE = 0.25  # recompute only the changed positions' part of a term when at most this share changed
 
@@ -77,10 +78,12 @@ class _SlotTerm:
 
 
 def weight_matching_group_plans(parent: nn.Module, anchor: nn.Module, graph_p: ModelGraph, graph_a: ModelGraph,
-                                max_sweeps: int = 100, seed: int = 0, start: Plans | None = None) -> Plans:
+                                max_sweeps: int = 100, seed: int = 0, start: Plans | None = None,
+                                head_mode: str = "units") -> Plans:
     """Git Re-Basin's weight matching over every tensor axis of every group: permutations (n, n).
 
-    start: permutations to begin the coordinate descent from (identities when None)."""
+    start: permutations to begin the coordinate descent from (identities when None). Groups sharing
+    attention heads are matched together, heads as blocks (otcore.fusion.heads; head_mode as FusionOptions.heads)."""
     groups = [(g_p, g_a) for g_p, g_a in zip(graph_p.groups, graph_a.groups) if not g_a.fixed]
     for g_p, g_a in groups:
         if g_p.size != g_a.size:
@@ -99,36 +102,58 @@ def weight_matching_group_plans(parent: nn.Module, anchor: nn.Module, graph_p: M
              for g_p, g_a in groups for s_p, s_a in zip(g_p.slots, g_a.slots)}
     solved: dict[str, list[torch.Tensor]] = {}  # each group's terms at its last solve
     rng = np.random.default_rng(seed)
+
+    def parts_of(g_p: ChannelGroup) -> list[torch.Tensor]:
+        """The group's similarity terms, one per slot: anchor rows @ moved parent rows^T (anchor, parent channel)."""
+        parts = []
+        for s_p in g_p.slots:
+            skip = (s_p.tensor, s_p.axis, s_p.offset)
+            # The parent's tensor with every other slot's current plan applied, this slot's axis left free.
+            moves = _moves_by_tensor(graph_p, graph_a, plans, ("writer", "follower", "reader"), skip,
+                                     sources=sources).get(s_p.tensor, {})
+            # Moves of other segments on this slot's own axis leave its segment as it is.
+            parts.append(terms[skip].update({axis: m for axis, m in moves.items() if axis != s_p.axis}))
+        return parts
+
+    def assignment(cost: torch.Tensor) -> torch.Tensor:
+        """The 0/1 plan (parent, anchor) of the cheapest assignment."""
+        rows, cols = linear_sum_assignment(cost.numpy())
+        plan = torch.zeros(cost.shape, dtype=torch.float64)
+        plan[torch.as_tensor(rows), torch.as_tensor(cols)] = 1.0
+        return plan
+
+    units = solve_units(groups)
     for _ in range(max_sweeps):
         improved = False
-        for k in rng.permutation(len(groups)):
-            g_p, g_a = groups[k]
-            parts = []
-            for s_p in g_p.slots:
-                skip = (s_p.tensor, s_p.axis, s_p.offset)
-                # The parent's tensor with every other slot's current plan applied, this slot's axis left free.
-                moves = _moves_by_tensor(graph_p, graph_a, plans, ("writer", "follower", "reader"), skip,
-                                         sources=sources).get(s_p.tensor, {})
-                # Moves of other segments on this slot's own axis leave its segment as it is.
-                parts.append(terms[skip].update({axis: m for axis, m in moves.items() if axis != s_p.axis}))
-            if g_a.name in solved and all(a is b for a, b in zip(parts, solved[g_a.name])):
+        for u in rng.permutation(len(units)):
+            members = [groups[k] for k in units[u]]
+            # A unit is the groups sharing attention heads (matched together, heads as blocks), else one group.
+            parts = [parts_of(g_p) for g_p, _ in members]
+            if all(g_a.name in solved and all(a is b for a, b in zip(p, solved[g_a.name]))
+                   for p, (_, g_a) in zip(parts, members)):
                 continue  # the same similarity as at its last solve: the same assignment, which improves nothing
-            solved[g_a.name] = parts
-            similarity = torch.zeros(g_a.size, g_a.size, dtype=torch.float64)
-            for part in parts:
-                similarity += part
-            sim = similarity.numpy()  # (anchor channel, parent channel)
-            anchor_idx, parent_idx = linear_sum_assignment(sim, maximize=True)
-            old = plans[g_a.name].argmax(0).numpy()
-            current = sim[np.arange(g_a.size), old].sum()
+            sims = []
+            for p, (_, g_a) in zip(parts, members):
+                solved[g_a.name] = p
+                similarity = torch.zeros(g_a.size, g_a.size, dtype=torch.float64)
+                for part in p:
+                    similarity += part
+                sims.append(similarity.T)  # (parent channel, anchor channel)
+            heads = min(head_count(g_p, g_a) for g_p, g_a in members)
+            if heads > 1 and head_mode != "flat":
+                new = [(plan > 0).double() for plan in block_plans([-sim for sim in sims], heads,
+                                                                   lambda c, m, hp, ha: assignment(c), assignment,
+                                                                   head_mode)]
+            else:
+                new = [assignment(-sim) for sim in sims]
+            current = sum(float((sim * plans[g_a.name]).sum()) for sim, (_, g_a) in zip(sims, members))
+            found = sum(float((sim * plan).sum()) for sim, plan in zip(sims, new))
             # Relative: float64 sums of large similarities differ by rounding alone, and that sweeps again.
-            if sim[anchor_idx, parent_idx].sum() > current + 1e-12 * max(1.0, abs(current)):
+            if found > current + 1e-12 * max(1.0, abs(current)):
                 improved = True
-                plan = torch.zeros(g_a.size, g_a.size, dtype=torch.float64)
-                plan[torch.as_tensor(parent_idx), torch.as_tensor(anchor_idx)] = 1.0
-                plans[g_a.name] = plan
-                sources[g_a.name] = Gather(torch.as_tensor(parent_idx)[torch.as_tensor(anchor_idx).argsort()], None,
-                                           g_a.size)
+                for plan, (_, g_a) in zip(new, members):
+                    plans[g_a.name] = plan
+                    sources[g_a.name] = Gather(plan.argmax(0), None, g_a.size)
         if not improved:
             break
     return {name: plan.to(ref.dtype if ref.is_floating_point() else torch.float32) for name, plan in plans.items()}

@@ -68,7 +68,7 @@ def feature_nodes(model: nn.Module, graph: ModelGraph) -> dict[str, tuple[str, i
     nodes = {}
     for group in graph.free():
         node = by_name[group.node]
-        nodes[group.name] = (node.name, group.node_dim)
+        nodes[group.name] = (node.name, group.node_dim, group.node_offset, group.size)
         while len(node.users) == 1:
             node = next(iter(node.users))
             if activation(node):
@@ -132,7 +132,8 @@ def merge_and_unmerge_maps(feats: list[dict[str, torch.Tensor]], graphs: list[Mo
                 forward, inverse = cca_map(f[anchor_idx], f[i])
                 maps[i] = (weights[i] * forward.T, inverse)
         else:
-            width = opts.group_width(group.size, sum(part.shape[1] for part in f))
+            # Attention heads keep the anchor's width: the attention views them by its fixed head size.
+            width = group.size if group.heads > 1 else opts.group_width(group.size, sum(part.shape[1] for part in f))
             fit = zipit_maps if opts.alignment == "zipit" else matched_maps  # PLeaS's partial matching
             merge, unmerge = fit([f[i] for i in order], [weights[i] for i in order], width)
             maps = {i: (merge[k], unmerge[k]) for k, i in enumerate(order)}
@@ -200,5 +201,12 @@ def merge_by_group_maps(parents: list[nn.Module], graphs: list[ModelGraph], opts
         fused = load_fused(parents[anchor_idx], summed)
     else:  # partial merging: wider than the anchor
         fused = resized_copy(parents[anchor_idx], summed).eval()
+        try:
+            with torch.no_grad():
+                fused(act_inputs[:2])
+        except RuntimeError as exc:  # the network's own code fixes a width (an attention's reshape to its heads)
+            raise MergeMethodError(f"{MERGE_NAMES[opts.alignment]} at width {opts.width:g}: the widened network does not run "
+                              f"({str(exc).splitlines()[0][:120]}); its code fixes a width the tracer cannot see: "
+                              "use width 1") from None
     seconds["fusion"] = time.perf_counter() - start
     return fused, merges, seconds, not permutations

@@ -107,10 +107,11 @@ def capture_nodes(model: nn.Module, x: torch.Tensor, nodes: dict[str, tuple[str,
                   batch_size: int = 1000) -> dict[str, torch.Tensor]:
     """Outputs of fx nodes on x as (channels, samples): the channels of a group where it is complete.
 
-    nodes: group -> (fx node, its channel dimension). Runs a traced private copy (the model may be
-    shared); every position other than the channel one is one more sample."""
+    nodes: group -> (fx node, its channel dimension[, first channel, channels]): the last two where the
+    group is a part of the node's channels (a fused projection's q, k or v). Runs a traced private copy
+    (the model may be shared); every position other than the channel one is one more sample."""
     module = fx.symbolic_trace(private_copy(model))
-    dims = dict(nodes.values())
+    dims = {entry[0]: entry[1] for entry in nodes.values()}
     wanted = set(dims)
     found: dict[str, list[torch.Tensor]] = {name: [] for name in wanted}
 
@@ -127,7 +128,12 @@ def capture_nodes(model: nn.Module, x: torch.Tensor, nodes: dict[str, tuple[str,
     with torch.inference_mode():
         for start in range(0, len(x), batch_size):
             _Recorder(module).run(x[start:start + batch_size].to(device))
-    return {group: torch.cat(found[node], 1) for group, (node, _) in nodes.items()}
+    out = {}
+    for group, (node, _, *part) in nodes.items():
+        out[group] = torch.cat(found[node], 1)
+        if part:
+            out[group] = out[group][part[0]:part[0] + part[1]]
+    return out
 
 
 def load_fused(anchor: nn.Module, state: State) -> nn.Module:

@@ -13,7 +13,8 @@ from otcore.errors import FusionError
 
 CHOICES = {"mode": ("weights", "activations"), "alignment": ("ot", "weight_matching", "cca", "zipit", "pleas"),
            "solver": ("emd", "sinkhorn"), "ground_metric": ("euclidean", "cosine"),
-           "normalize": ("none", "max", "median", "mean"), "marginals": ("uniform", "importance")}
+           "normalize": ("none", "max", "median", "mean"), "marginals": ("uniform", "importance"),
+           "heads": ("units", "within", "flat")}
 ALIGNMENT_NAMES = {"ot": "OT", "weight_matching": "weight matching", "cca": "CCA Merge", "zipit": "ZipIt!",
                    "pleas": "PLeaS"}  # as messages name them
 MERGE_ALIGNMENTS = ("cca", "zipit", "pleas")  # alignments by merge/unmerge maps rather than one plan per parent
@@ -43,6 +44,8 @@ class FusionOptions:
     repair_bias: bool = False  # REPAIR gives bias-free fused layers a bias, so each neuron's mean is restored too
     seed: int = 0  # order in which weight matching visits the groups
     width: float = 1.0  # fused width per group as a multiple of the anchor's: 1 (merge all) to N parents (merge none)
+    heads: str = "units"  # attention heads (traced networks): aligned as 'units' and within, only 'within' their
+    #                       place, or 'flat' (the group as one layer, heads ignored); otcore.fusion.heads
 
     def __post_init__(self) -> None:
         for name, allowed in CHOICES.items():

@@ -33,6 +33,8 @@ def set_size_attributes(module: nn.Module, before: dict[str, tuple[int, ...]],
         module.out_features, module.in_features = weight.shape
     elif isinstance(module, nn.modules.batchnorm._NormBase):
         module.num_features = next(t for t in (weight, module._buffers.get("running_mean")) if t is not None).shape[0]
+    elif isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1:
+        module.normalized_shape = (weight.shape[0],)  # over the channels only (the tracer follows no other)
     elif isinstance(module, nn.GroupNorm):
         module.num_channels = module.num_groups = weight.shape[0]  # only per-channel GroupNorms resize
     elif isinstance(module, nn.PReLU):

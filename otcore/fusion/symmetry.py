@@ -12,6 +12,7 @@ from torch import nn
 
 from otcore.fusion.align import Plans, apply_plans, weight_of
 from otcore.fusion.group_align import input_shape_of
+from otcore.fusion.heads import random_head_permutations
 from otcore.graph import permute_state, trace_groups
 from otcore.models import INPUT, OUTPUT, FusableNet
 
@@ -32,6 +33,9 @@ def random_permutations(model: FusableNet, seed: int) -> Plans:
 def permuted_copy(model: nn.Module, seed: int, input_shape: tuple[int, ...] | None = None) -> nn.Module:
     """A copy of the model with every hidden group's neurons randomly reordered (same function).
 
+    Attention heads move as whole blocks (query, key and value heads together), and channels are reordered
+    within each head (otcore.fusion.heads).
+
     Any network outside the zoo is traced into its channel groups (otcore.graph), for which it needs the
     shape of one input: `input_shape`, else the model's own `input_shape` attribute."""
     # A plain deepcopy: permutations are for unpruned networks (a masked one has no leaf `weight` to copy).
@@ -41,6 +45,5 @@ def permuted_copy(model: nn.Module, seed: int, input_shape: tuple[int, ...] | No
         return twin.eval()
     graph = trace_groups(model, input_shape_of(model, None) if input_shape is None else tuple(input_shape))
     generator = torch.Generator().manual_seed(seed)
-    twin.load_state_dict(permute_state(model.state_dict(), graph, {
-        g.name: torch.randperm(g.size, generator=generator) for g in graph.free()}))
+    twin.load_state_dict(permute_state(model.state_dict(), graph, random_head_permutations(graph, generator)))
     return twin.eval()

@@ -60,6 +60,7 @@ def test_workspace_offers_models_that_fit_the_dataset(page):
     at = page(HOME).run()
     digits_archs = at.selectbox(key="ws.arch").options
     assert "mlpnet" in digits_archs and "vgg_tiny_nobias" in digits_archs and "resnet_tiny_nobias_nobn" in digits_archs
+    assert "vit_tiny" in digits_archs and "vit_tiny_doub" in digits_archs
     assert "vgg11_nobias" not in digits_archs and "resnet18_nobias_nobn" not in digits_archs
     assert not at.text_input  # no data root for the embedded dataset
     at.selectbox(key="ws.dataset").set_value("mnist").run()
@@ -68,6 +69,7 @@ def test_workspace_offers_models_that_fit_the_dataset(page):
     mnist_archs = at.selectbox(key="ws.arch").options
     assert "vgg11_nobias" not in mnist_archs  # five pools do not fit 28x28
     assert "resnet18_nobias_nobn" in mnist_archs and "mlpnet" in mnist_archs
+    assert "vit_tiny" in mnist_archs  # a 4x4 grid of 7x7 patches
 
 
 def test_real_dataset_without_root_is_an_error_not_a_traceback(page):
