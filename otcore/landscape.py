@@ -165,9 +165,14 @@ def interpolation_curve(model_a: nn.Module, model_b: nn.Module, batches: Batches
 
 def barrier(curve: Curve) -> float:
     """max over the path of loss(t) - [(1-t)·loss(start) + t·loss(end)], t the normalised position (>= 0)."""
-    t = (curve.lambdas - curve.lambdas[0]) / (curve.lambdas[-1] - curve.lambdas[0])
-    line = (1 - t) * curve.loss_mean[0] + t * curve.loss_mean[-1]
-    return float((curve.loss_mean - line).max())
+    return barrier_of(curve.lambdas, curve.loss_mean)
+
+
+def barrier_of(lambdas: Tensor, losses: Tensor) -> float:
+    """barrier() of losses at positions lambdas (increasing), the path's ends first and last."""
+    t = (lambdas - lambdas[0]) / (lambdas[-1] - lambdas[0])
+    line = (1 - t) * losses[0] + t * losses[-1]
+    return float((losses - line).max())
 
 
 def surface_2d(model: nn.Module, batches: Batches, dir1: Tensor, dir2: Tensor,

@@ -33,11 +33,11 @@ REFUSED = {
                 "11.8 s (1 thread, load 8)",
     "regnet_y_128gf": "644 M parameters: the walk's copies (model, permuted copy, fused, weight matching's float64 "
                       "reads) need about 20 GB, all of this shared machine's memory",
-    "vit_b_16": _TOO_BIG_INPUT + " (vit_b_32, 4x fewer tokens, took 11.1 s); transformers are a later issue",
-    "vit_b_32": _TOO_BIG_INPUT + " (11.1 s, 1 thread, load 8); transformers are a later issue",
-    "vit_h_14": _TOO_BIG_INPUT + " (wider and longer than vit_b_32's 11.1 s); transformers are a later issue",
-    "vit_l_16": _TOO_BIG_INPUT + " (wider and longer than vit_b_32's 11.1 s); transformers are a later issue",
-    "vit_l_32": _TOO_BIG_INPUT + " (wider than vit_b_32's 11.1 s); transformers are a later issue",
+    "vit_b_16": _TOO_BIG_INPUT + " (vit_b_32, 4x fewer tokens, took 11.1 s); the tracer reads them (tests/test_vit.py)",
+    "vit_b_32": _TOO_BIG_INPUT + " (11.1 s, 1 thread, load 8); the tracer reads them (tests/test_vit.py)",
+    "vit_h_14": _TOO_BIG_INPUT + " (wider and longer than vit_b_32's 11.1 s); the tracer reads them (tests/test_vit.py)",
+    "vit_l_16": _TOO_BIG_INPUT + " (wider and longer than vit_b_32's 11.1 s); the tracer reads them (tests/test_vit.py)",
+    "vit_l_32": _TOO_BIG_INPUT + " (wider than vit_b_32's 11.1 s); the tracer reads them (tests/test_vit.py)",
 }
 TORCHVISION = [n for n in torchvision.models.list_models(module=torchvision.models) if n not in REFUSED]
 # LayerNorm with layer scales (convnext_atto), squeeze-excitation (efficientnet_b0, mobilenetv3_small_050).
