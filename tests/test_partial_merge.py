@@ -21,7 +21,7 @@ from otcore.errors import FusionError
 from otcore.fusion import FusionOptions, MergeMethodError, fuse, resized_copy
 from otcore.fusion.batch_norm import reset_batch_norm
 from otcore.models import build_model, count_parameters
-from tests.support import REPO
+from tests.support import REPO, copy_cache
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -251,11 +251,12 @@ def test_widths_above_one_are_refused_where_they_cannot_be_built(tmp_path) -> No
     assert "Traceback" not in done.stderr
 
 
-def test_the_cli_prints_each_rows_parameter_count(digits_cli_train) -> None:
+def test_the_cli_prints_each_rows_parameter_count(digits_cli_train, tmp_path) -> None:
     """`fuse --alignment pleas --width 1.5 --json`: the fused mlpnet has 600, 300 and 150 hidden neurons."""
+    cache = copy_cache(digits_cli_train.cache, tmp_path)  # a copy: other tests expect that cache untouched
     done = subprocess.run([sys.executable, "-m", "otcore", "fuse", "--dataset", "digits", "--arch", "mlpnet",
                            "--alignment", "pleas", "--width", "1.5", "--json"], cwd=REPO, capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "OTCORE_CACHE_DIR": str(digits_cli_train.cache)})
+                          timeout=600, env={**os.environ, "OTCORE_CACHE_DIR": str(cache)})
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     rows = {r["id"]: r for r in out["rows"]}
