@@ -46,7 +46,7 @@ if st.session_state["fusion.alignment"] not in WIDENING:  # the slider shows the
     st.session_state["fusion.width"] = 1.0
 st.session_state["fusion.width"] = min(float(st.session_state["fusion.width"]), float(n_parents))
 
-align_col, form_col = st.columns([1.25, 6.15], vertical_alignment="top")
+align_col, form_col = st.columns([1.15, 6.25], vertical_alignment="top")
 # Outside the form, so that "Align by" is enabled or not as soon as the alignment changes.
 alignment = align_col.selectbox("Alignment", list(ALIGNMENTS), format_func=ALIGNMENTS.get, key="fusion.alignment",
                                 help="OT: layer-wise transport plans (the paper); weight matching: Git Re-Basin; "
@@ -62,7 +62,7 @@ repair_bias = align_col.checkbox("+ biases", key="fusion.repair_bias", disabled=
                                  help="REPAIR with biases: bias-free layers gain one bias per repaired neuron, so "
                                       "REPAIR restores their mean too; the fused network then has that many more parameters")
 with form_col.form("fusion", border=False):
-    row = st.columns([1.1, 1, 1, 1.1, 1.15, 1.3, 0.8], vertical_alignment="bottom")
+    row = st.columns([1.05, 0.9, 1.05, 1.2, 0.95, 1.0, 0.65], vertical_alignment="bottom")
     mode = row[0].selectbox("Align by", ALIGN_MODES, key="fusion.mode", disabled=by_activations,
                             help=f"{ALIGNMENTS[alignment]} always matches neurons by their activations on a sample "
                                  "of inputs (see Activation samples)" if by_activations else
@@ -140,12 +140,12 @@ frontier.remember(parent_set, spec)
 source = f"{run.source} ({run.wall_s:.2f} s)" if fresh else "from memory (seen earlier on this server)"
 timing = ", ".join(f"{k} {v:.2f} s" for k, v in comparison.seconds.items())
 device = comparison.extra.get("device", run.device)  # where it was computed, also for a cached result
-st.caption(f"Ran on **{device}** · result **{source}** · {timing} · key `{comparison.key[:12]}`")
 fused_size, anchor_size = (comparison.row(m).parameters for m in (Method.OT_FUSION, parent_id(spec.anchor % n_parents)))
-gained = (f"; REPAIR gave it **{fused_size - anchor_size:,} biases**, one per repaired neuron" if spec.repair_bias
-          and spec.width == 1 else ", with a bias per repaired neuron gained by REPAIR" if spec.repair_bias else "")
-st.caption(f"Fused network at width ×{spec.width:g}: **{fused_size:,} parameters** against the anchor parent's "
-           f"{anchor_size:,} (×{fused_size / anchor_size:.2f}){gained}.")
+gained = (f", REPAIR gave it **{fused_size - anchor_size:,} biases** (one per repaired neuron)" if spec.repair_bias
+          and spec.width == 1 else ", a bias per repaired neuron gained by REPAIR" if spec.repair_bias else "")
+st.caption(f"Ran on **{device}** · result **{source}** · {timing} · key `{comparison.key[:12]}`  \n"  # one block
+           f"Fused network at width ×{spec.width:g}: **{fused_size:,} parameters**, the anchor parent "
+           f"{anchor_size:,} (×{fused_size / anchor_size:.2f}){gained}")
 best = figures.best_parent_accuracy(comparison)
 for card, result in zip(widgets.card_slots(len(comparison.rows)), comparison.rows):
     gap = result.test.accuracy - best

@@ -98,27 +98,27 @@ def draw_tab(ws: Workspace, parent_set: ParentSet, shown: list[FrontierPoint], p
     """The Frontier tab: axis choice, the fine-tune click, the chart of `shown` (this session's points)."""
     epochs = finetune_epochs(page_epochs)
     choices = _one_shot(parent_set)
-    against_col, pick_col, button_col = st.columns([1.6, 1.6, 1], vertical_alignment="bottom")
-    against = against_col.radio("Against", ("parameters", "time"), horizontal=True, key="fusion.frontier.against",
-                                format_func={"parameters": "parameters", "time": "inference ms / 1000 images"}.get)
-    picked = pick_col.selectbox("Fine-tune a point", list(choices), key="fusion.frontier.pick",
-                                help="a fusion computed in this session, as merged")
+    chart_col, side = st.columns([5, 1.15], vertical_alignment="top")  # controls beside the chart: no scrolling
+    against = side.radio("Against", ("parameters", "time"), key="fusion.frontier.against",
+                         format_func={"parameters": "parameters", "time": "inference time"}.get,
+                         help="parameters (count), or inference ms per 1000 test images")
+    picked = side.selectbox("Fine-tune a point", list(choices), key="fusion.frontier.pick",
+                            help="a fusion computed in this session, as merged")
     where = "the page's fine-tuning epochs" if page_epochs > 0 else "1 epoch: the page's fine-tuning is 0"
-    if button_col.button(f"Fine-tune ({epochs} epoch{'s' if epochs != 1 else ''})", key="fusion.frontier.finetune",
-                         disabled=picked is None, width="stretch",
-                         help=f"the same fusion, then {where} with the retraining recipe it was fused with; "
-                              "the fine-tuned network joins the chart"):
+    if side.button(f"Fine-tune ({epochs} epoch{'s' if epochs != 1 else ''})", key="fusion.frontier.finetune",
+                   disabled=picked is None, width="stretch",
+                   help=f"the same fusion, then {where} with the retraining recipe it was fused with; "
+                        "the fine-tuned network joins the chart"):
         spec = finetuned(choices[picked], epochs)
         try:
-            runs.fusion_run(ws, parent_set, spec)
+            with side:
+                runs.fusion_run(ws, parent_set, spec)
         except Exception as err:  # noqa: BLE001 - shown, never raised into the page
             errors.show_error(err, "Fine-tuning failed")
             return
         remember(parent_set, spec)
         st.rerun()  # drawn again with the new point
-    st.plotly_chart(figures.frontier_chart(shown, against, height=330), theme=None, key="fusion.chart.frontier")
-    st.caption(f"Every method and width fused for these parents in this session ({len(specs(parent_set))} "
-               "settings), beside the parents and the baselines; the ensemble's parameters are all its parents'. "
-               f"The **{figures.ENSEMBLE_LABEL}** averages the parents' softmax outputs, while a fused network at "
-               "full width computes the mean of their *logits*: on personalized splits the two differ by 4-8 points. "
-               "Inference: median of 3 timings on the test split, measured once per network.")
+    chart_col.plotly_chart(figures.frontier_chart(shown, against, height=290), theme=None, key="fusion.chart.frontier")
+    side.caption(f"The **{figures.ENSEMBLE_LABEL}** averages the parents' softmax outputs; a fused network at full "
+                 "width computes the mean of their *logits*: on personalized splits the two differ by 4-8 points. "
+                 f"{len(specs(parent_set))} settings fused in this session; inference: median of 3 timings, once.")

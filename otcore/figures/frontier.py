@@ -55,6 +55,7 @@ def _hover(point: dict) -> list:
     return [point_label(point), width, f"{point['parameters']:,}", f"{point['accuracy']:.2f} %", timing]
 
 
+_TEXT_AT = ("top center", "bottom center", "middle right", "middle left")  # where each line's width labels go
 _HOVER = ("<b>%{customdata[0]}</b><br>width %{customdata[1]}<br>%{customdata[2]} parameters<br>"
           "test accuracy %{customdata[3]}<br>inference %{customdata[4]}<extra></extra>")
 
@@ -72,7 +73,7 @@ def frontier_chart(points: Sequence[Any], against: str = "parameters", title: st
     for p in rows:
         if p["kind"] in ("fusion", "fine-tuned fusion"):
             fused.setdefault((p["method"], p["kind"]), []).append(p)
-    for (method, kind), group in fused.items():
+    for index, ((method, kind), group) in enumerate(fused.items()):
         group = sorted(group, key=lambda p: (p["width"] or 0.0, p["parameters"]))
         tuned = kind != "fusion"
         name = ALIGNMENT_LABELS.get(method, method) + (" fine-tuned" if tuned else "")
@@ -80,7 +81,7 @@ def frontier_chart(points: Sequence[Any], against: str = "parameters", title: st
         fig.add_trace(go.Scatter(
             x=[_x(p, against) for p in group], y=[p["accuracy"] for p in group], name=name,
             mode="lines+markers+text", text=[f"×{p['width']:g}" for p in group],
-            textposition="bottom center" if tuned else "top center", textfont=dict(size=11, color=colour),
+            textposition=_TEXT_AT[index % len(_TEXT_AT)], textfont=dict(size=11, color=colour),
             line=dict(color=colour, width=1.5, dash="dash" if tuned else "solid"),
             marker=dict(size=10 if tuned else 9, symbol="diamond" if tuned else "circle", color=colour,
                         line=dict(color="white", width=1)),
@@ -98,7 +99,9 @@ def frontier_chart(points: Sequence[Any], against: str = "parameters", title: st
     if rows:
         fig.update_yaxes(range=accuracy_range([p["accuracy"] for p in rows]))
     fig.update_xaxes(tickformat=",d" if against == "parameters" else ".1f", rangemode="tozero")
-    fig.update_layout(legend=dict(font=dict(size=11)))
+    # A vertical legend on the right: the reference names are long, and a legend above would take the plot's rows.
+    fig.update_layout(legend=dict(font=dict(size=11), orientation="v", yanchor="top", y=1.0, xanchor="left", x=1.02),
+                      margin=dict(t=40 if title else 10, r=10))
     return fig
 
 

@@ -59,7 +59,7 @@ def test_zipit_at_widths_1_and_2_and_pleas_are_the_frontier(fusion, digits_paren
     for alignment, width in (("zipit", 1.0), ("zipit", 2.0), ("pleas", 1.5)):
         at = fuse(at, alignment, width)
     assert at.session_state["fusion.request"].spec.width == 1.5
-    assert any("**" in c.value and "parameters** against the anchor parent's" in c.value for c in at.caption)
+    assert any("**" in c.value and "parameters**, the anchor parent 126,600" in c.value for c in at.caption)
     figure = frontier_chart(at)
     drawn = drawn_points(figure)
     zipit = [cached(digits_parents, FusionSpec(alignment="zipit", width=w)) for w in (1.0, 2.0)]
