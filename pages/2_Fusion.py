@@ -157,8 +157,10 @@ for card, result in zip(widgets.card_slots(len(comparison.rows)), comparison.row
 table = figures.comparison_table(comparison)
 
 points = frontier.points(ws, parent_set)  # this session's fusions of these parents (memoised: times nothing twice)
+# Keyed and tracked: a rerun (the frontier's fine-tune click) keeps the tab the user is on.
 tab_compare, tab_frontier, tab_classes, tab_plans, tab_diag = st.tabs(
-    ["Comparison", "Frontier", "Per class", "Transport plans", "Per-layer diagnostics"])
+    ["Comparison", "Frontier", "Per class", "Transport plans", "Per-layer diagnostics"], key="fusion.tab",
+    on_change="rerun")
 with tab_compare:
     left, right = st.columns([1.62, 1])
     with left:
@@ -173,7 +175,7 @@ with tab_compare:
         st.download_button("Table (CSV)", table.to_csv(index=False), f"{stem}.csv", "text/csv",
                            key="fusion.download.csv", on_click="ignore", icon=":material/table:")
         widgets.report_button(lambda: report.fusion_report(comparison, parent_set.data, parent_set.model,
-                                                             parent_set.parents, spec, run.device, points),
+                                                             parent_set.parents, spec, run.device, frontier=points),
                                 f"{stem}-report.html", "fusion.download.report")
 with tab_frontier:
     frontier.draw_tab(ws, parent_set, points, int(finetune))

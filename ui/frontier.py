@@ -21,6 +21,7 @@ from ui.memo import memo
 from ui.state import ParentSet, Workspace
 
 SPECS = "fusion.frontier.specs"  # parent keys -> [FusionSpec, ...] in the order computed this session
+TIMINGS = 5  # inference timings per network, their median kept: one busy moment on a shared server is outvoted
 
 
 def remember(parent_set: ParentSet, spec: FusionSpec) -> None:
@@ -50,7 +51,7 @@ def _points_of(ws: Workspace, parent_set: ParentSet, comparison: Any) -> list[Fr
 
     def compute() -> list[FrontierPoint]:
         with st.spinner("timing inference of the new networks on the test split"):
-            return frontier_points([comparison], pipeline.dataset(parent_set.data).x_test)
+            return frontier_points([comparison], pipeline.dataset(parent_set.data).x_test, TIMINGS)
 
     return memo("frontier", key, compute)[0]
 
@@ -119,6 +120,8 @@ def draw_tab(ws: Workspace, parent_set: ParentSet, shown: list[FrontierPoint], p
         remember(parent_set, spec)
         st.rerun()  # drawn again with the new point
     chart_col.plotly_chart(figures.frontier_chart(shown, against, height=290), theme=None, key="fusion.chart.frontier")
-    side.caption(f"The **{figures.ENSEMBLE_LABEL}** averages the parents' softmax outputs; a fused network at full "
-                 "width computes the mean of their *logits*: on personalized splits the two differ by 4-8 points. "
-                 f"{len(specs(parent_set))} settings fused in this session; inference: median of 3 timings, once.")
+    chart_col.caption(f"{len(specs(parent_set))} settings fused for these parents in this session. The "
+                      f"**{figures.ENSEMBLE_LABEL}** averages the parents' softmax outputs; a fused network at full "
+                      "width computes the mean of their *logits*: on personalized splits the two differ by 4-8 "
+                      f"points. Inference: the median of {TIMINGS} timings on the test split, measured once per "
+                      "network, when first drawn (a busy server slows them).")

@@ -1,7 +1,7 @@
 """The accuracy-versus-size frontier: test accuracy against parameters (or inference time), one point per network.
 
 Points are otcore.frontier's rows (FrontierPoint or its dict: label, method, width, parameters, accuracy,
-seconds_per_1000, kind). Fused networks are drawn by alignment colour, a line through their widths;
+seconds_per_1000, kind). Fused networks are drawn by alignment colour, a line through their widths (against parameters);
 fine-tuned ones dashed with diamonds; the parents, the prediction ensemble and the vanilla average
 as reference markers of their own. A sweep's points (no networks kept, so no timing) come through
 sweep_frontier_rows.
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import pandas as pd
 import plotly.graph_objects as go
 
-from otcore.figures.style import PARAMETERS, TEST_ACC, accuracy_range, style
+from otcore.figures.style import PARAMETERS, TEST_ACC, accuracy_range, method_colour, style
 from otcore.methods import ALIGNMENT_LABELS, Method, is_parent
 
 # The studio's prediction ensemble averages the parents' probabilities; a fused network at full width
@@ -55,7 +55,7 @@ def _hover(point: dict) -> list:
     return [point_label(point), width, f"{point['parameters']:,}", f"{point['accuracy']:.2f} %", timing]
 
 
-_TEXT_AT = ("top center", "bottom center", "middle right", "middle left")  # where each line's width labels go
+_TEXT_AT = ("top center", "bottom center", "top left", "bottom right")  # where each line's width labels go
 _HOVER = ("<b>%{customdata[0]}</b><br>width %{customdata[1]}<br>%{customdata[2]} parameters<br>"
           "test accuracy %{customdata[3]}<br>inference %{customdata[4]}<extra></extra>")
 
@@ -80,15 +80,17 @@ def frontier_chart(points: Sequence[Any], against: str = "parameters", title: st
         colour = ALIGNMENT_COLOURS.get(method, "#79706E")
         fig.add_trace(go.Scatter(
             x=[_x(p, against) for p in group], y=[p["accuracy"] for p in group], name=name,
-            mode="lines+markers+text", text=[f"×{p['width']:g}" for p in group],
-            textposition=_TEXT_AT[index % len(_TEXT_AT)], textfont=dict(size=11, color=colour),
+            mode=("lines+" if against == "parameters" else "") + "markers+text", text=[f"×{p['width']:g}" for p in group],
+            textposition="middle right" if tuned else _TEXT_AT[index % len(_TEXT_AT)], textfont=dict(size=11, color=colour),
             line=dict(color=colour, width=1.5, dash="dash" if tuned else "solid"),
             marker=dict(size=10 if tuned else 9, symbol="diamond" if tuned else "circle", color=colour,
                         line=dict(color="white", width=1)),
             customdata=[_hover(p) for p in group], hovertemplate=_HOVER))
     for p in rows:
         if p["kind"] in _REFERENCE:
-            look = _REFERENCE[p["kind"]]
+            look = dict(_REFERENCE[p["kind"]])
+            if p["kind"] == "parent":  # each parent in its house colour, as on every other chart
+                look["color"] = method_colour(p["label"])
             retrained = "retrained" in p["label"]
             fig.add_trace(go.Scatter(
                 x=[_x(p, against)], y=[p["accuracy"]], name=point_label(p), mode="markers",

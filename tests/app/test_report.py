@@ -103,6 +103,6 @@ def test_the_fusion_report_draws_the_frontier_it_is_given(comparison, digits_par
     assert html.count("Plotly.newPlot") == without.count("Plotly.newPlot") + len(charts) == 7  # both frontiers more
     assert "Accuracy against size: every fusion computed for these parents (inference time)" in html
     assert "Parameters (count)" in html and "Inference (ms per 1000 test images)" in html
-    assert "mean logits" in html and "<script src=" not in html  # still one self-contained file
+    assert "mean of their logits" in html and "<script src=" not in html  # still one self-contained file
     table = figures.frontier_frame(points)
     assert list(table["width"].dropna()) == [1.0, 2.0] and table["test acc (%)"].map(lambda v: round(v, 2) == v).all()

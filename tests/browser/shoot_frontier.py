@@ -62,8 +62,10 @@ def main() -> None:
         page.wait_for_selector(f"{key('fusion.chart.frontier')} .legendtext[data-unformatted='ZipIt! fine-tuned']",
                                state="attached", timeout=LONG_MS)
         chart_drawn(page)
+        page.mouse.move(5, 5)  # away from the button: no tooltip over the view
         shot(page, "finetuned")
-        page.locator(f"{key('fusion.frontier.against')} label").nth(1).click()
+        shot(page, "finetuned_full", full=True)
+        page.locator(key("fusion.frontier.against")).get_by_text("inference time").click()
         wait_idle(page)
         chart_drawn(page)
         shot(page, "time")

@@ -63,6 +63,12 @@ def test_width_fuse_and_the_frontier_is_the_cached_rows(browser_cache: Path):
         assert page.locator("[data-testid='stException']").count() == 0
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / "test_browser_frontier.png"))
+        page.get_by_role("tab", name="Comparison").click()
+        with page.expect_download(timeout=LONG_MS) as download:  # built on click, with the session's frontier
+            click(page, "fusion.download.report")
+        html = Path(download.value.path()).read_text(encoding="utf-8")
+        assert "Accuracy against size: every fusion computed for these parents (parameters)" in html
+        assert ENSEMBLE_LABEL in html and "<title>OT fusion report: digits / mlpnet</title>" in html
 
     cache = DiskCache(browser_cache)  # what the server computed and stored
     parents = train_parents(DataSpec(), ModelSpec(), TrainSpec(), [0, 1], "cpu", cache=cache)
