@@ -24,8 +24,6 @@ from otcore.methods import ALIGNMENT_LABELS, Method, is_parent
 ENSEMBLE_LABEL = "prediction ensemble (mean probabilities)"
 AXES = {"parameters": "Parameters (count)", "time": "Inference (ms per 1000 test images)"}
 INFERENCE_PER_1000 = "inference per 1000 images (ms)"
-ALIGNMENT_COLOURS = {"ot": "#E45756", "weight_matching": "#8C6D31", "cca": "#17BECF", "zipit": "#2CA02C",
-                     "pleas": "#9467BD"}
 _REFERENCE = {"parent": dict(symbol="circle", color="#808495"), "ensemble": dict(symbol="star", color="#B279A2"),
               "vanilla": dict(symbol="square", color="#F58518")}
 _FUSED_IDS = {Method.OT_FUSION.value: "", Method.OT_FINETUNED.value: " fine-tuned", Method.OT_RETRAINED.value: " retrained"}
@@ -77,7 +75,7 @@ def frontier_chart(points: Sequence[Any], against: str = "parameters", title: st
         group = sorted(group, key=lambda p: (p["width"] or 0.0, p["parameters"]))
         tuned = kind != "fusion"
         name = ALIGNMENT_LABELS.get(method, method) + (" fine-tuned" if tuned else "")
-        colour = ALIGNMENT_COLOURS.get(method, "#79706E")
+        colour = method_colour(ALIGNMENT_LABELS.get(method, method))  # as on the comparison's bars
         fig.add_trace(go.Scatter(
             x=[_x(p, against) for p in group], y=[p["accuracy"] for p in group], name=name,
             mode=("lines+" if against == "parameters" else "") + "markers+text", text=[f"×{p['width']:g}" for p in group],
