@@ -99,26 +99,27 @@ def draw_tab(ws: Workspace, parent_set: ParentSet, shown: list[FrontierPoint], p
     """The Frontier tab: axis choice, the fine-tune click, the chart of `shown` (this session's points)."""
     epochs = finetune_epochs(page_epochs)
     choices = _one_shot(parent_set)
-    chart_col, side = st.columns([5, 1.15], vertical_alignment="top")  # controls beside the chart: no scrolling
-    against = side.radio("Against", ("parameters", "time"), key="fusion.frontier.against",
-                         format_func={"parameters": "parameters", "time": "inference time"}.get,
-                         help="parameters (count), or inference ms per 1000 test images")
+    chart_col, side = st.columns([5, 1.15], vertical_alignment="top")  # controls beside the chart, the button first
     picked = side.selectbox("Fine-tune a point", list(choices), key="fusion.frontier.pick",
                             help="a fusion computed in this session, as merged")
-    where = "the page's fine-tuning epochs" if page_epochs > 0 else "1 epoch: the page's fine-tuning is 0"
+    where = "the page's fine-tuning epochs" if page_epochs > 0 else "1 epoch, as the page's fine-tuning is 0"
     if side.button(f"Fine-tune ({epochs} epoch{'s' if epochs != 1 else ''})", key="fusion.frontier.finetune",
                    disabled=picked is None, width="stretch",
-                   help=f"the same fusion, then {where} with the retraining recipe it was fused with; "
-                        "the fine-tuned network joins the chart"):
+                   help=f"the same fusion fine-tuned for {where}, with the retraining recipe it was fused "
+                        "with; the fine-tuned network joins the chart"):
         spec = finetuned(choices[picked], epochs)
         try:
             with side:
                 runs.fusion_run(ws, parent_set, spec)
-        except Exception as err:  # noqa: BLE001 - shown, never raised into the page
-            errors.show_error(err, "Fine-tuning failed")
-            return
-        remember(parent_set, spec)
-        st.rerun()  # drawn again with the new point
+        except Exception as err:  # noqa: BLE001 - shown beside the chart, never raised into the page
+            with side:
+                errors.show_error(err, "Fine-tuning failed")
+        else:
+            remember(parent_set, spec)
+            st.rerun()  # drawn again with the new point
+    against = side.radio("Against", ("parameters", "time"), key="fusion.frontier.against",
+                         format_func={"parameters": "parameters", "time": "inference time"}.get,
+                         help="parameters (count), or inference ms per 1000 test images")
     chart_col.plotly_chart(figures.frontier_chart(shown, against, height=290), theme=None, key="fusion.chart.frontier")
     chart_col.caption(f"{len(specs(parent_set))} settings fused for these parents in this session. The "
                       f"**{figures.ENSEMBLE_LABEL}** averages the parents' softmax outputs; a fused network at full "

@@ -88,7 +88,7 @@ def test_the_fine_tune_click_adds_the_fine_tuned_point(fusion, digits_parents):
     at = fuse(fusion, "zipit", 2.0)
     assert at.selectbox(key="fusion.frontier.pick").options == ["ZipIt! ×2"]
     button = at.button(key="fusion.frontier.finetune")
-    assert button.label == "Fine-tune (1 epoch)" and "1 epoch: the page's fine-tuning is 0" in button.help
+    assert button.label == "Fine-tune (1 epoch)" and "1 epoch, as the page's fine-tuning is 0" in button.help
     button.click().run()
     assert not at.exception and not at.error
     tuned = cached(digits_parents, dataclasses.replace(FusionSpec(alignment="zipit", width=2.0), finetune_epochs=1))

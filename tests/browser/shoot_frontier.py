@@ -62,7 +62,9 @@ def main() -> None:
         page.wait_for_selector(f"{key('fusion.chart.frontier')} .legendtext[data-unformatted='ZipIt! fine-tuned']",
                                state="attached", timeout=LONG_MS)
         chart_drawn(page)
-        page.mouse.move(5, 5)  # away from the button: no tooltip over the view
+        page.mouse.move(5, 5)  # away from the button, and its focus dropped: no tooltip over the view
+        page.evaluate("() => document.activeElement && document.activeElement.blur()")
+        wait_idle(page)
         shot(page, "finetuned")
         shot(page, "finetuned_full", full=True)
         page.locator(key("fusion.frontier.against")).get_by_text("inference time").click()
