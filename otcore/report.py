@@ -20,6 +20,7 @@ import plotly.graph_objects as go
 import plotly.offline
 
 from otcore import figures
+from otcore.figures.frontier import INFERENCE_PER_1000
 
 _CSS = """
 body { font-family: Inter, 'Source Sans Pro', Helvetica, Arial, sans-serif; color: #262730; margin: 2rem auto;
@@ -150,15 +151,39 @@ def retraining_tables(comparison: Any) -> dict[str, pd.DataFrame]:
 
 
 def fusion_report(comparison: Any, data: Any, model: Any, parents: Sequence[Any], spec: Any, device: str,
-                  title: str | None = None) -> str:
-    """The HTML report of one fusion comparison, as the Fusion page and `otcore report` write it."""
+                  title: str | None = None, frontier: Sequence[Any] = ()) -> str:
+    """The HTML report of one fusion comparison, as the Fusion page and `otcore report` write it.
+
+    frontier: otcore.frontier points (every fusion computed for these parents), drawn and tabled when given."""
     tables = {"Comparison": figures.comparison_table(comparison)}
     if comparison.diagnostics:
         tables["Per-layer diagnostics"] = figures.diagnostics_table(comparison.diagnostics)
     tables.update(retraining_tables(comparison))
-    return write_report(title or f"OT fusion report: {data.name} / {model.arch}",
-                        fusion_settings(data, model, parents, spec, device, comparison), tables,
-                        fusion_figures(comparison))
+    charts = fusion_figures(comparison)
+    settings = fusion_settings(data, model, parents, spec, device, comparison)
+    if frontier:
+        tables.update(frontier_tables(frontier))
+        charts = {**frontier_figures(frontier), **charts}
+        settings["frontier · ensemble"] = FRONTIER_NOTE
+    return write_report(title or f"OT fusion report: {data.name} / {model.arch}", settings, tables, charts)
+
+
+FRONTIER_TITLE = "Accuracy against size: every fusion computed for these parents"
+FRONTIER_NOTE = (f"the {figures.ENSEMBLE_LABEL} averages the parents' softmax outputs; a fused network at full width "
+                 "computes the mean of their logits (on personalized splits the two differ by 4-8 points)")
+
+
+def frontier_figures(points: Sequence[Any]) -> dict[str, go.Figure]:
+    """The frontier against parameters, and against inference time where the points were timed."""
+    out = {f"{FRONTIER_TITLE} (parameters)": figures.frontier_chart(points, "parameters")}
+    if figures.frontier_frame(points)[INFERENCE_PER_1000].notna().all():
+        out[f"{FRONTIER_TITLE} (inference time)"] = figures.frontier_chart(points, "time")
+    return out
+
+
+def frontier_tables(points: Sequence[Any]) -> dict[str, pd.DataFrame]:
+    """The frontier's points as a table."""
+    return {FRONTIER_TITLE: figures.frontier_frame(points)}
 
 
 # ---------------------------------------------------------------------------- pruning, Hessian and landscape reports
@@ -259,6 +284,9 @@ def sweep_report(result: Any, config: Mapping[str, Any], curvature_metrics: Sequ
         x = "prune.fraction" if "prune.fraction" in result.fields else result.fields[0]
         for metric in [figures.TEST_ACC, *(m for m in curvature_metrics if m in figures.sweep_metrics(rows))]:
             charts[f"{metric} against {x}"] = figures.sweep_figure(rows, metric, x, side_by_side=metric != figures.TEST_ACC)
+    if "fusion.width" in result.fields and result.points:
+        charts[FRONTIER_TITLE.replace("computed for these parents", "of the sweep")] = figures.frontier_chart(
+            figures.sweep_frontier_rows(result.points), "parameters")
     return write_report(f"Sweep report: {len(result.points)} points over {', '.join(result.fields) or 'no grid'}",
                         settings, tables, charts)
 

@@ -14,12 +14,13 @@ from otcore.config import (
     RetrainSpec,
     SpecError,
 )
-from otcore.methods import Method, is_parent, parent_id
-from ui import errors, page, runs, sidebar, state, widgets
+from otcore.methods import ALIGNMENT_LABELS, Method, is_parent, parent_id
+from ui import errors, frontier, page, runs, sidebar, state, widgets
 
 DEFAULT = FusionSpec()
-ALIGNMENTS = {"ot": "OT", "weight_matching": "weight matching", "cca": "CCA Merge", "zipit": "ZipIt!"}
-ACTIVATION_ONLY = ("cca", "zipit")  # alignments that always use activations: "Align by" does not apply
+ALIGNMENTS = ALIGNMENT_LABELS
+ACTIVATION_ONLY = ("cca", "zipit", "pleas")  # alignments that always use activations: "Align by" does not apply
+WIDENING = ("zipit", "pleas")  # alignments that can keep unmatched features side by side (fusion.width > 1)
 
 page.page_setup("Fusion")
 ws = sidebar.workspace()
@@ -38,16 +39,21 @@ state.init_state({
     "fusion.act_seed": DEFAULT.act_seed, "fusion.squared": DEFAULT.squared,
     "fusion.past_correction": DEFAULT.past_correction, "fusion.marginal_correction": DEFAULT.marginal_correction,
     "fusion.skip_last_layer": DEFAULT.skip_last_layer, "fusion.renormalize": DEFAULT.renormalize,
-    "fusion.repair_bias": DEFAULT.repair_bias})
+    "fusion.repair_bias": DEFAULT.repair_bias, "fusion.width": DEFAULT.width})
 if st.session_state["fusion.anchor"] >= n_parents:
     st.session_state["fusion.anchor"] = 0
+if st.session_state["fusion.alignment"] not in WIDENING:  # the slider shows the width these alignments fuse at
+    st.session_state["fusion.width"] = 1.0
+st.session_state["fusion.width"] = min(float(st.session_state["fusion.width"]), float(n_parents))
 
-align_col, form_col = st.columns([1.25, 6.15], vertical_alignment="top")
+align_col, form_col = st.columns([1.15, 6.25], vertical_alignment="top")
 # Outside the form, so that "Align by" is enabled or not as soon as the alignment changes.
 alignment = align_col.selectbox("Alignment", list(ALIGNMENTS), format_func=ALIGNMENTS.get, key="fusion.alignment",
                                 help="OT: layer-wise transport plans (the paper); weight matching: Git Re-Basin; "
-                                     "CCA Merge and ZipIt!: linear maps from activations (the zoo's ResNets excepted)")
+                                     "CCA Merge, ZipIt! and PLeaS: linear maps from activations (the zoo's ResNets "
+                                     "excepted); PLeaS then fits each layer by least squares")
 by_activations = alignment in ACTIVATION_ONLY
+widening = alignment in WIDENING
 # REPAIR outside the form too: its bias option is enabled as soon as REPAIR is ticked.
 repair = align_col.checkbox("REPAIR", key="fusion.renormalize",
                             help="restore each fused neuron's mean and std (where it has a bias or a norm; its std "
@@ -56,7 +62,7 @@ repair_bias = align_col.checkbox("+ biases", key="fusion.repair_bias", disabled=
                                  help="REPAIR with biases: bias-free layers gain one bias per repaired neuron, so "
                                       "REPAIR restores their mean too; the fused network then has that many more parameters")
 with form_col.form("fusion", border=False):
-    row = st.columns([1.1, 1, 1, 1.1, 1.15, 0.8], vertical_alignment="bottom")
+    row = st.columns([1.05, 0.9, 1.05, 1.2, 0.95, 1.0, 0.65], vertical_alignment="bottom")
     mode = row[0].selectbox("Align by", ALIGN_MODES, key="fusion.mode", disabled=by_activations,
                             help=f"{ALIGNMENTS[alignment]} always matches neurons by their activations on a sample "
                                  "of inputs (see Activation samples)" if by_activations else
@@ -68,7 +74,13 @@ with form_col.form("fusion", border=False):
     finetune = row[4].number_input("Fine-tuning", min_value=0, max_value=1000, step=1, key="fusion.finetune_epochs",
                                    help="epochs of fine-tuning of the fused network (and of the vanilla average, "
                                         "unless unticked below) with the retraining recipe; 0 skips it")
-    pressed = row[5].form_submit_button("Fuse", type="primary", key="fusion.fuse", width="stretch")
+    width = row[5].slider("Width", 1.0, float(n_parents), step=0.25, key="fusion.width", disabled=not widening,
+                          help="the fused network's width, a multiple of the anchor's: 1 merges every feature, "
+                               f"{n_parents} keeps every parent's (the ensemble of logits); partial merging keeps the "
+                               "worst-matched features side by side" if widening else
+                          f"{ALIGNMENTS[alignment]} fuses into the anchor's width (1): only ZipIt! and PLeaS keep "
+                          "unmatched features side by side, so only they widen the fused network")
+    pressed = row[6].form_submit_button("Fuse", type="primary", key="fusion.fuse", width="stretch")
     with st.expander("More options: fine-tuning recipe, anchor, weights, cost, marginals, activations, corrections"):
         retrain_lr, schedule, retrain_vanilla = widgets.retraining_widgets("fusion", "fine-tuning")
         a, b, c, d = st.columns(4)
@@ -100,7 +112,7 @@ if pressed:
                           ensemble_step=float(step),
                           weights=widgets.parse_numbers(weights_text, "per-parent weights"), anchor=int(anchor),
                           skip_last_layer=skip_last, renormalize=repair, repair_bias=repair and repair_bias,
-                          alignment=alignment,
+                          alignment=alignment, width=float(width) if widening else 1.0,
                           finetune_epochs=int(finetune),
                           retrain=RetrainSpec(lr=retrain_lr, schedule=schedule, retrain_vanilla=retrain_vanilla))
         spec.parent_weights(n_parents)  # checks the weights' count against the parents
@@ -122,16 +134,18 @@ except Exception as err:  # noqa: BLE001 - shown, never raised into the page
     errors.show_error(err, "Fusion failed")
     st.stop()
 comparison = run.comparison
+frontier.remember(parent_set, spec)
 
 # ---- result: one status line, a card per method, then tabs (comparison first, downloads under it)
 source = f"{run.source} ({run.wall_s:.2f} s)" if fresh else "from memory (seen earlier on this server)"
 timing = ", ".join(f"{k} {v:.2f} s" for k, v in comparison.seconds.items())
 device = comparison.extra.get("device", run.device)  # where it was computed, also for a cached result
-st.caption(f"Ran on **{device}** · result **{source}** · {timing} · key `{comparison.key[:12]}`")
 fused_size, anchor_size = (comparison.row(m).parameters for m in (Method.OT_FUSION, parent_id(spec.anchor % n_parents)))
-if fused_size > anchor_size:  # --repair-bias: the fused network gained a bias per repaired neuron
-    st.caption(f"REPAIR gave the fused network **{fused_size - anchor_size:,} biases**, one per repaired neuron: "
-               f"{fused_size:,} parameters against the anchor parent's {anchor_size:,}.")
+gained = (f", REPAIR gave it **{fused_size - anchor_size:,} biases** (one per repaired neuron)" if spec.repair_bias
+          and spec.width == 1 else ", a bias per repaired neuron gained by REPAIR" if spec.repair_bias else "")
+st.caption(f"Ran on **{device}** · result **{source}** · {timing} · key `{comparison.key[:12]}`  \n"  # one block
+           f"Fused network at width ×{spec.width:g}: **{fused_size:,} parameters**, the anchor parent "
+           f"{anchor_size:,} (×{fused_size / anchor_size:.2f}){gained}")
 best = figures.best_parent_accuracy(comparison)
 for card, result in zip(widgets.card_slots(len(comparison.rows)), comparison.rows):
     gap = result.test.accuracy - best
@@ -142,8 +156,11 @@ for card, result in zip(widgets.card_slots(len(comparison.rows)), comparison.row
                      f"({best:.2f} %)")
 table = figures.comparison_table(comparison)
 
-tab_compare, tab_classes, tab_plans, tab_diag = st.tabs(["Comparison", "Per class", "Transport plans",
-                                                         "Per-layer diagnostics"])
+points = frontier.points(ws, parent_set)  # this session's fusions of these parents (memoised: times nothing twice)
+# Keyed and tracked: a rerun (the frontier's fine-tune click) keeps the tab the user is on.
+tab_compare, tab_frontier, tab_classes, tab_plans, tab_diag = st.tabs(
+    ["Comparison", "Frontier", "Per class", "Transport plans", "Per-layer diagnostics"], key="fusion.tab",
+    on_change="rerun")
 with tab_compare:
     left, right = st.columns([1.62, 1])
     with left:
@@ -158,8 +175,10 @@ with tab_compare:
         st.download_button("Table (CSV)", table.to_csv(index=False), f"{stem}.csv", "text/csv",
                            key="fusion.download.csv", on_click="ignore", icon=":material/table:")
         widgets.report_button(lambda: report.fusion_report(comparison, parent_set.data, parent_set.model,
-                                                             parent_set.parents, spec, run.device),
+                                                             parent_set.parents, spec, run.device, frontier=points),
                                 f"{stem}-report.html", "fusion.download.report")
+with tab_frontier:
+    frontier.draw_tab(ws, parent_set, points, int(finetune))
 with tab_classes:
     if parent_set.origin == "trained" and parent_set.train.partition != "iid":
         st.caption(f"The parents saw different parts of the data ('{parent_set.train.partition}' partition): mean "

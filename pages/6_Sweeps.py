@@ -183,6 +183,12 @@ apart = st.toggle("Initial and retrained side by side", key="sweeps.side_by_side
                   help="two panels: the networks as fused or pruned, and after retraining")
 st.plotly_chart(figures.sweep_figure(table, metric, x, shown or methods, side_by_side=apart), theme=None,
                 key="sweeps.chart")
+if "fusion.width" in result.fields:  # partial merging swept: the accuracy-versus-size frontier of its networks
+    st.plotly_chart(figures.frontier_chart(figures.sweep_frontier_rows(result.points), height=340), theme=None,
+                    key="sweeps.chart.frontier")
+    st.caption(f"Each network of the sweep by its size (accuracies averaged over parent seed sets; a sweep keeps no "
+               f"networks to time). The **{figures.ENSEMBLE_LABEL}** averages softmax outputs; a fused network at full "
+               "width computes the parents' mean logits.")
 constant = [c for c in (*result.fields, "seeds") if c in table and table[c].nunique() == 1]
 if constant:  # said once above the table, so that the columns that vary fit the page
     st.caption("On every row: " + " · ".join(f"{c} = {table[c].iloc[0]}" for c in constant))

@@ -26,6 +26,8 @@ from otcore.figures.curvature import (
                                        spectral_density_chart,
                                        trace_description,
 )
+from otcore.figures.frontier import (ENSEMBLE_LABEL, frontier_chart, frontier_frame, point_label,
+                                     sweep_frontier_rows)
 from otcore.figures.landscape import interpolation_chart, perturbation_chart, surface_contour
 from otcore.figures.partition import class_histogram, own_classes_table, per_class_frame, per_class_heatmap
 from otcore.figures.plans import diagnostics_chart, diagnostics_table, plan_array, plan_heatmap
@@ -75,13 +77,15 @@ from otcore.figures.sweeps import (
 
 __all__ = ["accuracy_range", "best_parent_accuracy", "check_study_metric", "class_histogram", "column_decimals",
            "comparison_bar", "comparison_table", "CURVATURE_DECIMALS", "curvature_record", "curvature_table",
-           "diagnostics_chart", "diagnostics_table", "experiment_label", "FONT", "FRACTION", "fraction_table", "GAP",
+           "diagnostics_chart", "diagnostics_table", "ENSEMBLE_LABEL", "experiment_label", "FONT", "FRACTION",
+           "fraction_table", "frontier_chart", "frontier_frame", "GAP",
            "headline", "HEATMAP_SCALE", "HESSIAN_TRACE", "human_size", "INFERENCE_MS", "interpolation_chart",
            "LAMBDA_MAX", "manifest_table", "METHOD", "method_colour", "METHOD_COLOURS", "METRICS", "own_classes_table",
            "PARAMETERS", "parents_table", "per_class_frame", "per_class_heatmap", "percent", "perturbation_chart",
-           "plan_array", "plan_heatmap", "prune_sweep_chart", "prune_table", "retrained", "RETRAINED",
+           "plan_array", "plan_heatmap", "point_label", "prune_sweep_chart", "prune_table", "retrained", "RETRAINED",
            "retraining_charts", "retraining_networks", "SEEDS", "SHARPNESS",
            "sharpness_scatter", "sharpness_table", "SPARSITY", "sparsity_chart", "spectral_density_chart",
            "STUDY_DECIMALS", "STUDY_METRICS", "study_table", "study_text", "style", "surface_contour", "sweep_figure",
-           "sweep_metrics", "sweep_table", "TABLE_FORMATS", "TEMPLATE", "TEST_ACC", "TEST_LOSS", "tick_label", "TRACE",
+           "sweep_frontier_rows", "sweep_metrics", "sweep_table", "TABLE_FORMATS", "TEMPLATE", "TEST_ACC", "TEST_LOSS",
+           "tick_label", "TRACE",
            "trace_description", "TRAIN_ACC", "TRAIN_LOSS", "validation_chart", "validation_frame"]

@@ -24,6 +24,10 @@ METHOD_COLOURS: dict[str, str] = {
     "prediction ensemble": "#B279A2",
     "OT fusion": "#E45756",
     "OT fusion fine-tuned": "#9D2A2A",
+    "weight matching": "#8C6D31",  # the other alignments' fused networks, as the frontier draws them too
+    "CCA Merge": "#17BECF",
+    "ZipIt!": "#2CA02C",
+    "PLeaS": "#9467BD",
 }
 _SPARE_COLOURS = ("#EECA3B", "#FF9DA6", "#9D755D", "#BAB0AC", "#439894", "#83BCB6", "#D67195", "#79706E")
 

@@ -147,7 +147,8 @@ _X_TITLES = {"prune.fraction": "prune fraction (share of weights removed)",
              "fusion.act_samples": "activation samples (inputs)", "fusion.reg": "Sinkhorn regularisation",
              "seed": "parent seed set (offset)", "arch": "architecture", "dataset": "dataset",
              "prune.type": "pruning type", "prune.order": "order of pruning and fusion",
-             "prune.retrain.lr": "retraining learning rate", "fusion.mode": "alignment by", "fusion.alignment": "alignment"}
+             "prune.retrain.lr": "retraining learning rate", "fusion.mode": "alignment by", "fusion.alignment": "alignment",
+             "fusion.width": "fused width (a multiple of the anchor's)"}
 _Y_TITLES = {TEST_ACC: "test accuracy (%)", TRAIN_ACC: "train accuracy (%)", TEST_LOSS: "test loss (nats)",
              SPARSITY: "sparsity (share of zero weights)", PARAMETERS: "parameters (count)",
              INFERENCE_MS: "inference on the test split (ms)", HESSIAN_TRACE: "Hessian trace",

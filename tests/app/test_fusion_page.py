@@ -56,7 +56,7 @@ def test_fuse_with_defaults_shows_every_method(fusion, digits_parents):
     assert ot_card.delta == f"{expected.row('OT fusion').test.accuracy - best:+.2f} pp"
     status = " ".join(c.value for c in at.caption)
     assert "Ran on **cpu**" in status
-    assert len(at.get("plotly_chart")) == 4  # accuracy bars, per-class heatmap, a transport plan, diagnostics
+    assert len(at.get("plotly_chart")) == 5  # accuracy bars, the frontier, per-class heatmap, a plan, diagnostics
     downloads = [b.key for b in at.get("download_button")]
     assert downloads == ["fusion.download.model", "fusion.download.csv", "fusion.download.report"]
     # Pressing again with the same settings is served from memory.

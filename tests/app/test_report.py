@@ -83,3 +83,26 @@ def test_cli_report_writes_the_fusion_pages_report(tmp_path, capsys):
     assert "Transport plan · parent 2/fc1" in html and "Test accuracy per method" in html
     assert main(["report", "--out", str(tmp_path / "missing-folder" / "r.html")]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error:")
+
+
+def test_the_fusion_report_draws_the_frontier_it_is_given(comparison, digits_parents):
+    from otcore.frontier import frontier_points
+    from otcore.pipeline import dataset
+
+    wide = fuse_and_compare(DataSpec(), ModelSpec(), digits_parents, FusionSpec(alignment="zipit", width=2.0),
+                            TrainSpec(), "cpu")
+    points = frontier_points([comparison, wide], dataset(DataSpec()).x_test, repeats=1)
+    charts = report.frontier_figures(points)
+    drawn = {t.name: list(zip(t.x, t.y)) for t in next(iter(charts.values())).data}
+    assert drawn["ZipIt!"] == [(wide.row("ot_fusion").parameters, wide.row("ot_fusion").test.accuracy)]
+    assert drawn[figures.ENSEMBLE_LABEL] == [(comparison.row("prediction_ensemble").parameters,
+                                             comparison.row("prediction_ensemble").test.accuracy)]
+    html = report.fusion_report(comparison, DataSpec(), ModelSpec(), digits_parents, FusionSpec(), "cpu",
+                                frontier=points)
+    without = report.fusion_report(comparison, DataSpec(), ModelSpec(), digits_parents, FusionSpec(), "cpu")
+    assert html.count("Plotly.newPlot") == without.count("Plotly.newPlot") + len(charts) == 7  # both frontiers more
+    assert "Accuracy against size: every fusion computed for these parents (inference time)" in html
+    assert "Parameters (count)" in html and "Inference (ms per 1000 test images)" in html
+    assert "mean of their logits" in html and "<script src=" not in html  # still one self-contained file
+    table = figures.frontier_frame(points)
+    assert list(table["width"].dropna()) == [1.0, 2.0] and table["test acc (%)"].map(lambda v: round(v, 2) == v).all()

@@ -251,3 +251,26 @@ def test_a_large_grid_shows_its_size_and_starts_only_when_confirmed(page, sweep_
     job.stop()  # no need to train 16 parents: stop after the first point
     release.set()
     assert job.wait(TIMEOUT_S) and job.result.status == "stopped: the Stop button was pressed"
+
+
+def test_a_sweep_over_the_width_draws_the_frontier_of_its_rows(page, sweep_cache):
+    import json
+
+    from otcore.figures import ENSEMBLE_LABEL
+    from otcore.sweep import LocalExecutor, SweepSpec, load_sweep, run_sweep
+
+    done = run_sweep(SweepSpec((("fusion.width", (1.0, 2.0)),), fusion=FusionSpec(alignment="zipit"), step="fusion",
+                               device="cpu"), LocalExecutor(), sweep_cache)
+    assert done.status == "finished"
+    at = page(SWEEPS_PAGE).run()
+    at.selectbox(key="sweeps.record").set_value(done.key)
+    at.button(key="sweeps.show").click().run()
+    assert not at.exception and not at.error
+    chart = next(c for c in at.get("plotly_chart") if "sweeps.chart.frontier" in c.proto.id)
+    drawn = {t["name"]: list(zip(t["x"], t["y"])) for t in json.loads(chart.proto.spec)["data"]}
+    points = sorted(load_sweep(done.key).points, key=lambda p: p.values["fusion.width"])  # as the record holds them
+    assert drawn["ZipIt!"] == [(p.comparison.row("ot_fusion").parameters, p.comparison.row("ot_fusion").test.accuracy)
+                               for p in points]
+    assert drawn[ENSEMBLE_LABEL] == [(points[0].comparison.row("prediction_ensemble").parameters,
+                                      points[0].comparison.row("prediction_ensemble").test.accuracy)]
+    assert points[1].comparison.row("ot_fusion").parameters > points[0].comparison.row("ot_fusion").parameters

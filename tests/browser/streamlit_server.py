@@ -270,6 +270,19 @@ def fill_number(page: Any, widget_key: str, value: float) -> None:
     wait_idle(page, "body")  # the rerun the new value starts, finished
 
 
+def set_slider(page: Any, widget_key: str, value: str, timeout_ms: int = IDLE_MS) -> None:
+    """Move a slider one arrow key at a time until its thumb shows `value` (a key lost in a redraw is pressed
+    again: the value read decides, never the count of presses)."""
+    slider = page.locator(f"{key(widget_key)} input[type='range']")  # react-aria's hidden range input
+    thumb = page.locator(f"{key(widget_key)} [data-testid='stSliderThumbValue']")
+    deadline = time.monotonic() + timeout_ms / 1000
+    while thumb.inner_text() != value and time.monotonic() < deadline:
+        slider.focus()
+        slider.press("ArrowLeft" if float(thumb.inner_text()) > float(value) else "ArrowRight")
+        expect(thumb).not_to_have_text("", timeout=timeout_ms)
+    expect(thumb).to_have_text(value, timeout=timeout_ms)
+
+
 def _grid(page: Any, container: str) -> Any:
     return page.locator(f"{container} [data-testid='stDataFrame']").first
 
