@@ -377,6 +377,7 @@ ALIGNMENT_METHODS = {
     "weight matching": FusionSpec(alignment="weight_matching", act_samples=ACT_SAMPLES),
     "CCA Merge": FusionSpec(alignment="cca", act_samples=ACT_SAMPLES),
     "ZipIt!": FusionSpec(alignment="zipit", act_samples=ACT_SAMPLES),
+    "PLeaS": FusionSpec(alignment="pleas", act_samples=ACT_SAMPLES),
 }
 
 

@@ -8,7 +8,7 @@ The margins are below what the bench measured on this 2-core CPU:
   weights +63, OT activations +78, weight matching +52, CCA Merge +81, ZipIt! +82; test-loss barrier 3.18
   naive against 1.03 with weight matching and REPAIR.
 - vgg11_bn (4 epochs at lr 0.002): parents 89.3 and 99.1 %; OT weights +18, OT activations +54, weight
-  matching +31, CCA Merge +77, ZipIt! +59; barrier NAIVE_VGG naive against REPAIRED_VGG.
+  matching +31, CCA Merge +77, ZipIt! +59; test-loss barrier 2.19 naive against 1.68 with weight matching and REPAIR.
   Its weight matching alone takes minutes (a 4096-wide classifier): the vgg11_bn cases are marked `long`,
   deselected unless `-m long` (about 25 minutes on 2 cores).
 """
@@ -30,7 +30,7 @@ RECIPES = {"resnet18": dict(epochs=5, lr=0.01), "vgg11_bn": dict(epochs=4, lr=0.
 LIFT = {"resnet18": dict.fromkeys(METHODS, 40.0),
         "vgg11_bn": {"OT (weights)": 10.0, "OT (activations)": 40.0, "weight matching": 20.0,
                      "CCA Merge": 60.0, "ZipIt!": 45.0}}
-BARRIER_GAP = {"resnet18": 1.0, "vgg11_bn": 0.0}
+BARRIER_GAP = {"resnet18": 1.0, "vgg11_bn": 0.3}
 ARCHS = [pytest.param("resnet18"), pytest.param("vgg11_bn", marks=pytest.mark.long)]
 
 
