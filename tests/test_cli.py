@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tests.support import REPO
+from tests.support import REPO, copy_cache
 
 FUSE_KEYS = {"parents", "ot_fusion", "vanilla_average", "prediction_ensemble", "seconds"}
 
@@ -34,11 +34,13 @@ def one_json_object(proc: subprocess.CompletedProcess) -> dict:
 
 
 @pytest.fixture(scope="module")
-def trained(digits_cli_train):
-    """`train` twice in one fresh cache folder: the first run (the session's) trains, the second reads."""
+def trained(digits_cli_train, tmp_path_factory):
+    """`train` twice: the first run (the session's) trains, the second reads, in a copy of its cache folder (this
+    module's fusions write there: other tests expect the session's folder to hold its two parents only)."""
+    cache = copy_cache(digits_cli_train.cache, tmp_path_factory.mktemp("cli-cache"))
     args = ("train", "--dataset", "digits", "--arch", "mlpnet", "--json")
-    second = run_cli(*args, cache=digits_cli_train.cache)
-    return SimpleNamespace(cache=digits_cli_train.cache, first=digits_cli_train.proc, second=second)
+    second = run_cli(*args, cache=cache)
+    return SimpleNamespace(cache=cache, first=digits_cli_train.proc, second=second)
 
 
 def test_train_json_reports_two_freshly_trained_parents(trained):
