@@ -274,6 +274,7 @@ GROUND_METRICS = ("euclidean", "cosine")
 NORMALIZATIONS = ("none", "max", "median", "mean")
 MARGINALS = ("uniform", "importance")
 ALIGNMENTS = ("ot", "weight_matching", "cca", "zipit", "pleas")
+HEAD_MODES = ("units", "within", "flat")  # attention heads: aligned as units, only within their place, or ignored
 WIDTH_REFUSAL = ("a fused width above 1 (--width {:g}) keeps unmatched features side by side, which only ZipIt! (--alignment "
                  "zipit) and PLeaS (--alignment pleas) do; {} fuses into the anchor's width: use --width 1 or one of those")
 REPAIR_BIAS = ("--repair-bias gives the fused network a bias per neuron REPAIR restores, so it is part of REPAIR: "
@@ -305,6 +306,8 @@ class FusionSpec:
     repair_bias: bool = keyed_when_set(False)  # REPAIR gives bias-free layers a bias per neuron: the mean restored too
     alignment: str = "ot"  # one of ALIGNMENTS: 'ot', 'weight_matching' (Git Re-Basin), 'cca' (CCA Merge), 'zipit', 'pleas'
     width: float = keyed_when_set(1.0)  # fused width per group, a multiple of the anchor's: 1 (all merged) to N (none)
+    heads: str = keyed_when_set("units")  # attention heads (traced transformers): aligned as 'units', only
+    #                                      'within' their place, or 'flat' (heads ignored); otcore.fusion.heads
     finetune_epochs: int = 0  # epochs of fine-tuning of the fused net (0 skips)
     retrain: RetrainSpec = RetrainSpec()  # recipe of that fine-tuning (and of the vanilla average's)
 
@@ -335,6 +338,7 @@ class FusionSpec:
                f"[1, number of parents], got {self.width}")
         _check(self.width == 1 or self.alignment in ("zipit", "pleas"), WIDTH_REFUSAL.format(
             self.width, {"ot": "OT", "weight_matching": "weight matching", "cca": "CCA Merge"}.get(self.alignment)))
+        _check(self.heads in HEAD_MODES, f"heads must be one of {HEAD_MODES}, got '{self.heads}'")
         _check(0 <= self.finetune_epochs <= MAX_EPOCHS,
                f"fine-tuning epochs must be in [0, {MAX_EPOCHS}], got {self.finetune_epochs}")
         _check(isinstance(self.retrain, RetrainSpec), "the fine-tuning recipe must be a RetrainSpec (its fields are "
@@ -366,7 +370,7 @@ class FusionSpec:
                              marginals=self.marginals, weights=tuple(self.parent_weights(n_parents)),
                              anchor=self.anchor % n_parents, skip_last_layer=self.skip_last_layer,
                              renormalize=self.renormalize, repair_bias=self.repair_bias, seed=self.act_seed,
-                             width=float(self.width))
+                             width=float(self.width), heads=self.heads)
 
 
 PRUNE_TYPES = ("unstructured", "structured")

@@ -7,6 +7,7 @@ from otcore import figures, report
 from otcore.config import (
     ALIGN_MODES,
     GROUND_METRICS,
+    HEAD_MODES,
     MARGINALS,
     NORMALIZATIONS,
     SOLVERS,
@@ -39,7 +40,8 @@ state.init_state({
     "fusion.act_seed": DEFAULT.act_seed, "fusion.squared": DEFAULT.squared,
     "fusion.past_correction": DEFAULT.past_correction, "fusion.marginal_correction": DEFAULT.marginal_correction,
     "fusion.skip_last_layer": DEFAULT.skip_last_layer, "fusion.renormalize": DEFAULT.renormalize,
-    "fusion.repair_bias": DEFAULT.repair_bias, "fusion.width": DEFAULT.width})
+    "fusion.repair_bias": DEFAULT.repair_bias, "fusion.width": DEFAULT.width,
+    "fusion.heads": DEFAULT.heads})
 if st.session_state["fusion.anchor"] >= n_parents:
     st.session_state["fusion.anchor"] = 0
 if st.session_state["fusion.alignment"] not in WIDENING:  # the slider shows the width these alignments fuse at
@@ -81,7 +83,8 @@ with form_col.form("fusion", border=False):
                           f"{ALIGNMENTS[alignment]} fuses into the anchor's width (1): only ZipIt! and PLeaS keep "
                           "unmatched features side by side, so only they widen the fused network")
     pressed = row[6].form_submit_button("Fuse", type="primary", key="fusion.fuse", width="stretch")
-    with st.expander("More options: fine-tuning recipe, anchor, weights, cost, marginals, activations, corrections"):
+    with st.expander("More options: fine-tuning recipe, anchor, weights, cost, marginals, activations, heads, "
+                     "corrections"):
         retrain_lr, schedule, retrain_vanilla = widgets.retraining_widgets("fusion", "fine-tuning")
         a, b, c, d = st.columns(4)
         step = a.slider("Ensemble step (anchor's weight)", 0.0, 1.0, step=0.05, key="fusion.ensemble_step",
@@ -96,6 +99,9 @@ with form_col.form("fusion", border=False):
         act_samples = c.number_input("Activation samples", min_value=1, step=50, key="fusion.act_samples",
                                      help="inputs of the train split used by activation alignment and REPAIR")
         act_seed = c.number_input("Activation seed", min_value=0, step=1, key="fusion.act_seed")
+        heads = c.selectbox("Attention heads", HEAD_MODES, key="fusion.heads",
+                            help="transformers only: units matches heads as blocks, then channels within them; "
+                                 "within keeps each head in place; flat ignores the heads (Imfeld et al. compare them)")
         squared = d.checkbox("Squared distance", key="fusion.squared")
         past = d.checkbox("Past correction", key="fusion.past_correction",
                           help="align each layer's inputs with the previous layer's plan")
@@ -112,7 +118,7 @@ if pressed:
                           ensemble_step=float(step),
                           weights=widgets.parse_numbers(weights_text, "per-parent weights"), anchor=int(anchor),
                           skip_last_layer=skip_last, renormalize=repair, repair_bias=repair and repair_bias,
-                          alignment=alignment, width=float(width) if widening else 1.0,
+                          alignment=alignment, width=float(width) if widening else 1.0, heads=heads,
                           finetune_epochs=int(finetune),
                           retrain=RetrainSpec(lr=retrain_lr, schedule=schedule, retrain_vanilla=retrain_vanilla))
         spec.parent_weights(n_parents)  # checks the weights' count against the parents

@@ -292,3 +292,24 @@ def test_partial_merging_of_a_network_whose_code_fixes_a_width_is_one_error():
     parents = [FixedWidth(), FixedWidth()]
     with pytest.raises(MergeMethodError, match="width 2: the widened network does not run"):
         fuse(parents, FusionOptions(alignment="zipit", width=2.0), torch.randn(50, 8))
+
+
+def test_the_head_mode_is_a_fusion_setting_of_the_cli_the_spec_and_its_key():
+    """--heads reaches FusionSpec and FusionOptions; the default keeps every key as it was, another mode is its own."""
+    import argparse
+
+    from otcore.cli.flags import add_fusion, fusion_spec
+    from otcore.config import DataSpec, FusionSpec, ModelSpec, SpecError, spec_dict
+    from otcore.keys import fusion_key
+
+    parser = argparse.ArgumentParser()
+    add_fusion(parser)
+    spec = fusion_spec(parser.parse_args(["--heads", "within"]))
+    assert spec == FusionSpec(heads="within") and spec.options(2).heads == "within"
+    assert fusion_spec(parser.parse_args([])) == FusionSpec() and FusionSpec().options(2).heads == "units"
+    keys = {mode: fusion_key(DataSpec(), ModelSpec("vit_tiny"), FusionSpec(heads=mode), TrainSpec(), ["a", "b"])
+            for mode in ("units", "within", "flat")}
+    assert len(set(keys.values())) == 3
+    assert "heads" not in spec_dict(FusionSpec())
+    with pytest.raises(SpecError, match="heads must be one of"):
+        FusionSpec(heads="rows")

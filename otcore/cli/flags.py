@@ -9,7 +9,8 @@ import sys
 
 from tqdm import tqdm
 
-from otcore.config import (ARCHITECTURES, DATASETS, DEVICE_CHOICES, FUSED_MASKS, PARTITIONS, SCHEDULES, DataSpec,
+from otcore.config import (ARCHITECTURES, DATASETS, DEVICE_CHOICES, FUSED_MASKS, HEAD_MODES, PARTITIONS, SCHEDULES,
+                           DataSpec,
                            FusionSpec, HessianSpec, ModelSpec, PruneSpec, RetrainSpec, TRACE_METHODS, TrainSpec,
                            parse_classes)
 
@@ -130,6 +131,9 @@ def add_fusion(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=float, default=d.width,
                    help="fused width per layer as a multiple of the anchor's: 1 merges every feature, N (the number of "
                         "parents) none, so the fused net is the ensemble; above 1 only with zipit or pleas")
+    p.add_argument("--heads", default=d.heads, choices=list(HEAD_MODES),
+                   help="attention heads of a transformer: units (heads matched as blocks, then channels within them), "
+                        "within (heads stay in place), flat (heads ignored); other networks have none")
     p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs)
     add_retraining(p)
 
@@ -169,7 +173,8 @@ def fusion_spec(args: argparse.Namespace) -> FusionSpec:
         marginal_correction=not args.no_correction, marginals="importance" if args.importance else "uniform",
         ensemble_step=args.ensemble_step, weights=tuple(args.weights) if args.weights else None, anchor=args.anchor,
         skip_last_layer=not args.no_skip_last_layer, renormalize=args.renormalize, repair_bias=args.repair_bias,
-        alignment=args.alignment.replace("-", "_"), width=args.width, finetune_epochs=args.finetune_epochs,
+        alignment=args.alignment.replace("-", "_"), width=args.width, heads=args.heads,
+        finetune_epochs=args.finetune_epochs,
         retrain=retrain_spec(args))
 
 

@@ -178,3 +178,9 @@ def test_repair_bias_is_enabled_by_repair_and_the_gained_biases_are_counted(fusi
     sizes = dict(zip(table["method"], table["parameters"]))
     assert sizes["OT fusion"] == sizes["parent 1"] + 700  # mlpnet's 400 + 200 + 100 repaired neurons
     assert any("**700 biases**" in c.value for c in at.caption)
+
+
+def test_the_attention_head_mode_reaches_the_fusion_spec(fusion):
+    at = fuse(fusion, heads="flat")
+    assert not at.exception and not at.error
+    assert at.session_state["fusion.request"].spec == FusionSpec(heads="flat")
