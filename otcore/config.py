@@ -268,11 +268,8 @@ class RetrainSpec:
                f"retraining examples must be 0 (the whole train split) or in [2, 100000000], got {self.train_examples}")
 
 
-ALIGN_MODES = ("weights", "activations")
-SOLVERS = ("emd", "sinkhorn")
-GROUND_METRICS = ("euclidean", "cosine")
-NORMALIZATIONS = ("none", "max", "median", "mean")
-MARGINALS = ("uniform", "importance")
+ALIGN_MODES, SOLVERS, GROUND_METRICS = ("weights", "activations"), ("emd", "sinkhorn"), ("euclidean", "cosine")
+NORMALIZATIONS, MARGINALS = ("none", "max", "median", "mean"), ("uniform", "importance")
 ALIGNMENTS = ("ot", "weight_matching", "cca", "zipit", "pleas")
 HEAD_MODES = ("units", "within", "flat")  # attention heads: aligned as units, only within their place, or ignored
 WIDTH_REFUSAL = ("a fused width above 1 (--width {:g}) keeps unmatched features side by side, which only ZipIt! (--alignment "
@@ -306,8 +303,7 @@ class FusionSpec:
     repair_bias: bool = keyed_when_set(False)  # REPAIR gives bias-free layers a bias per neuron: the mean restored too
     alignment: str = "ot"  # one of ALIGNMENTS: 'ot', 'weight_matching' (Git Re-Basin), 'cca' (CCA Merge), 'zipit', 'pleas'
     width: float = keyed_when_set(1.0)  # fused width per group, a multiple of the anchor's: 1 (all merged) to N (none)
-    heads: str = keyed_when_set("units")  # attention heads (traced transformers): aligned as 'units', only
-    #                                      'within' their place, or 'flat' (heads ignored); otcore.fusion.heads
+    heads: str = keyed_when_set("units")  # attention heads of a transformer: one of HEAD_MODES (fusion.heads)
     finetune_epochs: int = 0  # epochs of fine-tuning of the fused net (0 skips)
     retrain: RetrainSpec = RetrainSpec()  # recipe of that fine-tuning (and of the vanilla average's)
 
