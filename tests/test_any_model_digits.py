@@ -10,7 +10,7 @@ The margins are below what the bench measured on this 2-core CPU:
 - vgg11_bn (4 epochs at lr 0.002): parents 89.3 and 99.1 %; OT weights +18, OT activations +54, weight
   matching +31, CCA Merge +77, ZipIt! +59; test-loss barrier 2.19 naive against 1.68 with weight matching and REPAIR.
   Its weight matching alone takes minutes (a 4096-wide classifier): the vgg11_bn cases are marked `long`,
-  deselected unless `-m long` (about 25 minutes on 2 cores).
+  deselected unless `-m long` (7 passed in 43 min 37 s beside two suite runs, load 2-5).
 """
 from __future__ import annotations
 
