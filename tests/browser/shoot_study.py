@@ -29,6 +29,14 @@ from tests.browser.streamlit_server import (
 LONG_MS = 600_000  # a cold Hessian of four networks on a busy 2-core CPU
 
 
+def settled(element) -> None:
+    """Wait until the element's box holds still from one animation frame to the next (a scroll or a chart's
+    transition finished), instead of a fixed time."""
+    element.evaluate("e => new Promise(done => { let last = null; const tick = () => {"
+                     " const b = e.getBoundingClientRect(), now = [b.top, b.left, b.width, b.height].join();"
+                     " if (now === last) { done(); } else { last = now; requestAnimationFrame(tick); } }; tick(); })")
+
+
 def main() -> None:
     cache_dir = screenshot_run(__doc__)
     start = time.perf_counter()
@@ -36,8 +44,9 @@ def main() -> None:
     def shot(page, name: str, full: bool = False, at: str | None = None) -> None:
         """The view (scrolled to `at`, a selector, first), or with full the whole page."""
         if at is not None:
-            page.locator(at).first.scroll_into_view_if_needed()
-            page.wait_for_timeout(300)
+            target = page.locator(at).first
+            target.scroll_into_view_if_needed()
+            settled(target)
         path = SCREENSHOTS / f"{name}.png"
         screenshot(page, path, 1700 if full else None)
         print(f"{path}  ({time.perf_counter() - start:.1f} s)", flush=True)
@@ -56,7 +65,7 @@ def main() -> None:
     def charts_drawn(page, *chart_keys: str) -> None:
         for chart in chart_keys:
             page.wait_for_selector(f"{key(chart)} .main-svg", timeout=LONG_MS)
-        page.wait_for_timeout(800)
+            settled(page.locator(f"{key(chart)} .main-svg").first)
 
     with streamlit_server(cache_dir) as url, browser_page() as page:
         page.goto(f"{url}/Pruning")
