@@ -155,7 +155,7 @@ def zipit_maps(feats: list[torch.Tensor], weights: list[float], width: int, alph
     if not torch.isfinite(link).all():
         raise FusionError("ZipIt!: the parents' features on the sample are not finite; check the parents' weights")
     origin = np.repeat(np.arange(n_models), sizes)
-    cluster = _greedy_merges(link.cpu().numpy().copy(), origin, n_models, width, alpha, beta)
+    cluster = _greedy_merges(link.cpu().numpy(), origin, n_models, width, alpha, beta)
     return cluster_maps(cluster, sizes, weights, width, stacked)
 
 
