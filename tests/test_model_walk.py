@@ -54,7 +54,13 @@ FAST = {"torchvision:squeezenet1_0", "torchvision:shufflenet_v2_x0_5", "timm:res
 # Checked in float64: with the walk's noisy weights their float32 logits move by more than 1e-4 of their scale when
 # only the order of a sum changes (efficientnet_b1: 2.3e-4, efficientnet_v2_s: 0.44 for a permuted copy, against
 # 4.3e-13 and 6.3e-10 in float64), so float32 cannot tell a wrong group from rounding there.
-FLOAT64 = {"torchvision:efficientnet_b1", "torchvision:efficientnet_v2_s"}
+# The same for every deeper EfficientNet (a permuted copy in float32 against float64, 2026-12-06: b2 6.8e-4 / 4.7e-12,
+# b3 1.4e-2 / 1.4e-11, b4 4.9e-2 / 2.7e-11, b5 0.83 / 2.1e-7, b6 0.47 / 1.3e-7, v2_m 0.70 / 1.3e-7).
+FLOAT64 = {f"torchvision:efficientnet_{n}" for n in ("b1", "b2", "b3", "b4", "b5", "b6", "b7", "v2_s", "v2_m", "v2_l")}
+# Deep enough that float64 cannot either: the same network's logits move by 8.1e-4 (b7) and 1.5e-4 (v2_l) of their
+# scale when the batch of 8 is run one image at a time (only the order of sums changes). There the tolerance is ten
+# times that split's own difference, measured in the test; a wrong group moves logits by their own scale.
+CHAOTIC = {"torchvision:efficientnet_b7", "torchvision:efficientnet_v2_l"}
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -90,6 +96,8 @@ def test_a_permuted_copy_and_every_fusion_with_it_keep_the_logits(arch):
     twin = permuted_copy(model, 2, SHAPE)
     with torch.inference_mode():
         logits, twin_logits = model(x), twin(x)
-    assert (twin_logits - logits).abs().max() <= TOLERANCE * logits.abs().max()
+        split = torch.cat([model(image[None]) for image in x]) if arch in CHAOTIC else logits
+    tolerance = max(TOLERANCE, 10 * float((split - logits).abs().max() / logits.abs().max()))
+    assert (twin_logits - logits).abs().max() <= tolerance * logits.abs().max()
     assert _moved_share(model, twin) >= MOVED_AT_LEAST
-    _assert_every_alignment_gives_back_the_logits(model, twin, x, TOLERANCE, ALIGNMENTS, sample=sample)
+    _assert_every_alignment_gives_back_the_logits(model, twin, x, tolerance, ALIGNMENTS, sample=sample)
