@@ -4,20 +4,14 @@ Partial merging (otcore.fusion: ZipIt!'s and PLeaS's `width`) trades size for ac
 fused network has one parent's size, at width N it computes the ensemble of logits. The frontier puts
 every computed fusion on one chart with the parents, the prediction ensemble (its parameters: all the
 parents') and the vanilla average, by test accuracy against parameters and against inference time.
-Accuracy and parameters are the comparisons' own rows (cached by the pipeline); inference time is
-measured here, on the test split, as the median of a few runs (one run is at the mercy of a busy CPU).
-UI-free: the Fusion page, the report and sweeps over `fusion.width` draw these rows.
+Accuracy, parameters and inference time are the comparisons' own rows (cached by the pipeline): the
+time is the row's one warm prediction of the test split, the comparison table's inference column, so
+the chart and the table agree. UI-free: the Fusion page, the report and sweeps over `fusion.width` draw these rows.
 """
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import asdict, dataclass
 
-import torch
-from torch import nn
-
-from otcore.activations import predict_logits
 from otcore.comparison import Comparison, MethodResult
 from otcore.methods import ALIGNMENT_LABELS, Method, is_parent
 
@@ -34,23 +28,8 @@ class FrontierPoint:
     width: float | None  # the fused width (a multiple of the anchor's); None for a reference point
     parameters: int  # scalar parameters (the ensemble: all its parents')
     accuracy: float  # test accuracy, percent (the comparison's row)
-    seconds_per_1000: float  # inference seconds per 1000 test images, median of the runs
+    seconds_per_1000: float  # inference seconds per 1000 test images (the row's inference_ms, rescaled)
     kind: str  # 'fusion', 'fine-tuned fusion', 'parent', 'ensemble' or 'vanilla'
-
-
-@torch.no_grad()
-def inference_seconds_per_1000(model: nn.Module | list[nn.Module], x: torch.Tensor, repeats: int = 3) -> float:
-    """Median over `repeats` runs of the seconds to predict x (every parent, for an ensemble), per 1000 images."""
-    nets = model if isinstance(model, list) else [model]
-    for net in nets:
-        predict_logits(net, x[:1])  # warm-up: one-off set-up is not inference
-    runs = []
-    for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        for net in nets:
-            predict_logits(net, x)
-        runs.append(time.perf_counter() - start)
-    return 1000 * statistics.median(runs) / max(len(x), 1)
 
 
 def _kind(row: MethodResult) -> str:
@@ -59,8 +38,14 @@ def _kind(row: MethodResult) -> str:
     return "ensemble" if row.id == Method.ENSEMBLE.value else "vanilla"
 
 
-def frontier_points(comparisons: list[Comparison], x_test: torch.Tensor, repeats: int = 3) -> list[FrontierPoint]:
-    """The frontier of fuse_and_compare's comparisons (one per method and width) on the test inputs x_test.
+def _per_1000(row: MethodResult, test_images: int) -> float:
+    """The row's inference time (ms for the whole test split) as seconds per 1000 test images."""
+    return row.inference_ms / max(test_images, 1)
+
+
+def frontier_points(comparisons: list[Comparison], test_images: int) -> list[FrontierPoint]:
+    """The frontier of fuse_and_compare's comparisons (one per method and width), whose test split has
+    `test_images` images.
 
     Each comparison gives its fused rows (as merged, and fine-tuned or retrained where it has them);
     the parents, the prediction ensemble and the vanilla average come once, from the first comparison
@@ -70,23 +55,19 @@ def frontier_points(comparisons: list[Comparison], x_test: torch.Tensor, repeats
     for comparison in comparisons:
         alignment = comparison.extra.get("alignment", "ot")
         width = float(comparison.extra.get("width", 1.0))
-        parents = [r.model for r in comparison.rows if is_parent(r.id)]
         for row in comparison.rows:
-            if row.id in FUSED and row.model is not None:
+            if row.id in FUSED:
                 label = f"{ALIGNMENT_LABELS.get(alignment, alignment)} ×{width:g}{FUSED[row.id]}"
                 kind = "fusion" if row.id == Method.OT_FUSION.value else "fine-tuned fusion"
                 points.append(FrontierPoint(label, alignment, width, row.parameters, row.test.accuracy,
-                                            inference_seconds_per_1000(row.model, x_test, repeats), kind))
+                                            _per_1000(row, test_images), kind))
             elif (is_parent(row.id) or row.id in REFERENCES) and row.id not in seen:
-                net = parents if row.id == Method.ENSEMBLE.value else row.model
-                if net is None or (isinstance(net, list) and any(p is None for p in net)):
-                    continue  # a network the comparison does not hold: nothing to time
                 seen.add(row.id)
                 points.append(FrontierPoint(row.method, row.id, None, row.parameters, row.test.accuracy,
-                                            inference_seconds_per_1000(net, x_test, repeats), _kind(row)))
+                                            _per_1000(row, test_images), _kind(row)))
     return points
 
 
-def frontier_rows(comparisons: list[Comparison], x_test: torch.Tensor, repeats: int = 3) -> list[dict]:
+def frontier_rows(comparisons: list[Comparison], test_images: int) -> list[dict]:
     """frontier_points as plain dicts (label, method, width, parameters, accuracy, seconds_per_1000, kind)."""
-    return [asdict(p) for p in frontier_points(comparisons, x_test, repeats)]
+    return [asdict(p) for p in frontier_points(comparisons, test_images)]

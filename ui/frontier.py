@@ -1,27 +1,23 @@
 """The Fusion page's frontier: every fusion spec this session computed for a parent set, read back as points.
 
 The session keeps the list of specs per parent set (specs only: each comparison is read again through
-runs.fusion_run, memoised per server and cached on disk, so it returns at once). Each comparison's
-points (otcore.frontier: its inference timed once) are memoised by the comparison's key and device,
-so a script run times nothing it timed before.
+runs.fusion_run, memoised per server and cached on disk, so it returns at once). A comparison's points
+are its rows (otcore.frontier), inference times included: nothing is timed again here.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import streamlit as st
 
 from otcore import figures, pipeline
-from otcore.config import FusionSpec, spec_hash
+from otcore.config import FusionSpec
 from otcore.frontier import FrontierPoint, frontier_points
 from otcore.methods import ALIGNMENT_LABELS
 from ui import errors, runs
-from ui.memo import memo
 from ui.state import ParentSet, Workspace
 
 SPECS = "fusion.frontier.specs"  # parent keys -> [FusionSpec, ...] in the order computed this session
-TIMINGS = 5  # inference timings per network, their median kept: one busy moment on a shared server is outvoted
 
 
 def remember(parent_set: ParentSet, spec: FusionSpec) -> None:
@@ -46,16 +42,6 @@ def finetuned(spec: FusionSpec, epochs: int) -> FusionSpec:
     return dataclasses.replace(spec, finetune_epochs=int(epochs))
 
 
-def _points_of(ws: Workspace, parent_set: ParentSet, comparison: Any) -> list[FrontierPoint]:
-    key = spec_hash("ui-frontier", comparison.key, ws.device)
-
-    def compute() -> list[FrontierPoint]:
-        with st.spinner("timing inference of the new networks on the test split"):
-            return frontier_points([comparison], pipeline.dataset(parent_set.data).x_test, TIMINGS)
-
-    return memo("frontier", key, compute)[0]
-
-
 def points(ws: Workspace, parent_set: ParentSet) -> list[FrontierPoint]:
     """Every point of this session's fusions of these parents: fused networks by spec, reference points once.
 
@@ -63,9 +49,10 @@ def points(ws: Workspace, parent_set: ParentSet) -> list[FrontierPoint]:
     shown once. Two settings with one label but other scores (e.g. REPAIR on and off) are numbered."""
     out: list[FrontierPoint] = []
     seen_references: set[str] = set()
+    test_images = len(pipeline.dataset(parent_set.data).x_test)
     for spec in specs(parent_set):
         comparison = runs.fusion_run(ws, parent_set, spec)[0].comparison
-        for point in _points_of(ws, parent_set, comparison):
+        for point in frontier_points([comparison], test_images):
             if point.width is None:
                 if point.method not in seen_references:
                     seen_references.add(point.method)
@@ -124,5 +111,5 @@ def draw_tab(ws: Workspace, parent_set: ParentSet, shown: list[FrontierPoint], p
     chart_col.caption(f"{len(specs(parent_set))} settings fused for these parents in this session. The "
                       f"**{figures.ENSEMBLE_LABEL}** averages the parents' softmax outputs; a fused network at full "
                       "width computes the mean of their *logits*: on personalized splits the two differ by 4-8 "
-                      f"points. Inference: the median of {TIMINGS} timings on the test split, measured once per "
-                      "network, when first drawn (a busy server slows them).")
+                      "points. Inference: the comparison table's column, one warm prediction of the test split "
+                      "when the network was made (a busy server slows it).")

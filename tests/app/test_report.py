@@ -91,7 +91,7 @@ def test_the_fusion_report_draws_the_frontier_it_is_given(comparison, digits_par
 
     wide = fuse_and_compare(DataSpec(), ModelSpec(), digits_parents, FusionSpec(alignment="zipit", width=2.0),
                             TrainSpec(), "cpu")
-    points = frontier_points([comparison, wide], dataset(DataSpec()).x_test, repeats=1)
+    points = frontier_points([comparison, wide], len(dataset(DataSpec()).x_test))
     charts = report.frontier_figures(points)
     drawn = {t.name: list(zip(t.x, t.y)) for t in next(iter(charts.values())).data}
     assert drawn["ZipIt!"] == [(wide.row("ot_fusion").parameters, wide.row("ot_fusion").test.accuracy)]
