@@ -137,6 +137,31 @@ def _maps(za: torch.Tensor, zp: torch.Tensor, ridge: torch.Tensor, cross_ridge: 
     eye = torch.eye(d, dtype=za.dtype, device=za.device)
     c_aa, c_pp, c_ap = c_aa + ridge * eye, c_pp + ridge * eye, c_ap + cross_ridge * ridge * eye
     _finite("covariances", c_aa, c_pp, c_ap)
+    # CCA does not depend on how each side is whitened: with Cholesky factors C = L L^T instead of symmetric
+    # roots, K' = L_a^{-1} C_ap L_p^{-T} = Q_a K Q_p^T for orthogonal Q = L^{-1} C^{1/2}, its polar factor is
+    # Q_a R Q_p^T, and M = L_a R' L_p^{-1} = C_aa^{1/2} R C_pp^{-1/2} is the same map. Two Cholesky
+    # factorisations and four triangular solves cost a sixth of the two eigendecompositions (17 against 3 ms
+    # at width 400, one thread); the eigenbases remain for covariances Cholesky finds not positive definite.
+    factors, info = torch.linalg.cholesky_ex(torch.stack((c_aa, c_pp)))
+    if not bool(info.any()):
+        l_a, l_p = factors
+        whitened_rows = torch.linalg.solve_triangular(l_a, c_ap, upper=False)  # L_a^{-1} C_ap
+        k = torch.linalg.solve_triangular(l_p.mT, whitened_rows, upper=True, left=False)  # ... L_p^{-T}
+        return _whitened_maps(k, l_a, l_p)
+    return _eigen_maps(c_aa, c_pp, c_ap)
+
+
+def _whitened_maps(k: torch.Tensor, l_a: torch.Tensor, l_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, M^{-1}) = (L_a R L_p^{-1}, L_p R^T L_a^{-1}) for R the polar factor of the whitened cross-covariance k."""
+    _finite("whitened cross-covariances", k)
+    rotation = _polar(k)
+    forward = torch.linalg.solve_triangular(l_p, l_a @ rotation, upper=False, left=False)
+    inverse = torch.linalg.solve_triangular(l_a, l_p @ rotation.T, upper=False, left=False)
+    return forward, inverse
+
+
+def _eigen_maps(c_aa: torch.Tensor, c_pp: torch.Tensor, c_ap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """_maps by the covariances' eigendecompositions (symmetric roots), for covariances Cholesky refuses."""
     # In the covariances' eigenbases (C = V diag(r^2) V^T): C_aa^{-1/2} C_ap C_pp^{-1/2} = V_a K V_p^T with
     # K = diag(1/r_a) V_a^T C_ap V_p diag(1/r_p), and U V^T = V_a (U_K V_K^T) V_p^T (the polar factor moves
     # with the orthogonal bases), so M = V_a diag(r_a) R diag(1/r_p) V_p^T and M^{-1} = V_p diag(r_p) R^T
