@@ -148,7 +148,7 @@ def merge_by_maps(parents: list[FusableNet], opts: FusionOptions, act_inputs: to
     unmerges = [{g: t.to(dtype) for g, t in u.items()} for u in unmerges]
     model = merge_weights(parents, parents[anchor_idx], merges, unmerges, weights)
     if opts.alignment == "pleas":
-        model = least_squares_layers(model, parents, merges, weights, act_inputs)
+        model = least_squares_layers(model, parents, merges, weights, act_inputs, pre=pre)
     if opts.renormalize:
         model = repair(model, parents, merges, weights, act_inputs, target=repair_target(pre, merges),
                        gain_bias=opts.repair_bias)

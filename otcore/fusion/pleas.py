@@ -30,7 +30,7 @@ any traced network in otcore.fusion.group_pleas (the same matching and refit ove
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -38,11 +38,12 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from otcore.device import private_copy
 from otcore.errors import FusionError
-from otcore.fusion.merge_maps import correlation
+from otcore.fusion.align import Gather, as_gather
+from otcore.fusion.chain import chain_steps, is_chain
+from otcore.fusion.merge_maps import correlation, pre_activations
 from otcore.fusion.zipit import cluster_maps
-from otcore.models import OUTPUT, FusableNet
+from otcore.models import OUTPUT, AlignedLayer, FusableNet
 
 RIDGE = 0.01  # lambda relative to the mean eigenvalue of the input Gram matrix (see the module docstring)
 BATCH = 256  # activation-sample inputs per forward pass of the fit
@@ -132,24 +133,12 @@ def _flat_weight(module: nn.Module) -> torch.Tensor:
     return weight if module.bias is None else torch.cat([weight, module.bias.detach().double()[:, None]], 1)
 
 
-@torch.no_grad()
-def refit_layer(fused: nn.Module, name: str, x: torch.Tensor, target: Callable[[torch.Tensor], torch.Tensor],
-                ridge: float | None = None) -> None:
-    """Refit the conv/linear layer `name` of `fused` in place: W = W_0 + (Y - X W_0^T)^T X (X^T X + lambda I)^-1.
-
-    X: the layer's inputs in `fused` on x (batch by batch, through the layers before it as they are now);
-    target(batch): what its outputs should be there, in the layer's output layout. lambda = ridge (default
-    RIDGE) times the mean eigenvalue of X^T X (module docstring)."""
-    ridge = RIDGE if ridge is None else ridge
-    module = fused.get_submodule(name)
-    device = module.weight.device
+def _solve(module: nn.Module, name: str, pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], ridge: float) -> None:
+    """Refit `module` in place from its (input rows, target rows) batches: the ridge towards W_0 (module docstring)."""
     w0 = _flat_weight(module)
-    gram = torch.zeros(w0.shape[1], w0.shape[1], dtype=torch.float64, device=device)
-    cross = torch.zeros(w0.shape[1], w0.shape[0], dtype=torch.float64, device=device)
-    for start in range(0, len(x), BATCH):
-        batch = x[start:start + BATCH].to(device)
-        rows = _input_rows(module, _layer_io(fused, name, batch, "in"))
-        target_rows = _output_rows(module, target(batch).to(device).double())
+    gram = torch.zeros(w0.shape[1], w0.shape[1], dtype=torch.float64, device=w0.device)
+    cross = torch.zeros(w0.shape[1], w0.shape[0], dtype=torch.float64, device=w0.device)
+    for rows, target_rows in pairs:
         gram += rows.T @ rows
         cross += rows.T @ (target_rows - rows @ w0.T)
     lam = ridge * float(gram.diagonal().mean()) + 1e-12
@@ -164,21 +153,76 @@ def refit_layer(fused: nn.Module, name: str, x: torch.Tensor, target: Callable[[
 
 
 @torch.no_grad()
-def least_squares_layers(fused: FusableNet, parents: list[FusableNet], merges: list[dict[str, torch.Tensor]],
-                         weights: list[float], x: torch.Tensor, ridge: float | None = None) -> FusableNet:
-    """The fused network (changed in place and returned) with each layer refitted, in forward order, so its
-    outputs on x reproduce the parents' merged outputs (module docstring: the ridge towards W_0)."""
-    fused.eval()
-    parents = [private_copy(p) for p in parents]  # hooks go on copies: the parents may be shared
-    for layer in fused.alignment_layers():
-        def target(batch: torch.Tensor, layer=layer) -> torch.Tensor:
-            out = 0
-            for parent, merge, weight in zip(parents, merges, weights):
-                z = _layer_io(parent, layer.name, batch, "out").double()
-                t = merge.get(layer.out_group) if layer.out_group != OUTPUT else None
-                # (n, c, ...) moved into the fused basis along the channel axis: sum_i T[i, k] z[:, i]
-                out = out + (torch.einsum("nc...,ck->nk...", z, t.double()) if t is not None else weight * z)
-            return out
+def refit_layer(fused: nn.Module, name: str, x: torch.Tensor, target: Callable[[torch.Tensor], torch.Tensor],
+                ridge: float | None = None) -> None:
+    """Refit the conv/linear layer `name` of `fused` in place: W = W_0 + (Y - X W_0^T)^T X (X^T X + lambda I)^-1.
 
-        refit_layer(fused, layer.name, x, target, ridge)
+    X: the layer's inputs in `fused` on x (batch by batch, through the layers before it as they are now);
+    target(batch): what its outputs should be there, in the layer's output layout. lambda = ridge (default
+    RIDGE) times the mean eigenvalue of X^T X (module docstring)."""
+    module = fused.get_submodule(name)
+    device = module.weight.device
+    batches = (x[start:start + BATCH].to(device) for start in range(0, len(x), BATCH))
+    pairs = ((_input_rows(module, _layer_io(fused, name, batch, "in")),
+              _output_rows(module, target(batch).to(device).double())) for batch in batches)
+    _solve(module, name, pairs, RIDGE if ridge is None else ridge)
+
+
+def _target_rows(pre: torch.Tensor, columns: slice, move: Gather | torch.Tensor) -> torch.Tensor:
+    """A hidden layer's outputs on some samples, as rows (rows, fused channels) moved into the fused basis.
+
+    pre: the layer's outputs (channels, samples x positions) as pre_activations gives them; columns: the samples'."""
+    # Row-major rows as _output_rows gives them: the products that follow sum in the same order.
+    if isinstance(move, Gather):  # T selects: gather the channels first (exact), then widen
+        moved = pre[:, columns].index_select(0, move.index).T.to(torch.float64, memory_format=torch.contiguous_format)
+        return moved if move.scale is None else moved * move.scale
+    return pre[:, columns].T.to(torch.float64, memory_format=torch.contiguous_format) @ move
+
+
+@torch.no_grad()
+def least_squares_layers(fused: FusableNet, parents: list[FusableNet], merges: list[dict[str, torch.Tensor]],
+                         weights: list[float], x: torch.Tensor, ridge: float | None = None,
+                         pre: list[dict[str, torch.Tensor]] | None = None) -> FusableNet:
+    """The fused network (changed in place and returned) with each layer refitted, in forward order, so its
+    outputs on x reproduce the parents' merged outputs (module docstring: the ridge towards W_0).
+
+    pre: per parent, its hidden groups' pre-activations on x as merge_maps.pre_activations gives them
+    (computed when None). The targets are read from them (the logits through the parents' last layers),
+    the fused network's inputs stepped through it layer by layer (chain_steps) as each layer is refitted:
+    the parents are only read, never hooked, copied or switched (they may be shared)."""
+    if not all(is_chain(net) for net in [fused, *parents]):
+        raise FusionError("PLeaS's least squares walk mlpnet and the VGG family; other networks go through group_pleas")
+    pre = pre_activations(parents, x) if pre is None else pre
+    fused.eval()
+    ridge = RIDGE if ridge is None else ridge
+    device = next(fused.parameters()).device
+    starts = range(0, len(x), BATCH)
+    ours = [x[start:start + BATCH].to(device) for start in starts]  # per batch: the previous layer's fused output
+    steps = [chain_steps(net) for net in [fused, *parents]]
+    for k, layer in enumerate(fused.alignment_layers()):
+        module = fused.get_submodule(layer.name)
+        inputs = [steps[0][k](z) for z in ours]
+
+        def pairs(k: int = k, layer: AlignedLayer = layer, module: nn.Module = module, inputs: list = inputs) -> Iterator:
+            # Lazily, batch by batch: a conv's rows (every position a row) can be far larger than its activations.
+            for start, inp in zip(starts, inputs):
+                n, target = len(inp), 0
+                for p, (parent, merge, weight) in enumerate(zip(parents, merges, weights)):
+                    if layer.out_group != OUTPUT:
+                        acts = pre[p][layer.out_group]
+                        positions = acts.shape[1] // len(x)
+                        moved = _target_rows(acts, slice(start * positions, (start + n) * positions),
+                                             as_gather(merge[layer.out_group].double()))
+                    else:  # the logits: the parent's last layer on its previous layer's outputs
+                        acts = pre[p][layer.in_group]
+                        positions = acts.shape[1] // len(x)
+                        before = acts[:, start * positions:(start + n) * positions].reshape(
+                            acts.shape[0], n, *ours[0].shape[2:]).transpose(0, 1).contiguous()
+                        logits = parent.get_submodule(layer.name)(steps[p + 1][k](before))
+                        moved = weight * _output_rows(module, logits.double())
+                    target = target + moved
+                yield _input_rows(module, inp), target
+
+        _solve(module, layer.name, pairs(), ridge)
+        ours = [module(inp) for inp in inputs]
     return fused
