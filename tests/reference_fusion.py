@@ -377,3 +377,21 @@ def old_least_squares_layers(fused: FusableNet, parents: list[FusableNet], merge
 
         old_refit_layer(fused, layer.name, x, target, ridge)
     return fused
+
+
+def old_cluster_maps(cluster: np.ndarray, sizes: list[int], weights: list[float], width: int,
+                     like: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per parent, (merge T_p, unmerge U_p), both (d_p, width), of a clustering of the stacked features.
+
+    cluster: (sum d_p,) the fused feature (0..width-1) each parent feature joins. U_p[:, k] is 1 on p's
+    members of k; T_p[:, k] holds the members' parent weights normalised to sum 1 (the plain mean where
+    they are all 0). Dtype and device are `like`'s."""
+    total = len(cluster)
+    unmerge_np = np.zeros((total, width))
+    unmerge_np[np.arange(total), cluster] = 1.0  # (total, width)
+    unmerge = torch.from_numpy(unmerge_np).to(device=like.device, dtype=like.dtype)
+    share = torch.as_tensor(np.repeat(weights, sizes), dtype=like.dtype, device=like.device)[:, None] * unmerge
+    total_share = share.sum(0, keepdim=True)
+    # A cluster whose members all have weight 0 still needs a value: their plain mean.
+    merge = torch.where(total_share > 0, share / total_share.clamp_min(1e-30), unmerge / unmerge.sum(0, keepdim=True))
+    return list(merge.split(sizes)), list(unmerge.split(sizes))

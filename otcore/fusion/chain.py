@@ -63,6 +63,14 @@ def chain_steps(model: FusableNet) -> list[Step]:
 
 
 @torch.no_grad()
+def chain_forward(model: FusableNet, x: torch.Tensor) -> torch.Tensor:
+    """model(x), stepped layer by layer (the 2x2 max-pools by strided maxima)."""
+    for step, layer in zip(chain_steps(model), model.alignment_layers()):
+        x = model.get_submodule(layer.name)(step(x))
+    return x
+
+
+@torch.no_grad()
 def chain_activations(model: FusableNet, x: torch.Tensor, modules: dict[str, str],
                       batch_size: int) -> dict[str, torch.Tensor]:
     """activations.capture_activations's result (outputs of the named layers as (neurons, samples), a conv's

@@ -59,7 +59,7 @@ def features(pre: torch.Tensor) -> torch.Tensor:
     ReLU); before it, a first layer's d outputs span at most its fan-in, so covariances would be
     singular by construction.
     """
-    return pre.T.double().clamp_min(0)
+    return pre.clamp_min(0).T.double()  # clamped before widening: half the bytes, the same values and layout
 
 
 def correlation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
