@@ -108,9 +108,15 @@ def _input_rows(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     if isinstance(module, nn.Conv2d):
         if module.groups != 1 or module.padding_mode != "zeros" or isinstance(module.padding, str):
             raise FusionError("PLeaS fits plain convolutions (one group, zero padding given as numbers)")
-        patches = F.unfold(inputs, module.kernel_size, module.dilation, module.padding, module.stride)
-        # Transposed and widened in one copy (half the time of a transposing copy, then a widening one).
-        rows = patches.transpose(1, 2).to(torch.float64, memory_format=torch.contiguous_format).view(-1, patches.shape[1])
+        (kh, kw), (dh, dw), (ph, pw), (sh, sw) = module.kernel_size, module.dilation, module.padding, module.stride
+        padded = F.pad(inputs, (pw, pw, ph, ph)).contiguous()
+        n, c, h, w = padded.shape
+        out_h, out_w = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
+        # F.unfold's patches, transposed to a row per position and widened, in one copy straight from the input
+        # (rows (n, y, x), columns (channel, ky, kx)): unfolding, transposing and widening made three.
+        s_n, s_c, s_h, s_w = padded.stride()
+        patches = padded.as_strided((n, out_h, out_w, c, kh, kw), (s_n, sh * s_h, sw * s_w, s_c, dh * s_h, dw * s_w))
+        rows = patches.to(torch.float64, memory_format=torch.contiguous_format).view(n * out_h * out_w, -1)
     elif isinstance(module, nn.Linear):
         rows = inputs.reshape(-1, inputs.shape[-1]).double()
     else:
@@ -134,19 +140,22 @@ def _flat_weight(module: nn.Module) -> torch.Tensor:
 
 
 def _solve(module: nn.Module, name: str, pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], ridge: float) -> None:
-    """Refit `module` in place from its (input rows, target rows) batches: the ridge towards W_0 (module docstring)."""
+    """Refit `module` in place from its batches of (input rows X (rows, fan-in), targets Y^T (out channels, rows)):
+    the ridge towards W_0 (module docstring)."""
     w0 = _flat_weight(module)
     gram = torch.zeros(w0.shape[1], w0.shape[1], dtype=torch.float64, device=w0.device)
     cross = torch.zeros(w0.shape[1], w0.shape[0], dtype=torch.float64, device=w0.device)
-    for rows, target_rows in pairs:
+    for rows, targets in pairs:
         gram += rows.T @ rows
-        cross += rows.T @ target_rows
+        cross += rows.T @ targets.T
     # X^T (Y - X W_0^T) from X^T X: one product with the rows (they are the bulk: a conv's every position) instead of
     # two. Not bit for bit the residual's product: within 1e-12 relative of it (tests/test_fast_alignment.py).
     cross -= gram @ w0.T
     lam = ridge * float(gram.diagonal().mean()) + 1e-12
     gram.diagonal().add_(lam)
-    solved = w0 + torch.linalg.solve(gram, cross).T
+    # X^T X + lambda I is symmetric positive definite: Cholesky (LU where rounding says otherwise, or NaNs).
+    factor, info = torch.linalg.cholesky_ex(gram)
+    solved = w0 + (torch.cholesky_solve(cross, factor) if int(info) == 0 else torch.linalg.solve(gram, cross)).T
     if not torch.isfinite(solved).all():
         raise FusionError(f"PLeaS: the least-squares weights of {name} are not finite; check the parents' weights")
     if module.bias is not None:
@@ -167,19 +176,19 @@ def refit_layer(fused: nn.Module, name: str, x: torch.Tensor, target: Callable[[
     device = module.weight.device
     batches = (x[start:start + BATCH].to(device) for start in range(0, len(x), BATCH))
     pairs = ((_input_rows(module, _layer_io(fused, name, batch, "in")),
-              _output_rows(module, target(batch).to(device).double())) for batch in batches)
+              _output_rows(module, target(batch).to(device).double()).T) for batch in batches)
     _solve(module, name, pairs, RIDGE if ridge is None else ridge)
 
 
-def _target_rows(pre: torch.Tensor, columns: slice, move: Gather | torch.Tensor) -> torch.Tensor:
-    """A hidden layer's outputs on some samples, as rows (rows, fused channels) moved into the fused basis.
+def _targets(pre: torch.Tensor, columns: slice, move: Gather | torch.Tensor) -> torch.Tensor:
+    """A hidden layer's outputs on some samples moved into the fused basis, T^T z: (fused channels, rows), float64.
 
-    pre: the layer's outputs (channels, samples x positions) as pre_activations gives them; columns: the samples'."""
-    # Row-major rows as _output_rows gives them: the products that follow sum in the same order.
-    if isinstance(move, Gather):  # T selects: gather the channels first (exact), then widen
-        moved = pre[:, columns].index_select(0, move.index).T.to(torch.float64, memory_format=torch.contiguous_format)
-        return moved if move.scale is None else moved * move.scale.double()
-    return pre[:, columns].T.to(torch.float64, memory_format=torch.contiguous_format) @ move.double()
+    pre: the layer's outputs (channels, samples x positions) as pre_activations gives them; columns: the samples'.
+    Kept channel by row, as pre is: no transposing copy (the products that follow read either layout)."""
+    if isinstance(move, Gather):  # T selects: gather the channels (whole rows of pre), then widen and scale
+        moved = pre[:, columns].index_select(0, move.index).double()
+        return moved if move.scale is None else moved.mul_(move.scale.double()[:, None])
+    return move.double().T @ pre[:, columns].double()
 
 
 @torch.no_grad()
@@ -214,17 +223,17 @@ def least_squares_layers(fused: FusableNet, parents: list[FusableNet], merges: l
                   moves: list = moves) -> Iterator:
             # Lazily, batch by batch: a conv's rows (every position a row) can be far larger than its activations.
             for start, inp in zip(starts, inputs):
-                n, target = len(inp), 0
+                n, target = len(inp), None
                 for p, (parent, move, weight) in enumerate(zip(parents, moves, weights)):
                     acts = pre[p][layer.in_group if move is None else layer.out_group]
                     columns = slice(start * (acts.shape[1] // len(x)), (start + n) * (acts.shape[1] // len(x)))
                     if move is not None:
-                        moved = _target_rows(acts, columns, move)
+                        moved = _targets(acts, columns, move)
                     else:  # the logits: the parent's last layer on its previous layer's outputs
                         before = acts[:, columns].reshape(acts.shape[0], n, *ours[0].shape[2:]).transpose(0, 1)
                         out = parent.get_submodule(layer.name)(steps[p + 1][k](before.contiguous()))
-                        moved = weight * _output_rows(module, out.double())
-                    target = target + moved
+                        moved = weight * _output_rows(module, out.double()).T
+                    target = moved if target is None else target.add_(moved)  # in place: fresh tensors
                 yield _input_rows(module, inp), target
 
         _solve(module, layer.name, pairs(), ridge)
