@@ -18,7 +18,9 @@ from otcore.errors import FusionError
 from otcore.fusion.align import Plans, check_same_family, weight_of
 from otcore.fusion.cca import DEFAULT_REG
 from otcore.fusion.merge_maps import MergeMethodError, correlation
-from otcore.fusion.pleas import RIDGE, BATCH
+from otcore.fusion.group_pleas import _call_order, _output_map
+from otcore.fusion.pleas import BATCH, RIDGE
+from otcore.graph import ModelGraph
 from otcore.fusion.zipit import ALPHA, BETA
 from otcore.models import INPUT, OUTPUT, FusableNet
 
@@ -395,3 +397,27 @@ def old_cluster_maps(cluster: np.ndarray, sizes: list[int], weights: list[float]
     # A cluster whose members all have weight 0 still needs a value: their plain mean.
     merge = torch.where(total_share > 0, share / total_share.clamp_min(1e-30), unmerge / unmerge.sum(0, keepdim=True))
     return list(merge.split(sizes)), list(unmerge.split(sizes))
+
+
+@torch.no_grad()
+def old_least_squares_groups(fused: nn.Module, parents: list[nn.Module], graphs: list[ModelGraph], merges: list[Plans],
+                         weights: list[float], x: torch.Tensor, anchor: int) -> nn.Module:
+    """A copy of the fused network with its conv and linear layers refitted in call order (module docstring)."""
+    fused = private_copy(fused)
+    parents = [private_copy(p) for p in parents]  # hooks go on copies
+    device = next(fused.parameters()).device
+    for name in _call_order(fused, x.to(device)):
+        key = f"{name}.weight"
+        maps = [_output_map(g, graphs[anchor], m, w, key, p.get_submodule(name).weight.shape[0]).to(device)
+                for p, g, m, w in zip(parents, graphs, merges, weights)]
+        channel = 1 if isinstance(fused.get_submodule(name), nn.Conv2d) else -1
+
+        def target(batch: torch.Tensor, name: str = name, maps: list = maps, channel: int = channel) -> torch.Tensor:
+            out = 0
+            for parent, r in zip(parents, maps):
+                z = old_layer_io(parent, name, batch, "out").double().movedim(channel, -1)
+                out = out + (z @ r.T).movedim(-1, channel)
+            return out
+
+        old_refit_layer(fused, name, x, target)
+    return fused

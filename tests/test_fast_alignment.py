@@ -20,7 +20,7 @@ from otcore.fusion.zipit import cluster_maps
 from otcore.models import MlpNet, build_model
 from otcore.train import init_model
 from tests.reference_fusion import old_cca_map, old_transform_bias, old_transform_weight, old_weight_matching_plans
-from tests.reference_fusion import old_cluster_maps, old_least_squares_layers, old_zipit_maps
+from tests.reference_fusion import old_cluster_maps, old_least_squares_groups, old_least_squares_layers, old_zipit_maps
 
 
 def _one_per_column(n: int, m: int, g: torch.Generator, scaled: bool, empty: bool) -> torch.Tensor:
@@ -246,3 +246,28 @@ def test_cluster_maps_equal_the_dense_reference() -> None:
             new, old = cluster_maps(cluster, sizes, weights, width, like), old_cluster_maps(cluster, sizes, weights,
                                                                                             width, like)
             assert all(torch.equal(a, b) for a, b in zip(new[0] + new[1], old[0] + old[1])), (case, dtype)
+
+
+@pytest.mark.parametrize("kind", ["plain", "residual"])
+def test_traced_pleas_equals_the_hooked_reference(kind: str) -> None:
+    """Traced networks (group_pleas) share the refit's solve: the X^T X form of its cross term and the Cholesky
+    solve keep the fused weights within 1e-6 of the old code's (a float32 unit in the last place, measured)."""
+    from otcore.fusion.batch_norm import fold_batch_norm, identity_norms
+    from otcore.fusion.group_merge import merge_by_group_maps
+    from otcore.graph import trace_groups
+    from tests.test_partial_merge import _Residual, _Small, _traced_parents
+
+    x = torch.randn(300, 3, 8, 8, generator=torch.Generator().manual_seed(8))
+    for n, width in ((2, 1), (2, 1.5), (3, 1.5)):
+        parents = _traced_parents(n, x, _Small if kind == "plain" else _Residual)
+        opts = FusionOptions(alignment="pleas", width=width)
+        graphs = [trace_groups(p, (3, 8, 8)) for p in parents]
+        folded, names = [fold_batch_norm(p)[0] for p in parents], fold_batch_norm(parents[0])[1]
+        fused, plans, _, _ = merge_by_group_maps(folded, graphs, opts, x)
+        expected = old_least_squares_groups(identity_norms(fused, names), folded, graphs, plans, opts.parent_weights(n),
+                                            x, opts.anchor_index(n)).state_dict()
+        state = fuse(parents, opts, x).model.state_dict()
+        assert state.keys() == expected.keys()
+        for k, old in expected.items():
+            if old.is_floating_point():
+                assert (state[k] - old).abs().max() <= 1e-6 * old.abs().max().clamp_min(1e-30), (kind, n, width, k)
