@@ -408,6 +408,8 @@ def method_table(archs: list[str], repeats: int) -> None:
         x = fusion_inputs(data, FusionSpec(act_samples=ACT_SAMPLES), next(nets[0].parameters()).device)
         parent_acc = [float((predict_logits(n, ds.x_test).argmax(1).cpu() == ds.y_test.cpu()).float().mean()) * 100
                       for n in nets]
+        one_shot: dict[str, float] = {}  # label -> median seconds without REPAIR (for the ratio to OT by activations)
+        arch_rows: list[tuple[str, list[object], object]] = []
         for label, spec in ALIGNMENT_METHODS.items():
             row: list[object] = [arch, label]
             cells: list[object] = []
@@ -422,12 +424,17 @@ def method_table(archs: list[str], repeats: int) -> None:
                 accuracy = float((predict_logits(fused, ds.x_test).argmax(1).cpu() == ds.y_test.cpu()).float().mean())
                 cells += [f"{100 * accuracy:.2f}", ms(seconds)]
                 params = count_parameters(fused)
-            rows.append(row + cells[0::2] + cells[1::2] + [params])
-        rows.append([arch, "(parents)", " / ".join(f"{a:.2f}" for a in parent_acc), "", "", "",
+                one_shot.setdefault(label, seconds)
+            arch_rows.append((label, row + cells[0::2] + cells[1::2], params))
+        base = one_shot.get("OT, activations")
+        rows += [values + [f"{one_shot[label] / base:.1f}" if base and label in one_shot else "", params]
+                 for label, values, params in arch_rows]
+        rows.append([arch, "(parents)", " / ".join(f"{a:.2f}" for a in parent_acc), "", "", "", "",
                      count_parameters(nets[0])])
     print(f"\n## 6. Every alignment on digits, one-shot, parents of seeds 0 and 1, {ACT_SAMPLES} samples, "
           f"median of {repeats}\n")
-    print(table(["arch", "alignment", "test acc %", "+ REPAIR acc %", "ms", "+ REPAIR ms", "parameters"], rows))
+    print(table(["arch", "alignment", "test acc %", "+ REPAIR acc %", "ms", "+ REPAIR ms", "ms / OT act", "parameters"],
+                rows))
     print(f"\nTime: wall time of `fuse(...)` (activation capture included, evaluation excluded), one warm-up then "
           f"the median of {repeats}; {torch.get_num_threads()} torch thread(s); load average {load_average()}. "
           "CCA Merge: ridge 1 x the layer's mean neuron variance, cross ridge toward the activation matching; ZipIt!: "

@@ -1,16 +1,26 @@
 """The fusion code as it was before issue 24's speed work (einsum plans, per-merge torch ZipIt!, 11-product CCA
-Merge, weight matching without skips): the reference that the faster code is tested against, kept verbatim."""
+Merge, weight matching without skips, PLeaS's hooked least squares): the reference that the faster code is tested
+against, kept verbatim."""
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import scipy.linalg
 import torch
+import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
+from torch import nn
+
+from otcore.device import private_copy
 
 from otcore.errors import FusionError
 from otcore.fusion.align import Plans, check_same_family, weight_of
 from otcore.fusion.cca import DEFAULT_REG
 from otcore.fusion.merge_maps import MergeMethodError, correlation
+from otcore.fusion.group_pleas import _call_order, _output_map
+from otcore.fusion.pleas import BATCH, RIDGE
+from otcore.graph import ModelGraph
 from otcore.fusion.zipit import ALPHA, BETA
 from otcore.models import INPUT, OUTPUT, FusableNet
 
@@ -260,3 +270,154 @@ def old_zipit_maps(feats: list[torch.Tensor], weights: list[float], width: int, 
     # A cluster whose members all have weight 0 still needs a value: their plain mean.
     merge = torch.where(total_share > 0, share / total_share.clamp_min(1e-30), unmerge / unmerge.sum(0, keepdim=True))
     return list(merge.split(sizes)), list(unmerge.split(sizes))
+
+
+# ---------------------------------------------------------------- PLeaS's least squares before issue 24 (hooks on
+# private copies of the parents, one partial forward pass per layer and network), verbatim.
+
+class _OldStop(Exception):
+    """Raised by a hook once it has what it came for: the rest of the forward pass is not needed."""
+
+
+@torch.no_grad()
+def old_layer_io(model: nn.Module, name: str, x: torch.Tensor, want: str) -> torch.Tensor:
+    """The input ('in') or output ('out') of the module at `name` when `model` runs on x."""
+    module = model.get_submodule(name)
+    found: list[torch.Tensor] = []
+
+    def hook(_m: nn.Module, inputs: tuple, output: torch.Tensor | None = None) -> None:
+        found.append(inputs[0] if want == "in" else output)
+        raise _OldStop
+
+    handle = module.register_forward_pre_hook(hook) if want == "in" else module.register_forward_hook(hook)
+    try:
+        model(x)
+    except _OldStop:
+        pass
+    finally:
+        handle.remove()
+    return found[0]
+
+
+def _old_input_rows(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """A layer's inputs as regression rows (rows, fan-in [+1 for a bias]), float64; a conv's patches are rows."""
+    if isinstance(module, nn.Conv2d):
+        if module.groups != 1 or module.padding_mode != "zeros" or isinstance(module.padding, str):
+            raise FusionError("PLeaS fits plain convolutions (one group, zero padding given as numbers)")
+        patches = F.unfold(inputs, module.kernel_size, module.dilation, module.padding, module.stride)
+        rows = patches.transpose(1, 2).reshape(-1, patches.shape[1])
+    elif isinstance(module, nn.Linear):
+        rows = inputs.reshape(-1, inputs.shape[-1])
+    else:
+        raise FusionError(f"PLeaS fits convolution and linear layers, not {type(module).__name__}")
+    rows = rows.double()
+    if module.bias is not None:
+        rows = torch.cat([rows, torch.ones(len(rows), 1, dtype=rows.dtype, device=rows.device)], 1)
+    return rows
+
+
+def _old_output_rows(module: nn.Module, outputs: torch.Tensor) -> torch.Tensor:
+    """A layer's outputs as (rows, out channels), in the rows' order of _input_rows."""
+    if isinstance(module, nn.Conv2d):
+        return outputs.flatten(2).transpose(1, 2).reshape(-1, outputs.shape[1])
+    return outputs.reshape(-1, outputs.shape[-1])
+
+
+def _old_flat_weight(module: nn.Module) -> torch.Tensor:
+    """The layer's weight as (out, fan-in [+1 bias column]), float64."""
+    weight = module.weight.detach().reshape(module.weight.shape[0], -1).double()
+    return weight if module.bias is None else torch.cat([weight, module.bias.detach().double()[:, None]], 1)
+
+
+@torch.no_grad()
+def old_refit_layer(fused: nn.Module, name: str, x: torch.Tensor, target: Callable[[torch.Tensor], torch.Tensor],
+                ridge: float | None = None) -> None:
+    """Refit the conv/linear layer `name` of `fused` in place: W = W_0 + (Y - X W_0^T)^T X (X^T X + lambda I)^-1.
+
+    X: the layer's inputs in `fused` on x (batch by batch, through the layers before it as they are now);
+    target(batch): what its outputs should be there, in the layer's output layout. lambda = ridge (default
+    RIDGE) times the mean eigenvalue of X^T X (module docstring)."""
+    ridge = RIDGE if ridge is None else ridge
+    module = fused.get_submodule(name)
+    device = module.weight.device
+    w0 = _old_flat_weight(module)
+    gram = torch.zeros(w0.shape[1], w0.shape[1], dtype=torch.float64, device=device)
+    cross = torch.zeros(w0.shape[1], w0.shape[0], dtype=torch.float64, device=device)
+    for start in range(0, len(x), BATCH):
+        batch = x[start:start + BATCH].to(device)
+        rows = _old_input_rows(module, old_layer_io(fused, name, batch, "in"))
+        target_rows = _old_output_rows(module, target(batch).to(device).double())
+        gram += rows.T @ rows
+        cross += rows.T @ (target_rows - rows @ w0.T)
+    lam = ridge * float(gram.diagonal().mean()) + 1e-12
+    gram.diagonal().add_(lam)
+    solved = w0 + torch.linalg.solve(gram, cross).T
+    if not torch.isfinite(solved).all():
+        raise FusionError(f"PLeaS: the least-squares weights of {name} are not finite; check the parents' weights")
+    if module.bias is not None:
+        module.bias.copy_(solved[:, -1].to(module.bias.dtype))
+        solved = solved[:, :-1]
+    module.weight.copy_(solved.reshape(module.weight.shape).to(module.weight.dtype))
+
+
+@torch.no_grad()
+def old_least_squares_layers(fused: FusableNet, parents: list[FusableNet], merges: list[dict[str, torch.Tensor]],
+                         weights: list[float], x: torch.Tensor, ridge: float | None = None) -> FusableNet:
+    """The fused network (changed in place and returned) with each layer refitted, in forward order, so its
+    outputs on x reproduce the parents' merged outputs (module docstring: the ridge towards W_0)."""
+    fused.eval()
+    parents = [private_copy(p) for p in parents]  # hooks go on copies: the parents may be shared
+    for layer in fused.alignment_layers():
+        def target(batch: torch.Tensor, layer=layer) -> torch.Tensor:
+            out = 0
+            for parent, merge, weight in zip(parents, merges, weights):
+                z = old_layer_io(parent, layer.name, batch, "out").double()
+                t = merge.get(layer.out_group) if layer.out_group != OUTPUT else None
+                # (n, c, ...) moved into the fused basis along the channel axis: sum_i T[i, k] z[:, i]
+                out = out + (torch.einsum("nc...,ck->nk...", z, t.double()) if t is not None else weight * z)
+            return out
+
+        old_refit_layer(fused, layer.name, x, target, ridge)
+    return fused
+
+
+def old_cluster_maps(cluster: np.ndarray, sizes: list[int], weights: list[float], width: int,
+                     like: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per parent, (merge T_p, unmerge U_p), both (d_p, width), of a clustering of the stacked features.
+
+    cluster: (sum d_p,) the fused feature (0..width-1) each parent feature joins. U_p[:, k] is 1 on p's
+    members of k; T_p[:, k] holds the members' parent weights normalised to sum 1 (the plain mean where
+    they are all 0). Dtype and device are `like`'s."""
+    total = len(cluster)
+    unmerge_np = np.zeros((total, width))
+    unmerge_np[np.arange(total), cluster] = 1.0  # (total, width)
+    unmerge = torch.from_numpy(unmerge_np).to(device=like.device, dtype=like.dtype)
+    share = torch.as_tensor(np.repeat(weights, sizes), dtype=like.dtype, device=like.device)[:, None] * unmerge
+    total_share = share.sum(0, keepdim=True)
+    # A cluster whose members all have weight 0 still needs a value: their plain mean.
+    merge = torch.where(total_share > 0, share / total_share.clamp_min(1e-30), unmerge / unmerge.sum(0, keepdim=True))
+    return list(merge.split(sizes)), list(unmerge.split(sizes))
+
+
+@torch.no_grad()
+def old_least_squares_groups(fused: nn.Module, parents: list[nn.Module], graphs: list[ModelGraph], merges: list[Plans],
+                         weights: list[float], x: torch.Tensor, anchor: int) -> nn.Module:
+    """A copy of the fused network with its conv and linear layers refitted in call order (module docstring)."""
+    fused = private_copy(fused)
+    parents = [private_copy(p) for p in parents]  # hooks go on copies
+    device = next(fused.parameters()).device
+    for name in _call_order(fused, x.to(device)):
+        key = f"{name}.weight"
+        maps = [_output_map(g, graphs[anchor], m, w, key, p.get_submodule(name).weight.shape[0]).to(device)
+                for p, g, m, w in zip(parents, graphs, merges, weights)]
+        channel = 1 if isinstance(fused.get_submodule(name), nn.Conv2d) else -1
+
+        def target(batch: torch.Tensor, name: str = name, maps: list = maps, channel: int = channel) -> torch.Tensor:
+            out = 0
+            for parent, r in zip(parents, maps):
+                z = old_layer_io(parent, name, batch, "out").double().movedim(channel, -1)
+                out = out + (z @ r.T).movedim(-1, channel)
+            return out
+
+        old_refit_layer(fused, name, x, target)
+    return fused

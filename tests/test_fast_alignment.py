@@ -1,7 +1,8 @@
 """The faster alignments equal the code they replaced (tests/reference_fusion.py) on randomised cases.
 
-Gathers for permutation plans, NumPy greedy pairing for ZipIt!, skipped re-solves for weight matching:
-bit for bit. CCA Merge's factored products: within 1e-9 where the map is unique.
+Gathers for permutation plans, NumPy greedy pairing for ZipIt!, skipped re-solves for weight matching,
+PLeaS's least squares stepped through the chain instead of hooked: bit for bit. CCA Merge's factored products:
+within 1e-9 where the map is unique.
 """
 from __future__ import annotations
 
@@ -10,13 +11,16 @@ import ot
 import pytest
 import torch
 
-from otcore.fusion import FusionOptions, cca_map, fuse, weight_matching_plans, zipit_maps
+from otcore.activations import capture_activations
+from otcore.fusion import FusionOptions, cca_map, fuse, matched_maps, weight_matching_plans, zipit_maps
 from otcore.fusion.align import Gather, as_gather, transform_bias, transform_weight
 from otcore.fusion.ground_metric import cost_matrix
+from otcore.fusion.merge_maps import check_mergeable, features, merge_weights, pre_activations
+from otcore.fusion.zipit import cluster_maps
 from otcore.models import MlpNet, build_model
 from otcore.train import init_model
 from tests.reference_fusion import old_cca_map, old_transform_bias, old_transform_weight, old_weight_matching_plans
-from tests.reference_fusion import old_zipit_maps
+from tests.reference_fusion import old_cluster_maps, old_least_squares_groups, old_least_squares_layers, old_zipit_maps
 
 
 def _one_per_column(n: int, m: int, g: torch.Generator, scaled: bool, empty: bool) -> torch.Tensor:
@@ -167,3 +171,103 @@ def test_cca_merge_with_fewer_samples_than_neurons_equals_the_reference_within_1
             new, old = cca_map(anchor, parent, reg), old_cca_map(anchor, parent, reg)
             for a, b in zip(new, old):
                 assert (a - b).abs().max() <= 1e-9 * b.abs().max(), (case, reg)
+
+
+def _old_pleas(parents: list, opts: FusionOptions, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """PLeaS as merge_by_maps ran it before: hooked pre-activations, the same partial matching, the hooked refit."""
+    n = len(parents)
+    pre = [capture_activations(p, x, p.group_modules()) for p in parents]
+    anchor, weights = opts.anchor_index(n), opts.parent_weights(n)
+    order = [anchor] + [i for i in range(n) if i != anchor]
+    merges: list[dict] = [{} for _ in parents]
+    unmerges: list[dict] = [{} for _ in parents]
+    for g in check_mergeable(parents, "PLeaS"):
+        feats = [features(pre[i][g]) for i in range(n)]
+        width = opts.group_width(feats[anchor].shape[1], sum(f.shape[1] for f in feats))
+        merge, unmerge = matched_maps([feats[i] for i in order], [weights[i] for i in order], width)
+        merge, unmerge = old_cluster_maps(np.concatenate([u.argmax(1).numpy() for u in unmerge]),
+                                          [f.shape[1] for f in feats], [weights[i] for i in order], width, feats[0])
+        for k, i in enumerate(order):
+            merges[i][g], unmerges[i][g] = merge[k].float(), unmerge[k].float()
+    model = merge_weights(parents, parents[anchor], merges, unmerges, weights)
+    return old_least_squares_layers(model, parents, merges, weights, x).state_dict()
+
+
+@pytest.mark.parametrize("arch", ["mlpnet", "vgg_tiny_nobias"])
+def test_pleas_equals_the_hooked_reference(arch: str) -> None:
+    """One stepped forward pass per network (otcore.fusion.chain) instead of hooked partial ones per layer, and
+    X^T (Y - X W_0^T) from X^T X: with 300 samples (two batches of the refit), 2 and 3 parents, widths 1 to N,
+    weights. The targets and inputs are the same bit for bit; the one reordered product moves a float32 weight by
+    at most a unit in its last place (measured 1.2e-7 of the layer's largest weight, on the digits parents)."""
+    parents = _parents(arch, 3)
+    before = [{k: v.clone() for k, v in p.state_dict().items()} for p in parents]
+    x = torch.randn(300, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    cases = [(2, FusionOptions(alignment="pleas")), (2, FusionOptions(alignment="pleas", width=1.5)),
+             (2, FusionOptions(alignment="pleas", width=2)), (3, FusionOptions(alignment="pleas", width=1.25)),
+             (3, FusionOptions(alignment="pleas", width=2, weights=(0.2, 0.5, 0.3), anchor=1))]
+    for n, opts in cases:
+        state, expected = fuse(parents[:n], opts, x).model.state_dict(), _old_pleas(parents[:n], opts, x)
+        assert state.keys() == expected.keys()
+        for k, old in expected.items():
+            assert (state[k] - old).abs().max() <= 1e-6 * old.abs().max(), (arch, n, opts, k)
+    # The parents were only read: no hook left, same weights.
+    for parent, weights in zip(parents, before):
+        assert all(not m._forward_hooks and not m._forward_pre_hooks for m in parent.modules())
+        assert all(torch.equal(parent.state_dict()[k], v) for k, v in weights.items())
+
+
+@pytest.mark.parametrize("arch", ["mlpnet", "vgg_tiny_nobias", "vgg_tiny_doub_nobias"])
+def test_stepped_pre_activations_equal_the_hooked_capture(arch: str) -> None:
+    """CCA Merge, ZipIt! and PLeaS read them (merge_maps.pre_activations); an odd input side leaves a pooled row."""
+    for shape in ((1, 8, 8), (3, 11, 9)):
+        if arch == "mlpnet" and shape[0] == 3:
+            continue
+        model = init_model(build_model(arch, shape, 10), 0).eval()
+        x = torch.randn(70, *shape, generator=torch.Generator().manual_seed(6))
+        new, old = pre_activations([model], x)[0], capture_activations(model, x, model.group_modules())
+        assert list(new) == list(old) and all(torch.equal(new[g], old[g]) for g in old), (arch, shape)
+
+
+def test_cluster_maps_equal_the_dense_reference() -> None:
+    """ZipIt! and PLeaS build their maps from a clustering: scattered entries, the dense algebra's values bit for bit."""
+    g = torch.Generator().manual_seed(7)
+    for case in range(60):
+        n_models = [2, 3, 4][case % 3]
+        sizes = [int(torch.randint(1, [40, 300][case % 2], (1,), generator=g))] * n_models
+        total = sum(sizes)
+        width = int(torch.randint(1, total + 1, (1,), generator=g))
+        cluster = np.concatenate([np.arange(width), torch.randint(0, width, (total - width,), generator=g).numpy()])
+        cluster = cluster[torch.randperm(total, generator=g).numpy()]  # every fused feature has a member
+        weights = (torch.rand(n_models, generator=g) * [1, 10][case % 2]).tolist()
+        if case % 5 == 0:
+            weights[case % n_models] = 0.0  # clusters of only weight-0 members take their plain mean
+        for dtype in (torch.float64, torch.float32):
+            like = torch.zeros(1, dtype=dtype)
+            new, old = cluster_maps(cluster, sizes, weights, width, like), old_cluster_maps(cluster, sizes, weights,
+                                                                                            width, like)
+            assert all(torch.equal(a, b) for a, b in zip(new[0] + new[1], old[0] + old[1])), (case, dtype)
+
+
+@pytest.mark.parametrize("kind", ["plain", "residual"])
+def test_traced_pleas_equals_the_hooked_reference(kind: str) -> None:
+    """Traced networks (group_pleas) share the refit's solve: the X^T X form of its cross term and the Cholesky
+    solve keep the fused weights within 1e-6 of the old code's (a float32 unit in the last place, measured)."""
+    from otcore.fusion.batch_norm import fold_batch_norm, identity_norms
+    from otcore.fusion.group_merge import merge_by_group_maps
+    from otcore.graph import trace_groups
+    from tests.test_partial_merge import _Residual, _Small, _traced_parents
+
+    x = torch.randn(300, 3, 8, 8, generator=torch.Generator().manual_seed(8))
+    for n, width in ((2, 1), (2, 1.5), (3, 1.5)):
+        parents = _traced_parents(n, x, _Small if kind == "plain" else _Residual)
+        opts = FusionOptions(alignment="pleas", width=width)
+        graphs = [trace_groups(p, (3, 8, 8)) for p in parents]
+        folded, names = [fold_batch_norm(p)[0] for p in parents], fold_batch_norm(parents[0])[1]
+        fused, plans, _, _ = merge_by_group_maps(folded, graphs, opts, x)
+        expected = old_least_squares_groups(identity_norms(fused, names), folded, graphs, plans, opts.parent_weights(n),
+                                            x, opts.anchor_index(n)).state_dict()
+        state = fuse(parents, opts, x).model.state_dict()
+        assert state.keys() == expected.keys()
+        for k, old in expected.items():
+            if old.is_floating_point():
+                assert (state[k] - old).abs().max() <= 1e-6 * old.abs().max().clamp_min(1e-30), (kind, n, width, k)

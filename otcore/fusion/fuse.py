@@ -23,6 +23,7 @@ from otcore.fusion.merge_maps import MergeMethodError, check_mergeable, features
 from otcore.fusion.new_weights import copy_with
 from otcore.fusion.repair import check_sample, repair
 from otcore.fusion.weight_matching import weight_matching_plans
+from otcore.fusion.chain import chain_forward, is_chain
 from otcore.fusion.pleas import least_squares_layers, matched_maps
 from otcore.fusion.zipit import zipit_maps
 from otcore.fusion.options import MERGE_ALIGNMENTS, FusionOptions, MakesOptions, as_options
@@ -96,7 +97,8 @@ MERGE_METHODS = MERGE_NAMES  # alignments by merge/unmerge maps, by name in mess
 @torch.no_grad()
 def _finite_outputs(model: FusableNet, x: torch.Tensor) -> bool:
     """Whether the network's outputs on x are finite (float32 overflows where float64 maps did not)."""
-    return bool(torch.isfinite(model(x.to(next(model.parameters()).device))).all())
+    x = x.to(next(model.parameters()).device)
+    return bool(torch.isfinite(chain_forward(model, x) if is_chain(model) else model(x)).all())
 
 
 def merge_by_maps(parents: list[FusableNet], opts: FusionOptions, act_inputs: torch.Tensor | None,
@@ -147,12 +149,15 @@ def merge_by_maps(parents: list[FusableNet], opts: FusionOptions, act_inputs: to
     merges = [{g: t.to(dtype) for g, t in m.items()} for m in merges]
     unmerges = [{g: t.to(dtype) for g, t in u.items()} for u in unmerges]
     model = merge_weights(parents, parents[anchor_idx], merges, unmerges, weights)
+    logits: list[torch.Tensor] = []  # PLeaS's refit ends with the fused network's outputs on the sample
     if opts.alignment == "pleas":
-        model = least_squares_layers(model, parents, merges, weights, act_inputs)
+        model = least_squares_layers(model, parents, merges, weights, act_inputs, pre=pre, logits=logits)
     if opts.renormalize:
+        logits = []
         model = repair(model, parents, merges, weights, act_inputs, target=repair_target(pre, merges),
                        gain_bias=opts.repair_bias)
-    if not all(torch.isfinite(p).all() for p in model.parameters()) or not _finite_outputs(model, act_inputs):
+    finite = all(bool(torch.isfinite(z).all()) for z in logits) if logits else _finite_outputs(model, act_inputs)
+    if not all(torch.isfinite(p).all() for p in model.parameters()) or not finite:
         raise MergeMethodError(f"{method}: the fused network's weights or outputs on the activation sample are not "
                                "finite (a parent's weights are too large); check the parents' weights")
     seconds["fusion"] = time.perf_counter() - start

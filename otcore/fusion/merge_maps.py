@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from otcore.activations import capture_activations
+from otcore.activations import EVAL_BATCH, capture_activations
 from otcore.errors import FusionError
+from otcore.fusion.chain import chain_activations, is_chain
 from otcore.fusion.align import Plans, check_same_family, transform_bias, transform_weight, weight_of
 from otcore.fusion.new_weights import copy_with
 from otcore.fusion.resize import resized_copy
@@ -46,7 +47,9 @@ def check_mergeable(parents: list[FusableNet], method: str) -> list[str]:
 
 def pre_activations(parents: list[FusableNet], x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
     """Per parent, each hidden group's pre-activations on x as (neurons, samples); conv positions are samples."""
-    return [capture_activations(p, x, p.group_modules()) for p in parents]
+    # A chain is stepped layer by layer (otcore.fusion.chain): no private copy, no hooks; the same values.
+    return [chain_activations(p, x, p.group_modules(), EVAL_BATCH) if is_chain(p)
+            else capture_activations(p, x, p.group_modules()) for p in parents]
 
 
 def features(pre: torch.Tensor) -> torch.Tensor:
@@ -56,7 +59,7 @@ def features(pre: torch.Tensor) -> torch.Tensor:
     ReLU); before it, a first layer's d outputs span at most its fan-in, so covariances would be
     singular by construction.
     """
-    return pre.T.double().clamp_min(0)
+    return pre.clamp_min(0).T.double()  # clamped before widening: half the bytes, the same values and layout
 
 
 def correlation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
