@@ -57,6 +57,10 @@ FAST = {"torchvision:squeezenet1_0", "torchvision:shufflenet_v2_x0_5", "timm:res
 # The same for every deeper EfficientNet (a permuted copy in float32 against float64, 2026-12-06: b2 6.8e-4 / 4.7e-12,
 # b3 1.4e-2 / 1.4e-11, b4 4.9e-2 / 2.7e-11, b5 0.83 / 2.1e-7, b6 0.47 / 1.3e-7, v2_m 0.70 / 1.3e-7).
 FLOAT64 = {f"torchvision:efficientnet_{n}" for n in ("b1", "b2", "b3", "b4", "b5", "b6", "b7", "v2_s", "v2_m", "v2_l")}
+# And the 101- and 152-layer ResNets (float32 / float64: resnet101 2.6e-4 / 5.7e-13, resnet152 3.7e-4 / 7.4e-13,
+# wide_resnet101_2 2.3e-4 / 7.4e-13, resnext101_32x8d 1.4e-4 / 3.0e-13, resnext101_64x4d 2.6e-4 / 3.6e-13).
+FLOAT64 |= {f"torchvision:{n}" for n in ("resnet101", "resnet152", "wide_resnet101_2", "resnext101_32x8d",
+                                        "resnext101_64x4d")}
 # Deep enough that float64 cannot either: the same network's logits move by 8.1e-4 (b7) and 1.5e-4 (v2_l) of their
 # scale when the batch of 8 is run one image at a time (only the order of sums changes). There the tolerance is ten
 # times that split's own difference, measured in the test; a wrong group moves logits by their own scale.
