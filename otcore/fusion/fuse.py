@@ -13,13 +13,13 @@ from collections.abc import Callable
 
 import torch
 
-from otcore.activations import capture_activations
 from otcore.errors import FusionError
 from otcore.fusion.align import GroupDiagnostics, Plans, apply_plans, check_same_family, ot_moves
 from otcore.fusion.cca import cca_map
 from otcore.fusion.group_align import fuse_by_groups, ot_activations
 from otcore.fusion.group_merge import MERGE_NAMES
-from otcore.fusion.merge_maps import MergeMethodError, check_mergeable, features, merge_weights, pre_activations, repair_target
+from otcore.fusion.merge_maps import (MergeMethodError, check_mergeable, features, group_activations, merge_weights,
+                                      pre_activations, repair_target)
 from otcore.fusion.new_weights import copy_with
 from otcore.fusion.repair import check_sample, repair
 from otcore.fusion.weight_matching import weight_matching_plans
@@ -52,8 +52,7 @@ def align_parents(parents: list[FusableNet], options: FusionOptions | MakesOptio
     check_same_family(parents)
     anchor_idx = opts.anchor_index(len(parents))
     anchor = parents[anchor_idx]
-    acts, sampled = ot_activations(parents, opts, act_inputs, lambda p: capture_activations(p, act_inputs,
-                                                                                          p.group_modules()))
+    acts, sampled = ot_activations(parents, opts, act_inputs, lambda p: group_activations(p, act_inputs))
     seconds = {"activations": sampled, "fusion": 0.0}
     start = time.perf_counter()
     plans: list[Plans] = []

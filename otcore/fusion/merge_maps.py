@@ -45,11 +45,17 @@ def check_mergeable(parents: list[FusableNet], method: str) -> list[str]:
     return [layer.out_group for layer in walk if layer.out_group != OUTPUT]
 
 
-def pre_activations(parents: list[FusableNet], x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
-    """Per parent, each hidden group's pre-activations on x as (neurons, samples); conv positions are samples."""
+def group_activations(parent: FusableNet, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each hidden group's pre-activations on x as (neurons, samples); conv positions are samples."""
     # A chain is stepped layer by layer (otcore.fusion.chain): no private copy, no hooks; the same values.
-    return [chain_activations(p, x, p.group_modules(), EVAL_BATCH) if is_chain(p)
-            else capture_activations(p, x, p.group_modules()) for p in parents]
+    if is_chain(parent):
+        return chain_activations(parent, x, parent.group_modules(), EVAL_BATCH)
+    return capture_activations(parent, x, parent.group_modules())
+
+
+def pre_activations(parents: list[FusableNet], x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+    """Per parent, group_activations on x."""
+    return [group_activations(p, x) for p in parents]
 
 
 def features(pre: torch.Tensor) -> torch.Tensor:
