@@ -1,4 +1,4 @@
-"""Sweeps: a grid of prune settings run here or on a Ray cluster, watched as it runs, plotted against any field."""
+"""Sweeps: a grid of prune (or fusion) settings run here or on a Ray cluster, watched as it runs, plotted against any field."""
 from __future__ import annotations
 
 import datetime
@@ -7,10 +7,13 @@ import streamlit as st
 
 from otcore import figures, report
 from otcore import sweep as sweeps
-from otcore.config import PRUNE_ORDERS, PRUNE_TYPES, FusionSpec, PruneSpec, RetrainSpec
+from otcore.config import ALIGNMENTS, PRUNE_ORDERS, PRUNE_TYPES, FusionSpec, PruneSpec, RetrainSpec
+from otcore.fusion.options import PARTIAL_ALIGNMENTS
+from otcore.methods import ALIGNMENT_LABELS
 from ui import errors, page, sidebar, state, sweep_jobs, widgets
 
 FRACTIONS = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+WIDTHS = [1.0, 1.25, 1.5, 1.75, 2.0]  # fused widths, x the anchor's (partial merging)
 RESULT = "sweeps.result"  # the SweepResult on show: run by Start, or read back from the cache
 JOB = "sweeps.job"  # the id of the job this session started, while it waits or runs in the server
 PENDING = "sweeps.pending"  # a large grid's (spec, executor), waiting for the user's confirmation
@@ -22,27 +25,43 @@ CONFIRM_ABOVE = 100
 page.page_setup("Sweeps")
 ws = sidebar.workspace()
 page.header("Sweeps",
-            "Every combination of the settings below is one point: the sidebar's parents pruned, fused and compared "
-            "with every method. A sweep runs in the server, so other pages stay usable; points are cached as they "
-            "finish, so a stopped sweep resumes where it was; the Ray executor runs them on a cluster.")
+            "Every combination of the settings below is one point: the sidebar's parents pruned (a pruning sweep), "
+            "fused and compared with every method. A sweep runs in the server, so other pages stay usable; points "
+            "are cached as they finish, so a stopped sweep resumes where it was; the Ray executor runs them on a "
+            "cluster.")
 if ws is None:
     st.stop()
 
 state.init_state({"sweeps.side_by_side": False, "sweeps.study_metric": "test accuracy",
                   "sweeps.fractions": [0.0, 0.3, 0.5, 0.7], "sweeps.types": ["unstructured"],
                   "sweeps.seed_sets": 1, "sweeps.order": PruneSpec().order, "sweeps.retrain_epochs": 0,
+                  "sweeps.kind": "pruning", "sweeps.alignments": ["zipit"], "sweeps.widths": [1.0, 1.5, 2.0],
+                  "sweeps.finetune_epochs": 0,
                   "sweeps.executor": "local", "sweeps.ray_address": "", "sweeps.gpus": 0.0, "sweeps.analyse": []})
+kind = st.radio("Sweep over", ("pruning", "fusion"), horizontal=True, key="sweeps.kind",
+                help="pruning: prune fractions and types, with the fusion the Fusion page's defaults; fusion: "
+                     "alignments and fused widths (partial merging), nothing pruned")
 with st.form("sweeps", border=False):
-    row = st.columns([1.9, 2.1, 0.8, 1.1, 1.0])  # both pruning types fit their box
-    fractions = row[0].multiselect("Prune fractions", FRACTIONS, key="sweeps.fractions",
-                                   help="share of weights (unstructured) or filters (structured) removed")
-    types = row[1].multiselect("Pruning types", PRUNE_TYPES, key="sweeps.types")
+    if kind == "pruning":
+        row = st.columns([1.9, 2.1, 0.8, 1.1, 1.0])  # both pruning types fit their box
+        fractions = row[0].multiselect("Prune fractions", FRACTIONS, key="sweeps.fractions",
+                                       help="share of weights (unstructured) or filters (structured) removed")
+        types = row[1].multiselect("Pruning types", PRUNE_TYPES, key="sweeps.types")
+        order = row[3].selectbox("Order", PRUNE_ORDERS, key="sweeps.order", help="prune then fuse, or fuse then prune")
+        retrain = row[4].number_input("Retraining", 0, 1000, step=1, key="sweeps.retrain_epochs",
+                                      help="epochs of masked retraining of the fused network at each point")
+    else:
+        row = st.columns([2.6, 2.2, 0.8, 1.1])
+        alignments = row[0].multiselect("Alignments", ALIGNMENTS, format_func=ALIGNMENT_LABELS.get,
+                                        key="sweeps.alignments", help="each alignment at each width")
+        widths = row[1].multiselect("Fused widths", WIDTHS, key="sweeps.widths",
+                                    help="× the anchor's width: above 1 only ZipIt! and PLeaS, which keep the "
+                                         "least matched features side by side (the frontier below the chart)")
+        retrain = row[3].number_input("Fine-tuning", 0, 1000, step=1, key="sweeps.finetune_epochs",
+                                      help="epochs of fine-tuning of each fused network")
     seed_sets = row[2].number_input("Seed sets", 1, 20, step=1, key="sweeps.seed_sets",
                                     help="repeat over this many parent sets; set s shifts the sidebar's seeds by "
                                          "s × the number of parents (averaged in the chart)")
-    order = row[3].selectbox("Order", PRUNE_ORDERS, key="sweeps.order", help="prune then fuse, or fuse then prune")
-    retrain = row[4].number_input("Retraining", 0, 1000, step=1, key="sweeps.retrain_epochs",
-                                  help="epochs of masked retraining of the fused network at each point")
     analyse = st.multiselect("Hessian analysis at each point", list(sweeps.NETWORKS), key="sweeps.analyse",
                              help="top eigenvalues, trace, spectral density and perturbation curve of these networks "
                                   "at every point, each cached by its own key (the Hessian page's settings)")
@@ -59,12 +78,20 @@ with st.form("sweeps", border=False):
 
 if pressed:
     try:
-        grid = (("prune.type", tuple(types)), ("seed", tuple(range(int(seed_sets)))),
-                ("prune.fraction", tuple(fractions)))
-        spec = sweeps.SweepSpec(grid, ws.data, ws.model, ws.train, PruneSpec(order=order, retrain_epochs=int(retrain),
-                                                                   retrain=RetrainSpec(lr=retrain_lr, schedule=schedule,
-                                                                                       retrain_vanilla=retrain_vanilla)),
-                                FusionSpec(), ws.seeds, "prune", ws.device, tuple(analyse), widgets.hessian_spec())
+        recipe = RetrainSpec(lr=retrain_lr, schedule=schedule, retrain_vanilla=retrain_vanilla)
+        seeds = ("seed", tuple(range(int(seed_sets))))
+        if kind == "pruning":
+            grid = (("prune.type", tuple(types)), seeds, ("prune.fraction", tuple(fractions)))
+            prune, fusion = PruneSpec(order=order, retrain_epochs=int(retrain), retrain=recipe), FusionSpec()
+        else:
+            grid = (("fusion.alignment", tuple(alignments)), seeds, ("fusion.width", tuple(widths)))
+            # Each width alone is checked against the base spec: make it one that can widen, so that a clash
+            # (OT at width 2) is named as the point it is.
+            base = next((a for a in alignments if a in PARTIAL_ALIGNMENTS), alignments[0] if alignments else "ot")
+            prune, fusion = PruneSpec(), FusionSpec(alignment=base, finetune_epochs=int(retrain), retrain=recipe)
+        spec = sweeps.SweepSpec(grid, ws.data, ws.model, ws.train, prune, fusion, ws.seeds,
+                                "prune" if kind == "pruning" else "fusion", ws.device, tuple(analyse),
+                                widgets.hessian_spec())
         runner = sweeps.executor(executor, address.strip() or None,
                                  **({"gpus_per_task": float(gpus)} if executor == "ray" else {}))
     except Exception as err:  # noqa: BLE001 - shown, never raised into the page
@@ -170,7 +197,8 @@ if table.empty or not result.fields:
 
 methods = list(dict.fromkeys(table["method"]))
 if st.session_state.get("sweeps.x") not in result.fields:  # a field that varies: one fraction is one column of dots
-    varied = [f for f in ("prune.fraction", *result.fields) if f in result.fields and table[f].nunique() > 1]
+    varied = [f for f in ("prune.fraction", "fusion.width", *result.fields)
+              if f in result.fields and table[f].nunique() > 1]
     st.session_state["sweeps.x"] = (varied or ["prune.fraction" if "prune.fraction" in result.fields
                                                else result.fields[0]])[0]
 st.session_state["sweeps.methods"] = [m for m in st.session_state.get("sweeps.methods", methods) if m in methods]

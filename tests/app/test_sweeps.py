@@ -274,3 +274,35 @@ def test_a_sweep_over_the_width_draws_the_frontier_of_its_rows(page, sweep_cache
     assert drawn[ENSEMBLE_LABEL] == [(points[0].comparison.row("prediction_ensemble").parameters,
                                       points[0].comparison.row("prediction_ensemble").test.accuracy)]
     assert points[1].comparison.row("ot_fusion").parameters > points[0].comparison.row("ot_fusion").parameters
+
+
+def test_the_page_starts_a_fusion_sweep_over_widths_and_draws_its_frontier(page, sweep_cache):
+    import json
+
+    at = page(SWEEPS_PAGE).run()
+    at.radio(key="sweeps.kind").set_value("fusion").run()
+    at.multiselect(key="sweeps.alignments").set_value(["ot", "zipit"])
+    at.multiselect(key="sweeps.widths").set_value([2.0])
+    at.button(key="sweeps.start").click().run()
+    # OT cannot keep features side by side: one message naming the point, nothing started.
+    assert not at.exception and len(at.error) == 1
+    assert "fusion.alignment=ot" in at.error[0].value and "ZipIt!" in at.error[0].value
+    assert JOB not in at.session_state
+
+    at.multiselect(key="sweeps.alignments").set_value(["zipit"])
+    at.multiselect(key="sweeps.widths").set_value([1.0, 2.0])
+    at.button(key="sweeps.start").click().run()
+    job = finish(at)
+    assert job.result.status == "finished"
+    assert [name for name, _ in job.spec.grid] == ["fusion.alignment", "seed", "fusion.width"]
+    assert job.spec.step == "fusion"
+    at.run()
+    assert not at.exception and not at.error
+    table = at.dataframe[0].value
+    assert sorted(set(table["fusion.width"])) == [1.0, 2.0]
+    assert at.selectbox(key="sweeps.x").value == "fusion.width"  # the chart's x: the width, not the alignment
+    chart = next(c for c in at.get("plotly_chart") if "sweeps.chart.frontier" in c.proto.id)
+    drawn = {t["name"]: list(zip(t["x"], t["y"])) for t in json.loads(chart.proto.spec)["data"]}
+    fused = table[table["method"] == "ZipIt!"].sort_values("fusion.width")
+    assert [y for _, y in drawn["ZipIt!"]] == pytest.approx(list(fused["test acc (%)"]))
+    assert drawn["ZipIt!"][1][0] > drawn["ZipIt!"][0][0]  # the wider network has more parameters

@@ -4,7 +4,7 @@
 
 Writes tests/browser/screenshots/frontier_*.png (git-ignored): ZipIt! at widths 1, 1.5 and 2 and PLeaS at
 1 and 2 fused, the Frontier tab against parameters, after the fine-tune click, against inference time, and
-the fusion report's frontier.
+the fusion report's frontier, and a Sweeps page fusion sweep over widths with its frontier.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from tests.browser.streamlit_server import (
     SCREENSHOTS,
     browser_page,
     cards,
+    choose,
     click,
     key,
     screenshot,
@@ -82,6 +83,18 @@ def main() -> None:
         page.wait_for_selector(".main-svg", timeout=60_000)
         page.get_by_text("Accuracy against size").first.scroll_into_view_if_needed()
         shot(page, "report")
+        # The Sweeps page's fusion grid: ZipIt! and PLeaS at widths 1 and 2, its chart and frontier.
+        page.goto(f"{url}/Sweeps")
+        wait_idle(page, "text=press **Start**".replace("**", ""))
+        page.locator(key("sweeps.kind")).get_by_text("fusion").click()
+        wait_idle(page)
+        choose(page, "sweeps.alignments", ["ZipIt!", "PLeaS"])
+        choose(page, "sweeps.widths", ["1.0", "2.0"])
+        click(page, "sweeps.start")
+        page.wait_for_selector(f"{key('sweeps.chart.frontier')} .main-svg", timeout=LONG_MS)
+        wait_idle(page)
+        shot(page, "sweep")
+        shot(page, "sweep_full", full=True)
 
 
 if __name__ == "__main__":
