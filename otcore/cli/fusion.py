@@ -42,7 +42,8 @@ def run_report(args: argparse.Namespace) -> dict:
     import stat
 
     from otcore.atomic import write_atomic
-    from otcore.pipeline import fuse_and_compare
+    from otcore.frontier import frontier_points
+    from otcore.pipeline import dataset, fuse_and_compare
     from otcore.report import fusion_report
     from otcore.user_paths import checked, shown
 
@@ -62,7 +63,10 @@ def run_report(args: argparse.Namespace) -> dict:
     data, model = specs(args)
     comparison = fuse_and_compare(data, model, parents, spec, train_spec(args, spec.finetune_epochs), args.device, bar)
     bar.close()
-    html = fusion_report(comparison, data, model, parents, spec, args.device, args.title)
+    # The frontier of this one fusion (its network beside the parents, the ensemble and the vanilla average),
+    # as the Fusion page's report draws the session's fusions.
+    frontier = frontier_points([comparison], len(dataset(data).x_test))
+    html = fusion_report(comparison, data, model, parents, spec, args.device, args.title, frontier)
     write_atomic(out, html.encode("utf-8"))
     result = comparison_json(comparison)
     result.update(out=str(out), bytes=out.stat().st_size, text=f"{result['text']}\nreport written to {out}")

@@ -81,6 +81,7 @@ def test_cli_report_writes_the_fusion_pages_report(tmp_path, capsys):
     html = out.read_text(encoding="utf-8")
     assert "<title>Digits &lt;1&gt;</title>" in html and "fusion · solver" in html
     assert "Transport plan · parent 2/fc1" in html and "Test accuracy per method" in html
+    assert "Accuracy against size" in html  # the frontier of this fusion, as the page's report has it
     assert main(["report", "--out", str(tmp_path / "missing-folder" / "r.html")]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error:")
 
