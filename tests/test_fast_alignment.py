@@ -158,6 +158,23 @@ def test_cca_merge_equals_the_reference_within_1e_9() -> None:
                 assert (a - b).abs().max() <= 1e-9 * b.abs().max(), (case, reg, cross)
 
 
+def test_cca_merge_by_cholesky_factors_equals_its_eigenbasis_fallback() -> None:
+    """The whitening does not change CCA: the Cholesky path's maps are the symmetric roots' (the fallback's)."""
+    from otcore.fusion.cca import _eigen_maps, _maps
+
+    g = torch.Generator().manual_seed(5)
+    for case in range(12):
+        d, n = int(torch.randint(2, 40, (1,), generator=g)), int(torch.randint(3, 100, (1,), generator=g))
+        za = torch.randn(n, d, generator=g, dtype=torch.float64)
+        zp = za[:, torch.randperm(d, generator=g)] + 0.5 * torch.randn(n, d, generator=g, dtype=torch.float64)
+        za, zp = za - za.mean(0), zp - zp.mean(0)
+        ridge = torch.tensor(0.1 + case / 10, dtype=torch.float64)
+        eye = torch.eye(d, dtype=torch.float64)
+        fallback = _eigen_maps(za.T @ za / n + ridge * eye, zp.T @ zp / n + ridge * eye, za.T @ zp / n + ridge * eye)
+        for a, b in zip(_maps(za, zp, ridge, True), fallback):
+            assert (a - b).abs().max() <= 1e-9 * b.abs().max(), case
+
+
 def test_cca_merge_with_fewer_samples_than_neurons_equals_the_reference_within_1e_9() -> None:
     """cca_map works in the span of the two layers' features when 4 n <= d: the maps of the full-size algebra."""
     g = torch.Generator().manual_seed(9)
