@@ -43,7 +43,7 @@ kind = st.radio("Sweep over", ("pruning", "fusion"), horizontal=True, key="sweep
                      "alignments and fused widths (partial merging), nothing pruned")
 with st.form("sweeps", border=False):
     if kind == "pruning":
-        row = st.columns([1.9, 2.1, 0.8, 1.1, 1.0])  # both pruning types fit their box
+        row = st.columns([1.9, 2.5, 0.8, 1.0, 0.9])  # both pruning types fit their box
         fractions = row[0].multiselect("Prune fractions", FRACTIONS, key="sweeps.fractions",
                                        help="share of weights (unstructured) or filters (structured) removed")
         types = row[1].multiselect("Pruning types", PRUNE_TYPES, key="sweeps.types")
