@@ -438,3 +438,24 @@ def test_the_cli_joins_a_running_ray_cluster(ray_instance, parents_dir, tmp_path
     assert out["executor"] == "ray" and out["failed"] == []
     # Workers wrote nothing: the driver stored the parent a worker trained, and both points.
     assert sorted(row.kind for row in cache.entries()) == ["parent", "parent", "prune", "prune", "sweep"]
+
+
+def test_a_method_the_other_field_does_not_move_gets_one_line() -> None:
+    """A fusion sweep over alignments and widths: the parents' scores do not depend on the alignment (one line
+    each), a fused method lives under its own alignment only (one line), and the vanilla average measured
+    differently per alignment keeps a line per alignment."""
+    import pandas as pd
+
+    rows = []
+    for alignment, fused in (("zipit", "ZipIt!"), ("pleas", "PLeaS")):
+        for width in (1.0, 2.0):
+            rows += [(alignment, width, "parent 1", 97.0), (alignment, width, fused, 90.0 + width + len(fused)),
+                     (alignment, width, "vanilla average", 80.0 + (alignment == "pleas"))]
+    table = pd.DataFrame(rows, columns=["fusion.alignment", "fusion.width", "method", "test acc (%)"])
+    figure = sweep_figure(table, "test acc (%)", "fusion.width")
+    names = [t.name for t in figure.data]
+    assert names == ["parent 1", "ZipIt!", "vanilla average · fusion.alignment=zipit", "PLeaS",
+                     "vanilla average · fusion.alignment=pleas"]
+    lines = {t.name: (list(t.x), list(t.y)) for t in figure.data}
+    assert lines["parent 1"] == ([1.0, 2.0], [97.0, 97.0])  # drawn once, from the first alignment's rows
+    assert lines["PLeaS"] == ([1.0, 2.0], [96.0, 97.0])

@@ -156,6 +156,17 @@ _Y_TITLES = {TEST_ACC: "test accuracy (%)", TRAIN_ACC: "train accuracy (%)", TES
 _DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
 
 
+def _fields_that_matter(group: pd.DataFrame, metric: str, fields: Sequence[str], swept: Sequence[str]) -> list[str]:
+    """The fields among `fields` whose value changes the metric of these rows (one method's) with every other
+    swept field held."""
+    out = []
+    for field in fields:
+        held = [c for c in swept if c != field]
+        if group.groupby(held, sort=False, dropna=False)[metric].nunique(dropna=False).gt(1).any():
+            out.append(field)
+    return out
+
+
 def sweep_figure(table: pd.DataFrame, metric: str = TEST_ACC, x: str = "prune.fraction",
                  methods: Sequence[str] | None = None, title: str | None = None, height: int = 400,
                  side_by_side: bool = False) -> go.Figure:
@@ -180,12 +191,21 @@ def sweep_figure(table: pd.DataFrame, metric: str = TEST_ACC, x: str = "prune.fr
         fig = go.Figure()
     styles = {combo: _DASHES[i % len(_DASHES)] for i, combo in
               enumerate(dict.fromkeys(map(tuple, frame[others].astype(str).values)))} if others else {(): "solid"}
+    # A field that does not move a method's metric (a parent's score across alignments) gives it one line, not
+    # the same line once per value: its first value's rows stand for all.
+    matter = {method: _fields_that_matter(group, metric, others, list(swept))
+              for method, group in frame.groupby(METHOD, sort=False)}
+    first = {method: group[others].iloc[0].to_dict() for method, group in frame.groupby(METHOD, sort=False)}
     for (method, *rest), group in frame.groupby([METHOD, *others], sort=False, dropna=False):
+        values = dict(zip(others, rest))
+        if any(values[c] != first[method][c] for c in others if c not in matter[method]):
+            continue  # the same line as the first value's
+        shown = [c for c in others if c in matter[method]]
         stats = group.groupby(x, sort=True)[metric].agg(["mean", "std", "count"]).reset_index()
-        name = " · ".join([method, *(f"{k}={v}" for k, v in zip(others, rest))])
+        name = " · ".join([method, *(f"{c}={values[c]}" for c in shown)])
         fig.add_trace(go.Scatter(
             x=stats[x], y=stats["mean"], name=name, mode="lines+markers",
-            line=dict(color=method_colour(method), dash=styles[tuple(map(str, rest))]),
+            line=dict(color=method_colour(method), dash=styles[tuple(map(str, rest))] if shown else "solid"),
             error_y=dict(type="data", array=stats["std"].fillna(0), visible=bool((stats["count"] > 1).any())),
             hovertemplate=f"{name}<br>{x}=%{{x}}<br>{metric}=%{{y:.4g}}<extra></extra>"),
             **({"row": 1, "col": 2 if retrained(method) else 1} if panels else {}))
