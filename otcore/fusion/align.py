@@ -62,7 +62,10 @@ def as_gather(plan: torch.Tensor | Gather | None) -> torch.Tensor | Gather | Non
 
     T^T x is then x[index] * scale, bit for bit: each entry of the product sums one product and exact
     zeros (only a weight of -0.0 keeps its sign where the sum gave +0.0: equal as numbers)."""
-    if plan is None or isinstance(plan, Gather) or plan.dim() != 2 or not bool((plan.count_nonzero(0) <= 1).all()):
+    if plan is None or isinstance(plan, Gather) or plan.dim() != 2:
+        return plan
+    # A dense map (CCA Merge's) usually shows it in its first column: no pass over the whole plan for it.
+    if plan.shape[1] and bool(plan[:, 0].count_nonzero() > 1) or not bool((plan.count_nonzero(0) <= 1).all()):
         return plan
     index = plan.abs().argmax(0)
     scale = plan.gather(0, index[None]).squeeze(0)
