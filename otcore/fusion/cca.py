@@ -106,32 +106,42 @@ def cca_map(anchor_feats: torch.Tensor, parent_feats: torch.Tensor, reg: float =
     _finite("correlations", corr)
     _, order = linear_sum_assignment(corr.cpu().numpy(), maximize=True)  # parent neuron order[j] matched to anchor's j
     order = torch.as_tensor(order, device=parent_feats.device)
-    parent_feats = parent_feats[:, order]
     za, zp = anchor_feats - anchor_feats.mean(0), parent_feats - parent_feats.mean(0)
-    # reg is relative to the mean neuron variance, so one value fits every layer and scale.
-    ridge = reg * torch.cat([(za * za).sum(0), (zp * zp).sum(0)]).mean().div(n).clamp_min(1e-30)
     if cross_ridge and 2 * n <= d_a // 2:
         # Fewer samples than neurons (a wide linear layer): every covariance is r I outside the span U of the
         # two layers' centred features (at most 2n directions), so is K, its polar factor is I there, and so
         # are M and M^{-1}: M = I + U (M_U - I) U^T with M_U the same maps of the features' coordinates in U,
-        # exact, for O(d n^2) instead of O(d^3) (vgg11's 4096-wide classifier on 300 samples).
+        # exact, for O(d n^2) instead of O(d^3) (vgg11's 4096-wide classifier on 300 samples). The parent's
+        # features in the matched order, so that the cross ridge is the identity in U's coordinates.
+        zp = zp[:, order]
+        ridge = _ridge(za, zp, reg)
         span, _ = torch.linalg.qr(torch.cat([za.T, zp.T], 1))
         forward, inverse = _maps(za @ span, zp @ span, ridge, cross_ridge)
         eye = torch.eye(span.shape[1], dtype=za.dtype, device=za.device)
         forward = torch.addmm(torch.eye(d_a, dtype=za.dtype, device=za.device), span @ (forward - eye), span.T)
         inverse = torch.addmm(torch.eye(d_a, dtype=za.dtype, device=za.device), span @ (inverse - eye), span.T)
+        # Back into the parent's own order: (M S)[:, order[j]] = M[:, j] and (S^T M^{-1})[order[j]] = M^{-1}[j]
+        # for the selection S (S z_p)_j = z_p[order[j]], by index rather than by product.
+        back = torch.empty_like(order).scatter_(0, order, torch.arange(d_a, device=order.device))
+        forward, inverse = forward.index_select(1, back), inverse.index_select(0, back)
     else:
-        forward, inverse = _maps(za, zp, ridge, cross_ridge)
-    # Back into the parent's own order: (M S)[:, order[j]] = M[:, j] and (S^T M^{-1})[order[j]] = M^{-1}[j]
-    # for the selection S (S z_p)_j = z_p[order[j]], by index rather than by product.
-    back = torch.empty_like(order).scatter_(0, order, torch.arange(d_a, device=order.device))
-    forward, inverse = forward.index_select(1, back), inverse.index_select(0, back)
+        # In the parent's own order, the cross ridge on the matched pairs (j, order[j]): the same maps as in the
+        # matched order with the columns moved back (the polar factor and the roots follow a permutation), without
+        # moving the features or the maps.
+        forward, inverse = _maps(za, zp, _ridge(za, zp, reg), cross_ridge, order)
     _finite("merge maps", forward, inverse)
     return forward, inverse
 
 
-def _maps(za: torch.Tensor, zp: torch.Tensor, ridge: torch.Tensor, cross_ridge: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(M, M^{-1}) of centred features za, zp (samples, d), the parent's in the matched order, and the ridge r."""
+def _ridge(za: torch.Tensor, zp: torch.Tensor, reg: float) -> torch.Tensor:
+    """reg times the two layers' mean neuron variance: relative, so that one value fits every layer and scale."""
+    return reg * torch.cat([(za * za).sum(0), (zp * zp).sum(0)]).mean().div(len(za)).clamp_min(1e-30)
+
+
+def _maps(za: torch.Tensor, zp: torch.Tensor, ridge: torch.Tensor, cross_ridge: bool,
+          matched: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, M^{-1}) of centred features za, zp (samples, d) and the ridge r; the cross ridge sits on the pairs
+    (j, matched[j]), on the diagonal when `matched` is None (features already in the matched order)."""
     n, d = za.shape
     # The two covariances straight into one stack (Cholesky factors both at once), the ridge added to their
     # diagonals in place: the values of C + r I without three (d, d) temporaries.
@@ -140,8 +150,10 @@ def _maps(za: torch.Tensor, zp: torch.Tensor, ridge: torch.Tensor, cross_ridge: 
     torch.mm(zp.T, zp, out=covariances[1])
     covariances.div_(n).diagonal(dim1=1, dim2=2).add_(ridge)
     c_ap = za.T @ zp / n
-    if cross_ridge:
+    if cross_ridge and matched is None:
         c_ap.diagonal().add_(ridge)
+    elif cross_ridge:
+        c_ap[torch.arange(d, device=c_ap.device), matched] += ridge
     c_aa, c_pp = covariances
     _finite("covariances", c_aa, c_pp, c_ap)
     # CCA does not depend on how each side is whitened: with Cholesky factors C = L L^T instead of symmetric
