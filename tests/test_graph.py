@@ -42,14 +42,15 @@ def test_traced_groups_equal_the_zoos_descriptions(name):
     assert [g.writers() for g in fixed] == [[model.alignment_layers()[-1].name]]  # the logits' layer alone
 
 
-def _noisy(model: nn.Module, seed: int) -> nn.Module:
-    """Random weights and batch-norm statistics everywhere, so no init symmetry hides a wrong group."""
+def _noisy(model: nn.Module, seed: int, scale: float = 1.0) -> nn.Module:
+    """Random weights and batch-norm statistics everywhere, so no init symmetry hides a wrong group (`scale`
+    times the usual noise)."""
     generator = torch.Generator().manual_seed(seed)
     state = model.state_dict()  # replaced entry by entry: its `_metadata` (MNASNet's loader reads it) stays
     for key, tensor in list(state.items()):
         if tensor.is_floating_point():
             noise = torch.randn(tensor.shape, generator=generator)
-            tensor = tensor + 0.1 * noise * (tensor.std() if tensor.numel() > 1 else 1.0) + 0.05 * noise
+            tensor = tensor + scale * (0.1 * noise * (tensor.std() if tensor.numel() > 1 else 1.0) + 0.05 * noise)
             tensor = tensor.abs() + 0.5 if key.endswith("running_var") else tensor
         state[key] = tensor
     model.load_state_dict(state)

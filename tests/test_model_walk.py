@@ -61,10 +61,10 @@ FLOAT64 = {f"torchvision:efficientnet_{n}" for n in ("b1", "b2", "b3", "b4", "b5
 # wide_resnet101_2 2.3e-4 / 7.4e-13, resnext101_32x8d 1.4e-4 / 3.0e-13, resnext101_64x4d 2.6e-4 / 3.6e-13).
 FLOAT64 |= {f"torchvision:{n}" for n in ("resnet101", "resnet152", "wide_resnet101_2", "resnext101_32x8d",
                                         "resnext101_64x4d")}
-# Deep enough that float64 cannot either: the same network's logits move by 8.1e-4 (b7) and 1.5e-4 (v2_l) of their
-# scale when the batch of 8 is run one image at a time (only the order of sums changes). There the tolerance is ten
-# times that split's own difference, measured in the test; a wrong group moves logits by their own scale.
-CHAOTIC = {"torchvision:efficientnet_b7", "torchvision:efficientnet_v2_l"}
+# Deep enough that the walk's noise makes them chaotic even in float64: permuted copies 3.8e-3 (b7) and 0.19 (v2_l)
+# of the logits' scale, where v2_l's copy agrees to 1.0e-9 at torchvision's own initialisation (the groups are
+# right). A tenth of the noise still tells every channel apart and leaves 3.5e-6 and 5.0e-6.
+QUIETER = {"torchvision:efficientnet_b7": 0.1, "torchvision:efficientnet_v2_l": 0.1}
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -94,14 +94,12 @@ def test_a_permuted_copy_and_every_fusion_with_it_keep_the_logits(arch):
     x, sample = torch.randn(8, *SHAPE, generator=generator), torch.randn(32, *SHAPE, generator=generator)
     # Batch-norm statistics of the sample: with random ones a deep BN network maps random inputs to features
     # equal up to rounding, and CCA Merge and ZipIt! (correlations) cannot tell its channels apart.
-    model = reset_batch_norm(_noisy(build_external(arch, SHAPE, 10), 1), sample)
+    model = reset_batch_norm(_noisy(build_external(arch, SHAPE, 10), 1, QUIETER.get(arch, 1.0)), sample)
     if arch in FLOAT64:  # float32 rounding, amplified by the noisy weights, exceeds the tolerance on its own
         model, x, sample = model.double(), x.double(), sample.double()
     twin = permuted_copy(model, 2, SHAPE)
     with torch.inference_mode():
         logits, twin_logits = model(x), twin(x)
-        split = torch.cat([model(image[None]) for image in x]) if arch in CHAOTIC else logits
-    tolerance = max(TOLERANCE, 10 * float((split - logits).abs().max() / logits.abs().max()))
-    assert (twin_logits - logits).abs().max() <= tolerance * logits.abs().max()
+    assert (twin_logits - logits).abs().max() <= TOLERANCE * logits.abs().max()
     assert _moved_share(model, twin) >= MOVED_AT_LEAST
-    _assert_every_alignment_gives_back_the_logits(model, twin, x, tolerance, ALIGNMENTS, sample=sample)
+    _assert_every_alignment_gives_back_the_logits(model, twin, x, TOLERANCE, ALIGNMENTS, sample=sample)
