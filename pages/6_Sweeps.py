@@ -8,7 +8,6 @@ import streamlit as st
 from otcore import figures, report
 from otcore import sweep as sweeps
 from otcore.config import ALIGNMENTS, PRUNE_ORDERS, PRUNE_TYPES, FusionSpec, PruneSpec, RetrainSpec
-from otcore.fusion.options import PARTIAL_ALIGNMENTS
 from otcore.methods import ALIGNMENT_LABELS
 from ui import errors, page, sidebar, state, sweep_jobs, widgets
 
@@ -85,10 +84,7 @@ if pressed:
             prune, fusion = PruneSpec(order=order, retrain_epochs=int(retrain), retrain=recipe), FusionSpec()
         else:
             grid = (("fusion.alignment", tuple(alignments)), seeds, ("fusion.width", tuple(widths)))
-            # Each width alone is checked against the base spec: make it one that can widen, so that a clash
-            # (OT at width 2) is named as the point it is.
-            base = next((a for a in alignments if a in PARTIAL_ALIGNMENTS), alignments[0] if alignments else "ot")
-            prune, fusion = PruneSpec(), FusionSpec(alignment=base, finetune_epochs=int(retrain), retrain=recipe)
+            prune, fusion = PruneSpec(), FusionSpec(finetune_epochs=int(retrain), retrain=recipe)
         spec = sweeps.SweepSpec(grid, ws.data, ws.model, ws.train, prune, fusion, ws.seeds,
                                 "prune" if kind == "pruning" else "fusion", ws.device, tuple(analyse),
                                 widgets.hessian_spec())

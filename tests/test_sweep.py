@@ -459,3 +459,15 @@ def test_a_method_the_other_field_does_not_move_gets_one_line() -> None:
     lines = {t.name: (list(t.x), list(t.y)) for t in figure.data}
     assert lines["parent 1"] == ([1.0, 2.0], [97.0, 97.0])  # drawn once, from the first alignment's rows
     assert lines["PLeaS"] == ([1.0, 2.0], [96.0, 97.0])
+
+
+def test_a_value_that_holds_only_beside_another_fields_value_is_accepted_and_a_clash_names_its_point() -> None:
+    """A fused width above 1 fails with the base spec's OT alone but holds beside alignment ZipIt!: the grid is
+    valid; with OT in the grid too, the clash is refused naming the whole point; with no alignment field, the width."""
+    grid = SweepSpec((("fusion.alignment", ("zipit",)), ("fusion.width", (1.0, 2.0))), step="fusion")
+    assert [p.fusion.alignment for p in grid.points()] == ["zipit", "zipit"]
+    assert [p.fusion.width for p in grid.points()] == [1.0, 2.0]
+    with pytest.raises(SpecError, match=r"fusion.alignment=ot, fusion.width=2"):
+        SweepSpec((("fusion.alignment", ("ot", "zipit")), ("fusion.width", (2.0,))), step="fusion")
+    with pytest.raises(SpecError, match=r"^fusion.width=2: a fused width above 1"):
+        SweepSpec((("fusion.width", (1.0, 2.0)),), step="fusion")

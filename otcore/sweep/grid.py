@@ -204,14 +204,29 @@ class SweepSpec:
                 raise SpecError(f"sweep field '{name}' has no values")
             if len(set(values)) < len(values):
                 raise SpecError(f"sweep field '{name}' lists a value twice: {', '.join(map(value_text, values))}")
-            for value in values:  # each value alone, so the message names the one at fault
-                self._resolve(((name, value),))
             grid.append((name, values))
         if {"seed", "seeds"} <= set(dict(grid)):
             raise SpecError("sweep either 'seed' (offsets of the base seeds) or 'seeds' (explicit sets), not both")
+        for name, values in grid:
+            for value in values:  # each value alone, so the message names the one at fault
+                self._check_value(name, value, [(n, v) for n, vs in grid if n != name for v in vs])
         object.__setattr__(self, "grid", tuple(grid))
         if self.size <= LARGE_GRID:  # combinations of valid values can still clash; say so before any work
             self.check_points(self.points())
+
+    def _check_value(self, name: str, value: Any, others: list[tuple[str, Any]]) -> None:
+        """Refuse a value that fails alone and beside every value of the other fields: one that fails only with
+        the base spec (a width above 1 where the base alignment is OT) may hold beside a grid value (ZipIt!)."""
+        try:
+            self._resolve(((name, value),))
+        except SpecError:
+            for other in others:
+                try:
+                    self._resolve(((name, value), other))
+                    return
+                except SpecError:
+                    continue
+            raise
 
     @property
     def size(self) -> int:
